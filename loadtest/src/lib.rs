@@ -1,0 +1,1 @@
+//! The load tester: not written yet (see the load-test issue).

@@ -1,0 +1,1 @@
+//! The stateless business tier: arrives with the server-core issue.

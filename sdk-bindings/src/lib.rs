@@ -1,0 +1,1 @@
+//! uniffi bindings over sdk-core: not written yet.

@@ -1,0 +1,1 @@
+//! The shared client core: not written yet (see the client-core issue).
