@@ -1,1 +1,758 @@
-//! The stateless business tier: arrives with the server-core issue.
+//! The business tier. It is stateless: every fact lives in the [`TimelineStore`]; this crate
+//! checks who may do what, turns protocol requests into store operations and tells the caller
+//! (the gateway) what to answer and which inbox entries to push to whom.
+//!
+//! It knows nothing of connections: the gateway calls [`Logic::send_batch`] and
+//! [`Logic::handle`] with the authenticated [`Caller`] and gets back responses plus
+//! [`Effects`] (deliveries to push, typing events to relay).
+
+use im_protocol::ids::{self, ConversationRef};
+use im_protocol::pb::{self, send_req::Target};
+use im_protocol::{Body, ErrorCodeExt as _};
+use timeline_store::{
+    ConversationState, Delivery, NewGroup, NewMessage, StoreError, TimelineStore,
+};
+
+/// Limits and policies of the business tier.
+#[derive(Clone, Debug)]
+pub struct LogicConfig {
+    /// Largest `SendReq.content`.
+    pub max_message_bytes: usize,
+    /// Largest group, owner included.
+    pub max_group_members: u32,
+    /// Groups up to this many members get write fan-out (one inbox entry per member). Larger
+    /// groups will need read fan-out, which revision 1 does not have yet: they are refused by
+    /// `max_group_members`, which must not exceed this.
+    pub write_fanout_limit: u32,
+    /// How long after sending a sender may recall a message.
+    pub recall_window_ms: u64,
+    /// Sync page: default and maximum entries.
+    pub sync_default: u32,
+    /// See `sync_default`.
+    pub sync_max: u32,
+    /// History page: default and maximum messages.
+    pub history_default: u32,
+    /// See `history_default`.
+    pub history_max: u32,
+    /// Conversation list page: default and maximum.
+    pub conversations_default: u32,
+    /// See `conversations_default`.
+    pub conversations_max: u32,
+    /// Group member page: default and maximum.
+    pub members_default: u32,
+    /// See `members_default`.
+    pub members_max: u32,
+}
+
+impl Default for LogicConfig {
+    fn default() -> Self {
+        LogicConfig {
+            max_message_bytes: 64 * 1024,
+            max_group_members: 1000,
+            write_fanout_limit: 1000,
+            recall_window_ms: 10 * 60 * 1000,
+            sync_default: 200,
+            sync_max: 1000,
+            history_default: 50,
+            history_max: 200,
+            conversations_default: 100,
+            conversations_max: 500,
+            members_default: 500,
+            members_max: 1000,
+        }
+    }
+}
+
+/// The authenticated user and device a request comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// User id from the verified token.
+    pub user: String,
+    /// Device id from the handshake.
+    pub device: String,
+}
+
+/// A typing indicator to relay to the online devices of `recipients`; never stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypingRelay {
+    /// Users whose online devices get the event (the typist excluded).
+    pub recipients: Vec<String>,
+    /// The event.
+    pub event: pb::TypingEvent,
+}
+
+/// What a request changed that other connections must hear about.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Effects {
+    /// Inbox entries to push to the users' online devices, in commit order.
+    pub deliveries: Vec<Delivery>,
+    /// A typing indicator to relay.
+    pub typing: Option<TypingRelay>,
+}
+
+/// The answer to one request: a response body, or a protocol error.
+pub type Reply = Result<Option<Body>, pb::Error>;
+
+/// The business tier over a store.
+pub struct Logic<S> {
+    store: S,
+    config: LogicConfig,
+}
+
+fn error(code: pb::ErrorCode, message: impl Into<String>) -> pb::Error {
+    code.to_error(message)
+}
+
+fn store_error(e: StoreError) -> pb::Error {
+    error(e.code(), e.to_string())
+}
+
+fn check_page(limit: u32, default: u32, max: u32, what: &str) -> Result<u32, pb::Error> {
+    match limit {
+        0 => Ok(default),
+        n if n > max => Err(error(
+            pb::ErrorCode::PageTooLarge,
+            format!("{what} limit {n} is above the maximum of {max}"),
+        )),
+        n => Ok(n),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl<S: TimelineStore> Logic<S> {
+    /// The business tier over `store`.
+    pub fn new(store: S, config: LogicConfig) -> Logic<S> {
+        Logic { store, config }
+    }
+
+    /// The store underneath (for the gateway's handshake: inbox head).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &LogicConfig {
+        &self.config
+    }
+
+    /// Handles consecutive `SendReq`s of one connection as one store commit, so they keep their
+    /// order and share one group commit. Returns one reply per request, in order.
+    pub async fn send_batch(
+        &self,
+        caller: &Caller,
+        requests: Vec<pb::SendReq>,
+    ) -> (Vec<Result<pb::SendAck, pb::Error>>, Effects) {
+        let now = now_ms();
+        let mut replies: Vec<Option<Result<pb::SendAck, pb::Error>>> =
+            Vec::with_capacity(requests.len());
+        let mut to_commit = Vec::new();
+        let mut slots = Vec::new();
+        for request in requests {
+            match self.prepare_send(caller, request, now).await {
+                Ok(message) => {
+                    slots.push(replies.len());
+                    replies.push(None);
+                    to_commit.push(message);
+                }
+                Err(e) => replies.push(Some(Err(e))),
+            }
+        }
+        let mut effects = Effects::default();
+        if !to_commit.is_empty() {
+            let results = self.store.commit_messages(to_commit).await;
+            for (slot, result) in slots.into_iter().zip(results) {
+                replies[slot] = Some(match result {
+                    Ok(committed) => {
+                        let m = &committed.message;
+                        let ack = pb::SendAck {
+                            client_msg_id: m.client_msg_id.clone(),
+                            conversation_id: m.conversation_id.clone(),
+                            server_msg_id: m.server_msg_id,
+                            conversation_seq: m.conversation_seq,
+                            server_time_ms: m.server_time_ms,
+                            duplicate: committed.duplicate,
+                            sender_inbox_seq: committed.sender_inbox_seq,
+                        };
+                        effects.deliveries.extend(committed.deliveries);
+                        Ok(ack)
+                    }
+                    Err(e) => Err(store_error(e)),
+                });
+            }
+        }
+        let replies = replies
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(error(pb::ErrorCode::Internal, "send was not answered")))
+            })
+            .collect();
+        (replies, effects)
+    }
+
+    async fn prepare_send(
+        &self,
+        caller: &Caller,
+        request: pb::SendReq,
+        now: u64,
+    ) -> Result<NewMessage, pb::Error> {
+        let invalid = |m: String| error(pb::ErrorCode::InvalidArgument, m);
+        if request.client_msg_id.is_empty()
+            || request.client_msg_id.len() > ids::MAX_CLIENT_MSG_ID_LEN
+        {
+            return Err(invalid(format!(
+                "client_msg_id must be 1 to {} bytes",
+                ids::MAX_CLIENT_MSG_ID_LEN
+            )));
+        }
+        if request.content.len() > self.config.max_message_bytes {
+            return Err(error(
+                pb::ErrorCode::MessageTooLarge,
+                format!(
+                    "content of {} bytes is above the limit of {} bytes",
+                    request.content.len(),
+                    self.config.max_message_bytes
+                ),
+            ));
+        }
+        let (conversation_id, kind, recipients) = match request.target {
+            Some(Target::ToUser(peer)) => {
+                ids::validate_id(&peer, "to_user").map_err(|e| invalid(e.to_string()))?;
+                let mut recipients = vec![caller.user.clone(), peer.clone()];
+                recipients.sort();
+                recipients.dedup();
+                (
+                    ids::direct_conversation_id(&caller.user, &peer),
+                    pb::ConversationKind::Direct,
+                    recipients,
+                )
+            }
+            Some(Target::ToGroup(group_id)) => {
+                ids::validate_id(&group_id, "to_group").map_err(|e| invalid(e.to_string()))?;
+                let members = self
+                    .store
+                    .member_ids(&group_id)
+                    .await
+                    .map_err(store_error)?;
+                if members.binary_search(&caller.user).is_err() {
+                    return Err(error(
+                        pb::ErrorCode::Forbidden,
+                        format!("{} is not a member of group {group_id}", caller.user),
+                    ));
+                }
+                (
+                    ids::group_conversation_id(&group_id),
+                    pb::ConversationKind::Group,
+                    members,
+                )
+            }
+            None => return Err(invalid("SendReq needs to_user or to_group".into())),
+        };
+        Ok(NewMessage {
+            conversation_id,
+            kind,
+            sender_user: caller.user.clone(),
+            sender_device: caller.device.clone(),
+            client_msg_id: request.client_msg_id,
+            content_type: request.content_type,
+            content: request.content,
+            recipients,
+            now_ms: now,
+        })
+    }
+
+    /// Checks that `caller` is a party to `conversation_id` and returns its parsed form.
+    async fn authorize<'a>(
+        &self,
+        caller: &Caller,
+        conversation_id: &'a str,
+    ) -> Result<ConversationRef<'a>, pb::Error> {
+        let conversation = ConversationRef::parse(conversation_id)
+            .map_err(|e| error(pb::ErrorCode::InvalidArgument, e.to_string()))?;
+        let allowed = match conversation {
+            ConversationRef::Direct { low, high } => caller.user == low || caller.user == high,
+            ConversationRef::Group { group_id } => self
+                .store
+                .is_member(group_id, &caller.user)
+                .await
+                .map_err(store_error)?,
+        };
+        if allowed {
+            Ok(conversation)
+        } else {
+            Err(error(
+                pb::ErrorCode::Forbidden,
+                format!("{} is not a party to {conversation_id}", caller.user),
+            ))
+        }
+    }
+
+    /// Everyone who takes part in a conversation, sorted.
+    async fn participants(
+        &self,
+        conversation: &ConversationRef<'_>,
+    ) -> Result<Vec<String>, pb::Error> {
+        match *conversation {
+            ConversationRef::Direct { low, high } => {
+                let mut users = vec![low.to_owned(), high.to_owned()];
+                users.dedup();
+                Ok(users)
+            }
+            ConversationRef::Group { group_id } => {
+                self.store.member_ids(group_id).await.map_err(store_error)
+            }
+        }
+    }
+
+    /// Handles every request but `SendReq` (see [`Logic::send_batch`]) and the connection-level
+    /// frames the gateway answers itself (handshake, ping, goodbye).
+    pub async fn handle(&self, caller: &Caller, body: Body) -> (Reply, Effects) {
+        let mut effects = Effects::default();
+        let reply = self.dispatch(caller, body, &mut effects).await;
+        (reply, effects)
+    }
+
+    async fn dispatch(&self, caller: &Caller, body: Body, effects: &mut Effects) -> Reply {
+        let now = now_ms();
+        match body {
+            Body::SendReq(request) => {
+                let (mut replies, batch_effects) = self.send_batch(caller, vec![request]).await;
+                *effects = batch_effects;
+                let ack = replies
+                    .pop()
+                    .unwrap_or_else(|| Err(error(pb::ErrorCode::Internal, "no reply")))?;
+                Ok(Some(Body::SendAck(ack)))
+            }
+            Body::DeliveryAck(ack) => {
+                self.store
+                    .record_delivery(&caller.user, &caller.device, ack.up_to_inbox_seq)
+                    .await
+                    .map_err(store_error)?;
+                Ok(None)
+            }
+            Body::Typing(typing) => {
+                let conversation = self.authorize(caller, &typing.conversation_id).await?;
+                let recipients = self
+                    .participants(&conversation)
+                    .await?
+                    .into_iter()
+                    .filter(|u| *u != caller.user)
+                    .collect();
+                effects.typing = Some(TypingRelay {
+                    recipients,
+                    event: pb::TypingEvent {
+                        conversation_id: typing.conversation_id,
+                        user_id: caller.user.clone(),
+                        typing: typing.typing,
+                    },
+                });
+                Ok(None)
+            }
+            Body::SyncReq(request) => self
+                .sync(caller, request)
+                .await
+                .map(|r| Some(Body::SyncResp(r))),
+            Body::HistoryReq(request) => {
+                let limit = check_page(
+                    request.limit,
+                    self.config.history_default,
+                    self.config.history_max,
+                    "history",
+                )?;
+                self.authorize(caller, &request.conversation_id).await?;
+                let direction =
+                    pb::HistoryDirection::try_from(request.direction).map_err(|_| {
+                        error(pb::ErrorCode::InvalidArgument, "unknown history direction")
+                    })?;
+                // Ask for one more than the page to learn whether more exist.
+                let page = self
+                    .store
+                    .read_history(
+                        &request.conversation_id,
+                        request.anchor_seq,
+                        direction,
+                        limit + 1,
+                    )
+                    .await
+                    .map_err(store_error)?;
+                let mut messages = page.messages;
+                let has_more = messages.len() > limit as usize;
+                messages.truncate(limit as usize);
+                Ok(Some(Body::HistoryResp(pb::HistoryResp {
+                    conversation_id: request.conversation_id,
+                    messages,
+                    has_more,
+                    last_seq: page.last_seq,
+                })))
+            }
+            Body::ConversationsReq(request) => {
+                let limit = check_page(
+                    request.limit,
+                    self.config.conversations_default,
+                    self.config.conversations_max,
+                    "conversations",
+                )?;
+                let (states, next_cursor) = self
+                    .store
+                    .conversations(&caller.user, limit, &request.cursor)
+                    .await
+                    .map_err(store_error)?;
+                let mut conversations = Vec::with_capacity(states.len());
+                for state in states {
+                    conversations.push(self.summary(state).await);
+                }
+                Ok(Some(Body::ConversationsResp(pb::ConversationsResp {
+                    conversations,
+                    next_cursor,
+                })))
+            }
+            Body::ReadMarkerReq(request) => {
+                let conversation = self.authorize(caller, &request.conversation_id).await?;
+                let receipt_to = conversation
+                    .peer_of(&caller.user)
+                    .filter(|peer| *peer != caller.user);
+                let (state, deliveries) = self
+                    .store
+                    .mark_read(
+                        &caller.user,
+                        &request.conversation_id,
+                        request.read_seq,
+                        receipt_to,
+                        now,
+                    )
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = deliveries;
+                Ok(Some(Body::ReadMarkerResp(pb::ReadMarkerResp {
+                    conversation_id: state.conversation_id,
+                    read_seq: state.read_seq,
+                    unread_count: state.unread_count,
+                })))
+            }
+            Body::RecallReq(request) => {
+                let conversation = self.authorize(caller, &request.conversation_id).await?;
+                let recipients = self.participants(&conversation).await?;
+                let (event, deliveries) = self
+                    .store
+                    .recall(
+                        &request.conversation_id,
+                        request.conversation_seq,
+                        &caller.user,
+                        &recipients,
+                        self.config.recall_window_ms,
+                        now,
+                    )
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = deliveries;
+                Ok(Some(Body::RecallResp(pb::RecallResp {
+                    event: Some(event),
+                })))
+            }
+            Body::DeleteReq(_) => Err(error(
+                pb::ErrorCode::UnknownOp,
+                "DELETE_REQ is not implemented by this server yet",
+            )),
+            Body::GroupCreateReq(request) => {
+                let mut members = Vec::with_capacity(request.members.len());
+                for member in request.members {
+                    ids::validate_id(&member, "member")
+                        .map_err(|e| error(pb::ErrorCode::InvalidArgument, e.to_string()))?;
+                    members.push(member);
+                }
+                if request.name.len() > 256 {
+                    return Err(error(
+                        pb::ErrorCode::InvalidArgument,
+                        "group name is above 256 bytes",
+                    ));
+                }
+                let change = self
+                    .store
+                    .create_group(NewGroup {
+                        name: request.name,
+                        owner: caller.user.clone(),
+                        members,
+                        open: request.open,
+                        client_request_id: request.client_request_id,
+                        max_members: self.max_members(),
+                        now_ms: now,
+                    })
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = change.deliveries;
+                Ok(Some(Body::GroupCreateResp(pb::GroupCreateResp {
+                    group: Some(change.group),
+                })))
+            }
+            Body::GroupAddMembersReq(request) => {
+                for member in &request.members {
+                    ids::validate_id(member, "member")
+                        .map_err(|e| error(pb::ErrorCode::InvalidArgument, e.to_string()))?;
+                }
+                let change = self
+                    .store
+                    .add_members(
+                        &request.group_id,
+                        &caller.user,
+                        &request.members,
+                        self.max_members(),
+                        now,
+                    )
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = change.deliveries;
+                Ok(Some(Body::GroupAddMembersResp(pb::GroupAddMembersResp {
+                    group: Some(change.group),
+                    added: change.changed,
+                })))
+            }
+            Body::GroupRemoveMembersReq(request) => {
+                let change = self
+                    .store
+                    .remove_members(&request.group_id, &caller.user, &request.members, now)
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = change.deliveries;
+                Ok(Some(Body::GroupRemoveMembersResp(
+                    pb::GroupRemoveMembersResp {
+                        group: Some(change.group),
+                        removed: change.changed,
+                    },
+                )))
+            }
+            Body::GroupJoinReq(request) => {
+                let change = self
+                    .store
+                    .join_group(&request.group_id, &caller.user, self.max_members(), now)
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = change.deliveries;
+                Ok(Some(Body::GroupJoinResp(pb::GroupJoinResp {
+                    group: Some(change.group),
+                })))
+            }
+            Body::GroupLeaveReq(request) => {
+                let change = self
+                    .store
+                    .leave_group(&request.group_id, &caller.user, now)
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = change.deliveries;
+                Ok(Some(Body::GroupLeaveResp(pb::GroupLeaveResp {
+                    group_id: request.group_id,
+                })))
+            }
+            Body::GroupMembersReq(request) => {
+                let limit = check_page(
+                    request.limit,
+                    self.config.members_default,
+                    self.config.members_max,
+                    "members",
+                )?;
+                if !self
+                    .store
+                    .is_member(&request.group_id, &caller.user)
+                    .await
+                    .map_err(store_error)?
+                {
+                    return Err(error(
+                        pb::ErrorCode::Forbidden,
+                        "only members may list a group's members",
+                    ));
+                }
+                let group = self
+                    .store
+                    .group(&request.group_id)
+                    .await
+                    .map_err(store_error)?;
+                let (members, next_cursor) = self
+                    .store
+                    .group_members(&request.group_id, limit, &request.cursor)
+                    .await
+                    .map_err(store_error)?;
+                Ok(Some(Body::GroupMembersResp(pb::GroupMembersResp {
+                    group: Some(group),
+                    members,
+                    next_cursor,
+                })))
+            }
+            other => Err(error(
+                pb::ErrorCode::WrongDirection,
+                format!("{:?} is not a request the logic tier handles", other.op()),
+            )),
+        }
+    }
+
+    fn max_members(&self) -> u32 {
+        self.config
+            .max_group_members
+            .min(self.config.write_fanout_limit)
+    }
+
+    async fn sync(&self, caller: &Caller, request: pb::SyncReq) -> Result<pb::SyncResp, pb::Error> {
+        let limit = check_page(
+            request.limit,
+            self.config.sync_default,
+            self.config.sync_max,
+            "sync",
+        )?;
+        let from = request.from_seq.max(1);
+        if request.to_seq != 0 && request.to_seq < from {
+            return Err(error(
+                pb::ErrorCode::InvalidArgument,
+                "to_seq is below from_seq",
+            ));
+        }
+        let page = self
+            .store
+            .read_inbox(&caller.user, from, request.to_seq, limit)
+            .await
+            .map_err(store_error)?;
+        Ok(sync_response(from, request.to_seq, page))
+    }
+
+    async fn summary(&self, state: ConversationState) -> pb::ConversationSummary {
+        let title = match state.kind {
+            pb::ConversationKind::Group => match self.store.group(&state.peer).await {
+                Ok(group) => group.name,
+                Err(_) => String::new(),
+            },
+            _ => String::new(),
+        };
+        pb::ConversationSummary {
+            conversation_id: state.conversation_id,
+            kind: state.kind as i32,
+            peer: state.peer,
+            title,
+            last_message: state.last_message,
+            last_seq: state.last_seq,
+            read_seq: state.read_seq,
+            unread_count: state.unread_count,
+            peer_read_seq: state.peer_read_seq,
+            updated_ms: state.updated_ms,
+        }
+    }
+}
+
+/// Builds a `SyncResp` for a request `[from, to]` (to = 0: up to the head) from an inbox page,
+/// naming every requested seq that is not returned and never will be (trimmed) or does not exist
+/// yet, so a client never waits for a seq.
+pub fn sync_response(from: u64, to: u64, page: timeline_store::InboxPage) -> pb::SyncResp {
+    let mut missing = Vec::new();
+    if from < page.oldest_seq {
+        let trimmed_to = (page.oldest_seq - 1).min(if to == 0 { u64::MAX } else { to });
+        missing.push(pb::SeqRange {
+            from_seq: from,
+            to_seq: trimmed_to,
+            reason: pb::SeqRangeReason::Trimmed as i32,
+        });
+    }
+    if to > page.head_seq {
+        missing.push(pb::SeqRange {
+            from_seq: from.max(page.head_seq + 1),
+            to_seq: to,
+            reason: pb::SeqRangeReason::NotYet as i32,
+        });
+    }
+    let end = if to == 0 {
+        page.head_seq
+    } else {
+        to.min(page.head_seq)
+    };
+    let next_seq = page
+        .entries
+        .last()
+        .map(|e| e.inbox_seq + 1)
+        .unwrap_or_else(|| from.max(page.oldest_seq).min(end + 1).max(from));
+    pb::SyncResp {
+        has_more: next_seq <= end,
+        next_seq,
+        head_seq: page.head_seq,
+        entries: page.entries,
+        missing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use timeline_store::InboxPage;
+
+    fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<pb::InboxEntry> {
+        range
+            .map(|inbox_seq| pb::InboxEntry {
+                inbox_seq,
+                body: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_page_below_the_head_has_more() {
+        let page = InboxPage {
+            entries: entries(1..=3),
+            head_seq: 10,
+            oldest_seq: 1,
+        };
+        let resp = sync_response(1, 0, page);
+        assert!(resp.has_more);
+        assert_eq!(resp.next_seq, 4);
+        assert!(resp.missing.is_empty());
+    }
+
+    #[test]
+    fn seqs_above_the_head_are_reported_not_yet() {
+        let page = InboxPage {
+            entries: entries(5..=6),
+            head_seq: 6,
+            oldest_seq: 1,
+        };
+        let resp = sync_response(5, 9, page);
+        assert!(!resp.has_more);
+        assert_eq!(resp.next_seq, 7);
+        assert_eq!(
+            resp.missing,
+            vec![pb::SeqRange {
+                from_seq: 7,
+                to_seq: 9,
+                reason: pb::SeqRangeReason::NotYet as i32
+            }]
+        );
+    }
+
+    #[test]
+    fn trimmed_seqs_are_reported_so_the_client_skips_them() {
+        let page = InboxPage {
+            entries: entries(4..=5),
+            head_seq: 5,
+            oldest_seq: 4,
+        };
+        let resp = sync_response(1, 0, page);
+        assert_eq!(
+            resp.missing,
+            vec![pb::SeqRange {
+                from_seq: 1,
+                to_seq: 3,
+                reason: pb::SeqRangeReason::Trimmed as i32
+            }]
+        );
+        assert!(!resp.has_more);
+    }
+
+    #[test]
+    fn a_request_past_the_head_of_an_empty_inbox_returns_nothing_and_does_not_loop() {
+        let page = InboxPage {
+            entries: vec![],
+            head_seq: 0,
+            oldest_seq: 1,
+        };
+        let resp = sync_response(1, 0, page);
+        assert!(!resp.has_more);
+        assert_eq!(resp.next_seq, 1);
+    }
+}

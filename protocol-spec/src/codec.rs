@@ -88,6 +88,12 @@ impl FrameCodec {
         self.max_body
     }
 
+    /// Changes the body limit (clamped to [`ABSOLUTE_MAX_BODY`]): servers use a small limit
+    /// until the handshake succeeds, then the negotiated one.
+    pub fn set_max_body(&mut self, max_body: usize) {
+        self.max_body = max_body.min(ABSOLUTE_MAX_BODY);
+    }
+
     /// Allows the peer to send zstd-compressed bodies (negotiated in the handshake).
     pub fn accept_compressed(&mut self, yes: bool) {
         self.accept_compressed = yes;

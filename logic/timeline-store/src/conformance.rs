@@ -1,0 +1,1 @@
+//! Conformance suite: written by the embedded-store work.
