@@ -1,20 +1,214 @@
-//! Until the server lands, the gateway binary prints the protocol's frame-type table, so the
-//! README's run command shows what the wire protocol consists of.
+//! `gateway`: the single-process IM server (gateway + logic + embedded store), and `gateway
+//! token`, which mints a development token with the same secret the server uses.
 
-fn main() {
-    println!(
-        "IM wire protocol: wire version {}, revision {}; frames are a 12-byte big-endian header + protobuf body.",
-        im_protocol::WIRE_VERSION,
-        im_protocol::PROTOCOL_REVISION
-    );
-    println!("{:<32} {:>4}  {:<24} direction", "op", "num", "body");
-    for info in im_protocol::OP_TABLE {
-        println!(
-            "{:<32} {:>4}  {:<24} {:?}",
-            info.proto_name, info.number, info.body, info.direction
-        );
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gateway::auth::{Claims, TokenKey, default_secret_file, load_or_create_secret};
+use gateway::hub::Hub;
+use gateway::server::{GatewayConfig, Shared, serve};
+use gateway::session::SessionConfig;
+use logic::{Logic, LogicConfig};
+use store_embedded::{EmbeddedOptions, EmbeddedStore};
+use tokio_util::sync::CancellationToken;
+
+/// A complete single-node IM server: accepts clients on TCP, stores every message durably in
+/// DATA_DIR before acknowledging it, and pushes to online devices.
+#[derive(Parser, Debug)]
+#[command(name = "gateway", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Common {
+    /// Directory for the message store and the generated token secret.
+    #[arg(long, env = "IM_DATA_DIR", default_value = "data", global = true)]
+    data_dir: PathBuf,
+    /// Shared token secret (HS256). Default: read DATA_DIR/token.secret, created on first use.
+    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true, global = true)]
+    secret: Option<String>,
+    /// File holding the token secret, instead of DATA_DIR/token.secret.
+    #[arg(long, env = "IM_TOKEN_SECRET_FILE", global = true)]
+    secret_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to accept plain-TCP clients on.
+    #[arg(long, env = "IM_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Heartbeat interval announced to clients, in seconds; the idle timeout is three of them.
+    #[arg(long, env = "IM_HEARTBEAT_SECS", default_value_t = 30)]
+    heartbeat_secs: u64,
+    /// Seconds a new connection has to authenticate.
+    #[arg(long, env = "IM_HANDSHAKE_TIMEOUT_SECS", default_value_t = 5)]
+    handshake_timeout_secs: u64,
+    /// Requests per second one connection may send (0 = unlimited); the burst is twice this.
+    #[arg(long, env = "IM_RATE_LIMIT", default_value_t = 200)]
+    rate_limit: u32,
+    /// Largest message content in bytes.
+    #[arg(long, env = "IM_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    max_message_bytes: usize,
+    /// Largest frame body in bytes.
+    #[arg(long, env = "IM_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
+    max_frame_bytes: usize,
+    /// Largest group (members, owner included); groups use write fan-out up to this size.
+    #[arg(long, env = "IM_MAX_GROUP_MEMBERS", default_value_t = 1000)]
+    max_group_members: u32,
+    /// Seconds after sending during which a sender may recall a message.
+    #[arg(long, env = "IM_RECALL_WINDOW_SECS", default_value_t = 600)]
+    recall_window_secs: u64,
+    /// Most concurrent connections.
+    #[arg(long, env = "IM_MAX_CONNECTIONS", default_value_t = 100_000)]
+    max_connections: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a token for USER signed with the server's secret (for development and tests).
+    Token {
+        /// User id.
+        #[arg(long)]
+        user: String,
+        /// Device id the token is bound to; omitted = any device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        ttl_secs: u64,
+    },
+}
+
+fn secret(common: &Common) -> anyhow::Result<TokenKey> {
+    let file = common
+        .secret_file
+        .clone()
+        .unwrap_or_else(|| default_secret_file(&common.data_dir));
+    let secret = load_or_create_secret(common.secret.as_deref(), &file)
+        .with_context(|| format!("reading or creating the token secret {}", file.display()))?;
+    Ok(TokenKey::new(secret))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token {
+            user,
+            device,
+            ttl_secs,
+        }) => {
+            im_protocol::ids::validate_id(&user, "--user").map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(device) = &device {
+                im_protocol::ids::validate_id(device, "--device")
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let key = secret(&cli.common)?;
+            let token = key.sign(&Claims {
+                sub: user,
+                dev: device,
+                plt: None,
+                exp: now + ttl_secs,
+                iat: Some(now),
+            });
+            println!("{token}");
+            Ok(())
+        }
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(run(cli.common, cli.serve))
+        }
     }
-    println!(
-        "See protocol-spec/SPEC.md for the rules and protocol-spec/vectors/frames.json for golden frames."
+}
+
+async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
+    let tokens = secret(&common)?;
+    std::fs::create_dir_all(&common.data_dir)
+        .with_context(|| format!("creating data directory {}", common.data_dir.display()))?;
+    let store = EmbeddedStore::open(&common.data_dir.join("store"), EmbeddedOptions::default())
+        .with_context(|| format!("opening the store in {}", common.data_dir.display()))?;
+    let logic = Logic::new(
+        store.clone(),
+        LogicConfig {
+            max_message_bytes: args.max_message_bytes,
+            max_group_members: args.max_group_members,
+            write_fanout_limit: args.max_group_members,
+            recall_window_ms: args.recall_window_secs * 1000,
+            ..LogicConfig::default()
+        },
     );
+    let heartbeat = Duration::from_secs(args.heartbeat_secs.max(1));
+    let config = GatewayConfig {
+        session: SessionConfig {
+            handshake_timeout: Duration::from_secs(args.handshake_timeout_secs.max(1)),
+            heartbeat_interval: heartbeat,
+            idle_timeout: heartbeat * 3,
+            rate_per_sec: args.rate_limit,
+            rate_burst: args.rate_limit.saturating_mul(2),
+        },
+        max_frame_bytes: args.max_frame_bytes.min(im_protocol::ABSOLUTE_MAX_BODY),
+        compression_threshold: 8 * 1024,
+        max_connections: args.max_connections,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    println!("listening on {local}");
+    tracing::info!(%local, data_dir = %common.data_dir.display(), "gateway started");
+
+    let shutdown = CancellationToken::new();
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal_shutdown.cancel();
+    });
+    let shared = Arc::new(Shared {
+        logic,
+        hub: Hub::new(),
+        tokens,
+        config,
+    });
+    serve(listener, shared, shutdown).await?;
+    // Flush what the writer still holds; acked messages are durable already.
+    store.close().await.context("closing the store")?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -170,6 +170,11 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,
+    /// An argument the store cannot interpret (a malformed page cursor or conversation id). The
+    /// logic tier validates what it can; this covers what only the store can check, such as
+    /// the cursors it hands out.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
 impl StoreError {
@@ -185,6 +190,7 @@ impl StoreError {
             StoreError::NotOpen => pb::ErrorCode::NotOpen,
             StoreError::Backend(_) => pb::ErrorCode::Unavailable,
             StoreError::Closed => pb::ErrorCode::ShuttingDown,
+            StoreError::InvalidArgument(_) => pb::ErrorCode::InvalidArgument,
         }
     }
 }
@@ -214,7 +220,8 @@ pub trait TimelineStore: Send + Sync + 'static {
     ) -> impl Future<Output = Vec<StoreResult<CommittedMessage>>> + Send;
 
     /// Moves `user`'s read marker in `conversation_id` forward to `read_seq` (clamped to the
-    /// conversation's last seq; a lower value leaves it unchanged) and recomputes the unread
+    /// `last_seq` of the user's [`ConversationState`], which is the conversation's last seq for
+    /// every current member; a lower value leaves it unchanged) and recomputes the unread
     /// count exactly (messages from others above the marker). When it moved, atomically appends a
     /// `ReadMarkerSync` to `user`'s inbox and, if `receipt_to` is given, a `ReadReceipt` to that
     /// user's inbox, and sets that user's `peer_read_seq`. `NotFound` if `user` has no state for
@@ -230,8 +237,11 @@ pub trait TimelineStore: Send + Sync + 'static {
 
     /// Recalls message `seq` of `conversation_id` on behalf of `by_user`: `NotFound`, `NotSender`
     /// or `RecallWindowExpired` (when `now_ms - server_time_ms > window_ms`) otherwise marks it
-    /// recalled and erases its content in the timeline, and appends a `RecallEvent` to the inbox
-    /// of every user in `recipients`. Recalling twice succeeds and appends nothing the second time.
+    /// recalled and erases its content in the timeline and in the inbox entries that carry it
+    /// (the protocol promises `recalled` "in history and sync": a later `read_inbox` returns the
+    /// message recalled and empty), and appends a `RecallEvent` to the inbox of every user in
+    /// `recipients`. Recalling twice succeeds and appends nothing the second time. The checks
+    /// run in that order: a second recall by the sender succeeds even after the window.
     fn recall(
         &self,
         conversation_id: &str,
@@ -305,7 +315,9 @@ pub trait TimelineStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<GroupChange>> + Send;
 
     /// Adds members (any member may): `Forbidden` for a non-member actor, `GroupFull` above
-    /// `max_members`. Event `MembersAdded` to all members after the change.
+    /// `max_members`. Event `MembersAdded` to all members after the change. Each added user
+    /// gets a [`ConversationState`] for `g:<id>` with the read marker at the conversation's
+    /// current last seq (messages from before they joined are not unread for them).
     fn add_members(
         &self,
         group_id: &str,
@@ -326,7 +338,8 @@ pub trait TimelineStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<GroupChange>> + Send;
 
     /// `user` joins an open group (`NotOpen` otherwise; `GroupFull`); joining twice changes
-    /// nothing. Event `MemberJoined` to all members.
+    /// nothing (not even `NotOpen`). Event `MemberJoined` to all members. The joiner gets a
+    /// [`ConversationState`] as in [`TimelineStore::add_members`].
     fn join_group(
         &self,
         group_id: &str,

@@ -1,0 +1,513 @@
+//! The TCP listener and the connection tasks.
+//!
+//! Each connection is two tasks: this one reads frames, asks the [`Session`] what they may be,
+//! and calls the logic tier; a writer task drains a bounded outbound queue, coalescing whatever
+//! is queued into one socket write. Consecutive `SEND_REQ`s that arrived together go to the
+//! store as one batch, which keeps their order and lets the store group-commit them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::{FutureExt as _, StreamExt as _};
+use im_protocol::pb::{self, ErrorCode};
+use im_protocol::{Body, ErrorCodeExt as _, Frame, FrameCodec};
+use logic::{Caller, Effects, Logic};
+use timeline_store::TimelineStore;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::{Encoder as _, FramedRead};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::auth::TokenKey;
+use crate::hub::{ConnHandle, Hub, Outbound};
+use crate::session::{Phase, Session, SessionConfig, Verdict};
+
+/// Body limit before authentication: a handshake is small, and unauthenticated peers must not
+/// make us buffer much.
+const PRE_AUTH_MAX_BODY: usize = 4 * 1024;
+/// Outbound frames queued per connection before it counts as too slow.
+const OUTBOUND_QUEUE: usize = 1024;
+/// Most `SEND_REQ`s taken into one store batch from one connection.
+const MAX_SEND_BATCH: usize = 256;
+/// Bytes the writer gathers before one socket write.
+const WRITE_COALESCE_BYTES: usize = 64 * 1024;
+
+/// Server settings the gateway owns.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Connection timing and rate limits.
+    pub session: SessionConfig,
+    /// Largest body after authentication.
+    pub max_frame_bytes: usize,
+    /// Compress outgoing bodies at least this large for clients that accept zstd.
+    pub compression_threshold: usize,
+    /// Most concurrent connections.
+    pub max_connections: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            session: SessionConfig::default(),
+            max_frame_bytes: im_protocol::DEFAULT_MAX_BODY,
+            compression_threshold: 8 * 1024,
+            max_connections: 100_000,
+        }
+    }
+}
+
+/// Everything a connection task needs.
+pub struct Shared<S> {
+    /// The business tier.
+    pub logic: Logic<S>,
+    /// Online users.
+    pub hub: Arc<Hub>,
+    /// Verifies tokens.
+    pub tokens: TokenKey,
+    /// Limits.
+    pub config: GatewayConfig,
+}
+
+/// Accepts connections on `listener` until `shutdown` is cancelled, then tells every client to
+/// reconnect and waits (bounded) for the connection tasks to finish.
+pub async fn serve<S: TimelineStore>(
+    listener: TcpListener,
+    shared: Arc<Shared<S>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+    let mut accept_backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => {
+                    accept_backoff = Duration::from_millis(5);
+                    pair
+                }
+                Err(e) => {
+                    // Usually EMFILE: wait instead of spinning, then try again.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(accept_backoff).await;
+                    accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::debug_span!("conn", %peer);
+        tracker.spawn(
+            async move {
+                let _permit = permit;
+                connection(stream, shared, shutdown).await;
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    for conn in shared.hub.all() {
+        let kick = pb::Kick {
+            reason: pb::KickReason::ServerShutdown as i32,
+            message: "server is shutting down".into(),
+            redirect_addr: String::new(),
+            retry_after_ms: 1000,
+        };
+        let _ = conn.tx.try_send(Outbound::Frame(Frame::push(kick)));
+    }
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 5 s; stopping anyway");
+    }
+    Ok(())
+}
+
+/// Encodes queued frames and writes them, several per syscall when they are queued together.
+async fn writer(mut socket: OwnedWriteHalf, mut rx: mpsc::Receiver<Outbound>, max_body: usize) {
+    let mut codec = FrameCodec::new(max_body);
+    let mut buf = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Outbound::Frame(frame) => {
+                    if let Err(e) = codec.encode(&frame, &mut buf) {
+                        tracing::warn!(error = %e, op = frame.op, "dropping an unencodable frame");
+                    }
+                }
+                Outbound::Compress(threshold) => {
+                    codec.compress_above(Some(threshold));
+                }
+            }
+            if buf.len() < WRITE_COALESCE_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if socket.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+        // Give back a big buffer after a burst, so idle connections stay small.
+        if buf.capacity() > 4 * WRITE_COALESCE_BYTES {
+            buf = BytesMut::new();
+        }
+    }
+    let _ = socket.shutdown().await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Conn<S> {
+    shared: Arc<Shared<S>>,
+    session: Session,
+    tx: mpsc::Sender<Outbound>,
+    close: CancellationToken,
+    conn_id: u64,
+    caller: Option<Caller>,
+}
+
+impl<S: TimelineStore> Conn<S> {
+    async fn send(&self, frame: Frame) -> bool {
+        self.tx.send(Outbound::Frame(frame)).await.is_ok()
+    }
+
+    async fn send_error(
+        &self,
+        request_id: u32,
+        code: ErrorCode,
+        message: impl Into<String>,
+        retry_after_ms: u32,
+    ) {
+        let mut error = code.to_error(message);
+        error.retry_after_ms = retry_after_ms;
+        self.send(Frame::new(request_id, error)).await;
+    }
+
+    fn apply(&self, effects: Effects) {
+        self.shared.hub.deliver(effects.deliveries);
+        if let Some(typing) = effects.typing {
+            self.shared
+                .hub
+                .relay_typing(&typing.recipients, &typing.event);
+        }
+    }
+
+    /// Verifies the handshake; on success registers the connection, kicking an older one of the
+    /// same device, and answers. Returns false when the connection must close.
+    async fn handshake(&mut self, frame: &Frame, framed_codec: &mut FrameCodec) -> bool {
+        let request = match frame.decode_body() {
+            Ok(Body::HandshakeReq(request)) => request,
+            Ok(_) | Err(_) => {
+                self.send_error(
+                    frame.request_id,
+                    ErrorCode::BadBody,
+                    "HANDSHAKE_REQ body does not decode",
+                    0,
+                )
+                .await;
+                return false;
+            }
+        };
+        let now_secs = now_ms() / 1000;
+        let claims = match self.shared.tokens.verify(&request.token, now_secs) {
+            Ok(claims) => claims,
+            Err(e) => {
+                self.send_error(frame.request_id, e.code(), e.to_string(), 0)
+                    .await;
+                return false;
+            }
+        };
+        if let Err(e) = im_protocol::ids::validate_id(&request.device_id, "device_id") {
+            self.send_error(
+                frame.request_id,
+                ErrorCode::InvalidArgument,
+                e.to_string(),
+                0,
+            )
+            .await;
+            return true;
+        }
+        if claims
+            .dev
+            .as_deref()
+            .is_some_and(|dev| dev != request.device_id)
+        {
+            self.send_error(
+                frame.request_id,
+                ErrorCode::DeviceMismatch,
+                "the handshake's device_id differs from the token's device",
+                0,
+            )
+            .await;
+            return false;
+        }
+        if request.protocol_version == 0 {
+            self.send_error(
+                frame.request_id,
+                ErrorCode::UnsupportedVersion,
+                "protocol_version 0 is not a revision",
+                0,
+            )
+            .await;
+            return false;
+        }
+        let user = claims.sub;
+        let device = request.device_id.clone();
+        // Register for pushes before reading the inbox head: an entry committed in between is
+        // then either pushed or below the head the client syncs to, never neither.
+        let replaced = self.shared.hub.register(
+            &user,
+            ConnHandle {
+                id: self.conn_id,
+                device: device.clone(),
+                tx: self.tx.clone(),
+                close: self.close.clone(),
+            },
+        );
+        for old in replaced {
+            let kick = pb::Kick {
+                reason: pb::KickReason::LoggedInElsewhere as i32,
+                message: format!("device {device} connected again"),
+                redirect_addr: String::new(),
+                retry_after_ms: 0,
+            };
+            let _ = old.tx.try_send(Outbound::Frame(Frame::push(kick)));
+            old.close.cancel();
+        }
+        let head = match self.shared.logic.store().inbox_head(&user).await {
+            Ok(head) => head,
+            Err(e) => {
+                self.shared.hub.unregister(&user, self.conn_id);
+                self.send_error(frame.request_id, e.code(), e.to_string(), 0)
+                    .await;
+                return false;
+            }
+        };
+        let zstd = request
+            .accept_compression
+            .contains(&(pb::Compression::Zstd as i32));
+        let config = &self.shared.config;
+        framed_codec.set_max_body(config.max_frame_bytes);
+        framed_codec.accept_compressed(zstd);
+        if zstd {
+            let _ = self
+                .tx
+                .send(Outbound::Compress(config.compression_threshold))
+                .await;
+        }
+        let response = pb::HandshakeResp {
+            user_id: user.clone(),
+            device_id: device.clone(),
+            protocol_version: request.protocol_version.min(im_protocol::PROTOCOL_REVISION),
+            server_time_ms: now_ms(),
+            heartbeat_interval_ms: config.session.heartbeat_interval.as_millis() as u32,
+            idle_timeout_ms: config.session.idle_timeout.as_millis() as u32,
+            max_frame_bytes: config.max_frame_bytes as u32,
+            max_message_bytes: self.shared.logic.config().max_message_bytes as u32,
+            inbox_head_seq: head,
+            session_id: format!("c{}", self.conn_id),
+            compression: if zstd {
+                pb::Compression::Zstd as i32
+            } else {
+                pb::Compression::None as i32
+            },
+            compression_threshold_bytes: if zstd {
+                config.compression_threshold as u32
+            } else {
+                0
+            },
+        };
+        tracing::debug!(%user, %device, "authenticated");
+        self.session.authenticated(user.clone(), device.clone());
+        self.caller = Some(Caller { user, device });
+        self.send(Frame::new(frame.request_id, response)).await
+    }
+
+    /// Runs a batch of consecutive sends and answers each.
+    async fn send_batch(&self, batch: Vec<(u32, pb::SendReq)>) {
+        let Some(caller) = &self.caller else { return };
+        let (ids, requests): (Vec<u32>, Vec<pb::SendReq>) = batch.into_iter().unzip();
+        let (replies, effects) = self.shared.logic.send_batch(caller, requests).await;
+        // Ack the senders first, then push: the ack is what the sender is waiting on.
+        for (request_id, reply) in ids.into_iter().zip(replies) {
+            let frame = match reply {
+                Ok(ack) => Frame::new(request_id, ack),
+                Err(error) => Frame::new(request_id, error),
+            };
+            if !self.send(frame).await {
+                break;
+            }
+        }
+        self.apply(effects);
+    }
+
+    async fn request(&self, frame: &Frame) {
+        let Some(caller) = &self.caller else { return };
+        let body = match frame.decode_body() {
+            Ok(body) => body,
+            Err(e) => {
+                self.send_error(frame.request_id, e.code(), e.to_string(), 0)
+                    .await;
+                return;
+            }
+        };
+        let (reply, effects) = self.shared.logic.handle(caller, body).await;
+        match reply {
+            Ok(Some(body)) => {
+                self.send(Frame::new(frame.request_id, body)).await;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                self.send(Frame::new(frame.request_id, error)).await;
+            }
+        }
+        self.apply(effects);
+    }
+}
+
+/// Serves one connection until it closes.
+async fn connection<S: TimelineStore>(
+    stream: TcpStream,
+    shared: Arc<Shared<S>>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let max_body = shared.config.max_frame_bytes;
+    let writer_task = tokio::spawn(writer(write_half, rx, max_body));
+    let mut framed = FramedRead::with_capacity(read_half, FrameCodec::new(PRE_AUTH_MAX_BODY), 256);
+    let conn_id = shared.hub.next_conn_id();
+    let mut conn = Conn {
+        session: Session::new(shared.config.session.clone(), Instant::now()),
+        shared,
+        tx,
+        close: CancellationToken::new(),
+        conn_id,
+        caller: None,
+    };
+
+    'conn: loop {
+        let deadline = tokio::time::Instant::from_std(conn.session.deadline());
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = conn.close.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline) => {
+                if let Some((code, message)) = conn.session.on_timer(Instant::now()) {
+                    conn.send_error(0, code, message, 0).await;
+                    break;
+                }
+                continue;
+            }
+            next = framed.next() => next,
+        };
+        let frame = match next {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "undecodable stream");
+                conn.send_error(0, e.code(), e.to_string(), 0).await;
+                break;
+            }
+        };
+        let mut pending = Some(frame);
+        let mut sends: Vec<(u32, pb::SendReq)> = Vec::new();
+        while let Some(frame) = pending.take() {
+            let verdict = conn.session.on_frame(&frame, Instant::now());
+            // Consecutive sends are batched; anything else flushes the batch first, so the
+            // connection's frames are answered in the order they came.
+            if verdict == Verdict::Request(pb::Op::SendReq) {
+                match frame.decode_body() {
+                    Ok(Body::SendReq(request)) => sends.push((frame.request_id, request)),
+                    _ => {
+                        conn.send_error(
+                            frame.request_id,
+                            ErrorCode::BadBody,
+                            "SEND_REQ body does not decode",
+                            0,
+                        )
+                        .await
+                    }
+                }
+                if sends.len() < MAX_SEND_BATCH {
+                    if let Some(Some(Ok(more))) = framed.next().now_or_never() {
+                        pending = Some(more);
+                    }
+                }
+                continue;
+            }
+            if !sends.is_empty() {
+                conn.send_batch(std::mem::take(&mut sends)).await;
+            }
+            match verdict {
+                Verdict::Handshake => {
+                    if !conn.handshake(&frame, framed.decoder_mut()).await {
+                        break 'conn;
+                    }
+                }
+                Verdict::Ping => {
+                    let ping = match frame.decode_body() {
+                        Ok(Body::Ping(ping)) => ping,
+                        _ => pb::Ping::default(),
+                    };
+                    conn.send(Frame::new(
+                        frame.request_id,
+                        pb::Pong {
+                            client_time_ms: ping.client_time_ms,
+                            server_time_ms: now_ms(),
+                        },
+                    ))
+                    .await;
+                }
+                Verdict::Goodbye => break 'conn,
+                Verdict::Request(_) => conn.request(&frame).await,
+                Verdict::Reject {
+                    code,
+                    message,
+                    retry_after_ms,
+                    close,
+                } => {
+                    conn.send_error(frame.request_id, code, message, retry_after_ms)
+                        .await;
+                    if close {
+                        break 'conn;
+                    }
+                }
+            }
+        }
+        if !sends.is_empty() {
+            conn.send_batch(sends).await;
+        }
+    }
+
+    conn.session.close();
+    if let Some(caller) = &conn.caller {
+        conn.shared.hub.unregister(&caller.user, conn.conn_id);
+    }
+    if matches!(conn.session.phase(), Phase::Closed) {
+        tracing::debug!("connection closed");
+    }
+    // Let the writer flush what is queued (the closing error), then end.
+    drop(conn);
+    drop(framed);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+}

@@ -1,0 +1,104 @@
+//! kill -9 in the middle of a stream of sends loses no acknowledged message and duplicates none.
+
+mod support;
+
+use std::collections::HashMap;
+
+use im_protocol::{Body, pb};
+use support::*;
+
+#[tokio::test]
+async fn every_acked_message_survives_sigkill_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let mut alice = Client::connect(&server, "alice", "phone").await;
+
+    // Pipeline sends (64 in flight) and kill the server while acks are streaming back.
+    let mut acked: HashMap<String, pb::SendAck> = HashMap::new();
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut next = 0u32;
+    let kill_after = 400;
+    'stream: loop {
+        while in_flight.len() < 64 {
+            let id = format!("m{next}");
+            let request_id = alice
+                .send_only(pb::SendReq {
+                    target: Some(to_user("bob")),
+                    client_msg_id: id.clone(),
+                    content_type: 0,
+                    content: format!("payload {next}").into_bytes(),
+                })
+                .await;
+            in_flight.push_back((request_id, id));
+            next += 1;
+        }
+        let (request_id, id) = in_flight.pop_front().unwrap();
+        match alice.response(request_id).await {
+            Body::SendAck(ack) => {
+                acked.insert(id, ack);
+            }
+            other => panic!("{other:?}"),
+        }
+        if acked.len() == kill_after {
+            server.kill9();
+            break 'stream;
+        }
+    }
+    drop(alice);
+
+    server.restart();
+    let mut bob = Client::connect(&server, "bob", "phone").await;
+    let entries = bob.sync_all(1, 500).await;
+    let seqs: Vec<u64> = entries.iter().map(|e| e.inbox_seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "inbox seqs are contiguous"
+    );
+    let stored = messages(&entries);
+    let mut seen = HashMap::new();
+    for m in &stored {
+        assert!(
+            seen.insert(m.client_msg_id.clone(), m.clone()).is_none(),
+            "{} stored twice",
+            m.client_msg_id
+        );
+    }
+    for (id, ack) in &acked {
+        let m = seen
+            .get(id)
+            .unwrap_or_else(|| panic!("acked message {id} lost"));
+        assert_eq!(
+            (m.server_msg_id, m.conversation_seq),
+            (ack.server_msg_id, ack.conversation_seq)
+        );
+    }
+
+    // Resending everything that was in flight is deduplicated or stored once; seqs continue.
+    let mut alice = Client::connect(&server, "alice", "phone").await;
+    let last_seq = stored.iter().map(|m| m.conversation_seq).max().unwrap();
+    let mut new_seqs = Vec::new();
+    for i in 0..next {
+        let ack = alice
+            .send_text(to_user("bob"), &format!("m{i}"), &format!("payload {i}"))
+            .await
+            .unwrap();
+        if let Some(before) = acked.get(&format!("m{i}")) {
+            assert!(ack.duplicate);
+            assert_eq!(ack.server_msg_id, before.server_msg_id);
+        } else if !ack.duplicate {
+            new_seqs.push(ack.conversation_seq);
+        }
+    }
+    let expected: Vec<u64> = (last_seq + 1..=last_seq + new_seqs.len() as u64).collect();
+    assert_eq!(
+        new_seqs, expected,
+        "no conversation seq is reused after the crash"
+    );
+    let all = bob.sync_all(1, 1000).await;
+    assert_eq!(
+        messages(&all).len(),
+        next as usize,
+        "every message exactly once"
+    );
+}

@@ -1,0 +1,326 @@
+//! Test harness: the real `gateway` binary as a child process on 127.0.0.1, and a minimal
+//! protocol client over a real TCP socket.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::{SinkExt as _, StreamExt as _};
+use gateway::auth::{Claims, TokenKey};
+use im_protocol::pb::{self, send_req::Target};
+use im_protocol::{Body, Frame, FrameCodec};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+pub const SECRET: &str = "integration-test-secret";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running server process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server on a fresh port with its store in `data_dir`.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn(data_dir, &extra);
+        Server {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+            extra,
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9 the server");
+        self.child.wait().expect("reap the server");
+    }
+
+    /// Starts the server again on the same data directory (on a new port).
+    pub fn restart(&mut self) {
+        let (child, addr) = spawn(&self.data_dir, &self.extra);
+        self.child = child;
+        self.addr = addr;
+    }
+
+    /// A valid token for `user` bound to `device`.
+    pub fn token(&self, user: &str, device: &str) -> String {
+        token_with(user, Some(device), now_secs() + 3600)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn token_with(user: &str, device: Option<&str>, exp: u64) -> String {
+    TokenKey::new(SECRET).sign(&Claims {
+        sub: user.into(),
+        dev: device.map(Into::into),
+        plt: None,
+        exp,
+        iat: None,
+    })
+}
+
+fn spawn(data_dir: &Path, extra: &[String]) -> (Child, SocketAddr) {
+    // Tests pipeline hundreds of requests: no rate limit unless a test sets one.
+    let rate_limit: &[&str] = if extra.iter().any(|a| a == "--rate-limit") {
+        &[]
+    } else {
+        &["--rate-limit", "0"]
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--listen", "127.0.0.1:0", "--secret", SECRET])
+        .args(rate_limit)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the gateway binary");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("an address");
+    (child, addr)
+}
+
+/// A protocol client over one TCP connection.
+pub struct Client {
+    framed: Framed<TcpStream, FrameCodec>,
+    next_request: u32,
+    pub pushes: VecDeque<Frame>,
+    pub hello: pb::HandshakeResp,
+}
+
+impl Client {
+    /// Connects and authenticates; panics unless the handshake succeeds.
+    pub async fn connect(server: &Server, user: &str, device: &str) -> Client {
+        let token = server.token(user, device);
+        match Client::try_connect(server.addr, &token, device).await {
+            Ok(client) => client,
+            Err(e) => panic!("handshake failed: {e:?}"),
+        }
+    }
+
+    /// Connects and sends a handshake; returns the error frame's body on refusal.
+    pub async fn try_connect(
+        addr: SocketAddr,
+        token: &str,
+        device: &str,
+    ) -> Result<Client, pb::Error> {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut framed = Framed::new(stream, FrameCodec::default());
+        let hello = pb::HandshakeReq {
+            token: token.into(),
+            device_id: device.into(),
+            platform: pb::Platform::Server as i32,
+            client_version: "gateway-tests".into(),
+            protocol_version: 1,
+            ..Default::default()
+        };
+        framed
+            .send(Frame::new(1, hello))
+            .await
+            .expect("send handshake");
+        let frame = tokio::time::timeout(WAIT, framed.next())
+            .await
+            .expect("handshake answer in time");
+        let frame = frame.expect("connection open").expect("decodable");
+        match frame.decode_body().expect("known body") {
+            Body::HandshakeResp(hello) => Ok(Client {
+                framed,
+                next_request: 2,
+                pushes: VecDeque::new(),
+                hello,
+            }),
+            Body::Error(e) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Sends a request and returns its response body (pushes received meanwhile are queued).
+    pub async fn request(&mut self, body: impl Into<Body>) -> Body {
+        let id = self.send_only(body).await;
+        self.response(id).await
+    }
+
+    /// Sends a request without waiting; returns its request id.
+    pub async fn send_only(&mut self, body: impl Into<Body>) -> u32 {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.framed.send(Frame::new(id, body)).await.expect("send");
+        id
+    }
+
+    /// Waits for the response to `request_id`.
+    pub async fn response(&mut self, request_id: u32) -> Body {
+        loop {
+            let frame = self
+                .next_frame()
+                .await
+                .expect("connection closed while waiting for a response");
+            if frame.is_push() {
+                self.pushes.push_back(frame);
+            } else if frame.request_id == request_id {
+                return frame.decode_body().expect("known body");
+            } else {
+                panic!(
+                    "response to {} while waiting for {request_id}",
+                    frame.request_id
+                );
+            }
+        }
+    }
+
+    /// The next frame of any kind, or None when the server closed the connection.
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        match tokio::time::timeout(WAIT, self.framed.next()).await {
+            Ok(Some(Ok(frame))) => Some(frame),
+            Ok(Some(Err(e))) => panic!("undecodable frame from the server: {e}"),
+            Ok(None) => None,
+            Err(_) => panic!("no frame from the server within {WAIT:?}"),
+        }
+    }
+
+    /// The next push body.
+    pub async fn next_push(&mut self) -> Body {
+        if let Some(frame) = self.pushes.pop_front() {
+            return frame.decode_body().expect("known push");
+        }
+        loop {
+            let frame = self
+                .next_frame()
+                .await
+                .expect("connection closed while waiting for a push");
+            if frame.is_push() {
+                return frame.decode_body().expect("known push");
+            }
+        }
+    }
+
+    /// Collects pushed inbox entries until `count` have arrived.
+    pub async fn pushed_entries(&mut self, count: usize) -> Vec<pb::InboxEntry> {
+        let mut entries = Vec::new();
+        while entries.len() < count {
+            if let Body::Push(push) = self.next_push().await {
+                entries.extend(push.entries);
+            }
+        }
+        entries
+    }
+
+    pub async fn send_text(
+        &mut self,
+        target: Target,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<pb::SendAck, pb::Error> {
+        let request = pb::SendReq {
+            target: Some(target),
+            client_msg_id: client_msg_id.into(),
+            content_type: 0,
+            content: text.as_bytes().to_vec(),
+        };
+        match self.request(request).await {
+            Body::SendAck(ack) => Ok(ack),
+            Body::Error(e) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Pulls the whole inbox from `from_seq`, page by page.
+    pub async fn sync_all(&mut self, from_seq: u64, page: u32) -> Vec<pb::InboxEntry> {
+        let mut entries = Vec::new();
+        let mut from = from_seq;
+        loop {
+            match self
+                .request(pb::SyncReq {
+                    from_seq: from,
+                    limit: page,
+                    to_seq: 0,
+                })
+                .await
+            {
+                Body::SyncResp(resp) => {
+                    entries.extend(resp.entries);
+                    if !resp.has_more {
+                        return entries;
+                    }
+                    from = resp.next_seq;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    pub async fn conversations(&mut self) -> Vec<pb::ConversationSummary> {
+        match self.request(pb::ConversationsReq::default()).await {
+            Body::ConversationsResp(resp) => resp.conversations,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Writes raw bytes (for garbage-input tests).
+    pub async fn raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt as _;
+        self.framed
+            .get_mut()
+            .write_all(bytes)
+            .await
+            .expect("write raw");
+    }
+}
+
+pub fn to_user(user: &str) -> Target {
+    Target::ToUser(user.into())
+}
+
+pub fn to_group(group: &str) -> Target {
+    Target::ToGroup(group.into())
+}
+
+/// The messages among inbox entries.
+pub fn messages(entries: &[pb::InboxEntry]) -> Vec<pb::Message> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(pb::inbox_entry::Body::Message(m)) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn text(message: &pb::Message) -> String {
+    String::from_utf8_lossy(&message.content).into_owned()
+}

@@ -1,0 +1,529 @@
+//! The embedded timeline store: [`TimelineStore`] on a local fjall (LSM) database, for
+//! single-process deployments and tests.
+//!
+//! # Layout
+//! One fjall keyspace per kind of record (see [`keys`] for the key shapes):
+//! `timelines` (conversation + seq -> `pb::Message`), `inboxes` (user + seq -> a reference to a
+//! timeline message, or a whole non-message `pb::InboxEntry`), `dedup` (sender + client msg id),
+//! `states` (user + conversation -> read marker, unread count...), `recency` (user + inverted
+//! update time + conversation: the conversation list's order), `groups`, `members`
+//! (group + user), `group_requests` (owner + client request id -> group id), `delivery`
+//! (user + device -> cursor) and `counters` (next server msg id, next group number).
+//!
+//! # Writes
+//! All mutations go through one writer thread over a bounded queue (see [`writer`]): it drains
+//! up to `max_batch` queued operations, applies them in one transaction and commits that with a
+//! single fsync before answering any of them. A full queue makes callers wait (backpressure)
+//! instead of growing memory.
+//!
+//! # Reads
+//! Reads run on tokio's blocking pool, each against one snapshot; they only ever see committed,
+//! fsynced batches (see [`read`] for why).
+//!
+//! # Crash safety
+//! A drain is one atomic fjall batch: after `kill -9` either all of it is in the journal or none
+//! of it. Seqs are derived from the stored keys on first use (a reverse seek), and the id
+//! counters are written in the same batch as the records that use them, so nothing a client
+//! saw is ever handed out again.
+
+mod keys;
+mod read;
+mod records;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use fjall::{KeyspaceCreateOptions, PersistMode, SingleWriterTxDatabase, SingleWriterTxKeyspace};
+use im_protocol::pb;
+use timeline_store::{
+    CommittedMessage, ConversationState, Delivery, GroupChange, HistoryPage, InboxPage, NewGroup,
+    NewMessage, StoreError, StoreResult, TimelineStore,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::read::Reader;
+use crate::writer::{Finish, Job, WriteCtx};
+
+/// How hard each group commit pushes its journal to the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `fdatasync`: the data and the metadata needed to read it back. Enough for an append-only
+    /// journal, and cheaper.
+    #[default]
+    Data,
+    /// `fsync`: all file metadata too.
+    All,
+}
+
+/// Tuning of the embedded store.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// Mutations that may wait for the writer; when full, callers wait (backpressure).
+    pub queue_capacity: usize,
+    /// Most operations per group commit.
+    pub max_batch: usize,
+    /// The fsync flavour of each group commit.
+    pub sync: SyncMode,
+    /// fjall's block cache, bytes.
+    pub cache_bytes: u64,
+    /// fjall's background threads (flushes, compactions).
+    pub worker_threads: usize,
+    /// The writer forgets its cached heads when it holds more than this many (each is reloaded
+    /// by one seek when next needed).
+    pub head_cache_entries: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            queue_capacity: 8192,
+            max_batch: 1024,
+            sync: SyncMode::Data,
+            cache_bytes: 64 << 20,
+            worker_threads: 2,
+            head_cache_entries: 1_000_000,
+        }
+    }
+}
+
+/// Why the embedded store could not be opened or closed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    /// fjall could not open or recover the database (including: another process has it open).
+    #[error("cannot open the database at {path}: {source}")]
+    Open {
+        /// The database directory.
+        path: String,
+        /// fjall's error.
+        #[source]
+        source: fjall::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the store writer thread: {0}")]
+    SpawnWriter(#[source] std::io::Error),
+    /// The writer thread panicked; the last batch it was working on was not committed.
+    #[error("the store writer thread panicked")]
+    WriterPanicked,
+}
+
+/// Handles of every keyspace.
+#[derive(Clone)]
+pub(crate) struct Keyspaces {
+    timelines: SingleWriterTxKeyspace,
+    inboxes: SingleWriterTxKeyspace,
+    dedup: SingleWriterTxKeyspace,
+    states: SingleWriterTxKeyspace,
+    recency: SingleWriterTxKeyspace,
+    groups: SingleWriterTxKeyspace,
+    members: SingleWriterTxKeyspace,
+    group_requests: SingleWriterTxKeyspace,
+    delivery: SingleWriterTxKeyspace,
+    counters: SingleWriterTxKeyspace,
+}
+
+impl Keyspaces {
+    fn open(db: &SingleWriterTxDatabase) -> fjall::Result<Keyspaces> {
+        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Keyspaces {
+            timelines: open("timelines")?,
+            inboxes: open("inboxes")?,
+            dedup: open("dedup")?,
+            states: open("states")?,
+            recency: open("recency")?,
+            groups: open("groups")?,
+            members: open("members")?,
+            group_requests: open("group_requests")?,
+            delivery: open("delivery")?,
+            counters: open("counters")?,
+        })
+    }
+}
+
+struct Inner {
+    db: SingleWriterTxDatabase,
+    ks: Keyspaces,
+    /// The writer's queue; `None` once closed.
+    queue: RwLock<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    /// Stops taking mutations and waits until the writer has committed what was queued.
+    fn stop_writer(&self) -> Result<(), EmbeddedError> {
+        if let Ok(mut queue) = self.queue.write() {
+            queue.take();
+        }
+        let handle = match self.writer.lock() {
+            Ok(mut writer) => writer.take(),
+            Err(_) => None,
+        };
+        match handle {
+            Some(handle) => handle.join().map_err(|_| EmbeddedError::WriterPanicked),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// Lets the writer finish the queued work (which may block for one group commit), so the
+    /// database files are released when the last handle goes.
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_writer() {
+            tracing::error!(error = %e, "store writer did not stop cleanly");
+        }
+    }
+}
+
+/// The embedded store. Cheap to clone: clones share the database and the writer.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir` and starts its writer thread. Blocks while
+    /// fjall recovers its journal; call it before serving or from `spawn_blocking`.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, EmbeddedError> {
+        let open_error = |source| EmbeddedError::Open {
+            path: dir.display().to_string(),
+            source,
+        };
+        let db = SingleWriterTxDatabase::builder(dir)
+            .cache_size(options.cache_bytes)
+            .worker_threads(options.worker_threads.max(1))
+            // Each group commit persists its own batch; nothing else should sync.
+            .manual_journal_persist(true)
+            .open()
+            .map_err(open_error)?;
+        let ks = Keyspaces::open(&db).map_err(open_error)?;
+        let (queue, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let config = writer::WriterConfig {
+            max_batch: options.max_batch.max(1),
+            persist: match options.sync {
+                SyncMode::Data => PersistMode::SyncData,
+                SyncMode::All => PersistMode::SyncAll,
+            },
+            head_cache_entries: options.head_cache_entries,
+        };
+        let writer_db = db.clone();
+        let writer_ks = ks.clone();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer::run(writer_db, writer_ks, rx, config))
+            .map_err(EmbeddedError::SpawnWriter)?;
+        tracing::info!(dir = %dir.display(), "embedded store open");
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                db,
+                ks,
+                queue: RwLock::new(Some(queue)),
+                writer: Mutex::new(Some(writer)),
+            }),
+        })
+    }
+
+    /// Stops accepting mutations (they fail with `Closed`, on this handle and its clones), waits
+    /// until everything queued is committed, and drops this handle. The files are released
+    /// once every clone is dropped.
+    pub async fn close(self) -> Result<(), EmbeddedError> {
+        let inner = Arc::clone(&self.inner);
+        drop(self);
+        tokio::task::spawn_blocking(move || inner.stop_writer())
+            .await
+            .unwrap_or(Err(EmbeddedError::WriterPanicked))
+    }
+
+    /// Queues a mutation and waits for its durable result. `failed` builds the answer when the
+    /// store is closed or the group commit the mutation belongs to did not commit.
+    async fn mutate<T: Send + 'static>(
+        &self,
+        run: impl FnOnce(&mut WriteCtx<'_, '_>) -> T + Send + 'static,
+        failed: impl Fn(StoreError) -> T + Send + Sync + 'static,
+    ) -> T {
+        let queue = match self.inner.queue.read() {
+            Ok(queue) => queue.clone(),
+            Err(_) => None,
+        };
+        let Some(queue) = queue else {
+            return failed(StoreError::Closed);
+        };
+        let failed = Arc::new(failed);
+        let failed_in_job = Arc::clone(&failed);
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |ctx: &mut WriteCtx<'_, '_>| {
+            let result = run(ctx);
+            let finish: Finish = Box::new(move |outcome: Result<(), String>| {
+                let _ = reply.send(match outcome {
+                    Ok(()) => result,
+                    Err(reason) => failed_in_job(StoreError::Backend(reason)),
+                });
+            });
+            finish
+        });
+        if queue.send(job).await.is_err() {
+            return failed(StoreError::Closed);
+        }
+        match answer.await {
+            Ok(result) => result,
+            // The job panicked inside the writer and its reply was dropped with it; the group
+            // commit it was part of was rolled back.
+            Err(_) => failed(StoreError::Backend(
+                "the store writer failed while running this operation".to_owned(),
+            )),
+        }
+    }
+
+    /// Runs a read on the blocking pool against a fresh snapshot.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Reader<'_>) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let reader = Reader {
+                snapshot: inner.db.read_tx(),
+                ks: &inner.ks,
+            };
+            f(&reader)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+/// Builds the per-message failure of a whole `commit_messages` call.
+fn all_failed(count: usize) -> impl Fn(StoreError) -> Vec<StoreResult<CommittedMessage>> {
+    move |error: StoreError| {
+        let text = error.to_string();
+        (0..count)
+            .map(|_| {
+                Err(match &error {
+                    StoreError::Closed => StoreError::Closed,
+                    _ => StoreError::Backend(text.clone()),
+                })
+            })
+            .collect()
+    }
+}
+
+impl TimelineStore for EmbeddedStore {
+    async fn commit_messages(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Vec<StoreResult<CommittedMessage>> {
+        if messages.is_empty() {
+            return Vec::new();
+        }
+        let count = messages.len();
+        self.mutate(move |ctx| ctx.commit_messages(messages), all_failed(count))
+            .await
+    }
+
+    async fn mark_read(
+        &self,
+        user: &str,
+        conversation_id: &str,
+        read_seq: u64,
+        receipt_to: Option<&str>,
+        now_ms: u64,
+    ) -> StoreResult<(ConversationState, Vec<Delivery>)> {
+        let (user, conversation_id) = (user.to_owned(), conversation_id.to_owned());
+        let receipt_to = receipt_to.map(str::to_owned);
+        self.mutate(
+            move |ctx| {
+                ctx.mark_read(
+                    &user,
+                    &conversation_id,
+                    read_seq,
+                    receipt_to.as_deref(),
+                    now_ms,
+                )
+            },
+            Err,
+        )
+        .await
+    }
+
+    async fn recall(
+        &self,
+        conversation_id: &str,
+        seq: u64,
+        by_user: &str,
+        recipients: &[String],
+        window_ms: u64,
+        now_ms: u64,
+    ) -> StoreResult<(pb::RecallEvent, Vec<Delivery>)> {
+        let (conversation_id, by_user) = (conversation_id.to_owned(), by_user.to_owned());
+        let recipients = recipients.to_vec();
+        self.mutate(
+            move |ctx| {
+                ctx.recall(
+                    &conversation_id,
+                    seq,
+                    &by_user,
+                    &recipients,
+                    window_ms,
+                    now_ms,
+                )
+            },
+            Err,
+        )
+        .await
+    }
+
+    async fn read_inbox(
+        &self,
+        user: &str,
+        from_seq: u64,
+        to_seq: u64,
+        limit: u32,
+    ) -> StoreResult<InboxPage> {
+        let user = user.to_owned();
+        self.read(move |r| r.read_inbox(&user, from_seq, to_seq, limit))
+            .await
+    }
+
+    async fn read_history(
+        &self,
+        conversation_id: &str,
+        anchor_seq: u64,
+        direction: pb::HistoryDirection,
+        limit: u32,
+    ) -> StoreResult<HistoryPage> {
+        let conversation_id = conversation_id.to_owned();
+        self.read(move |r| r.read_history(&conversation_id, anchor_seq, direction, limit))
+            .await
+    }
+
+    async fn conversations(
+        &self,
+        user: &str,
+        limit: u32,
+        cursor: &str,
+    ) -> StoreResult<(Vec<ConversationState>, String)> {
+        let (user, cursor) = (user.to_owned(), cursor.to_owned());
+        self.read(move |r| r.conversations(&user, limit, &cursor))
+            .await
+    }
+
+    async fn conversation(
+        &self,
+        user: &str,
+        conversation_id: &str,
+    ) -> StoreResult<Option<ConversationState>> {
+        let (user, conversation_id) = (user.to_owned(), conversation_id.to_owned());
+        self.read(move |r| r.conversation(&user, &conversation_id))
+            .await
+    }
+
+    async fn inbox_head(&self, user: &str) -> StoreResult<u64> {
+        let user = user.to_owned();
+        self.read(move |r| r.inbox_head(&user)).await
+    }
+
+    async fn record_delivery(&self, user: &str, device: &str, seq: u64) -> StoreResult<()> {
+        let (user, device) = (user.to_owned(), device.to_owned());
+        self.mutate(move |ctx| ctx.record_delivery(&user, &device, seq), Err)
+            .await
+    }
+
+    async fn delivery_cursor(&self, user: &str, device: &str) -> StoreResult<u64> {
+        let (user, device) = (user.to_owned(), device.to_owned());
+        self.read(move |r| r.delivery_cursor(&user, &device)).await
+    }
+
+    async fn create_group(&self, group: NewGroup) -> StoreResult<GroupChange> {
+        self.mutate(move |ctx| ctx.create_group(group), Err).await
+    }
+
+    async fn add_members(
+        &self,
+        group_id: &str,
+        actor: &str,
+        members: &[String],
+        max_members: u32,
+        now_ms: u64,
+    ) -> StoreResult<GroupChange> {
+        let (group_id, actor, members) = (group_id.to_owned(), actor.to_owned(), members.to_vec());
+        self.mutate(
+            move |ctx| ctx.add_members(&group_id, &actor, &members, max_members, now_ms),
+            Err,
+        )
+        .await
+    }
+
+    async fn remove_members(
+        &self,
+        group_id: &str,
+        actor: &str,
+        members: &[String],
+        now_ms: u64,
+    ) -> StoreResult<GroupChange> {
+        let (group_id, actor, members) = (group_id.to_owned(), actor.to_owned(), members.to_vec());
+        self.mutate(
+            move |ctx| ctx.remove_members(&group_id, &actor, &members, now_ms),
+            Err,
+        )
+        .await
+    }
+
+    async fn join_group(
+        &self,
+        group_id: &str,
+        user: &str,
+        max_members: u32,
+        now_ms: u64,
+    ) -> StoreResult<GroupChange> {
+        let (group_id, user) = (group_id.to_owned(), user.to_owned());
+        self.mutate(
+            move |ctx| ctx.join_group(&group_id, &user, max_members, now_ms),
+            Err,
+        )
+        .await
+    }
+
+    async fn leave_group(
+        &self,
+        group_id: &str,
+        user: &str,
+        now_ms: u64,
+    ) -> StoreResult<GroupChange> {
+        let (group_id, user) = (group_id.to_owned(), user.to_owned());
+        self.mutate(move |ctx| ctx.leave_group(&group_id, &user, now_ms), Err)
+            .await
+    }
+
+    async fn group(&self, group_id: &str) -> StoreResult<pb::GroupInfo> {
+        let group_id = group_id.to_owned();
+        self.read(move |r| r.group(&group_id)).await
+    }
+
+    async fn group_members(
+        &self,
+        group_id: &str,
+        limit: u32,
+        cursor: &str,
+    ) -> StoreResult<(Vec<pb::GroupMember>, String)> {
+        let (group_id, cursor) = (group_id.to_owned(), cursor.to_owned());
+        self.read(move |r| r.group_members(&group_id, limit, &cursor))
+            .await
+    }
+
+    async fn is_member(&self, group_id: &str, user: &str) -> StoreResult<bool> {
+        let (group_id, user) = (group_id.to_owned(), user.to_owned());
+        self.read(move |r| r.is_member(&group_id, &user)).await
+    }
+
+    async fn member_ids(&self, group_id: &str) -> StoreResult<Vec<String>> {
+        let group_id = group_id.to_owned();
+        self.read(move |r| r.member_ids(&group_id)).await
+    }
+}

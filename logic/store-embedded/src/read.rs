@@ -1,0 +1,323 @@
+//! Reads, each from one snapshot so that a page is consistent (an inbox head and the entries
+//! below it, a state and its last message).
+//!
+//! Why a reader never sees an effect that is not durable: the writer commits each drain as one
+//! fjall batch with a `PersistMode` set, and fjall applies a batch to the memtables (where
+//! readers find it) and publishes its seqno only after the journal write and its fsync have
+//! returned (`fjall::batch::WriteBatch::commit`). Whatever a snapshot shows is therefore already
+//! on disk, so a seq shown to a client can never be handed out again after a crash. A batch
+//! whose fsync fails poisons the database and is never published.
+
+use std::ops::Bound;
+
+use fjall::{Readable as _, Snapshot};
+use im_protocol::pb::{self, inbox_entry::Body};
+use timeline_store::{ConversationState, HistoryPage, InboxPage, StoreError, StoreResult};
+
+use crate::Keyspaces;
+use crate::keys;
+use crate::records::{GroupRecord, InboxRecord, MemberRecord, StateRecord};
+
+fn io(e: fjall::Error) -> StoreError {
+    StoreError::Backend(format!("storage engine: {e}"))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("corrupt {what} record: {e}"))
+}
+
+fn decode<T: prost::Message + Default>(raw: &[u8], what: &str) -> StoreResult<T> {
+    T::decode(raw).map_err(|e| corrupt(what, e))
+}
+
+/// The public view of a stored state.
+pub(crate) fn public_state(
+    state: StateRecord,
+    last_message: Option<pb::Message>,
+) -> ConversationState {
+    ConversationState {
+        kind: pb::ConversationKind::try_from(state.kind).unwrap_or_default(),
+        conversation_id: state.conversation_id,
+        peer: state.peer,
+        last_message,
+        last_seq: state.last_seq,
+        read_seq: state.read_seq,
+        unread_count: state.unread_count,
+        peer_read_seq: state.peer_read_seq,
+        updated_ms: state.updated_ms,
+    }
+}
+
+/// Readers over one snapshot.
+pub(crate) struct Reader<'a> {
+    pub snapshot: Snapshot,
+    pub ks: &'a Keyspaces,
+}
+
+impl Reader<'_> {
+    fn get(
+        &self,
+        ks: &fjall::SingleWriterTxKeyspace,
+        key: &[u8],
+    ) -> StoreResult<Option<fjall::Slice>> {
+        self.snapshot.get(ks, key).map_err(io)
+    }
+
+    /// The lowest and highest seq stored under `id`, or `None` when there is none.
+    fn seq_bounds(
+        &self,
+        ks: &fjall::SingleWriterTxKeyspace,
+        id: &str,
+    ) -> StoreResult<Option<(u64, u64)>> {
+        let mut iter = self.snapshot.prefix(ks, keys::prefix(id));
+        let Some(first) = iter.next() else {
+            return Ok(None);
+        };
+        let first = first.key().map_err(io)?;
+        let last = match iter.next_back() {
+            Some(guard) => guard.key().map_err(io)?,
+            None => first.clone(),
+        };
+        match (keys::seq_of(&first), keys::seq_of(&last)) {
+            (Some(lo), Some(hi)) => Ok(Some((lo, hi))),
+            _ => Err(corrupt("seq key", id)),
+        }
+    }
+
+    fn last_seq(&self, ks: &fjall::SingleWriterTxKeyspace, id: &str) -> StoreResult<u64> {
+        match self.snapshot.prefix(ks, keys::prefix(id)).next_back() {
+            None => Ok(0),
+            Some(guard) => {
+                let key = guard.key().map_err(io)?;
+                keys::seq_of(&key).ok_or_else(|| corrupt("seq key", id))
+            }
+        }
+    }
+
+    fn message(&self, conversation_id: &str, seq: u64) -> StoreResult<Option<pb::Message>> {
+        self.get(&self.ks.timelines, &keys::seq_key(conversation_id, seq))?
+            .map(|raw| decode(&raw, "message"))
+            .transpose()
+    }
+
+    pub(crate) fn inbox_head(&self, user: &str) -> StoreResult<u64> {
+        self.last_seq(&self.ks.inboxes, user)
+    }
+
+    pub(crate) fn read_inbox(
+        &self,
+        user: &str,
+        from_seq: u64,
+        to_seq: u64,
+        limit: u32,
+    ) -> StoreResult<InboxPage> {
+        let Some((oldest, head)) = self.seq_bounds(&self.ks.inboxes, user)? else {
+            return Ok(InboxPage {
+                entries: Vec::new(),
+                head_seq: 0,
+                oldest_seq: 1,
+            });
+        };
+        let from = from_seq.max(1);
+        let to = if to_seq == 0 { head } else { to_seq.min(head) };
+        let mut entries = Vec::new();
+        if from <= to && limit > 0 {
+            let range = keys::seq_key(user, from)..=keys::seq_key(user, to);
+            for guard in self
+                .snapshot
+                .range(&self.ks.inboxes, range)
+                .take(limit as usize)
+            {
+                let (key, value) = guard.into_inner().map_err(io)?;
+                let inbox_seq = keys::seq_of(&key).ok_or_else(|| corrupt("inbox key", user))?;
+                let record: InboxRecord = decode(&value, "inbox")?;
+                let body = match record.entry {
+                    Some(entry) => entry.body,
+                    None => {
+                        let message = self
+                            .message(&record.message_conversation_id, record.message_seq)?
+                            .ok_or_else(|| {
+                                corrupt("inbox", "it names a message that does not exist")
+                            })?;
+                        Some(Body::Message(message))
+                    }
+                };
+                entries.push(pb::InboxEntry { inbox_seq, body });
+            }
+        }
+        Ok(InboxPage {
+            entries,
+            head_seq: head,
+            oldest_seq: oldest,
+        })
+    }
+
+    pub(crate) fn read_history(
+        &self,
+        conversation_id: &str,
+        anchor_seq: u64,
+        direction: pb::HistoryDirection,
+        limit: u32,
+    ) -> StoreResult<HistoryPage> {
+        let last_seq = self.last_seq(&self.ks.timelines, conversation_id)?;
+        let (lo, hi) = match direction {
+            pb::HistoryDirection::Older => {
+                let hi = if anchor_seq == 0 {
+                    last_seq
+                } else {
+                    (anchor_seq - 1).min(last_seq)
+                };
+                (1, hi)
+            }
+            pb::HistoryDirection::Newer => (anchor_seq.saturating_add(1), last_seq),
+        };
+        let mut messages = Vec::new();
+        if lo <= hi && limit > 0 {
+            let range = keys::seq_key(conversation_id, lo)..=keys::seq_key(conversation_id, hi);
+            let iter = self.snapshot.range(&self.ks.timelines, range);
+            let iter: Box<dyn Iterator<Item = fjall::Guard>> = match direction {
+                pb::HistoryDirection::Older => Box::new(iter.rev()),
+                pb::HistoryDirection::Newer => Box::new(iter),
+            };
+            for guard in iter.take(limit as usize) {
+                let value = guard.value().map_err(io)?;
+                messages.push(decode(&value, "message")?);
+            }
+        }
+        Ok(HistoryPage { messages, last_seq })
+    }
+
+    fn state_of(&self, user: &str, conversation_id: &str) -> StoreResult<Option<StateRecord>> {
+        self.get(&self.ks.states, &keys::pair_key(user, conversation_id))?
+            .map(|raw| decode(&raw, "conversation state"))
+            .transpose()
+    }
+
+    fn public(&self, state: StateRecord) -> StoreResult<ConversationState> {
+        let last_message = if state.last_seq == 0 {
+            None
+        } else {
+            self.message(&state.conversation_id, state.last_seq)?
+        };
+        Ok(public_state(state, last_message))
+    }
+
+    pub(crate) fn conversation(
+        &self,
+        user: &str,
+        conversation_id: &str,
+    ) -> StoreResult<Option<ConversationState>> {
+        self.state_of(user, conversation_id)?
+            .map(|state| self.public(state))
+            .transpose()
+    }
+
+    pub(crate) fn conversations(
+        &self,
+        user: &str,
+        limit: u32,
+        cursor: &str,
+    ) -> StoreResult<(Vec<ConversationState>, String)> {
+        let start = if cursor.is_empty() {
+            Bound::Included(keys::prefix(user))
+        } else {
+            let key = keys::recency_key_of_cursor(user, cursor).ok_or_else(|| {
+                StoreError::InvalidArgument(format!("malformed conversation cursor {cursor:?}"))
+            })?;
+            Bound::Excluded(key)
+        };
+        let end = Bound::Excluded(keys::prefix_end(user));
+        let user_prefix = keys::prefix(user);
+        let mut states = Vec::new();
+        let mut more = false;
+        for guard in self.snapshot.range(&self.ks.recency, (start, end)) {
+            if states.len() == limit as usize {
+                more = true;
+                break;
+            }
+            let key = guard.key().map_err(io)?;
+            let conversation_id = keys::suffix(&key, &user_prefix)
+                .and_then(|rest| rest.get(8..))
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .ok_or_else(|| corrupt("recency key", user))?;
+            // A recency entry without a state would be a bug in the writer; skip rather than
+            // fail the whole list.
+            if let Some(state) = self.state_of(user, conversation_id)? {
+                states.push(self.public(state)?);
+            }
+        }
+        let next = match (more, states.last()) {
+            (true, Some(last)) => keys::recency_cursor(last.updated_ms, &last.conversation_id),
+            _ => String::new(),
+        };
+        Ok((states, next))
+    }
+
+    pub(crate) fn delivery_cursor(&self, user: &str, device: &str) -> StoreResult<u64> {
+        match self.get(&self.ks.delivery, &keys::pair_key(user, device))? {
+            None => Ok(0),
+            Some(raw) => keys::decode_u64(&raw).ok_or_else(|| corrupt("delivery cursor", user)),
+        }
+    }
+
+    pub(crate) fn group(&self, group_id: &str) -> StoreResult<pb::GroupInfo> {
+        self.get(&self.ks.groups, group_id.as_bytes())?
+            .map(|raw| decode::<GroupRecord>(&raw, "group"))
+            .transpose()?
+            .and_then(|record| record.info)
+            .ok_or_else(|| StoreError::NotFound(format!("group {group_id}")))
+    }
+
+    pub(crate) fn group_members(
+        &self,
+        group_id: &str,
+        limit: u32,
+        cursor: &str,
+    ) -> StoreResult<(Vec<pb::GroupMember>, String)> {
+        self.group(group_id)?;
+        let start = if cursor.is_empty() {
+            Bound::Included(keys::prefix(group_id))
+        } else {
+            Bound::Excluded(keys::pair_key(group_id, cursor))
+        };
+        let end = Bound::Excluded(keys::prefix_end(group_id));
+        let mut members = Vec::new();
+        let mut more = false;
+        for guard in self.snapshot.range(&self.ks.members, (start, end)) {
+            if members.len() == limit as usize {
+                more = true;
+                break;
+            }
+            let value = guard.value().map_err(io)?;
+            if let Some(member) = decode::<MemberRecord>(&value, "member")?.member {
+                members.push(member);
+            }
+        }
+        let next = match (more, members.last()) {
+            (true, Some(last)) => last.user_id.clone(),
+            _ => String::new(),
+        };
+        Ok((members, next))
+    }
+
+    pub(crate) fn is_member(&self, group_id: &str, user: &str) -> StoreResult<bool> {
+        self.group(group_id)?;
+        Ok(self
+            .get(&self.ks.members, &keys::pair_key(group_id, user))?
+            .is_some())
+    }
+
+    pub(crate) fn member_ids(&self, group_id: &str) -> StoreResult<Vec<String>> {
+        self.group(group_id)?;
+        let prefix = keys::prefix(group_id);
+        let mut ids = Vec::new();
+        for guard in self.snapshot.prefix(&self.ks.members, &prefix) {
+            let key = guard.key().map_err(io)?;
+            let user = keys::suffix(&key, &prefix)
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .ok_or_else(|| corrupt("member key", group_id))?;
+            ids.push(user.to_owned());
+        }
+        Ok(ids)
+    }
+}
