@@ -32,6 +32,7 @@ mod records;
 mod writer;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -142,6 +143,9 @@ impl Keyspaces {
 }
 
 struct Inner {
+    dir: std::path::PathBuf,
+    /// Group commits made durable since open (see [`EmbeddedStore::group_commits`]).
+    commits: Arc<AtomicU64>,
     db: SingleWriterTxDatabase,
     ks: Keyspaces,
     /// The writer's queue; `None` once closed.
@@ -212,7 +216,9 @@ impl EmbeddedStore {
                 SyncMode::All => PersistMode::SyncAll,
             },
             head_cache_entries: options.head_cache_entries,
+            commits: Arc::new(AtomicU64::new(0)),
         };
+        let commits = Arc::clone(&config.commits);
         let writer_db = db.clone();
         let writer_ks = ks.clone();
         let writer = std::thread::Builder::new()
@@ -222,12 +228,25 @@ impl EmbeddedStore {
         tracing::info!(dir = %dir.display(), "embedded store open");
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                commits,
                 db,
                 ks,
                 queue: RwLock::new(Some(queue)),
                 writer: Mutex::new(Some(writer)),
             }),
         })
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// How many group commits (each one fsync) have been made durable since open: with many
+    /// concurrent writers this stays far below the number of mutations.
+    pub fn group_commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
     }
 
     /// Stops accepting mutations (they fail with `Closed`, on this handle and its clones), waits

@@ -75,6 +75,8 @@ pub(crate) struct WriterConfig {
     pub max_batch: usize,
     pub persist: PersistMode,
     pub head_cache_entries: usize,
+    /// Counts durable group commits, for [`crate::EmbeddedStore::group_commits`].
+    pub commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The writer thread's loop; returns when every sender is gone and the queue is empty.
@@ -129,6 +131,9 @@ pub(crate) fn run(
         match &outcome {
             Ok(()) => {
                 tracing::trace!(jobs = count, "group commit durable");
+                config
+                    .commits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if caches.conversation_heads.len() + caches.inbox_heads.len()
                     > config.head_cache_entries
                 {

@@ -1,1 +1,0 @@
-//! The load tester: not written yet (see the load-test issue).
