@@ -358,13 +358,13 @@ impl WriteCtx<'_, '_> {
     /// Stores `state`, moving its recency index entry from `previous_updated_ms` (if it had one).
     fn put_state(&mut self, user: &str, state: &StateRecord, previous_updated_ms: Option<u64>) {
         let ks = self.ks;
-        if let Some(previous) = previous_updated_ms {
-            if previous != state.updated_ms {
-                self.delete(
-                    &ks.recency,
-                    keys::recency_key(user, previous, &state.conversation_id),
-                );
-            }
+        if let Some(previous) = previous_updated_ms
+            && previous != state.updated_ms
+        {
+            self.delete(
+                &ks.recency,
+                keys::recency_key(user, previous, &state.conversation_id),
+            );
         }
         self.put(
             &ks.recency,
@@ -556,12 +556,12 @@ impl WriteCtx<'_, '_> {
         )?];
         if let Some(peer) = receipt_to {
             check_id(peer, "receipt user id")?;
-            if let Some(mut peer_state) = self.state(peer, conversation_id)? {
-                if target > peer_state.peer_read_seq {
-                    peer_state.peer_read_seq = target;
-                    let unchanged = Some(peer_state.updated_ms);
-                    self.put_state(peer, &peer_state, unchanged);
-                }
+            if let Some(mut peer_state) = self.state(peer, conversation_id)?
+                && target > peer_state.peer_read_seq
+            {
+                peer_state.peer_read_seq = target;
+                let unchanged = Some(peer_state.updated_ms);
+                self.put_state(peer, &peer_state, unchanged);
             }
             deliveries.push(self.append_event(
                 peer,
@@ -786,13 +786,13 @@ impl WriteCtx<'_, '_> {
         let ks = self.ks;
         let request_key = (!new.client_request_id.is_empty())
             .then(|| keys::pair_key(&new.owner, &new.client_request_id));
-        if let Some(key) = &request_key {
-            if let Some(group_id) = self.get(&ks.group_requests, key)? {
-                let group_id = String::from_utf8(group_id.to_vec())
-                    .map_err(|e| self.fail_with(corrupt("group request", e)))?;
-                let record = self.group_record(&group_id)?;
-                return Ok(Self::unchanged(record));
-            }
+        if let Some(key) = &request_key
+            && let Some(group_id) = self.get(&ks.group_requests, key)?
+        {
+            let group_id = String::from_utf8(group_id.to_vec())
+                .map_err(|e| self.fail_with(corrupt("group request", e)))?;
+            let record = self.group_record(&group_id)?;
+            return Ok(Self::unchanged(record));
         }
         let others: BTreeSet<&str> = new
             .members

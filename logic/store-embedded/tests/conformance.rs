@@ -48,15 +48,13 @@ impl StoreFactory for TempDirs {
         async move { EmbeddedStore::open(&path, options()).expect("cannot open a fresh store") }
     }
 
-    fn reopen(&mut self, store: EmbeddedStore) -> impl Future<Output = EmbeddedStore> + Send {
-        async move {
-            let path: PathBuf = store.dir().to_owned();
-            store
-                .close()
-                .await
-                .expect("the store did not close cleanly");
-            EmbeddedStore::open(&path, options()).expect("cannot reopen the store")
-        }
+    async fn reopen(&mut self, store: EmbeddedStore) -> EmbeddedStore {
+        let path: PathBuf = store.dir().to_owned();
+        store
+            .close()
+            .await
+            .expect("the store did not close cleanly");
+        EmbeddedStore::open(&path, options()).expect("cannot reopen the store")
     }
 }
 
