@@ -2,6 +2,7 @@
 //! of online devices and pushes to them, and hands business frames to the logic tier. It holds
 //! no business rules.
 
+pub mod app;
 pub mod auth;
 pub mod hub;
 pub mod server;

@@ -3,18 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gateway::auth::{Claims, TokenKey, default_secret_file, load_or_create_secret};
-use gateway::hub::Hub;
-use gateway::server::{GatewayConfig, Shared, serve};
-use gateway::session::SessionConfig;
-use logic::{Logic, LogicConfig};
-use store_embedded::{EmbeddedOptions, EmbeddedStore};
-use tokio_util::sync::CancellationToken;
+use gateway::app::{self, ServerOptions};
 
 // The store writer and the codecs allocate many small buffers; glibc malloc spent a third of
 // the server's CPU on them in a W1 profile.
@@ -149,57 +143,28 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
     let tokens = secret(&common)?;
-    std::fs::create_dir_all(&common.data_dir)
-        .with_context(|| format!("creating data directory {}", common.data_dir.display()))?;
-    let store = EmbeddedStore::open(&common.data_dir.join("store"), EmbeddedOptions::default())
-        .with_context(|| format!("opening the store in {}", common.data_dir.display()))?;
-    let logic = Logic::new(
-        store.clone(),
-        LogicConfig {
-            max_message_bytes: args.max_message_bytes,
-            max_group_members: args.max_group_members,
-            write_fanout_limit: args.max_group_members,
-            recall_window_ms: args.recall_window_secs * 1000,
-            ..LogicConfig::default()
-        },
-    );
-    let heartbeat = Duration::from_secs(args.heartbeat_secs.max(1));
-    let config = GatewayConfig {
-        session: SessionConfig {
-            handshake_timeout: Duration::from_secs(args.handshake_timeout_secs.max(1)),
-            heartbeat_interval: heartbeat,
-            idle_timeout: heartbeat * 3,
-            rate_per_sec: args.rate_limit,
-            rate_burst: args.rate_limit.saturating_mul(2),
-        },
-        max_frame_bytes: args.max_frame_bytes.min(im_protocol::ABSOLUTE_MAX_BODY),
-        compression_threshold: 8 * 1024,
+    let options = ServerOptions {
+        heartbeat: Duration::from_secs(args.heartbeat_secs),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
+        rate_limit: args.rate_limit,
+        max_message_bytes: args.max_message_bytes,
+        max_frame_bytes: args.max_frame_bytes,
+        max_group_members: args.max_group_members,
+        recall_window: Duration::from_secs(args.recall_window_secs),
         max_connections: args.max_connections,
+        ..ServerOptions::new(args.listen, common.data_dir.clone(), tokens)
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let local = listener.local_addr()?;
+    let server = app::start(options).await.context("starting the server")?;
     // Tests and scripts read this line to learn the port when listening on port 0.
-    println!("listening on {local}");
-    tracing::info!(%local, data_dir = %common.data_dir.display(), "gateway started");
-
-    let shutdown = CancellationToken::new();
-    let signal_shutdown = shutdown.clone();
+    println!("listening on {}", server.addr);
+    tracing::info!(addr = %server.addr, data_dir = %common.data_dir.display(), "gateway started");
+    let shutdown = server.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
-        signal_shutdown.cancel();
+        shutdown.cancel();
     });
-    let shared = Arc::new(Shared {
-        logic,
-        hub: Hub::new(),
-        tokens,
-        config,
-    });
-    serve(listener, shared, shutdown).await?;
-    // Flush what the writer still holds; acked messages are durable already.
-    store.close().await.context("closing the store")?;
+    server.task.await.context("server task")??;
     Ok(())
 }
 

@@ -30,7 +30,13 @@ pub struct Server {
 impl Server {
     /// Starts a server on a fresh port with its store in `data_dir`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // A fixed port (found free now) so a restarted server is where clients reconnect to.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(["--listen".to_string(), format!("127.0.0.1:{port}")]);
         let (child, addr) = spawn(data_dir, &extra);
         Server {
             child,
@@ -46,7 +52,7 @@ impl Server {
         self.child.wait().expect("reap the server");
     }
 
-    /// Starts the server again on the same data directory (on a new port).
+    /// Starts the server again on the same data directory and port.
     pub fn restart(&mut self) {
         let (child, addr) = spawn(&self.data_dir, &self.extra);
         self.child = child;
@@ -91,7 +97,7 @@ fn spawn(data_dir: &Path, extra: &[String]) -> (Child, SocketAddr) {
         &["--rate-limit", "0"]
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", "127.0.0.1:0", "--secret", SECRET])
+        .args(["--secret", SECRET])
         .args(rate_limit)
         .arg("--data-dir")
         .arg(data_dir)

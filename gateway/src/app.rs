@@ -1,0 +1,144 @@
+//! Assembles a single-process server: the embedded store, the logic tier and the gateway, on
+//! one listener. The `gateway` binary and in-process tests both start servers through here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use logic::{Logic, LogicConfig};
+use store_embedded::{EmbeddedOptions, EmbeddedStore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::TokenKey;
+use crate::hub::Hub;
+use crate::server::{GatewayConfig, Shared, serve};
+use crate::session::SessionConfig;
+
+/// Everything a single-process server needs.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Address for plain-TCP clients.
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Verifies client tokens.
+    pub tokens: TokenKey,
+    /// Announced heartbeat interval; the idle timeout is three of them.
+    pub heartbeat: Duration,
+    /// Time a new connection has to authenticate.
+    pub handshake_timeout: Duration,
+    /// Requests per second per connection (0 = unlimited); burst is twice this.
+    pub rate_limit: u32,
+    /// Largest message content.
+    pub max_message_bytes: usize,
+    /// Largest frame body.
+    pub max_frame_bytes: usize,
+    /// Largest group.
+    pub max_group_members: u32,
+    /// Recall window.
+    pub recall_window: Duration,
+    /// Most concurrent connections.
+    pub max_connections: usize,
+}
+
+impl ServerOptions {
+    /// Defaults for a server on `listen` storing in `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf, tokens: TokenKey) -> ServerOptions {
+        ServerOptions {
+            listen,
+            data_dir,
+            tokens,
+            heartbeat: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(5),
+            rate_limit: 200,
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: im_protocol::DEFAULT_MAX_BODY,
+            max_group_members: 1000,
+            recall_window: Duration::from_secs(600),
+            max_connections: 100_000,
+        }
+    }
+}
+
+/// Why a server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened or closed.
+    #[error("store: {0}")]
+    Store(#[from] store_embedded::EmbeddedError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Accepting failed for good.
+    #[error("server I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started server.
+pub struct RunningServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// Cancel to shut down gracefully.
+    pub shutdown: CancellationToken,
+    /// Ends when the server has stopped and the store is closed.
+    pub task: JoinHandle<Result<(), ServerError>>,
+}
+
+/// Opens the store, binds the listener and starts serving in a background task.
+pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError> {
+    std::fs::create_dir_all(&options.data_dir)
+        .map_err(|source| ServerError::DataDir { path: options.data_dir.clone(), source })?;
+    let store = EmbeddedStore::open(&options.data_dir.join("store"), EmbeddedOptions::default())?;
+    let logic = Logic::new(
+        store.clone(),
+        LogicConfig {
+            max_message_bytes: options.max_message_bytes,
+            max_group_members: options.max_group_members,
+            write_fanout_limit: options.max_group_members,
+            recall_window_ms: options.recall_window.as_millis() as u64,
+            ..LogicConfig::default()
+        },
+    );
+    let heartbeat = options.heartbeat.max(Duration::from_secs(1));
+    let config = GatewayConfig {
+        session: SessionConfig {
+            handshake_timeout: options.handshake_timeout.max(Duration::from_millis(100)),
+            heartbeat_interval: heartbeat,
+            idle_timeout: heartbeat * 3,
+            rate_per_sec: options.rate_limit,
+            rate_burst: options.rate_limit.saturating_mul(2),
+        },
+        max_frame_bytes: options.max_frame_bytes.min(im_protocol::ABSOLUTE_MAX_BODY),
+        compression_threshold: 8 * 1024,
+        max_connections: options.max_connections,
+    };
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: options.listen, source })?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(Shared { logic, hub: Hub::new(), tokens: options.tokens, config });
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        serve(listener, shared, stop).await?;
+        // Flush what the writer still holds; acked messages are durable already.
+        store.close().await?;
+        Ok(())
+    });
+    Ok(RunningServer { addr, shutdown, task })
+}

@@ -1,0 +1,448 @@
+//! `imcli`: a command-line chat client on sdk-core, so the system can be tried in two
+//! terminals. Human-readable output by default; `--json` prints one JSON object per line.
+//!
+//! Exit codes: 0 success, 2 bad arguments, 3 server unreachable, 4 token refused,
+//! 5 request refused or timed out, 1 anything else.
+
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+use im_protocol::ids;
+use im_protocol::{Body, pb};
+use sdk_core::driver::{self, ClientHandle, DriverError};
+use sdk_core::machine::describe;
+use sdk_core::sqlite::SqliteStore;
+use sdk_core::{ClientConfig, ConnectionState, Event, LocalMessage, Recipient, RequestError, SendState, StopReason};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+#[derive(Parser, Debug)]
+#[command(name = "imcli", version, about = "Command-line IM client")]
+struct Cli {
+    /// Server address, host:port.
+    #[arg(long, env = "IM_SERVER", default_value = "127.0.0.1:8080")]
+    server: String,
+    /// Token (from your app server, or `gateway token --user NAME`).
+    #[arg(long, env = "IM_TOKEN")]
+    token: String,
+    /// Device id (default: the token's device, else "cli").
+    #[arg(long)]
+    device: Option<String>,
+    /// Local database (default: ~/.local/share/imcli/USER-DEVICE.sqlite3).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for the server before giving up.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Send TEXT to a user, or to a group written g:GROUP_ID.
+    Send { to: String, text: String },
+    /// Print incoming messages and events live until interrupted.
+    Follow,
+    /// List conversations with unread counts.
+    Conversations,
+    /// Page the history with PEER (a user, or g:GROUP_ID), newest first.
+    History {
+        peer: String,
+        /// Only messages below this seq.
+        #[arg(long, default_value_t = 0)]
+        before: u64,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Mark the conversation with PEER read.
+    Read { peer: String },
+    /// Recall one of your messages.
+    Recall { peer: String, seq: u64 },
+    /// Group management.
+    Group {
+        #[command(subcommand)]
+        command: GroupCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCmd {
+    /// Create a group with the given members (you are the owner).
+    Create { name: String, members: Vec<String> },
+    /// Add members.
+    Add { group: String, members: Vec<String> },
+    /// Remove members (owner only).
+    Remove { group: String, members: Vec<String> },
+    /// Leave a group.
+    Leave { group: String },
+    /// List members.
+    Members { group: String },
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn fail(code: u8, error: anyhow::Error) -> Failure {
+    Failure { code, error }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        fail(1, error)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("imcli: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, error }) => {
+            if json {
+                println!("{}", json!({"type": "error", "exit_code": code, "message": format!("{error:#}")}));
+            }
+            eprintln!("imcli: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Reads the claims of a token without verifying it (the server verifies): the CLI only needs
+/// to know whose token it is.
+fn token_claims(token: &str) -> Result<(String, Option<String>), Failure> {
+    let payload = token.split('.').nth(1).ok_or_else(|| fail(4, anyhow!("the token is not a JWT (header.payload.signature)")))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| fail(4, anyhow!("the token's payload is not base64url")))?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| fail(4, anyhow!("the token's payload is not JSON")))?;
+    let user = claims["sub"].as_str().ok_or_else(|| fail(4, anyhow!("the token has no sub claim")))?.to_owned();
+    let device = claims["dev"].as_str().map(str::to_owned);
+    Ok((user, device))
+}
+
+/// A user id, or `g:GROUP` for a group.
+fn recipient(target: &str) -> Result<Recipient, Failure> {
+    let bad = |e: ids::IdError| fail(2, anyhow!("{target:?}: {e}"));
+    match target.strip_prefix("g:") {
+        Some(group) => {
+            ids::validate_id(group, "group id").map_err(bad)?;
+            Ok(Recipient::Group(group.to_owned()))
+        }
+        None => {
+            ids::validate_id(target, "user id").map_err(bad)?;
+            Ok(Recipient::User(target.to_owned()))
+        }
+    }
+}
+
+fn conversation_of(me: &str, target: &str) -> Result<String, Failure> {
+    Ok(match recipient(target)? {
+        Recipient::User(user) => ids::direct_conversation_id(me, &user),
+        Recipient::Group(group) => ids::group_conversation_id(&group),
+    })
+}
+
+fn default_db(user: &str, device: &str) -> Result<PathBuf, Failure> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .ok_or_else(|| fail(2, anyhow!("no HOME: pass --db PATH")))?;
+    let dir = base.join("imcli");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.join(format!("{user}-{device}.sqlite3")))
+}
+
+struct Session {
+    handle: ClientHandle,
+    events: mpsc::Receiver<Event>,
+    me: String,
+    json: bool,
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let (me, token_device) = token_claims(&cli.token)?;
+    let device = cli.device.clone().or(token_device).unwrap_or_else(|| "cli".into());
+    ids::validate_id(&device, "device").map_err(|e| fail(2, anyhow!("--device: {e}")))?;
+    let server: SocketAddr = cli
+        .server
+        .to_socket_addrs()
+        .map_err(|e| fail(3, anyhow!("cannot resolve server address {:?}: {e}", cli.server)))?
+        .next()
+        .ok_or_else(|| fail(3, anyhow!("server address {:?} resolves to nothing", cli.server)))?;
+    // Probe once so an unreachable server is reported plainly instead of retried in silence.
+    tokio::time::timeout(Duration::from_secs(cli.timeout), tokio::net::TcpStream::connect(server))
+        .await
+        .map_err(|_| fail(3, anyhow!("cannot reach server {server}: timed out")))?
+        .map_err(|e| fail(3, anyhow!("cannot reach server {server}: {e}")))?;
+
+    let db = match &cli.db {
+        Some(path) => path.clone(),
+        None => default_db(&me, &device)?,
+    };
+    let store = SqliteStore::open(&db).with_context(|| format!("opening local database {}", db.display()))?;
+    let mut config = ClientConfig::new(me.clone(), device);
+    config.platform = pb::Platform::Desktop;
+    config.client_version = concat!("imcli/", env!("CARGO_PKG_VERSION")).into();
+    let (handle, events) = driver::start(server, cli.token.clone(), config, store, None)
+        .with_context(|| format!("reading local database {}", db.display()))?;
+    let mut session = Session { handle, events, me, json: cli.json };
+    let wait = Duration::from_secs(cli.timeout);
+    session.wait_synced(wait).await?;
+
+    let result = match cli.command {
+        Cmd::Send { to, text } => session.send(&to, &text, wait).await,
+        Cmd::Follow => session.follow().await,
+        Cmd::Conversations => session.conversations().await,
+        Cmd::History { peer, before, limit } => session.history(&peer, before, limit).await,
+        Cmd::Read { peer } => session.read(&peer).await,
+        Cmd::Recall { peer, seq } => {
+            let conversation_id = conversation_of(&session.me, &peer)?;
+            session.request(pb::RecallReq { conversation_id, conversation_seq: seq }).await.map(|_| {
+                session.line(json!({"type": "recalled", "peer": peer, "seq": seq}), format!("recalled {seq}"));
+            })
+        }
+        Cmd::Group { command } => session.group(command).await,
+    };
+    let _ = session.handle.shutdown().await;
+    result
+}
+
+fn message_json(m: &LocalMessage) -> serde_json::Value {
+    json!({
+        "conversation_id": m.conversation_id,
+        "seq": m.seq,
+        "sender": m.sender,
+        "text": String::from_utf8_lossy(&m.content),
+        "time_ms": m.time_ms,
+        "state": format!("{:?}", m.state).to_lowercase(),
+        "recalled": m.recalled,
+        "client_msg_id": m.client_msg_id,
+    })
+}
+
+fn message_text(m: &LocalMessage) -> String {
+    let body = if m.recalled { "(recalled)".to_string() } else { String::from_utf8_lossy(&m.content).into_owned() };
+    format!("[{}] #{} {}: {}", m.conversation_id, m.seq, m.sender, body)
+}
+
+impl Session {
+    fn line(&self, value: serde_json::Value, text: String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{text}");
+        }
+    }
+
+    /// Waits until the client is online and caught up, or reports why it cannot be.
+    async fn wait_synced(&mut self, wait: Duration) -> Result<(), Failure> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .map_err(|_| fail(3, anyhow!("the server did not let us in within {wait:?}")))?
+                .ok_or_else(|| fail(1, anyhow!("the client stopped")))?;
+            match event {
+                Event::Synced { .. } => return Ok(()),
+                Event::State(ConnectionState::Stopped(reason)) => {
+                    let why = match reason {
+                        StopReason::TokenExpired => "the token has expired: get a new one".to_string(),
+                        StopReason::AuthFailed(message) => format!("the server refused the token: {message}"),
+                        StopReason::LoggedInElsewhere => "this device logged in elsewhere".to_string(),
+                    };
+                    return Err(fail(4, anyhow!(why)));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn request(&self, body: impl Into<Body>) -> Result<Body, Failure> {
+        match self.handle.request(body).await {
+            Ok(Body::Error(e)) => Err(fail(5, anyhow!(describe(&e)))),
+            Ok(body) => Ok(body),
+            Err(DriverError::Request(RequestError::Server(e))) => Err(fail(5, anyhow!(describe(&e)))),
+            Err(e) => Err(fail(5, anyhow!(e))),
+        }
+    }
+
+    async fn send(&mut self, to: &str, text: &str, wait: Duration) -> Result<(), Failure> {
+        let sent = self.handle.send_text(recipient(to)?, text).await.map_err(|e| fail(1, anyhow!(e)))?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .map_err(|_| fail(5, anyhow!("no acknowledgement within {wait:?}; the message stays in the outbox and is resent on the next run")))?
+                .ok_or_else(|| fail(1, anyhow!("the client stopped")))?;
+            if let Event::MessageUpdated(m) = event {
+                if m.local_id == sent.local_id {
+                    match m.state {
+                        SendState::Sent => {
+                            self.line(
+                                json!({"type": "sent", "message": message_json(&m)}),
+                                format!("sent #{} to {}", m.seq, m.conversation_id),
+                            );
+                            return Ok(());
+                        }
+                        SendState::Failed => return Err(fail(5, anyhow!("the server refused the message"))),
+                        SendState::Sending => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn follow(&mut self) -> Result<(), Failure> {
+        if !self.json {
+            eprintln!("following as {} (Ctrl-C to stop)", self.me);
+        }
+        loop {
+            let event = tokio::select! {
+                event = self.events.recv() => event,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            };
+            let Some(event) = event else { return Ok(()) };
+            match event {
+                Event::MessageReceived(m) => self.line(json!({"type": "message", "message": message_json(&m)}), message_text(&m)),
+                Event::MessageRecalled { conversation_id, seq } => self.line(
+                    json!({"type": "recalled", "conversation_id": conversation_id, "seq": seq}),
+                    format!("[{conversation_id}] #{seq} was recalled"),
+                ),
+                Event::ReadReceipt { conversation_id, reader, read_seq } => self.line(
+                    json!({"type": "read", "conversation_id": conversation_id, "reader": reader, "read_seq": read_seq}),
+                    format!("[{conversation_id}] {reader} read up to #{read_seq}"),
+                ),
+                Event::Typing(t) => self.line(
+                    json!({"type": "typing", "conversation_id": t.conversation_id, "user": t.user_id, "typing": t.typing}),
+                    format!("[{}] {} {}", t.conversation_id, t.user_id, if t.typing { "is typing…" } else { "stopped typing" }),
+                ),
+                Event::GroupChanged(g) => self.line(
+                    json!({"type": "group", "group_id": g.group_id, "kind": g.kind, "actor": g.actor_user, "members": g.members}),
+                    format!("[g:{}] group changed by {}: {:?} {:?}", g.group_id, g.actor_user, pb::GroupEventKind::try_from(g.kind).unwrap_or_default(), g.members),
+                ),
+                Event::State(state) => {
+                    if !self.json {
+                        eprintln!("connection: {state:?}");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn conversations(&self) -> Result<(), Failure> {
+        let list = self.handle.conversations().await.map_err(|e| fail(1, anyhow!(e)))?;
+        if list.is_empty() && !self.json {
+            println!("no conversations yet");
+        }
+        for c in list {
+            let last = c.last_message.as_ref().map(|m| String::from_utf8_lossy(&m.content).into_owned()).unwrap_or_default();
+            let name = if c.title.is_empty() { c.peer.clone() } else { c.title.clone() };
+            self.line(
+                json!({"type": "conversation", "conversation_id": c.conversation_id, "peer": c.peer, "title": c.title,
+                       "unread": c.unread_count, "last_seq": c.last_seq, "read_seq": c.read_seq, "last_text": last}),
+                format!("{:<24} {:>4} unread  #{:<5} {}", name, c.unread_count, c.last_seq, last),
+            );
+        }
+        Ok(())
+    }
+
+    async fn history(&self, peer: &str, before: u64, limit: u32) -> Result<(), Failure> {
+        let conversation_id = conversation_of(&self.me, peer)?;
+        let messages = self.handle.history(&conversation_id, before, limit).await.map_err(|e| match e {
+            DriverError::Request(RequestError::Server(e)) => fail(5, anyhow!(describe(&e))),
+            e => fail(1, anyhow!(e)),
+        })?;
+        for m in &messages {
+            self.line(json!({"type": "message", "message": message_json(m)}), message_text(m));
+        }
+        Ok(())
+    }
+
+    async fn read(&self, peer: &str) -> Result<(), Failure> {
+        let conversation_id = conversation_of(&self.me, peer)?;
+        let last = self
+            .handle
+            .conversations()
+            .await
+            .map_err(|e| fail(1, anyhow!(e)))?
+            .into_iter()
+            .find(|c| c.conversation_id == conversation_id)
+            .map(|c| c.last_seq)
+            .unwrap_or(0);
+        match self.handle.mark_read(&conversation_id, last).await {
+            Ok(Body::ReadMarkerResp(r)) => {
+                self.line(
+                    json!({"type": "read_marker", "conversation_id": r.conversation_id, "read_seq": r.read_seq, "unread": r.unread_count}),
+                    format!("read {} up to #{} ({} unread)", r.conversation_id, r.read_seq, r.unread_count),
+                );
+                Ok(())
+            }
+            Ok(Body::Error(e)) | Err(DriverError::Request(RequestError::Server(e))) => Err(fail(5, anyhow!(describe(&e)))),
+            Ok(other) => Err(fail(1, anyhow!("unexpected answer {other:?}"))),
+            Err(e) => Err(fail(5, anyhow!(e))),
+        }
+    }
+
+    async fn group(&self, command: GroupCmd) -> Result<(), Failure> {
+        let group_id = |g: &str| g.strip_prefix("g:").unwrap_or(g).to_owned();
+        let print_group = |info: &Option<pb::GroupInfo>, verb: &str| {
+            if let Some(g) = info {
+                self.line(
+                    json!({"type": "group", "action": verb, "group_id": g.group_id, "name": g.name, "owner": g.owner, "member_count": g.member_count}),
+                    format!("{verb} group {} (g:{}), {} members", g.name, g.group_id, g.member_count),
+                );
+            }
+        };
+        match command {
+            GroupCmd::Create { name, members } => {
+                if let Body::GroupCreateResp(r) = self.request(pb::GroupCreateReq { name, members, open: false, client_request_id: String::new() }).await? {
+                    print_group(&r.group, "created");
+                }
+            }
+            GroupCmd::Add { group, members } => {
+                if let Body::GroupAddMembersResp(r) = self.request(pb::GroupAddMembersReq { group_id: group_id(&group), members }).await? {
+                    print_group(&r.group, "added to");
+                }
+            }
+            GroupCmd::Remove { group, members } => {
+                if let Body::GroupRemoveMembersResp(r) = self.request(pb::GroupRemoveMembersReq { group_id: group_id(&group), members }).await? {
+                    print_group(&r.group, "removed from");
+                }
+            }
+            GroupCmd::Leave { group } => {
+                self.request(pb::GroupLeaveReq { group_id: group_id(&group) }).await?;
+                self.line(json!({"type": "left", "group_id": group_id(&group)}), format!("left g:{}", group_id(&group)));
+            }
+            GroupCmd::Members { group } => {
+                if let Body::GroupMembersResp(r) = self.request(pb::GroupMembersReq { group_id: group_id(&group), limit: 0, cursor: String::new() }).await? {
+                    for m in r.members {
+                        let role = if m.role == pb::GroupRole::Owner as i32 { "owner" } else { "member" };
+                        self.line(json!({"type": "member", "user_id": m.user_id, "role": role}), format!("{} ({role})", m.user_id));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
