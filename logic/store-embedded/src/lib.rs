@@ -5,8 +5,8 @@
 //! One fjall keyspace per kind of record (see [`keys`] for the key shapes):
 //! `timelines` (conversation + seq -> `pb::Message`), `inboxes` (user + seq -> a reference to a
 //! timeline message, or a whole non-message `pb::InboxEntry`), `dedup` (sender + client msg id),
-//! `states` (user + conversation -> read marker, unread count...), `recency` (user + inverted
-//! update time + conversation: the conversation list's order), `groups`, `members`
+//! `states` (user + conversation -> read marker, unread count...; the conversation list is
+//! sorted by update time when read), `groups`, `members`
 //! (group + user), `group_requests` (owner + client request id -> group id), `delivery`
 //! (user + device -> cursor) and `counters` (next server msg id, next group number).
 //!
@@ -116,7 +116,6 @@ pub(crate) struct Keyspaces {
     inboxes: SingleWriterTxKeyspace,
     dedup: SingleWriterTxKeyspace,
     states: SingleWriterTxKeyspace,
-    recency: SingleWriterTxKeyspace,
     groups: SingleWriterTxKeyspace,
     members: SingleWriterTxKeyspace,
     group_requests: SingleWriterTxKeyspace,
@@ -132,7 +131,6 @@ impl Keyspaces {
             inboxes: open("inboxes")?,
             dedup: open("dedup")?,
             states: open("states")?,
-            recency: open("recency")?,
             groups: open("groups")?,
             members: open("members")?,
             group_requests: open("group_requests")?,

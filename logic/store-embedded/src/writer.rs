@@ -48,6 +48,12 @@ const NEXT_GROUP_ID: &[u8] = b"next_group_id";
 pub(crate) struct Caches {
     conversation_heads: HashMap<String, u64>,
     inbox_heads: HashMap<String, u64>,
+    /// Conversation states by their key: every message updates the state of each recipient,
+    /// and reading it back through the transaction cost more than the write.
+    states: HashMap<Vec<u8>, StateRecord>,
+    /// States changed in this drain, written once each when it commits: a busy conversation
+    /// changes its states with every message, often dozens of times per drain.
+    dirty_states: std::collections::HashSet<Vec<u8>>,
     next_msg_id: Option<u64>,
     next_group_id: Option<u64>,
     /// Counters changed in this drain and must be written before it commits.
@@ -117,6 +123,7 @@ pub(crate) fn run(
                 }
             }
             if failure.is_none() && ctx.failed.is_none() {
+                ctx.write_dirty_states();
                 ctx.write_counters();
             }
             failure = failure.or(ctx.failed.take());
@@ -134,12 +141,13 @@ pub(crate) fn run(
                 config
                     .commits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if caches.conversation_heads.len() + caches.inbox_heads.len()
+                if caches.conversation_heads.len() + caches.inbox_heads.len() + caches.states.len()
                     > config.head_cache_entries
                 {
                     // Reloading a head is one reverse seek; a full cache is not worth an LRU.
                     caches.conversation_heads.clear();
                     caches.inbox_heads.clear();
+                    caches.states.clear();
                 }
             }
             Err(reason) => {
@@ -248,6 +256,18 @@ impl WriteCtx<'_, '_> {
 
     /// Writes the id counters if this drain moved them. They are written in the same atomic
     /// batch as the records that use the ids, so on disk the counter never lags an id in use.
+    /// Writes each state this drain changed, once.
+    fn write_dirty_states(&mut self) {
+        let ks = self.ks;
+        let dirty = std::mem::take(&mut self.caches.dirty_states);
+        for key in dirty {
+            if let Some(state) = self.caches.states.get(&key) {
+                let value = state.encode_to_vec();
+                self.put(&ks.states, key, value);
+            }
+        }
+    }
+
     fn write_counters(&mut self) {
         if !self.caches.counters_dirty {
             return;
@@ -347,35 +367,26 @@ impl WriteCtx<'_, '_> {
     // ----- conversation state -----
 
     fn state(&mut self, user: &str, conversation_id: &str) -> StoreResult<Option<StateRecord>> {
+        let key = keys::pair_key(user, conversation_id);
+        if let Some(state) = self.caches.states.get(&key) {
+            return Ok(Some(state.clone()));
+        }
         let ks = self.ks;
-        self.get_decoded(
-            &ks.states,
-            &keys::pair_key(user, conversation_id),
-            "conversation state",
-        )
+        let state: Option<StateRecord> =
+            self.get_decoded(&ks.states, &key, "conversation state")?;
+        if let Some(state) = &state {
+            self.caches.states.insert(key, state.clone());
+        }
+        Ok(state)
     }
 
-    /// Stores `state`, moving its recency index entry from `previous_updated_ms` (if it had one).
-    fn put_state(&mut self, user: &str, state: &StateRecord, previous_updated_ms: Option<u64>) {
-        let ks = self.ks;
-        if let Some(previous) = previous_updated_ms
-            && previous != state.updated_ms
-        {
-            self.delete(
-                &ks.recency,
-                keys::recency_key(user, previous, &state.conversation_id),
-            );
-        }
-        self.put(
-            &ks.recency,
-            keys::recency_key(user, state.updated_ms, &state.conversation_id),
-            Vec::new(),
-        );
-        self.put(
-            &ks.states,
-            keys::pair_key(user, &state.conversation_id),
-            state.encode_to_vec(),
-        );
+    /// Stores `state`. The conversation list is ordered at read time (a user has few
+    /// conversations), so no recency index is maintained here: that index cost four writes per
+    /// 1:1 message.
+    fn put_state(&mut self, user: &str, state: &StateRecord) {
+        let key = keys::pair_key(user, &state.conversation_id);
+        self.caches.dirty_states.insert(key.clone());
+        self.caches.states.insert(key, state.clone());
     }
 
     /// The public view of a state, with its last message read from the timeline.
@@ -445,7 +456,6 @@ impl WriteCtx<'_, '_> {
                 sender_inbox_seq = inbox_seq;
             }
             let previous = self.state(user, &m.conversation_id)?;
-            let previous_updated_ms = previous.as_ref().map(|s| s.updated_ms);
             let mut state = previous.unwrap_or_else(|| StateRecord {
                 conversation_id: m.conversation_id.clone(),
                 kind: conversation.kind() as i32,
@@ -457,7 +467,7 @@ impl WriteCtx<'_, '_> {
             if user != m.sender_user {
                 state.unread_count += 1;
             }
-            self.put_state(user, &state, previous_updated_ms);
+            self.put_state(user, &state);
             deliveries.push(Delivery {
                 user: user.to_owned(),
                 entry: pb::InboxEntry {
@@ -540,11 +550,10 @@ impl WriteCtx<'_, '_> {
             return Ok((self.public_state(state)?, Vec::new()));
         }
         let unread = self.count_from_others(user, conversation_id, target, state.last_seq)?;
-        let previous_updated_ms = state.updated_ms;
         state.read_seq = target;
         state.unread_count = unread;
         state.updated_ms = state.updated_ms.max(now_ms);
-        self.put_state(user, &state, Some(previous_updated_ms));
+        self.put_state(user, &state);
 
         let mut deliveries = vec![self.append_event(
             user,
@@ -560,8 +569,7 @@ impl WriteCtx<'_, '_> {
                 && target > peer_state.peer_read_seq
             {
                 peer_state.peer_read_seq = target;
-                let unchanged = Some(peer_state.updated_ms);
-                self.put_state(peer, &peer_state, unchanged);
+                self.put_state(peer, &peer_state);
             }
             deliveries.push(self.append_event(
                 peer,
@@ -742,7 +750,6 @@ impl WriteCtx<'_, '_> {
         let conversation_id = ids::group_conversation_id(group_id);
         let head = self.conversation_head(&conversation_id)?;
         let previous = self.state(user, &conversation_id)?;
-        let previous_updated_ms = previous.as_ref().map(|s| s.updated_ms);
         let mut state = previous.unwrap_or_else(|| StateRecord {
             conversation_id: conversation_id.clone(),
             kind: pb::ConversationKind::Group as i32,
@@ -753,7 +760,7 @@ impl WriteCtx<'_, '_> {
         state.read_seq = head;
         state.unread_count = 0;
         state.updated_ms = state.updated_ms.max(now_ms);
-        self.put_state(user, &state, previous_updated_ms);
+        self.put_state(user, &state);
         Ok(())
     }
 
