@@ -17,28 +17,60 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Encoder as _, FramedRead};
 
-use crate::machine::{Action, Client, ClientConfig, ConnectionState, Event, RequestError, RequestHandle, StopReason};
+use crate::machine::{
+    Action, Client, ClientConfig, ConnectionState, Event, RequestError, RequestHandle, StopReason,
+};
 use crate::store::{LocalConversation, LocalMessage, LocalResult, LocalStore, Recipient};
 
 /// Asked for a fresh token when the server says the current one expired; `None` = give up.
-pub type TokenRefresher = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + Sync>;
+pub type TokenRefresher =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + Sync>;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Command {
-    Send { recipient: Recipient, content_type: u32, content: Vec<u8>, reply: oneshot::Sender<LocalResult<LocalMessage>> },
-    Retry { local_id: u64, reply: oneshot::Sender<LocalResult<bool>> },
-    Request { body: Body, reply: oneshot::Sender<Result<Body, RequestError>> },
-    MarkRead { conversation_id: String, seq: u64, reply: oneshot::Sender<Result<Body, RequestError>> },
-    Typing { conversation_id: String, typing: bool },
-    History { conversation_id: String, before_seq: u64, limit: u32, reply: oneshot::Sender<LocalResult<Vec<LocalMessage>>> },
-    Conversations { reply: oneshot::Sender<LocalResult<Vec<LocalConversation>>> },
-    State { reply: oneshot::Sender<(ConnectionState, u64)> },
+    Send {
+        recipient: Recipient,
+        content_type: u32,
+        content: Vec<u8>,
+        reply: oneshot::Sender<LocalResult<LocalMessage>>,
+    },
+    Retry {
+        local_id: u64,
+        reply: oneshot::Sender<LocalResult<bool>>,
+    },
+    Request {
+        body: Body,
+        reply: oneshot::Sender<Result<Body, RequestError>>,
+    },
+    MarkRead {
+        conversation_id: String,
+        seq: u64,
+        reply: oneshot::Sender<Result<Body, RequestError>>,
+    },
+    Typing {
+        conversation_id: String,
+        typing: bool,
+    },
+    History {
+        conversation_id: String,
+        before_seq: u64,
+        limit: u32,
+        reply: oneshot::Sender<LocalResult<Vec<LocalMessage>>>,
+    },
+    Conversations {
+        reply: oneshot::Sender<LocalResult<Vec<LocalConversation>>>,
+    },
+    State {
+        reply: oneshot::Sender<(ConnectionState, u64)>,
+    },
     SetToken(String),
     NetworkChanged,
     Background(bool),
-    Shutdown { reply: oneshot::Sender<()> },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Why a command could not reach the client task.
@@ -62,58 +94,114 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, DriverError> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, DriverError> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(make(tx)).await.map_err(|_| DriverError::Closed)?;
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| DriverError::Closed)?;
         rx.await.map_err(|_| DriverError::Closed)
     }
 
     /// Queues a message; returns at once with the message in state `Sending`.
-    pub async fn send(&self, recipient: Recipient, content_type: u32, content: Vec<u8>) -> Result<LocalMessage, DriverError> {
-        Ok(self.call(|reply| Command::Send { recipient, content_type, content, reply }).await??)
+    pub async fn send(
+        &self,
+        recipient: Recipient,
+        content_type: u32,
+        content: Vec<u8>,
+    ) -> Result<LocalMessage, DriverError> {
+        Ok(self
+            .call(|reply| Command::Send {
+                recipient,
+                content_type,
+                content,
+                reply,
+            })
+            .await??)
     }
 
     /// Sends a text message.
-    pub async fn send_text(&self, recipient: Recipient, text: &str) -> Result<LocalMessage, DriverError> {
+    pub async fn send_text(
+        &self,
+        recipient: Recipient,
+        text: &str,
+    ) -> Result<LocalMessage, DriverError> {
         self.send(recipient, 0, text.as_bytes().to_vec()).await
     }
 
     /// Puts a failed message back into the outbox.
     pub async fn retry(&self, local_id: u64) -> Result<bool, DriverError> {
-        Ok(self.call(|reply| Command::Retry { local_id, reply }).await??)
+        Ok(self
+            .call(|reply| Command::Retry { local_id, reply })
+            .await??)
     }
 
     /// Any request of the protocol (history, conversations, recall, groups...); its answer.
     pub async fn request(&self, body: impl Into<Body>) -> Result<Body, DriverError> {
         let body = body.into();
-        self.call(|reply| Command::Request { body, reply }).await?.map_err(DriverError::Request)
+        self.call(|reply| Command::Request { body, reply })
+            .await?
+            .map_err(DriverError::Request)
     }
 
     /// Marks a conversation read up to `seq`.
     pub async fn mark_read(&self, conversation_id: &str, seq: u64) -> Result<Body, DriverError> {
         let conversation_id = conversation_id.to_owned();
-        self.call(|reply| Command::MarkRead { conversation_id, seq, reply }).await?.map_err(DriverError::Request)
+        self.call(|reply| Command::MarkRead {
+            conversation_id,
+            seq,
+            reply,
+        })
+        .await?
+        .map_err(DriverError::Request)
     }
 
     /// Typing indicator (dropped when offline).
     pub async fn typing(&self, conversation_id: &str, typing: bool) -> Result<(), DriverError> {
         self.commands
-            .send(Command::Typing { conversation_id: conversation_id.to_owned(), typing })
+            .send(Command::Typing {
+                conversation_id: conversation_id.to_owned(),
+                typing,
+            })
             .await
             .map_err(|_| DriverError::Closed)
     }
 
     /// Locally stored messages, newest first.
-    pub async fn local_history(&self, conversation_id: &str, before_seq: u64, limit: u32) -> Result<Vec<LocalMessage>, DriverError> {
+    pub async fn local_history(
+        &self,
+        conversation_id: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<LocalMessage>, DriverError> {
         let conversation_id = conversation_id.to_owned();
-        Ok(self.call(|reply| Command::History { conversation_id, before_seq, limit, reply }).await??)
+        Ok(self
+            .call(|reply| Command::History {
+                conversation_id,
+                before_seq,
+                limit,
+                reply,
+            })
+            .await??)
     }
 
     /// History: local first; when fewer than `limit` are stored locally, pages the server and
     /// stores what it returns.
-    pub async fn history(&self, conversation_id: &str, before_seq: u64, limit: u32) -> Result<Vec<LocalMessage>, DriverError> {
-        let local = self.local_history(conversation_id, before_seq, limit).await?;
-        let contiguous = local.windows(2).all(|w| w[0].seq == 0 || w[0].seq == w[1].seq + 1);
+    pub async fn history(
+        &self,
+        conversation_id: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<LocalMessage>, DriverError> {
+        let local = self
+            .local_history(conversation_id, before_seq, limit)
+            .await?;
+        let contiguous = local
+            .windows(2)
+            .all(|w| w[0].seq == 0 || w[0].seq == w[1].seq + 1);
         let reaches_start = local.last().is_some_and(|m| m.seq == 1);
         if local.len() >= limit as usize && contiguous || reaches_start && contiguous {
             return Ok(local);
@@ -135,7 +223,9 @@ impl ClientHandle {
 
     /// Locally stored conversations, most recent first.
     pub async fn conversations(&self) -> Result<Vec<LocalConversation>, DriverError> {
-        Ok(self.call(|reply| Command::Conversations { reply }).await??)
+        Ok(self
+            .call(|reply| Command::Conversations { reply })
+            .await??)
     }
 
     /// The connection state and the inbox cursor.
@@ -145,17 +235,26 @@ impl ClientHandle {
 
     /// Replaces the token (e.g. after the app refreshed it).
     pub async fn set_token(&self, token: String) -> Result<(), DriverError> {
-        self.commands.send(Command::SetToken(token)).await.map_err(|_| DriverError::Closed)
+        self.commands
+            .send(Command::SetToken(token))
+            .await
+            .map_err(|_| DriverError::Closed)
     }
 
     /// The device's network changed: reconnect now if waiting.
     pub async fn network_changed(&self) -> Result<(), DriverError> {
-        self.commands.send(Command::NetworkChanged).await.map_err(|_| DriverError::Closed)
+        self.commands
+            .send(Command::NetworkChanged)
+            .await
+            .map_err(|_| DriverError::Closed)
     }
 
     /// The app moved to the background (true) or foreground (false).
     pub async fn set_background(&self, background: bool) -> Result<(), DriverError> {
-        self.commands.send(Command::Background(background)).await.map_err(|_| DriverError::Closed)
+        self.commands
+            .send(Command::Background(background))
+            .await
+            .map_err(|_| DriverError::Closed)
     }
 
     /// Says goodbye to the server and stops the client task.
@@ -179,11 +278,19 @@ pub fn start<S: LocalStore>(
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (events_tx, events_rx) = mpsc::channel(4096);
     tokio::spawn(run(client, server, commands_rx, events_tx, refresher));
-    Ok((ClientHandle { commands: commands_tx }, events_rx))
+    Ok((
+        ClientHandle {
+            commands: commands_tx,
+        },
+        events_rx,
+    ))
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 struct Link {
@@ -204,8 +311,10 @@ async fn run<S: LocalStore>(
     let mut link: Option<Link> = None;
     let mut connecting: Option<Connecting> = None;
     let mut refreshing: Option<Refreshing> = None;
-    let mut waiting: std::collections::HashMap<RequestHandle, oneshot::Sender<Result<Body, RequestError>>> =
-        std::collections::HashMap::new();
+    let mut waiting: std::collections::HashMap<
+        RequestHandle,
+        oneshot::Sender<Result<Body, RequestError>>,
+    > = std::collections::HashMap::new();
     let mut codec = FrameCodec::default();
     let mut out = BytesMut::new();
     let mut shutdown_reply: Option<oneshot::Sender<()>> = None;
@@ -219,7 +328,12 @@ async fn run<S: LocalStore>(
                     connecting = Some(Box::pin(async move {
                         tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
                             .await
-                            .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))
+                            .unwrap_or_else(|_| {
+                                Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "connect timed out",
+                                ))
+                            })
                     }));
                 }
                 Action::Disconnect => {
@@ -263,7 +377,8 @@ async fn run<S: LocalStore>(
                     }
                 }
                 event => {
-                    if let Event::State(ConnectionState::Stopped(StopReason::TokenExpired)) = &event {
+                    if let Event::State(ConnectionState::Stopped(StopReason::TokenExpired)) = &event
+                    {
                         if let Some(refresher) = &refresher {
                             refreshing = Some(refresher());
                         }

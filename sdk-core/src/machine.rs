@@ -261,7 +261,10 @@ impl<S: LocalStore> Client<S> {
             background: false,
             next_request_id: 1,
             pending: HashMap::new(),
-            timing: Timing { heartbeat: Duration::from_secs(30), idle_timeout: Duration::from_secs(90) },
+            timing: Timing {
+                heartbeat: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(90),
+            },
             last_sent: now,
             last_received: now,
             ping_sent: None,
@@ -358,7 +361,11 @@ impl<S: LocalStore> Client<S> {
     fn heartbeat_interval(&self) -> Duration {
         // In the background we ping half as often, still well inside the server's idle timeout
         // (three intervals), to save radio wake-ups.
-        if self.background { self.timing.heartbeat * 2 } else { self.timing.heartbeat }
+        if self.background {
+            self.timing.heartbeat * 2
+        } else {
+            self.timing.heartbeat
+        }
     }
 
     // ----- app commands -----
@@ -366,7 +373,10 @@ impl<S: LocalStore> Client<S> {
     /// Sets (or refreshes) the token; resumes connecting if the client stopped for the token.
     pub fn set_token(&mut self, token: impl Into<String>, now: Instant) {
         self.token = Some(token.into());
-        if matches!(self.phase, Phase::Stopped(StopReason::TokenExpired | StopReason::AuthFailed(_))) {
+        if matches!(
+            self.phase,
+            Phase::Stopped(StopReason::TokenExpired | StopReason::AuthFailed(_))
+        ) {
             self.attempt = 0;
             self.start_connect(now);
         }
@@ -382,12 +392,20 @@ impl<S: LocalStore> Client<S> {
 
     /// The app goes offline on purpose (logout, user switch): no reconnect.
     pub fn disconnect(&mut self) {
-        if matches!(self.phase, Phase::Connecting | Phase::Authenticating | Phase::Syncing | Phase::Online) {
+        let open = matches!(
+            self.phase,
+            Phase::Connecting | Phase::Authenticating | Phase::Syncing | Phase::Online
+        );
+        // Reset first: `reset_connection` clears the transmit queue, and doing it after queueing
+        // the goodbye dropped the goodbye (found by the simulation tests'
+        // `an_intentional_disconnect_says_goodbye_before_closing`).
+        self.reset_connection();
+        if open {
             let id = self.request_id();
-            self.transmit.push_back(Frame::new(id, pb::Goodbye { logout: false }));
+            self.transmit
+                .push_back(Frame::new(id, pb::Goodbye { logout: false }));
             self.actions.push_back(Action::Disconnect);
         }
-        self.reset_connection();
         self.set_phase(Phase::Offline);
     }
 
@@ -432,7 +450,8 @@ impl<S: LocalStore> Client<S> {
         self.transmit.push_back(Frame::new(id, body));
         self.last_sent = now;
         if let Some(kind) = pending {
-            self.pending.insert(id, PendingRequest { kind, sent_at: now });
+            self.pending
+                .insert(id, PendingRequest { kind, sent_at: now });
         }
         id
     }
@@ -488,7 +507,9 @@ impl<S: LocalStore> Client<S> {
 
     /// Puts a `Failed` message back into the outbox.
     pub fn retry(&mut self, local_id: u64, now: Instant) -> LocalResult<bool> {
-        let Some(mut item) = self.store.outbox_get(local_id)? else { return Ok(false) };
+        let Some(mut item) = self.store.outbox_get(local_id)? else {
+            return Ok(false);
+        };
         if item.state != SendState::Failed {
             return Ok(false);
         }
@@ -510,7 +531,10 @@ impl<S: LocalStore> Client<S> {
             self.fail_message(item.local_id, item.attempts);
             return;
         }
-        if let Err(e) = self.store.outbox_update(item.local_id, attempts, SendState::Sending) {
+        if let Err(e) = self
+            .store
+            .outbox_update(item.local_id, attempts, SendState::Sending)
+        {
             self.events.push_back(Event::StoreError(e.to_string()));
         }
         let target = match item.recipient {
@@ -523,12 +547,21 @@ impl<S: LocalStore> Client<S> {
             content_type: item.content_type,
             content: item.content,
         };
-        self.send_frame(request, Some(Pending::Send { local_id: item.local_id }), now);
+        self.send_frame(
+            request,
+            Some(Pending::Send {
+                local_id: item.local_id,
+            }),
+            now,
+        );
         self.transmitted.insert(item.local_id, attempts);
     }
 
     fn fail_message(&mut self, local_id: u64, attempts: u32) {
-        match self.store.outbox_update(local_id, attempts, SendState::Failed) {
+        match self
+            .store
+            .outbox_update(local_id, attempts, SendState::Failed)
+        {
             Ok(()) => {
                 if let Ok(Some(item)) = self.store.outbox_get(local_id) {
                     let message = self.outbox_message(&item, SendState::Failed);
@@ -563,7 +596,10 @@ impl<S: LocalStore> Client<S> {
         if self.connected() {
             self.send_frame(body, Some(Pending::Request { handle }), now);
         } else {
-            self.events.push_back(Event::Response { handle, result: Err(RequestError::NotConnected) });
+            self.events.push_back(Event::Response {
+                handle,
+                result: Err(RequestError::NotConnected),
+            });
         }
         handle
     }
@@ -579,18 +615,36 @@ impl<S: LocalStore> Client<S> {
                 self.save_conversation(conversation);
             }
         }
-        self.request(pb::ReadMarkerReq { conversation_id: conversation_id.into(), read_seq: seq }, now)
+        self.request(
+            pb::ReadMarkerReq {
+                conversation_id: conversation_id.into(),
+                read_seq: seq,
+            },
+            now,
+        )
     }
 
     /// Tells the peers this user is (or stopped) typing. Dropped when offline.
     pub fn typing(&mut self, conversation_id: &str, typing: bool, now: Instant) {
         if self.connected() {
-            self.send_frame(pb::Typing { conversation_id: conversation_id.into(), typing }, None, now);
+            self.send_frame(
+                pb::Typing {
+                    conversation_id: conversation_id.into(),
+                    typing,
+                },
+                None,
+                now,
+            );
         }
     }
 
     /// Messages stored locally, newest first (see [`LocalStore::history`]).
-    pub fn local_history(&self, conversation_id: &str, before_seq: u64, limit: u32) -> LocalResult<Vec<LocalMessage>> {
+    pub fn local_history(
+        &self,
+        conversation_id: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> LocalResult<Vec<LocalMessage>> {
         self.store.history(conversation_id, before_seq, limit)
     }
 
@@ -618,7 +672,11 @@ impl<S: LocalStore> Client<S> {
             protocol_version: im_protocol::PROTOCOL_REVISION,
             last_inbox_seq: self.cursor,
             accept_compression: vec![pb::Compression::Zstd as i32],
-            app_state: if self.background { pb::AppState::Background as i32 } else { pb::AppState::Foreground as i32 },
+            app_state: if self.background {
+                pb::AppState::Background as i32
+            } else {
+                pb::AppState::Foreground as i32
+            },
         };
         // The handshake is bounded by the idle timeout until the server announces its own.
         self.timing.idle_timeout = self.config.request_timeout;
@@ -627,7 +685,10 @@ impl<S: LocalStore> Client<S> {
 
     /// The transport failed or closed (or could not be opened).
     pub fn on_disconnected(&mut self, now: Instant) {
-        if matches!(self.phase, Phase::Offline | Phase::Stopped(_) | Phase::Waiting { .. }) {
+        if matches!(
+            self.phase,
+            Phase::Offline | Phase::Stopped(_) | Phase::Waiting { .. }
+        ) {
             return;
         }
         self.reset_connection();
@@ -638,7 +699,10 @@ impl<S: LocalStore> Client<S> {
     fn reset_connection(&mut self) {
         for (_, pending) in self.pending.drain() {
             if let Pending::Request { handle } = pending.kind {
-                self.events.push_back(Event::Response { handle, result: Err(RequestError::ConnectionLost) });
+                self.events.push_back(Event::Response {
+                    handle,
+                    result: Err(RequestError::ConnectionLost),
+                });
             }
         }
         self.transmitted.clear();
@@ -658,9 +722,15 @@ impl<S: LocalStore> Client<S> {
         }
         // Full jitter: a uniformly random delay up to the exponential bound, so clients cut off
         // together by a server restart come back spread out instead of in one storm.
-        let exp = self.config.backoff_base.saturating_mul(1u32 << self.attempt.min(16));
-        let bound = exp.min(self.config.backoff_cap).max(Duration::from_millis(1));
-        let delay = Duration::from_micros(self.rng.random_range(0..=bound.as_micros() as u64)).max(at_least);
+        let exp = self
+            .config
+            .backoff_base
+            .saturating_mul(1u32 << self.attempt.min(16));
+        let bound = exp
+            .min(self.config.backoff_cap)
+            .max(Duration::from_millis(1));
+        let delay = Duration::from_micros(self.rng.random_range(0..=bound.as_micros() as u64))
+            .max(at_least);
         self.attempt = self.attempt.saturating_add(1);
         self.set_phase(Phase::Waiting { at: now + delay });
     }
@@ -678,8 +748,13 @@ impl<S: LocalStore> Client<S> {
             Phase::Waiting { at } if now >= at => self.start_connect(now),
             Phase::Authenticating | Phase::Syncing | Phase::Online => {
                 let dead = now >= self.last_received + self.timing.idle_timeout
-                    || self.ping_sent.is_some_and(|t| now >= t + self.config.pong_timeout)
-                    || self.pending.values().any(|p| now >= p.sent_at + self.config.request_timeout);
+                    || self
+                        .ping_sent
+                        .is_some_and(|t| now >= t + self.config.pong_timeout)
+                    || self
+                        .pending
+                        .values()
+                        .any(|p| now >= p.sent_at + self.config.request_timeout);
                 if dead {
                     tracing::debug!("link considered dead");
                     self.fail_connection(now, Duration::ZERO);
@@ -700,7 +775,10 @@ impl<S: LocalStore> Client<S> {
 
     /// A frame arrived.
     pub fn on_frame(&mut self, frame: Frame, now: Instant) {
-        if matches!(self.phase, Phase::Offline | Phase::Stopped(_) | Phase::Waiting { .. } | Phase::Connecting) {
+        if matches!(
+            self.phase,
+            Phase::Offline | Phase::Stopped(_) | Phase::Waiting { .. } | Phase::Connecting
+        ) {
             return;
         }
         self.last_received = now;
@@ -747,7 +825,8 @@ impl<S: LocalStore> Client<S> {
             Body::Push(push) => self.on_entries(push.entries, now),
             Body::TypingEvent(event) => self.events.push_back(Event::Typing(event)),
             Body::Kick(kick) => {
-                let reason = pb::KickReason::try_from(kick.reason).unwrap_or(pb::KickReason::Unspecified);
+                let reason =
+                    pb::KickReason::try_from(kick.reason).unwrap_or(pb::KickReason::Unspecified);
                 self.actions.push_back(Action::Disconnect);
                 self.reset_connection();
                 match reason {
@@ -757,7 +836,10 @@ impl<S: LocalStore> Client<S> {
                     pb::KickReason::TokenRevoked => {
                         self.set_phase(Phase::Stopped(StopReason::AuthFailed(kick.message)))
                     }
-                    _ => self.schedule_reconnect(now, Duration::from_millis(u64::from(kick.retry_after_ms))),
+                    _ => self.schedule_reconnect(
+                        now,
+                        Duration::from_millis(u64::from(kick.retry_after_ms)),
+                    ),
                 }
             }
             Body::Error(error) => {
@@ -776,7 +858,9 @@ impl<S: LocalStore> Client<S> {
                     tracing::warn!(token_user = %hello.user_id, configured = %self.config.user_id, "token is for another user");
                 }
                 self.timing = Timing {
-                    heartbeat: Duration::from_millis(u64::from(hello.heartbeat_interval_ms.max(1000))),
+                    heartbeat: Duration::from_millis(u64::from(
+                        hello.heartbeat_interval_ms.max(1000),
+                    )),
                     idle_timeout: Duration::from_millis(u64::from(hello.idle_timeout_ms.max(3000))),
                 };
                 self.healthy_since = Some(now);
@@ -796,11 +880,18 @@ impl<S: LocalStore> Client<S> {
                 self.actions.push_back(Action::Disconnect);
                 self.reset_connection();
                 match code {
-                    ErrorCode::TokenExpired => self.set_phase(Phase::Stopped(StopReason::TokenExpired)),
-                    ErrorCode::TokenInvalid | ErrorCode::TokenMissing | ErrorCode::DeviceMismatch => {
+                    ErrorCode::TokenExpired => {
+                        self.set_phase(Phase::Stopped(StopReason::TokenExpired))
+                    }
+                    ErrorCode::TokenInvalid
+                    | ErrorCode::TokenMissing
+                    | ErrorCode::DeviceMismatch => {
                         self.set_phase(Phase::Stopped(StopReason::AuthFailed(error.message)))
                     }
-                    _ => self.schedule_reconnect(now, Duration::from_millis(u64::from(error.retry_after_ms))),
+                    _ => self.schedule_reconnect(
+                        now,
+                        Duration::from_millis(u64::from(error.retry_after_ms)),
+                    ),
                 }
             }
             _ => self.fail_connection(now, Duration::ZERO),
@@ -811,9 +902,15 @@ impl<S: LocalStore> Client<S> {
         match body {
             Body::SendAck(ack) => {
                 self.transmitted.remove(&local_id);
-                match self.store.outbox_acked(&ack.client_msg_id, ack.conversation_seq, ack.server_msg_id, ack.server_time_ms) {
+                match self.store.outbox_acked(
+                    &ack.client_msg_id,
+                    ack.conversation_seq,
+                    ack.server_msg_id,
+                    ack.server_time_ms,
+                ) {
                     Ok(Some(message)) => {
-                        self.events.push_back(Event::MessageUpdated(message.clone()));
+                        self.events
+                            .push_back(Event::MessageUpdated(message.clone()));
                         self.touch_conversation(&message, false);
                     }
                     Ok(None) => {}
@@ -825,7 +922,10 @@ impl<S: LocalStore> Client<S> {
                 if code.retryable() {
                     // Leave it in the outbox: a reconnect retransmits it. Reconnect soon so a
                     // rate limit or a draining server does not hold the message for long.
-                    self.fail_connection(now, Duration::from_millis(u64::from(error.retry_after_ms)));
+                    self.fail_connection(
+                        now,
+                        Duration::from_millis(u64::from(error.retry_after_ms)),
+                    );
                 } else {
                     let attempts = self.transmitted.remove(&local_id).unwrap_or(1);
                     self.fail_message(local_id, attempts);
@@ -840,7 +940,11 @@ impl<S: LocalStore> Client<S> {
     fn start_sync(&mut self, to_seq: u64, now: Instant) {
         self.sync_in_flight = true;
         self.sync_to = to_seq;
-        let request = pb::SyncReq { from_seq: self.cursor + 1, limit: self.config.sync_page, to_seq };
+        let request = pb::SyncReq {
+            from_seq: self.cursor + 1,
+            limit: self.config.sync_page,
+            to_seq,
+        };
         self.send_frame(request, Some(Pending::Sync), now);
     }
 
@@ -881,7 +985,13 @@ impl<S: LocalStore> Client<S> {
             Ok(()) => {
                 self.acked_cursor = self.cursor;
                 if self.connected() {
-                    self.send_frame(pb::DeliveryAck { up_to_inbox_seq: self.cursor }, None, now);
+                    self.send_frame(
+                        pb::DeliveryAck {
+                            up_to_inbox_seq: self.cursor,
+                        },
+                        None,
+                        now,
+                    );
                 }
             }
             Err(e) => self.events.push_back(Event::StoreError(e.to_string())),
@@ -898,7 +1008,10 @@ impl<S: LocalStore> Client<S> {
             }
         };
         for range in &response.missing {
-            if range.reason == pb::SeqRangeReason::Trimmed as i32 && range.from_seq <= self.cursor + 1 && range.to_seq > self.cursor {
+            if range.reason == pb::SeqRangeReason::Trimmed as i32
+                && range.from_seq <= self.cursor + 1
+                && range.to_seq > self.cursor
+            {
                 // Those entries will never come back: step over them instead of waiting.
                 self.cursor = range.to_seq;
             }
@@ -931,11 +1044,20 @@ impl<S: LocalStore> Client<S> {
         }
         if self.phase == Phase::Syncing {
             self.set_phase(Phase::Online);
-            self.events.push_back(Event::Synced { cursor: self.cursor });
+            self.events.push_back(Event::Synced {
+                cursor: self.cursor,
+            });
             // The server's unread counts are authoritative: refresh the local list once.
             let handle = self.next_handle;
             self.next_handle += 1;
-            self.send_frame(pb::ConversationsReq { limit: 0, cursor: String::new() }, Some(Pending::Request { handle }), now);
+            self.send_frame(
+                pb::ConversationsReq {
+                    limit: 0,
+                    cursor: String::new(),
+                },
+                Some(Pending::Request { handle }),
+                now,
+            );
         }
     }
 
@@ -944,9 +1066,13 @@ impl<S: LocalStore> Client<S> {
     fn apply(&mut self, entry: pb::InboxEntry) {
         let result = match entry.body {
             Some(pb::inbox_entry::Body::Message(message)) => self.apply_message(message),
-            Some(pb::inbox_entry::Body::Recall(recall)) => {
-                self.store.recall_message(&recall.conversation_id, recall.conversation_seq).map(|_| {
-                    if let Ok(Some(mut conversation)) = self.store.conversation(&recall.conversation_id) {
+            Some(pb::inbox_entry::Body::Recall(recall)) => self
+                .store
+                .recall_message(&recall.conversation_id, recall.conversation_seq)
+                .map(|_| {
+                    if let Ok(Some(mut conversation)) =
+                        self.store.conversation(&recall.conversation_id)
+                    {
                         if let Some(last) = &mut conversation.last_message {
                             if last.seq == recall.conversation_seq {
                                 last.recalled = true;
@@ -959,8 +1085,7 @@ impl<S: LocalStore> Client<S> {
                         conversation_id: recall.conversation_id,
                         seq: recall.conversation_seq,
                     });
-                })
-            }
+                }),
             Some(pb::inbox_entry::Body::ReadReceipt(receipt)) => {
                 let mut conversation = self.conversation_or_new(&receipt.conversation_id);
                 if receipt.read_seq > conversation.peer_read_seq {
@@ -993,14 +1118,15 @@ impl<S: LocalStore> Client<S> {
                 self.events.push_back(Event::GroupChanged(event));
                 Ok(())
             }
-            Some(pb::inbox_entry::Body::Delete(delete)) => {
-                self.store.delete_messages(&delete.conversation_id, &delete.conversation_seqs).map(|()| {
+            Some(pb::inbox_entry::Body::Delete(delete)) => self
+                .store
+                .delete_messages(&delete.conversation_id, &delete.conversation_seqs)
+                .map(|()| {
                     self.events.push_back(Event::MessagesDeleted {
                         conversation_id: delete.conversation_id,
                         seqs: delete.conversation_seqs,
                     });
-                })
-            }
+                }),
             // An entry of a newer revision: it still takes its place in the seq order.
             None => Ok(()),
         };
@@ -1019,7 +1145,8 @@ impl<S: LocalStore> Client<S> {
                 message.server_msg_id,
                 message.server_time_ms,
             )? {
-                self.events.push_back(Event::MessageUpdated(updated.clone()));
+                self.events
+                    .push_back(Event::MessageUpdated(updated.clone()));
                 self.touch_conversation(&updated, false);
                 return Ok(());
             }
@@ -1050,12 +1177,20 @@ impl<S: LocalStore> Client<S> {
         }
         let peer = match ConversationRef::parse(conversation_id) {
             Ok(ConversationRef::Direct { low, high }) => {
-                if low == self.config.user_id { high.to_owned() } else { low.to_owned() }
+                if low == self.config.user_id {
+                    high.to_owned()
+                } else {
+                    low.to_owned()
+                }
             }
             Ok(ConversationRef::Group { group_id }) => group_id.to_owned(),
             Err(_) => String::new(),
         };
-        LocalConversation { conversation_id: conversation_id.to_owned(), peer, ..LocalConversation::default() }
+        LocalConversation {
+            conversation_id: conversation_id.to_owned(),
+            peer,
+            ..LocalConversation::default()
+        }
     }
 
     /// Moves a conversation's preview forward for a newly stored message.
@@ -1074,7 +1209,9 @@ impl<S: LocalStore> Client<S> {
 
     fn save_conversation(&mut self, conversation: LocalConversation) {
         match self.store.put_conversation(&conversation) {
-            Ok(()) => self.events.push_back(Event::ConversationUpdated(conversation)),
+            Ok(()) => self
+                .events
+                .push_back(Event::ConversationUpdated(conversation)),
             Err(e) => self.events.push_back(Event::StoreError(e.to_string())),
         }
     }
@@ -1087,7 +1224,8 @@ impl<S: LocalStore> Client<S> {
                     let mut conversation = self.conversation_or_new(&summary.conversation_id);
                     conversation.read_seq = summary.read_seq;
                     conversation.unread_count = summary.unread_count;
-                    conversation.peer_read_seq = conversation.peer_read_seq.max(summary.peer_read_seq);
+                    conversation.peer_read_seq =
+                        conversation.peer_read_seq.max(summary.peer_read_seq);
                     if !summary.title.is_empty() {
                         conversation.title = summary.title.clone();
                     }
@@ -1131,6 +1269,8 @@ impl<S: LocalStore> Client<S> {
 
 /// A protocol error body as a readable line.
 pub fn describe(error: &pb::Error) -> String {
-    let code = ErrorCode::try_from(error.code).map(|c| c.as_str_name()).unwrap_or("UNKNOWN");
+    let code = ErrorCode::try_from(error.code)
+        .map(|c| c.as_str_name())
+        .unwrap_or("UNKNOWN");
     format!("{code}: {}", error.message)
 }

@@ -154,7 +154,12 @@ pub trait LocalStore: Send + 'static {
     /// Messages of a conversation with seq below `before_seq` (0 = from the newest), newest
     /// first, at most `limit`; unacked own messages (seq 0) are included only when
     /// `before_seq` is 0, before the others.
-    fn history(&self, conversation_id: &str, before_seq: u64, limit: u32) -> LocalResult<Vec<LocalMessage>>;
+    fn history(
+        &self,
+        conversation_id: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> LocalResult<Vec<LocalMessage>>;
     /// One message by conversation and seq.
     fn message(&self, conversation_id: &str, seq: u64) -> LocalResult<Option<LocalMessage>>;
 

@@ -21,7 +21,9 @@ use im_protocol::{Body, Frame, pb};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use sdk_core::memory::MemoryStore;
-use sdk_core::{Action, Client, ClientConfig, ConnectionState, Event, LocalStore as _, Recipient, SendState};
+use sdk_core::{
+    Action, Client, ClientConfig, ConnectionState, Event, LocalStore as _, Recipient, SendState,
+};
 
 use server::{ConnId, EPOCH_MS, GROUP, Out, Server, ServerFaults};
 
@@ -80,6 +82,7 @@ impl Faults {
                 repush_old: p(rng, 0.1),
                 early_push: p(rng, 0.5),
                 send_unavailable: p(rng, 0.05),
+                sync_unavailable: p(rng, 0.05),
             },
         }
     }
@@ -111,6 +114,8 @@ pub struct Stats {
     pub frames: u64,
     pub steps: u64,
     pub quiet_time: Duration,
+    /// Hash of the step trace (with [`Trace::Hash`]).
+    pub hash: u64,
 }
 
 impl Stats {
@@ -166,6 +171,8 @@ pub struct Device {
     pub connects: u64,
     /// Consecutive `on_timeout` calls at one instant (a busy loop guard).
     same_instant_timeouts: u32,
+    /// `inbox_head_seq` of the last `HandshakeResp` the client read.
+    handshake_head: u64,
 }
 
 impl Device {
@@ -231,7 +238,10 @@ pub struct World {
 fn describe(frame: &Frame) -> String {
     match frame.decode_body() {
         Ok(Body::Push(push)) => {
-            format!("PUSH {:?}", push.entries.iter().map(|e| e.inbox_seq).collect::<Vec<_>>())
+            format!(
+                "PUSH {:?}",
+                push.entries.iter().map(|e| e.inbox_seq).collect::<Vec<_>>()
+            )
         }
         Ok(Body::SyncResp(r)) => format!(
             "#{} SYNC_RESP {:?} head {} more {} next {}",
@@ -241,14 +251,21 @@ fn describe(frame: &Frame) -> String {
             r.has_more,
             r.next_seq
         ),
-        Ok(Body::SendReq(r)) => format!("#{} SEND_REQ {} {:?}", frame.request_id, r.client_msg_id, r.target),
+        Ok(Body::SendReq(r)) => format!(
+            "#{} SEND_REQ {} {:?}",
+            frame.request_id, r.client_msg_id, r.target
+        ),
         Ok(Body::SendAck(a)) => format!(
             "#{} SEND_ACK {} {}#{} dup {}",
             frame.request_id, a.client_msg_id, a.conversation_id, a.conversation_seq, a.duplicate
         ),
         Ok(body) => {
             let text = format!("{body:?}");
-            format!("#{} {}", frame.request_id, text.chars().take(140).collect::<String>())
+            format!(
+                "#{} {}",
+                frame.request_id,
+                text.chars().take(140).collect::<String>()
+            )
         }
         Err(e) => format!("undecodable op {}: {e}", frame.op),
     }
@@ -256,7 +273,13 @@ fn describe(frame: &Frame) -> String {
 
 impl World {
     /// `users` users with `devices_per_user` devices each, all members of [`GROUP`].
-    pub fn new(seed: u64, users: usize, devices_per_user: usize, faults: Faults, trace: Trace) -> World {
+    pub fn new(
+        seed: u64,
+        users: usize,
+        devices_per_user: usize,
+        faults: Faults,
+        trace: Trace,
+    ) -> World {
         let mut rng = StdRng::seed_from_u64(seed);
         let user_ids: Vec<String> = (0..users).map(|u| format!("u{u}")).collect();
         let sync_page = [1, 2, 3, 7, 200][rng.random_range(0..5)];
@@ -277,6 +300,7 @@ impl World {
                     received: BTreeSet::new(),
                     connects: 0,
                     same_instant_timeouts: 0,
+                    handshake_head: 0,
                 });
             }
         }
@@ -382,7 +406,9 @@ impl World {
                 } else {
                     let mut peer = users[self.rng.random_range(0..users.len())].clone();
                     if peer == self.devices[device].user {
-                        peer = users[(users.iter().position(|u| *u == peer).unwrap_or(0) + 1) % users.len()].clone();
+                        peer = users[(users.iter().position(|u| *u == peer).unwrap_or(0) + 1)
+                            % users.len()]
+                        .clone();
                     }
                     Recipient::User(peer)
                 };
@@ -419,7 +445,9 @@ impl World {
     /// driver's loop does.
     fn pump(&mut self, device: usize) -> Result<(), String> {
         loop {
-            let Some(client) = self.devices[device].client.as_mut() else { return Ok(()) };
+            let Some(client) = self.devices[device].client.as_mut() else {
+                return Ok(());
+            };
             let mut actions = Vec::new();
             while let Some(action) = client.poll_action() {
                 actions.push(action);
@@ -507,7 +535,10 @@ impl World {
         if !self.server_up || (self.faults_on && self.rng.random_bool(self.faults.refuse_connect)) {
             self.schedule(self.now + latency, Ev::ConnectResult { conn, ok: false });
         } else if self.faults_on && self.rng.random_bool(self.faults.blackhole_connect) {
-            self.schedule(self.now + CONNECT_TIMEOUT, Ev::ConnectResult { conn, ok: false });
+            self.schedule(
+                self.now + CONNECT_TIMEOUT,
+                Ev::ConnectResult { conn, ok: false },
+            );
         } else {
             self.schedule(self.now + latency, Ev::ServerAccept { conn });
         }
@@ -522,7 +553,13 @@ impl World {
         c.client_open = false;
         if c.server_open && !c.lost_to_server {
             let at = (now + latency).max(c.last_to_server);
-            self.schedule(at, Ev::ServerSeesClose { conn, forced: false });
+            self.schedule(
+                at,
+                Ev::ServerSeesClose {
+                    conn,
+                    forced: false,
+                },
+            );
         }
     }
 
@@ -534,7 +571,13 @@ impl World {
         c.server_open = false;
         if c.client_open && !c.lost_to_client {
             let at = (now + latency).max(c.last_to_client);
-            self.schedule(at, Ev::ClientSeesClose { conn, forced: false });
+            self.schedule(
+                at,
+                Ev::ClientSeesClose {
+                    conn,
+                    forced: false,
+                },
+            );
         }
     }
 
@@ -592,17 +635,32 @@ impl World {
         match &event {
             Event::MessageReceived(m) => {
                 let Some(server_copy) = self.server.message(&m.conversation_id, m.seq) else {
-                    return Err(format!("{name} received {}#{} which the server never stored", m.conversation_id, m.seq));
+                    return Err(format!(
+                        "{name} received {}#{} which the server never stored",
+                        m.conversation_id, m.seq
+                    ));
                 };
-                if server_copy.client_msg_id != m.client_msg_id || server_copy.content != m.content {
-                    return Err(format!("{name} received {}#{} with the wrong content", m.conversation_id, m.seq));
+                if server_copy.client_msg_id != m.client_msg_id || server_copy.content != m.content
+                {
+                    return Err(format!(
+                        "{name} received {}#{} with the wrong content",
+                        m.conversation_id, m.seq
+                    ));
                 }
-                if !self.devices[device].received.insert((m.conversation_id.clone(), m.seq)) {
-                    return Err(format!("{name} received {}#{} twice", m.conversation_id, m.seq));
+                if !self.devices[device]
+                    .received
+                    .insert((m.conversation_id.clone(), m.seq))
+                {
+                    return Err(format!(
+                        "{name} received {}#{} twice",
+                        m.conversation_id, m.seq
+                    ));
                 }
             }
             Event::MessageUpdated(m) if m.state == SendState::Sent => {
-                let server_seq = self.server.find_send(&self.devices[device].user, &m.client_msg_id);
+                let server_seq = self
+                    .server
+                    .find_send(&self.devices[device].user, &m.client_msg_id);
                 if server_seq != Some((m.conversation_id.clone(), m.seq)) {
                     return Err(format!(
                         "{name}: {} marked Sent at {}#{} but the server has {server_seq:?}",
@@ -614,11 +672,30 @@ impl World {
                 // The app retries failed messages after a moment (they failed after the
                 // attempt limit); the retried one may be overtaken by later sends (§12).
                 self.stats.failed_then_retried += 1;
-                if let Some(record) = self.sent.iter_mut().find(|r| r.device == device && r.local_id == m.local_id) {
+                if let Some(record) = self
+                    .sent
+                    .iter_mut()
+                    .find(|r| r.device == device && r.local_id == m.local_id)
+                {
                     record.retried = true;
                 }
                 let at = self.now + Duration::from_secs(1);
-                self.schedule(at, Ev::AppRetry { device, local_id: m.local_id });
+                self.schedule(
+                    at,
+                    Ev::AppRetry {
+                        device,
+                        local_id: m.local_id,
+                    },
+                );
+            }
+            Event::Synced { cursor } => {
+                // "Synced" means everything up to the head announced at connect is applied.
+                let head = self.devices[device].handshake_head;
+                if *cursor < head {
+                    return Err(format!(
+                        "{name} reported Synced at cursor {cursor} below the handshake head {head}"
+                    ));
+                }
             }
             Event::StoreError(e) => return Err(format!("{name}: store error {e}")),
             Event::State(ConnectionState::Stopped(reason)) => {
@@ -626,21 +703,29 @@ impl World {
             }
             _ => {}
         }
-        if self.trace != Trace::Off {
+        // `Response` events of a lost connection come out in the machine's `HashMap` order,
+        // which differs between processes; nothing here depends on them, so they stay out of
+        // the trace (and its replay hash).
+        if self.trace != Trace::Off && !matches!(event, Event::Response { .. }) {
             let text = match &event {
-                Event::ConversationUpdated(c) => format!("ConversationUpdated({} last {})", c.conversation_id, c.last_seq),
-                Event::MessageReceived(m) | Event::MessageUpdated(m) | Event::MessageAdded(m) => format!(
-                    "{} {}#{} {} {:?}",
-                    match &event {
-                        Event::MessageReceived(_) => "MessageReceived",
-                        Event::MessageUpdated(_) => "MessageUpdated",
-                        _ => "MessageAdded",
-                    },
-                    m.conversation_id,
-                    m.seq,
-                    m.client_msg_id,
-                    m.state
+                Event::ConversationUpdated(c) => format!(
+                    "ConversationUpdated({} last {})",
+                    c.conversation_id, c.last_seq
                 ),
+                Event::MessageReceived(m) | Event::MessageUpdated(m) | Event::MessageAdded(m) => {
+                    format!(
+                        "{} {}#{} {} {:?}",
+                        match &event {
+                            Event::MessageReceived(_) => "MessageReceived",
+                            Event::MessageUpdated(_) => "MessageUpdated",
+                            _ => "MessageAdded",
+                        },
+                        m.conversation_id,
+                        m.seq,
+                        m.client_msg_id,
+                        m.state
+                    )
+                }
                 other => format!("{other:?}"),
             };
             self.note(|| format!("{name} event {text}"));
@@ -648,18 +733,24 @@ impl World {
         Ok(())
     }
 
+    /// The app on `device` sends a message now.
+    pub fn send_now(&mut self, device: usize, recipient: Recipient) -> Result<(), String> {
+        self.app_send(device, recipient)
+    }
+
     fn app_send(&mut self, device: usize, recipient: Recipient) -> Result<(), String> {
         let now = self.at();
         let now_ms = self.now_ms();
-        let d = &mut self.devices[device];
-        let n = self.sent.iter().filter(|r| r.device == device).count();
-        let content = format!("{} says #{n}", d.name).into_bytes();
-        let Some(client) = d.client.as_mut() else {
+        if self.devices[device].client.is_none() {
             // The app is not running: the user sends once it is back.
             let at = self.now + Duration::from_millis(500);
             self.schedule(at, Ev::AppSend { device, recipient });
             return Ok(());
-        };
+        }
+        let n = self.sent.iter().filter(|r| r.device == device).count();
+        let d = &mut self.devices[device];
+        let content = format!("{} says #{n}", d.name).into_bytes();
+        let client = d.client.as_mut().expect("checked above");
         let message = client
             .send(recipient.clone(), 0, content.clone(), now, now_ms)
             .map_err(|e| format!("{}: send failed locally: {e}", d.name))?;
@@ -682,16 +773,25 @@ impl World {
     fn app_mark_read(&mut self, device: usize) -> Result<(), String> {
         let now = self.at();
         let d = &mut self.devices[device];
-        let Some(client) = d.client.as_mut() else { return Ok(()) };
+        let Some(client) = d.client.as_mut() else {
+            return Ok(());
+        };
         let conversations = client.local_conversations().map_err(|e| e.to_string())?;
-        let candidates: Vec<_> = conversations.into_iter().filter(|c| c.last_seq > 0).collect();
+        let candidates: Vec<_> = conversations
+            .into_iter()
+            .filter(|c| c.last_seq > 0)
+            .collect();
         if candidates.is_empty() {
             return Ok(());
         }
         let pick = &candidates[self.rng.random_range(0..candidates.len())];
         let seq = self.rng.random_range(1..=pick.last_seq);
         let conversation_id = pick.conversation_id.clone();
-        self.devices[device].client.as_mut().expect("running").mark_read(&conversation_id, seq, now);
+        self.devices[device]
+            .client
+            .as_mut()
+            .expect("running")
+            .mark_read(&conversation_id, seq, now);
         self.pump(device)
     }
 
@@ -705,7 +805,8 @@ impl World {
         d.incarnation += 1;
         d.background = false;
         let token = format!("user:{}", d.user);
-        let mut client = Client::new(config, d.disk.clone(), now).map_err(|e| format!("{}: {e}", d.name))?;
+        let mut client =
+            Client::new(config, d.disk.clone(), now).map_err(|e| format!("{}: {e}", d.name))?;
         client.set_token(token, now);
         client.connect(now);
         d.client = Some(client);
@@ -718,7 +819,9 @@ impl World {
     /// store call is atomic, as a SQLite transaction would be) and the client dropped.
     pub fn app_crash(&mut self, device: usize, downtime: Duration) {
         let d = &mut self.devices[device];
-        let Some(client) = d.client.take() else { return };
+        let Some(client) = d.client.take() else {
+            return;
+        };
         d.disk = client.store().clone();
         drop(client);
         let name = d.name.clone();
@@ -739,8 +842,25 @@ impl World {
         self.stats.server_restarts += 1;
         self.note(|| "server crashes".into());
         self.server_up = false;
+        let graceful = self.rng.random_bool(0.3);
         let conns = self.server.restart();
         for conn in conns {
+            if graceful && !self.conns[&conn].lost_to_client {
+                // A draining server kicks every connection first (§5).
+                let retry_after_ms = self.rng.random_range(0..3000);
+                let kick = pb::Kick {
+                    reason: pb::KickReason::ServerShutdown as i32,
+                    retry_after_ms,
+                    ..Default::default()
+                };
+                self.to_client(conn, Frame::push(kick));
+                self.server_drops(conn);
+                self.conns
+                    .get_mut(&conn)
+                    .expect("known conn")
+                    .lost_to_server = true;
+                continue;
+            }
             let silent = self.rng.random_bool(silent_share);
             let latency = self.short_latency();
             let c = self.conns.get_mut(&conn).expect("known conn");
@@ -749,7 +869,10 @@ impl World {
             if silent {
                 c.lost_to_client = true;
             } else if c.client_open {
-                self.schedule(self.now + latency, Ev::ClientSeesClose { conn, forced: true });
+                self.schedule(
+                    self.now + latency,
+                    Ev::ClientSeesClose { conn, forced: true },
+                );
             }
         }
         self.schedule(self.now + downtime, Ev::ServerStart);
@@ -759,7 +882,9 @@ impl World {
     /// server, 3 silently (half-dead both ways), 4 only server→client traffic dies, 5 only
     /// client→server traffic dies.
     pub fn cut(&mut self, device: usize, kind: u32) {
-        let Some(conn) = self.devices[device].link else { return };
+        let Some(conn) = self.devices[device].link else {
+            return;
+        };
         self.stats.cuts += 1;
         self.note(|| format!("cut conn {conn} kind {kind}"));
         let l1 = self.short_latency();
@@ -840,7 +965,8 @@ impl World {
     /// When the next thing happens: (time, which) with 0 = queued event, 1 = a client timer,
     /// 2 = the server's timer.
     fn next(&self) -> Option<(Duration, usize, usize)> {
-        let mut best: Option<(Duration, usize, usize)> = self.queue.keys().next().map(|(t, _)| (*t, 0, 0));
+        let mut best: Option<(Duration, usize, usize)> =
+            self.queue.keys().next().map(|(t, _)| (*t, 0, 0));
         for (i, d) in self.devices.iter().enumerate() {
             if let Some(t) = d.client.as_ref().and_then(|c| c.next_timeout()) {
                 let t = t.saturating_duration_since(self.base);
@@ -859,7 +985,9 @@ impl World {
 
     /// One step; `Ok(false)` when nothing is left to happen.
     pub fn step(&mut self) -> Result<bool, String> {
-        let Some((t, which, device)) = self.next() else { return Ok(false) };
+        let Some((t, which, device)) = self.next() else {
+            return Ok(false);
+        };
         let t = t.max(self.now);
         self.now = t;
         self.stats.steps += 1;
@@ -882,7 +1010,11 @@ impl World {
                 }
                 let name = d.name.clone();
                 self.note(|| format!("{name} timeout"));
-                self.devices[device].client.as_mut().expect("has a timer").on_timeout(now);
+                self.devices[device]
+                    .client
+                    .as_mut()
+                    .expect("has a timer")
+                    .on_timeout(now);
                 self.pump(device)?;
             }
             _ => {
@@ -892,7 +1024,11 @@ impl World {
             }
         }
         for d in &mut self.devices {
-            let due = d.client.as_ref().and_then(|c| c.next_timeout()).is_some_and(|t| t <= self.base + self.now);
+            let due = d
+                .client
+                .as_ref()
+                .and_then(|c| c.next_timeout())
+                .is_some_and(|t| t <= self.base + self.now);
             if !due {
                 d.same_instant_timeouts = 0;
             }
@@ -910,7 +1046,8 @@ impl World {
                 }
                 self.note(|| format!("server <- conn {conn}: {}", describe(&frame)));
                 let mut out = Vec::new();
-                self.server.on_frame(conn, frame, self.now, &mut self.rng, &mut out);
+                self.server
+                    .on_frame(conn, frame, self.now, &mut self.rng, &mut out);
                 self.server_outputs(out);
             }
             Ev::ToClient { conn, frame } => {
@@ -923,8 +1060,15 @@ impl World {
                 }
                 let name = self.devices[device].name.clone();
                 self.note(|| format!("{name} <- conn {conn}: {}", describe(&frame)));
+                if let Ok(Body::HandshakeResp(hello)) = frame.decode_body() {
+                    self.devices[device].handshake_head = hello.inbox_head_seq;
+                }
                 let now = self.at();
-                self.devices[device].client.as_mut().expect("a link implies a running app").on_frame(frame, now);
+                self.devices[device]
+                    .client
+                    .as_mut()
+                    .expect("a link implies a running app")
+                    .on_frame(frame, now);
                 self.pump(device)?;
             }
             Ev::ServerAccept { conn } => {
@@ -950,15 +1094,27 @@ impl World {
                 }
                 self.devices[device].connecting = None;
                 let name = self.devices[device].name.clone();
-                self.note(|| format!("{name} conn {conn} connect {}", if ok { "ok" } else { "failed" }));
+                self.note(|| {
+                    format!(
+                        "{name} conn {conn} connect {}",
+                        if ok { "ok" } else { "failed" }
+                    )
+                });
                 let now = self.at();
-                let client = self.devices[device].client.as_mut().expect("connecting implies running");
                 if ok {
                     self.devices[device].link = Some(conn);
-                    self.devices[device].client.as_mut().expect("running").on_connected(now);
+                    self.devices[device]
+                        .client
+                        .as_mut()
+                        .expect("connecting implies running")
+                        .on_connected(now);
                 } else {
                     self.conns.get_mut(&conn).expect("known").client_open = false;
-                    client.on_disconnected(now);
+                    self.devices[device]
+                        .client
+                        .as_mut()
+                        .expect("connecting implies running")
+                        .on_disconnected(now);
                 }
                 self.pump(device)?;
             }
@@ -974,7 +1130,11 @@ impl World {
                     let name = self.devices[device].name.clone();
                     self.note(|| format!("{name} sees conn {conn} close"));
                     let now = self.at();
-                    self.devices[device].client.as_mut().expect("running").on_disconnected(now);
+                    self.devices[device]
+                        .client
+                        .as_mut()
+                        .expect("running")
+                        .on_disconnected(now);
                     self.pump(device)?;
                 }
             }
@@ -996,7 +1156,10 @@ impl World {
                         client.retry(local_id, now).map_err(|e| e.to_string())?;
                         self.pump(device)?;
                     }
-                    None => self.schedule(self.now + Duration::from_secs(1), Ev::AppRetry { device, local_id }),
+                    None => self.schedule(
+                        self.now + Duration::from_secs(1),
+                        Ev::AppRetry { device, local_id },
+                    ),
                 }
             }
             Ev::AppStart { device } => self.app_start(device)?,
@@ -1019,7 +1182,11 @@ impl World {
     }
 
     /// Runs until `done` holds (checked after every step) or `limit` passes.
-    pub fn run_until_true(&mut self, limit: Duration, done: impl Fn(&World) -> bool) -> Result<bool, String> {
+    pub fn run_until_true(
+        &mut self,
+        limit: Duration,
+        done: impl Fn(&World) -> bool,
+    ) -> Result<bool, String> {
         loop {
             if done(self) {
                 return Ok(true);
@@ -1045,14 +1212,22 @@ impl World {
         }
         for i in 0..self.devices.len() {
             let d = &self.devices[i];
-            let Some(client) = d.client.as_ref() else { continue };
+            let Some(client) = d.client.as_ref() else {
+                continue;
+            };
             let cursor = client.cursor();
             let head = self.server.head(&d.user);
             if cursor < d.cursor_seen {
-                return Err(format!("{}: cursor went back from {} to {cursor}", d.name, d.cursor_seen));
+                return Err(format!(
+                    "{}: cursor went back from {} to {cursor}",
+                    d.name, d.cursor_seen
+                ));
             }
             if cursor > head {
-                return Err(format!("{}: cursor {cursor} above the inbox head {head}", d.name));
+                return Err(format!(
+                    "{}: cursor {cursor} above the inbox head {head}",
+                    d.name
+                ));
             }
             // The cursor never moves past an entry that was not applied (§10.3): every message
             // entry up to the cursor is in the store (each entry is checked once per device).
@@ -1060,8 +1235,14 @@ impl World {
                 let inbox = &self.server.inboxes[&d.user];
                 for entry in &inbox[d.verified_to as usize..cursor as usize] {
                     if let Some(pb::inbox_entry::Body::Message(m)) = &entry.body {
-                        let stored = client.store().message(&m.conversation_id, m.conversation_seq).map_err(|e| e.to_string())?;
-                        if stored.as_ref().is_none_or(|s| s.client_msg_id != m.client_msg_id) {
+                        let stored = client
+                            .store()
+                            .message(&m.conversation_id, m.conversation_seq)
+                            .map_err(|e| e.to_string())?;
+                        if stored
+                            .as_ref()
+                            .is_none_or(|s| s.client_msg_id != m.client_msg_id)
+                        {
                             return Err(format!(
                                 "{}: cursor at {cursor} but inbox entry {} ({}#{}) is not in the store: {stored:?}",
                                 d.name, entry.inbox_seq, m.conversation_id, m.conversation_seq
@@ -1081,34 +1262,65 @@ impl World {
     /// user's head, every outbox empty.
     pub fn settled(&self) -> bool {
         self.devices.iter().enumerate().all(|(i, d)| {
-            let Some(client) = d.client.as_ref() else { return false };
-            client.state() == ConnectionState::Online
+            let Some(client) = d.client.as_ref() else {
+                return false;
+            };
+            // A link that died silently, or still carries a frame delayed during the faults,
+            // must be dealt with first.
+            let in_flight_limit = self.now + Duration::from_secs(1);
+            let healthy = d.link.and_then(|l| self.conns.get(&l)).is_some_and(|c| {
+                c.client_open
+                    && c.server_open
+                    && !c.lost_to_client
+                    && !c.lost_to_server
+                    && c.last_to_client <= in_flight_limit
+                    && c.last_to_server <= in_flight_limit
+            });
+            healthy
+                && client.state() == ConnectionState::Online
                 && client.cursor() == self.server.head(&d.user)
-                && self
-                    .sent
-                    .iter()
-                    .filter(|r| r.device == i)
-                    .all(|r| client.store().outbox_get(r.local_id).is_ok_and(|item| item.is_none()))
+                && self.sent.iter().filter(|r| r.device == i).all(|r| {
+                    client
+                        .store()
+                        .outbox_get(r.local_id)
+                        .is_ok_and(|item| item.is_none())
+                })
         })
     }
 
     /// A description of where each device stands (for stall reports).
     pub fn dump(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "server up {} holds pushes {}", self.server_up, self.server.holds_pushes());
+        let _ = writeln!(
+            s,
+            "server up {} holds pushes {}",
+            self.server_up,
+            self.server.holds_pushes()
+        );
         for (i, d) in self.devices.iter().enumerate() {
             let pending = d.store().outbox_pending().map(|p| p.len()).unwrap_or(0);
-            let unacked = self.sent.iter().filter(|r| r.device == i).filter(|r| !matches!(d.store().outbox_get(r.local_id), Ok(None))).count();
+            let unacked = self
+                .sent
+                .iter()
+                .filter(|r| r.device == i)
+                .filter(|r| !matches!(d.store().outbox_get(r.local_id), Ok(None)))
+                .count();
             let _ = writeln!(
                 s,
                 "  {}: state {:?} cursor {} head {} outbox pending {pending} unacked {unacked} link {:?} connecting {:?} next timeout {:?}",
                 d.name,
                 d.client.as_ref().map(|c| c.state()),
-                d.client.as_ref().map(|c| c.cursor()).unwrap_or(d.cursor_seen),
+                d.client
+                    .as_ref()
+                    .map(|c| c.cursor())
+                    .unwrap_or(d.cursor_seen),
                 self.server.head(&d.user),
                 d.link,
                 d.connecting,
-                d.client.as_ref().and_then(|c| c.next_timeout()).map(|t| t.saturating_duration_since(self.base)),
+                d.client
+                    .as_ref()
+                    .and_then(|c| c.next_timeout())
+                    .map(|t| t.saturating_duration_since(self.base)),
             );
         }
         s
@@ -1120,26 +1332,44 @@ impl World {
         let mut by_key: BTreeMap<(String, String), usize> = BTreeMap::new();
         for timeline in self.server.timelines.values() {
             for m in timeline {
-                *by_key.entry((m.sender_user.clone(), m.client_msg_id.clone())).or_default() += 1;
+                *by_key
+                    .entry((m.sender_user.clone(), m.client_msg_id.clone()))
+                    .or_default() += 1;
             }
         }
         for r in &self.sent {
             let key = (r.user.clone(), r.client_msg_id.clone());
             let count = by_key.get(&key).copied().unwrap_or(0);
             if count != 1 {
-                return Err(format!("{} ({}) is stored {count} times on the server", r.client_msg_id, r.conversation_id));
+                return Err(format!(
+                    "{} ({}) is stored {count} times on the server",
+                    r.client_msg_id, r.conversation_id
+                ));
             }
-            let Some((conversation_id, seq)) = self.server.find_send(&r.user, &r.client_msg_id) else {
+            let Some((conversation_id, seq)) = self.server.find_send(&r.user, &r.client_msg_id)
+            else {
                 return Err(format!("{} has no dedup record", r.client_msg_id));
             };
             if conversation_id != r.conversation_id {
-                return Err(format!("{} went to {conversation_id}, not {}", r.client_msg_id, r.conversation_id));
+                return Err(format!(
+                    "{} went to {conversation_id}, not {}",
+                    r.client_msg_id, r.conversation_id
+                ));
             }
             let d = &self.devices[r.device];
-            let history = d.store().history(&r.conversation_id, 0, u32::MAX).map_err(|e| e.to_string())?;
-            let copies: Vec<_> = history.iter().filter(|m| m.client_msg_id == r.client_msg_id).collect();
+            let history = d
+                .store()
+                .history(&r.conversation_id, 0, u32::MAX)
+                .map_err(|e| e.to_string())?;
+            let copies: Vec<_> = history
+                .iter()
+                .filter(|m| m.client_msg_id == r.client_msg_id)
+                .collect();
             match copies.as_slice() {
-                [m] if m.state == SendState::Sent && m.seq == seq && m.local_id == r.local_id && m.content == r.content => {}
+                [m] if m.state == SendState::Sent
+                    && m.seq == seq
+                    && m.local_id == r.local_id
+                    && m.content == r.content => {}
                 other => {
                     return Err(format!(
                         "{}: own message {} should be Sent once at seq {seq}, found {other:?}",
@@ -1149,24 +1379,37 @@ impl World {
             }
         }
         if by_key.len() != self.sent.len() {
-            return Err(format!("the server stored {} messages, the apps sent {}", by_key.len(), self.sent.len()));
+            return Err(format!(
+                "the server stored {} messages, the apps sent {}",
+                by_key.len(),
+                self.sent.len()
+            ));
         }
         // Every device of every participant has every message of its conversations exactly
         // once, in seq order with no gaps, and nothing else.
         for d in &self.devices {
             for (conversation_id, timeline) in &self.server.timelines {
                 let party = self.server.participants(conversation_id).contains(&d.user);
-                let history = d.store().history(conversation_id, 0, u32::MAX).map_err(|e| e.to_string())?;
+                let history = d
+                    .store()
+                    .history(conversation_id, 0, u32::MAX)
+                    .map_err(|e| e.to_string())?;
                 if !party {
                     if !history.is_empty() {
-                        return Err(format!("{} holds messages of {conversation_id}, which is not its user's", d.name));
+                        return Err(format!(
+                            "{} holds messages of {conversation_id}, which is not its user's",
+                            d.name
+                        ));
                     }
                     continue;
                 }
                 let seqs: Vec<u64> = history.iter().rev().map(|m| m.seq).collect();
                 let expected: Vec<u64> = (1..=timeline.len() as u64).collect();
                 if seqs != expected {
-                    return Err(format!("{}: {conversation_id} holds seqs {seqs:?}, the server {expected:?}", d.name));
+                    return Err(format!(
+                        "{}: {conversation_id} holds seqs {seqs:?}, the server {expected:?}",
+                        d.name
+                    ));
                 }
                 for (local, server) in history.iter().rev().zip(timeline) {
                     if local.client_msg_id != server.client_msg_id
@@ -1174,7 +1417,10 @@ impl World {
                         || local.content != server.content
                         || local.state != SendState::Sent
                     {
-                        return Err(format!("{}: {conversation_id}#{} differs from the server's: {local:?}", d.name, local.seq));
+                        return Err(format!(
+                            "{}: {conversation_id}#{} differs from the server's: {local:?}",
+                            d.name, local.seq
+                        ));
                     }
                 }
             }
@@ -1183,7 +1429,10 @@ impl World {
             let cursor = d.client.as_ref().map(|c| c.cursor());
             let stored = d.store().cursor().map_err(|e| e.to_string())?;
             if cursor != Some(head) || stored != head {
-                return Err(format!("{}: cursor {cursor:?} (stored {stored}) but head {head}", d.name));
+                return Err(format!(
+                    "{}: cursor {cursor:?} (stored {stored}) but head {head}",
+                    d.name
+                ));
             }
             let state = d.client.as_ref().map(|c| c.state());
             if state != Some(ConnectionState::Online) {
@@ -1195,11 +1444,18 @@ impl World {
         // overtaken by the sends after it (§12).
         let mut last: BTreeMap<(usize, String), (u64, String)> = BTreeMap::new();
         for r in &self.sent {
-            let exempt = r.retried || self.server.unavailable_sends.contains(&(r.user.clone(), r.client_msg_id.clone()));
+            let exempt = r.retried
+                || self
+                    .server
+                    .unavailable_sends
+                    .contains(&(r.user.clone(), r.client_msg_id.clone()));
             if exempt {
                 continue;
             }
-            let (_, seq) = self.server.find_send(&r.user, &r.client_msg_id).expect("checked above");
+            let (_, seq) = self
+                .server
+                .find_send(&r.user, &r.client_msg_id)
+                .expect("checked above");
             let key = (r.device, r.conversation_id.clone());
             if let Some((previous, previous_id)) = last.get(&key) {
                 if seq <= *previous {
@@ -1232,7 +1488,10 @@ pub fn random_run(seed: u64, trace: Trace) -> Result<Stats, String> {
     let fault_phase = Duration::from_secs(planner.random_range(30..180));
     let mut world = World::new(seed, 3, 2, faults.clone(), trace);
     if trace == Trace::Print {
-        println!("seed {seed}: fault phase {fault_phase:?}, sync page {}, faults {faults:#?}", world.sync_page);
+        println!(
+            "seed {seed}: fault phase {fault_phase:?}, sync page {}, faults {faults:#?}",
+            world.sync_page
+        );
     }
     world.start_all();
     world.plan_app(fault_phase, 20);
@@ -1242,7 +1501,10 @@ pub fn random_run(seed: u64, trace: Trace) -> Result<Stats, String> {
     let quiet_start = world.now;
     let limit = quiet_start + Duration::from_secs(600);
     if !world.run_until_true(limit, World::settled)? {
-        return Err(format!("stall: not settled 10 simulated minutes after the faults stopped\n{}", world.dump()));
+        return Err(format!(
+            "stall: not settled 10 simulated minutes after the faults stopped\n{}",
+            world.dump()
+        ));
     }
     world.stats.quiet_time = world.now - quiet_start;
     // A healthy network must not make anyone reconnect.
@@ -1251,9 +1513,15 @@ pub fn random_run(seed: u64, trace: Trace) -> Result<Stats, String> {
     world.run_until(calm_end)?;
     for (d, before) in world.devices.iter().zip(connects) {
         if d.connects != before {
-            return Err(format!("{} reconnected {} times on a healthy network\n{}", d.name, d.connects - before, world.dump()));
+            return Err(format!(
+                "{} reconnected {} times on a healthy network\n{}",
+                d.name,
+                d.connects - before,
+                world.dump()
+            ));
         }
     }
     world.check_final()?;
+    world.stats.hash = world.hash;
     Ok(world.stats.clone())
 }

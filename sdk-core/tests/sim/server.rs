@@ -44,6 +44,8 @@ pub struct ServerFaults {
     pub early_push: f64,
     /// Answer a `SendReq` with the retryable `UNAVAILABLE` without executing it (§14).
     pub send_unavailable: f64,
+    /// Answer a `SyncReq` with `UNAVAILABLE`.
+    pub sync_unavailable: f64,
 }
 
 /// What the server wants done on the network.
@@ -160,7 +162,9 @@ impl Server {
         match ConversationRef::parse(conversation_id) {
             Ok(ConversationRef::Direct { low, high }) if low == high => vec![low.to_owned()],
             Ok(ConversationRef::Direct { low, high }) => vec![low.to_owned(), high.to_owned()],
-            Ok(ConversationRef::Group { group_id }) if group_id == GROUP => self.group_members.clone(),
+            Ok(ConversationRef::Group { group_id }) if group_id == GROUP => {
+                self.group_members.clone()
+            }
             _ => Vec::new(),
         }
     }
@@ -204,7 +208,8 @@ impl Server {
         self.sessions
             .values()
             .flat_map(|s| {
-                let idle = Some(s.last_received + Duration::from_millis(u64::from(IDLE_TIMEOUT_MS)));
+                let idle =
+                    Some(s.last_received + Duration::from_millis(u64::from(IDLE_TIMEOUT_MS)));
                 let deadline = s.auth.is_none().then(|| s.accepted_at + HANDSHAKE_DEADLINE);
                 let hold = s.held_since.map(|t| t + MAX_HOLD);
                 [idle, deadline, hold]
@@ -217,7 +222,9 @@ impl Server {
     pub fn on_timeout(&mut self, now: Duration, out: &mut Vec<Out>) {
         let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
         for conn in conns {
-            let Some(session) = self.sessions.get_mut(&conn) else { continue };
+            let Some(session) = self.sessions.get_mut(&conn) else {
+                continue;
+            };
             if now >= session.last_received + Duration::from_millis(u64::from(IDLE_TIMEOUT_MS)) {
                 // Closed without an error frame (§8.2).
                 self.stats.idle_closes += 1;
@@ -225,7 +232,13 @@ impl Server {
                 continue;
             }
             if session.auth.is_none() && now >= session.accepted_at + HANDSHAKE_DEADLINE {
-                out.push(Out::Frame(conn, Frame::new(0, error(ErrorCode::HandshakeTimeout, "handshake deadline", 0))));
+                out.push(Out::Frame(
+                    conn,
+                    Frame::new(
+                        0,
+                        error(ErrorCode::HandshakeTimeout, "handshake deadline", 0),
+                    ),
+                ));
                 self.close(conn, out);
                 continue;
             }
@@ -244,18 +257,37 @@ impl Server {
 
     fn violation(&mut self, conn: ConnId, what: String) {
         let who = self.sessions.get(&conn).and_then(|s| s.auth.clone());
-        self.violations.push(format!("conn {conn} ({who:?}): {what}"));
+        self.violations
+            .push(format!("conn {conn} ({who:?}): {what}"));
     }
 
     /// A frame from a client.
-    pub fn on_frame(&mut self, conn: ConnId, frame: Frame, now: Duration, rng: &mut StdRng, out: &mut Vec<Out>) {
-        let Some(session) = self.sessions.get_mut(&conn) else { return };
+    pub fn on_frame(
+        &mut self,
+        conn: ConnId,
+        frame: Frame,
+        now: Duration,
+        rng: &mut StdRng,
+        out: &mut Vec<Out>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
         session.last_received = now;
         let auth = session.auth.clone();
         let rid = frame.request_id;
         if frame.is_push() || rid == 0 {
-            self.violation(conn, format!("BAD_FRAME: op {} flags {:?} request id {rid}", frame.op, frame.flags));
-            out.push(Out::Frame(conn, Frame::error(0, ErrorCode::BadFrame, "push flag or request id 0")));
+            self.violation(
+                conn,
+                format!(
+                    "BAD_FRAME: op {} flags {:?} request id {rid}",
+                    frame.op, frame.flags
+                ),
+            );
+            out.push(Out::Frame(
+                conn,
+                Frame::error(0, ErrorCode::BadFrame, "push flag or request id 0"),
+            ));
             self.close(conn, out);
             return;
         }
@@ -272,7 +304,10 @@ impl Server {
                 Body::HandshakeReq(request) => self.handshake(conn, rid, request, now, rng, out),
                 other => {
                     self.violation(conn, format!("{other:?} before the handshake"));
-                    out.push(Out::Frame(conn, Frame::error(rid, ErrorCode::NotAuthenticated, "handshake first")));
+                    out.push(Out::Frame(
+                        conn,
+                        Frame::error(rid, ErrorCode::NotAuthenticated, "handshake first"),
+                    ));
                     self.close(conn, out);
                 }
             }
@@ -281,19 +316,44 @@ impl Server {
         match body {
             Body::HandshakeReq(_) => {
                 self.violation(conn, "second handshake".into());
-                out.push(Out::Frame(conn, Frame::error(rid, ErrorCode::AlreadyAuthenticated, "already")));
+                out.push(Out::Frame(
+                    conn,
+                    Frame::error(rid, ErrorCode::AlreadyAuthenticated, "already"),
+                ));
             }
             Body::Ping(ping) => {
-                let pong = pb::Pong { client_time_ms: ping.client_time_ms, server_time_ms: EPOCH_MS + now.as_millis() as u64 };
+                let pong = pb::Pong {
+                    client_time_ms: ping.client_time_ms,
+                    server_time_ms: EPOCH_MS + now.as_millis() as u64,
+                };
                 out.push(Out::Frame(conn, Frame::new(rid, pong)));
             }
             Body::Goodbye(_) => self.close(conn, out),
             Body::SendReq(request) => self.send(conn, rid, &user, &device, request, now, rng, out),
+            Body::SyncReq(_) if rng.random_bool(self.faults.sync_unavailable) => {
+                self.stats.unavailable += 1;
+                let error = error(
+                    ErrorCode::Unavailable,
+                    "simulated storage hiccup",
+                    rng.random_range(0..2000),
+                );
+                out.push(Out::Frame(conn, Frame::new(rid, error)));
+            }
             Body::SyncReq(request) => self.sync(conn, rid, &user, request, out),
             Body::DeliveryAck(ack) => {
                 if ack.up_to_inbox_seq > self.head(&user) {
-                    self.violation(conn, format!("delivery ack {} above head {}", ack.up_to_inbox_seq, self.head(&user)));
-                    out.push(Out::Frame(conn, Frame::error(rid, ErrorCode::InvalidArgument, "above head")));
+                    self.violation(
+                        conn,
+                        format!(
+                            "delivery ack {} above head {}",
+                            ack.up_to_inbox_seq,
+                            self.head(&user)
+                        ),
+                    );
+                    out.push(Out::Frame(
+                        conn,
+                        Frame::error(rid, ErrorCode::InvalidArgument, "above head"),
+                    ));
                 } else {
                     let cursor = self.delivery.entry((user, device)).or_default();
                     *cursor = (*cursor).max(ack.up_to_inbox_seq);
@@ -301,20 +361,47 @@ impl Server {
             }
             Body::ConversationsReq(_) => {
                 // The simulation does not model the conversation list: an empty last page.
-                out.push(Out::Frame(conn, Frame::new(rid, pb::ConversationsResp::default())));
+                out.push(Out::Frame(
+                    conn,
+                    Frame::new(rid, pb::ConversationsResp::default()),
+                ));
             }
-            Body::ReadMarkerReq(request) => self.read_marker(conn, rid, &user, request, now, rng, out),
+            Body::ReadMarkerReq(request) => {
+                self.read_marker(conn, rid, &user, request, now, rng, out)
+            }
             Body::Typing(_) => {}
             other => {
-                out.push(Out::Frame(conn, Frame::error(rid, ErrorCode::UnknownOp, format!("not simulated: {other:?}"))));
+                out.push(Out::Frame(
+                    conn,
+                    Frame::error(
+                        rid,
+                        ErrorCode::UnknownOp,
+                        format!("not simulated: {other:?}"),
+                    ),
+                ));
             }
         }
     }
 
-    fn handshake(&mut self, conn: ConnId, rid: u32, request: pb::HandshakeReq, now: Duration, rng: &mut StdRng, out: &mut Vec<Out>) {
-        let Some(user) = request.token.strip_prefix("user:").filter(|u| ids::validate_id(u, "user").is_ok()) else {
+    fn handshake(
+        &mut self,
+        conn: ConnId,
+        rid: u32,
+        request: pb::HandshakeReq,
+        now: Duration,
+        rng: &mut StdRng,
+        out: &mut Vec<Out>,
+    ) {
+        let Some(user) = request
+            .token
+            .strip_prefix("user:")
+            .filter(|u| ids::validate_id(u, "user").is_ok())
+        else {
             self.violation(conn, format!("bad token {:?}", request.token));
-            out.push(Out::Frame(conn, Frame::error(rid, ErrorCode::TokenInvalid, "bad token")));
+            out.push(Out::Frame(
+                conn,
+                Frame::error(rid, ErrorCode::TokenInvalid, "bad token"),
+            ));
             self.close(conn, out);
             return;
         };
@@ -322,7 +409,10 @@ impl Server {
         let device = request.device_id.clone();
         if ids::validate_id(&device, "device").is_err() {
             self.violation(conn, format!("bad device id {device:?}"));
-            out.push(Out::Frame(conn, Frame::error(rid, ErrorCode::InvalidArgument, "device id")));
+            out.push(Out::Frame(
+                conn,
+                Frame::error(rid, ErrorCode::InvalidArgument, "device id"),
+            ));
             return;
         }
         // Duplicate login: the older connection (by accept order) is kicked.
@@ -330,13 +420,22 @@ impl Server {
         let same: Vec<(ConnId, u64)> = self
             .sessions
             .iter()
-            .filter(|(c, s)| **c != conn && s.auth.as_ref() == Some(&(user.clone(), device.clone())))
+            .filter(|(c, s)| {
+                **c != conn && s.auth.as_ref() == Some(&(user.clone(), device.clone()))
+            })
             .map(|(c, s)| (*c, s.accepted))
             .collect();
         for (other, other_accepted) in same {
-            let victim = if other_accepted < accepted { other } else { conn };
+            let victim = if other_accepted < accepted {
+                other
+            } else {
+                conn
+            };
             self.stats.kicks += 1;
-            let kick = pb::Kick { reason: pb::KickReason::LoggedInElsewhere as i32, ..Default::default() };
+            let kick = pb::Kick {
+                reason: pb::KickReason::LoggedInElsewhere as i32,
+                ..Default::default()
+            };
             out.push(Out::Frame(victim, Frame::push(kick)));
             self.close(victim, out);
             if victim == conn {
@@ -372,7 +471,10 @@ impl Server {
 
     fn append(&mut self, user: &str, body: pb::inbox_entry::Body) -> pb::InboxEntry {
         let inbox = self.inboxes.entry(user.to_owned()).or_default();
-        let entry = pb::InboxEntry { inbox_seq: inbox.len() as u64 + 1, body: Some(body) };
+        let entry = pb::InboxEntry {
+            inbox_seq: inbox.len() as u64 + 1,
+            body: Some(body),
+        };
         inbox.push(entry.clone());
         entry
     }
@@ -403,11 +505,22 @@ impl Server {
                 if !self.group_members.iter().any(|m| m == user) {
                     return refuse(self, ErrorCode::Forbidden, "not a member".into());
                 }
-                (ids::group_conversation_id(group), self.group_members.clone())
+                (
+                    ids::group_conversation_id(group),
+                    self.group_members.clone(),
+                )
             }
-            other => return refuse(self, ErrorCode::InvalidArgument, format!("target {other:?}")),
+            other => {
+                return refuse(
+                    self,
+                    ErrorCode::InvalidArgument,
+                    format!("target {other:?}"),
+                );
+            }
         };
-        if request.client_msg_id.is_empty() || request.client_msg_id.len() > ids::MAX_CLIENT_MSG_ID_LEN {
+        if request.client_msg_id.is_empty()
+            || request.client_msg_id.len() > ids::MAX_CLIENT_MSG_ID_LEN
+        {
             return refuse(self, ErrorCode::InvalidArgument, "client_msg_id".into());
         }
         let key = (user.to_owned(), request.client_msg_id.clone());
@@ -417,17 +530,28 @@ impl Server {
                 && stored.content == request.content
             {
                 self.stats.duplicate_sends += 1;
-                let ack = pb::SendAck { duplicate: true, ..stored.ack.clone() };
+                let ack = pb::SendAck {
+                    duplicate: true,
+                    ..stored.ack.clone()
+                };
                 out.push(Out::Frame(conn, Frame::new(rid, ack)));
             } else {
-                refuse(self, ErrorCode::ClientMsgIdConflict, request.client_msg_id.clone());
+                refuse(
+                    self,
+                    ErrorCode::ClientMsgIdConflict,
+                    request.client_msg_id.clone(),
+                );
             }
             return;
         }
         if rng.random_bool(self.faults.send_unavailable) {
             self.stats.unavailable += 1;
             self.unavailable_sends.insert(key);
-            let error = error(ErrorCode::Unavailable, "simulated storage hiccup", rng.random_range(0..2000));
+            let error = error(
+                ErrorCode::Unavailable,
+                "simulated storage hiccup",
+                rng.random_range(0..2000),
+            );
             out.push(Out::Frame(conn, Frame::new(rid, error)));
             return;
         }
@@ -469,7 +593,12 @@ impl Server {
         };
         self.sends.insert(
             key,
-            StoredSend { ack: ack.clone(), conversation_id, content_type: request.content_type, content: request.content },
+            StoredSend {
+                ack: ack.clone(),
+                conversation_id,
+                content_type: request.content_type,
+                content: request.content,
+            },
         );
         // A push may overtake the ack (§9).
         let ack_first = rng.random_bool(0.5);
@@ -485,7 +614,14 @@ impl Server {
     }
 
     /// Pushes `entries` to every online connection of `user`, with the push faults.
-    fn push(&mut self, user: &str, entries: Vec<pb::InboxEntry>, now: Duration, rng: &mut StdRng, out: &mut Vec<Out>) {
+    fn push(
+        &mut self,
+        user: &str,
+        entries: Vec<pb::InboxEntry>,
+        now: Duration,
+        rng: &mut StdRng,
+        out: &mut Vec<Out>,
+    ) {
         let conns: Vec<ConnId> = self
             .sessions
             .iter()
@@ -501,7 +637,12 @@ impl Server {
                 session.held_since.get_or_insert(now);
                 continue;
             }
-            out.push(Out::Frame(conn, Frame::push(pb::Push { entries: entries.clone() })));
+            out.push(Out::Frame(
+                conn,
+                Frame::push(pb::Push {
+                    entries: entries.clone(),
+                }),
+            ));
             if !session.held.is_empty() {
                 // The held (older) entries follow the newer ones: out of seq order.
                 let held = std::mem::take(&mut session.held);
@@ -510,7 +651,12 @@ impl Server {
             }
             if rng.random_bool(faults.duplicate_push) {
                 self.stats.duplicate_pushes += 1;
-                out.push(Out::Frame(conn, Frame::push(pb::Push { entries: entries.clone() })));
+                out.push(Out::Frame(
+                    conn,
+                    Frame::push(pb::Push {
+                        entries: entries.clone(),
+                    }),
+                ));
             }
             let first = entries.first().map_or(1, |e| e.inbox_seq);
             if first > 1 && rng.random_bool(faults.repush_old) {
@@ -523,19 +669,36 @@ impl Server {
         }
     }
 
-    fn sync(&mut self, conn: ConnId, rid: u32, user: &str, request: pb::SyncReq, out: &mut Vec<Out>) {
+    fn sync(
+        &mut self,
+        conn: ConnId,
+        rid: u32,
+        user: &str,
+        request: pb::SyncReq,
+        out: &mut Vec<Out>,
+    ) {
         let head = self.head(user);
-        let limit = if request.limit == 0 { 200 } else { u64::from(request.limit) };
+        let limit = if request.limit == 0 {
+            200
+        } else {
+            u64::from(request.limit)
+        };
         if limit > 1000 {
             self.violation(conn, format!("sync limit {limit}"));
-            out.push(Out::Frame(conn, Frame::error(rid, ErrorCode::PageTooLarge, "limit")));
+            out.push(Out::Frame(
+                conn,
+                Frame::error(rid, ErrorCode::PageTooLarge, "limit"),
+            ));
             return;
         }
         let from = request.from_seq.max(1);
         let to = request.to_seq;
         if to != 0 && to < from {
             self.violation(conn, format!("sync to {to} < from {from}"));
-            out.push(Out::Frame(conn, Frame::error(rid, ErrorCode::InvalidArgument, "to_seq < from_seq")));
+            out.push(Out::Frame(
+                conn,
+                Frame::error(rid, ErrorCode::InvalidArgument, "to_seq < from_seq"),
+            ));
             return;
         }
         let hi = if to == 0 { head } else { to.min(head) };
@@ -554,7 +717,13 @@ impl Server {
                 reason: pb::SeqRangeReason::NotYet as i32,
             });
         }
-        let response = pb::SyncResp { entries, head_seq: head, has_more, next_seq, missing };
+        let response = pb::SyncResp {
+            entries,
+            head_seq: head,
+            has_more,
+            next_seq,
+            missing,
+        };
         out.push(Out::Frame(conn, Frame::new(rid, response)));
     }
 
@@ -572,21 +741,36 @@ impl Server {
         let participants = self.participants(&request.conversation_id);
         if !participants.iter().any(|p| p == user) {
             self.violation(conn, format!("read marker for {}", request.conversation_id));
-            out.push(Out::Frame(conn, Frame::error(rid, ErrorCode::Forbidden, "not a party")));
+            out.push(Out::Frame(
+                conn,
+                Frame::error(rid, ErrorCode::Forbidden, "not a party"),
+            ));
             return;
         }
         let conversation_id = request.conversation_id;
-        let timeline: &[pb::Message] = self.timelines.get(&conversation_id).map_or(&[], |t| t.as_slice());
+        let timeline: &[pb::Message] = self
+            .timelines
+            .get(&conversation_id)
+            .map_or(&[], |t| t.as_slice());
         let read_seq_wanted = request.read_seq.min(timeline.len() as u64);
         let key = (user.to_owned(), conversation_id.clone());
         let current = self.read_markers.get(&key).copied().unwrap_or(0);
         let read_seq = current.max(read_seq_wanted);
-        let unread_count = timeline.iter().filter(|m| m.sender_user != user && m.conversation_seq > read_seq).count() as u64;
+        let unread_count = timeline
+            .iter()
+            .filter(|m| m.sender_user != user && m.conversation_seq > read_seq)
+            .count() as u64;
         if read_seq > current {
             self.read_markers.insert(key, read_seq);
-            let marker = pb::ReadMarkerSync { conversation_id: conversation_id.clone(), read_seq, unread_count };
+            let marker = pb::ReadMarkerSync {
+                conversation_id: conversation_id.clone(),
+                read_seq,
+                unread_count,
+            };
             let own = self.append(user, pb::inbox_entry::Body::ReadMarker(marker));
-            let peer = ConversationRef::parse(&conversation_id).ok().and_then(|c| c.peer_of(user).map(str::to_owned));
+            let peer = ConversationRef::parse(&conversation_id)
+                .ok()
+                .and_then(|c| c.peer_of(user).map(str::to_owned));
             let receipt = peer.filter(|p| p != user).map(|peer| {
                 let receipt = pb::ReadReceipt {
                     conversation_id: conversation_id.clone(),
@@ -597,13 +781,33 @@ impl Server {
                 let entry = self.append(&peer, pb::inbox_entry::Body::ReadReceipt(receipt));
                 (peer, entry)
             });
-            out.push(Out::Frame(conn, Frame::new(rid, pb::ReadMarkerResp { conversation_id, read_seq, unread_count })));
+            out.push(Out::Frame(
+                conn,
+                Frame::new(
+                    rid,
+                    pb::ReadMarkerResp {
+                        conversation_id,
+                        read_seq,
+                        unread_count,
+                    },
+                ),
+            ));
             self.push(user, vec![own], now, rng, out);
             if let Some((peer, entry)) = receipt {
                 self.push(&peer, vec![entry], now, rng, out);
             }
         } else {
-            out.push(Out::Frame(conn, Frame::new(rid, pb::ReadMarkerResp { conversation_id, read_seq, unread_count })));
+            out.push(Out::Frame(
+                conn,
+                Frame::new(
+                    rid,
+                    pb::ReadMarkerResp {
+                        conversation_id,
+                        read_seq,
+                        unread_count,
+                    },
+                ),
+            ));
         }
     }
 }
