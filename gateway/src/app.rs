@@ -101,8 +101,10 @@ pub struct RunningServer {
 
 /// Opens the store, binds the listener and starts serving in a background task.
 pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError> {
-    std::fs::create_dir_all(&options.data_dir)
-        .map_err(|source| ServerError::DataDir { path: options.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&options.data_dir).map_err(|source| ServerError::DataDir {
+        path: options.data_dir.clone(),
+        source,
+    })?;
     let store = EmbeddedStore::open(&options.data_dir.join("store"), EmbeddedOptions::default())?;
     let logic = Logic::new(
         store.clone(),
@@ -129,10 +131,18 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
-        .map_err(|source| ServerError::Bind { addr: options.listen, source })?;
+        .map_err(|source| ServerError::Bind {
+            addr: options.listen,
+            source,
+        })?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let shared = Arc::new(Shared { logic, hub: Hub::new(), tokens: options.tokens, config });
+    let shared = Arc::new(Shared {
+        logic,
+        hub: Hub::new(),
+        tokens: options.tokens,
+        config,
+    });
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         serve(listener, shared, stop).await?;
@@ -140,5 +150,9 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         store.close().await?;
         Ok(())
     });
-    Ok(RunningServer { addr, shutdown, task })
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        task,
+    })
 }

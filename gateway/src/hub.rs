@@ -24,6 +24,19 @@ pub enum Outbound {
     Compress(usize),
 }
 
+/// The outcome of [`Hub::register`].
+#[derive(Debug)]
+pub enum Registration {
+    /// Registered; these older connections of the same device must be kicked.
+    Registered {
+        /// The replaced connections.
+        replaced: Vec<ConnHandle>,
+    },
+    /// A connection of the same device accepted later is already registered: this one must be
+    /// kicked instead.
+    Superseded,
+}
+
 /// A handle on one live connection.
 #[derive(Clone, Debug)]
 pub struct ConnHandle {
@@ -61,10 +74,19 @@ impl Hub {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// Registers an authenticated connection. Returns the connections of the same user and
-    /// device that it replaces: the caller kicks them.
-    pub fn register(&self, user: &str, handle: ConnHandle) -> Vec<ConnHandle> {
+    /// Registers an authenticated connection. Of two connections of the same user and device
+    /// the one accepted later wins (connection ids grow in accept order), whatever order their
+    /// handshakes finish in: a late handshake on a connection the device already abandoned
+    /// must not kick the device's new connection. Returns the connections the caller kicks:
+    /// the older ones it replaced, or `handle` itself when a newer one is already registered.
+    pub fn register(&self, user: &str, handle: ConnHandle) -> Registration {
         let mut entry = self.users.entry(user.to_owned()).or_default();
+        if entry
+            .iter()
+            .any(|c| c.device == handle.device && c.id > handle.id)
+        {
+            return Registration::Superseded;
+        }
         let (replaced, kept): (Vec<_>, Vec<_>) =
             entry.drain(..).partition(|c| c.device == handle.device);
         *entry = kept;
@@ -72,7 +94,7 @@ impl Hub {
         self.connections.fetch_add(1, Ordering::Relaxed);
         self.connections
             .fetch_sub(replaced.len() as u64, Ordering::Relaxed);
-        replaced
+        Registration::Registered { replaced }
     }
 
     /// Forgets a connection (no-op when it was already replaced).
@@ -152,5 +174,62 @@ fn send_or_close(conn: &ConnHandle, frame: Frame) {
             conn.close.cancel();
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(id: u64, device: &str) -> (ConnHandle, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(4);
+        (
+            ConnHandle {
+                id,
+                device: device.into(),
+                tx,
+                close: CancellationToken::new(),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn a_newer_connection_of_a_device_replaces_the_older_one() {
+        let hub = Hub::new();
+        let (old, _r1) = handle(1, "phone");
+        let (new, _r2) = handle(2, "phone");
+        let (laptop, _r3) = handle(3, "laptop");
+        assert!(
+            matches!(hub.register("alice", old), Registration::Registered { replaced } if replaced.is_empty())
+        );
+        assert!(
+            matches!(hub.register("alice", laptop), Registration::Registered { replaced } if replaced.is_empty())
+        );
+        match hub.register("alice", new) {
+            Registration::Registered { replaced } => {
+                assert_eq!(replaced.iter().map(|c| c.id).collect::<Vec<_>>(), vec![1])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(hub.connection_count(), 2);
+    }
+
+    #[test]
+    fn a_late_handshake_on_an_older_connection_does_not_kick_the_newer_one() {
+        let hub = Hub::new();
+        let (new, _r1) = handle(5, "phone");
+        let (old, _r2) = handle(4, "phone");
+        assert!(matches!(
+            hub.register("alice", new),
+            Registration::Registered { .. }
+        ));
+        assert!(matches!(
+            hub.register("alice", old),
+            Registration::Superseded
+        ));
+        assert_eq!(hub.all().iter().map(|c| c.id).collect::<Vec<_>>(), vec![5]);
+        hub.unregister("alice", 4);
+        assert_eq!(hub.connection_count(), 1);
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use gateway::auth::{Claims, TokenKey, default_secret_file, load_or_create_secret};
 use gateway::app::{self, ServerOptions};
+use gateway::auth::{Claims, TokenKey, default_secret_file, load_or_create_secret};
 
 // The store writer and the codecs allocate many small buffers; glibc malloc spent a third of
 // the server's CPU on them in a W1 profile.

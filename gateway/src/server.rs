@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::auth::TokenKey;
-use crate::hub::{ConnHandle, Hub, Outbound};
+use crate::hub::{ConnHandle, Hub, Outbound, Registration};
 use crate::session::{Phase, Session, SessionConfig, Verdict};
 
 /// Body limit before authentication: a handshake is small, and unauthenticated peers must not
@@ -273,7 +273,7 @@ impl<S: TimelineStore> Conn<S> {
         let device = request.device_id.clone();
         // Register for pushes before reading the inbox head: an entry committed in between is
         // then either pushed or below the head the client syncs to, never neither.
-        let replaced = self.shared.hub.register(
+        let registration = self.shared.hub.register(
             &user,
             ConnHandle {
                 id: self.conn_id,
@@ -282,15 +282,25 @@ impl<S: TimelineStore> Conn<S> {
                 close: self.close.clone(),
             },
         );
-        for old in replaced {
-            let kick = pb::Kick {
+        let kick = || {
+            Frame::push(pb::Kick {
                 reason: pb::KickReason::LoggedInElsewhere as i32,
                 message: format!("device {device} connected again"),
                 redirect_addr: String::new(),
                 retry_after_ms: 0,
-            };
-            let _ = old.tx.try_send(Outbound::Frame(Frame::push(kick)));
-            old.close.cancel();
+            })
+        };
+        match registration {
+            Registration::Registered { replaced } => {
+                for old in replaced {
+                    let _ = old.tx.try_send(Outbound::Frame(kick()));
+                    old.close.cancel();
+                }
+            }
+            Registration::Superseded => {
+                self.send(kick()).await;
+                return false;
+            }
         }
         let head = match self.shared.logic.store().inbox_head(&user).await {
             Ok(head) => head,
@@ -413,7 +423,11 @@ async fn connection<S: TimelineStore>(
             _ = conn.close.cancelled() => break,
             _ = tokio::time::sleep_until(deadline) => {
                 if let Some((code, message)) = conn.session.on_timer(Instant::now()) {
-                    conn.send_error(0, code, message, 0).await;
+                    // A silent client is gone or half-dead: an idle close sends nothing (SPEC
+                    // §8.2); a missed handshake deadline is explained.
+                    if code == ErrorCode::HandshakeTimeout {
+                        conn.send_error(0, code, message, 0).await;
+                    }
                     break;
                 }
                 continue;
@@ -469,11 +483,23 @@ async fn connection<S: TimelineStore>(
                         Ok(Body::Ping(ping)) => ping,
                         _ => pb::Ping::default(),
                     };
+                    // The head lets a client notice a push it never got (SPEC §8).
+                    let head = match &conn.caller {
+                        Some(caller) => conn
+                            .shared
+                            .logic
+                            .store()
+                            .inbox_head(&caller.user)
+                            .await
+                            .unwrap_or(0),
+                        None => 0,
+                    };
                     conn.send(Frame::new(
                         frame.request_id,
                         pb::Pong {
                             client_time_ms: ping.client_time_ms,
                             server_time_ms: now_ms(),
+                            inbox_head_seq: head,
                         },
                     ))
                     .await;

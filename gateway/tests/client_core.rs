@@ -22,13 +22,27 @@ fn config(user: &str, device: &str) -> ClientConfig {
     config
 }
 
-fn start_client(server: &Server, user: &str, device: &str) -> (ClientHandle, mpsc::Receiver<Event>) {
-    driver::start(server.addr, server.token(user, device), config(user, device), MemoryStore::new(), None)
-        .expect("client starts")
+fn start_client(
+    server: &Server,
+    user: &str,
+    device: &str,
+) -> (ClientHandle, mpsc::Receiver<Event>) {
+    driver::start(
+        server.addr,
+        server.token(user, device),
+        config(user, device),
+        MemoryStore::new(),
+        None,
+    )
+    .expect("client starts")
 }
 
 /// Waits for an event matching `pick`.
-async fn wait_for<T>(events: &mut mpsc::Receiver<Event>, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+async fn wait_for<T>(
+    events: &mut mpsc::Receiver<Event>,
+    what: &str,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let event = tokio::time::timeout_at(deadline, events.recv())
@@ -47,13 +61,24 @@ async fn two_client_cores_chat_through_the_server() {
     let server = Server::start(dir.path(), &[]);
     let (alice, mut alice_events) = start_client(&server, "alice", "phone");
     let (_bob, mut bob_events) = start_client(&server, "bob", "phone");
-    wait_for(&mut alice_events, "alice synced", |e| matches!(e, Event::Synced { .. }).then_some(())).await;
-    wait_for(&mut bob_events, "bob synced", |e| matches!(e, Event::Synced { .. }).then_some(())).await;
+    wait_for(&mut alice_events, "alice synced", |e| {
+        matches!(e, Event::Synced { .. }).then_some(())
+    })
+    .await;
+    wait_for(&mut bob_events, "bob synced", |e| {
+        matches!(e, Event::Synced { .. }).then_some(())
+    })
+    .await;
 
-    let sent = alice.send_text(Recipient::User("bob".into()), "hello from the core").await.unwrap();
+    let sent = alice
+        .send_text(Recipient::User("bob".into()), "hello from the core")
+        .await
+        .unwrap();
     assert_eq!(sent.state, SendState::Sending);
     let acked = wait_for(&mut alice_events, "the ack", |e| match e {
-        Event::MessageUpdated(m) if m.local_id == sent.local_id && m.state == SendState::Sent => Some(m.clone()),
+        Event::MessageUpdated(m) if m.local_id == sent.local_id && m.state == SendState::Sent => {
+            Some(m.clone())
+        }
         _ => None,
     })
     .await;
@@ -63,7 +88,10 @@ async fn two_client_cores_chat_through_the_server() {
         _ => None,
     })
     .await;
-    assert_eq!((received.sender.as_str(), received.content.as_slice()), ("alice", b"hello from the core".as_slice()));
+    assert_eq!(
+        (received.sender.as_str(), received.content.as_slice()),
+        ("alice", b"hello from the core".as_slice())
+    );
     let unread = wait_for(&mut bob_events, "the conversation update", |e| match e {
         Event::ConversationUpdated(c) if c.last_seq == 1 => Some(c.unread_count),
         _ => None,
@@ -78,9 +106,15 @@ async fn messages_queued_offline_are_delivered_once_after_connecting() {
     let server = Server::start(dir.path(), &[]);
     let (alice, mut alice_events) = start_client(&server, "alice", "phone");
     for i in 0..50 {
-        alice.send_text(Recipient::User("bob".into()), &format!("queued {i}")).await.unwrap();
+        alice
+            .send_text(Recipient::User("bob".into()), &format!("queued {i}"))
+            .await
+            .unwrap();
     }
-    wait_for(&mut alice_events, "alice synced", |e| matches!(e, Event::Synced { .. }).then_some(())).await;
+    wait_for(&mut alice_events, "alice synced", |e| {
+        matches!(e, Event::Synced { .. }).then_some(())
+    })
+    .await;
     // Bob connects later and pulls everything in order.
     let mut sent = 0;
     while sent < 50 {
@@ -92,10 +126,23 @@ async fn messages_queued_offline_are_delivered_once_after_connecting() {
         sent += 1;
     }
     let (bob, mut bob_events) = start_client(&server, "bob", "phone");
-    wait_for(&mut bob_events, "bob synced", |e| matches!(e, Event::Synced { cursor: 50 }).then_some(())).await;
-    let history = bob.local_history(&direct_conversation_id("alice", "bob"), 0, 100).await.unwrap();
-    let texts: Vec<String> = history.iter().rev().map(|m| String::from_utf8_lossy(&m.content).into_owned()).collect();
-    assert_eq!(texts, (0..50).map(|i| format!("queued {i}")).collect::<Vec<_>>());
+    wait_for(&mut bob_events, "bob synced", |e| {
+        matches!(e, Event::Synced { cursor: 50 }).then_some(())
+    })
+    .await;
+    let history = bob
+        .local_history(&direct_conversation_id("alice", "bob"), 0, 100)
+        .await
+        .unwrap();
+    let texts: Vec<String> = history
+        .iter()
+        .rev()
+        .map(|m| String::from_utf8_lossy(&m.content).into_owned())
+        .collect();
+    assert_eq!(
+        texts,
+        (0..50).map(|i| format!("queued {i}")).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -104,8 +151,14 @@ async fn clients_keep_sending_through_a_server_sigkill_and_restart_without_loss_
     let mut server = Server::start(dir.path(), &[]);
     let (alice, mut alice_events) = start_client(&server, "alice", "phone");
     let (bob, mut bob_events) = start_client(&server, "bob", "laptop");
-    wait_for(&mut alice_events, "alice synced", |e| matches!(e, Event::Synced { .. }).then_some(())).await;
-    wait_for(&mut bob_events, "bob synced", |e| matches!(e, Event::Synced { .. }).then_some(())).await;
+    wait_for(&mut alice_events, "alice synced", |e| {
+        matches!(e, Event::Synced { .. }).then_some(())
+    })
+    .await;
+    wait_for(&mut bob_events, "bob synced", |e| {
+        matches!(e, Event::Synced { .. }).then_some(())
+    })
+    .await;
 
     // Collect every event in the background.
     let (alice_seen_tx, mut alice_seen) = mpsc::unbounded_channel();
@@ -124,7 +177,10 @@ async fn clients_keep_sending_through_a_server_sigkill_and_restart_without_loss_
     let total = 300;
     let mut local_ids = Vec::new();
     for i in 0..total {
-        let m = alice.send_text(Recipient::User("bob".into()), &format!("n{i}")).await.unwrap();
+        let m = alice
+            .send_text(Recipient::User("bob".into()), &format!("n{i}"))
+            .await
+            .unwrap();
         local_ids.push(m.local_id);
         if i == total / 3 {
             server.kill9();
@@ -141,7 +197,10 @@ async fn clients_keep_sending_through_a_server_sigkill_and_restart_without_loss_
     let mut acked: HashMap<u64, LocalMessage> = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while acked.len() < total {
-        let event = tokio::time::timeout_at(deadline, alice_seen.recv()).await.expect("all acks in time").unwrap();
+        let event = tokio::time::timeout_at(deadline, alice_seen.recv())
+            .await
+            .expect("all acks in time")
+            .unwrap();
         if let Event::MessageUpdated(m) = event {
             assert_ne!(m.state, SendState::Failed, "message {} failed", m.local_id);
             if m.state == SendState::Sent {
@@ -150,18 +209,31 @@ async fn clients_keep_sending_through_a_server_sigkill_and_restart_without_loss_
         }
     }
     let seqs: Vec<u64> = local_ids.iter().map(|id| acked[id].seq).collect();
-    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "conversation order is send order, no seq lost or reused");
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "conversation order is send order, no seq lost or reused"
+    );
 
     // Bob receives each exactly once, in order.
     let mut received = Vec::new();
     while received.len() < total {
-        let event = tokio::time::timeout_at(deadline, bob_seen.recv()).await.expect("all messages in time").unwrap();
+        let event = tokio::time::timeout_at(deadline, bob_seen.recv())
+            .await
+            .expect("all messages in time")
+            .unwrap();
         if let Event::MessageReceived(m) = event {
             received.push(m);
         }
     }
-    let texts: Vec<String> = received.iter().map(|m| String::from_utf8_lossy(&m.content).into_owned()).collect();
-    assert_eq!(texts, (0..total).map(|i| format!("n{i}")).collect::<Vec<_>>());
+    let texts: Vec<String> = received
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.content).into_owned())
+        .collect();
+    assert_eq!(
+        texts,
+        (0..total).map(|i| format!("n{i}")).collect::<Vec<_>>()
+    );
     let (state, cursor) = bob.state().await.unwrap();
     assert_eq!(state, ConnectionState::Online);
     assert_eq!(cursor, total as u64);

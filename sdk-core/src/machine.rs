@@ -798,8 +798,14 @@ impl<S: LocalStore> Client<S> {
             return;
         }
         let Some(pending) = self.pending.remove(&frame.request_id) else {
-            if let Body::Pong(_) = body {
+            if let Body::Pong(pong) = body {
                 self.ping_sent = None;
+                // A head above the cursor with no sync running means a push was lost on a
+                // link that otherwise works: pull what is missing instead of waiting for the
+                // next push or reconnect.
+                if pong.inbox_head_seq > self.cursor && !self.sync_in_flight && self.connected() {
+                    self.start_sync(0, now);
+                }
             }
             return;
         };

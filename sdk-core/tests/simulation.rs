@@ -252,9 +252,19 @@ fn outbox_survives_an_app_restart_and_is_sent_once() {
         world.server.stats.committed, 3,
         "a resend must not store a message twice"
     );
-    assert_eq!(
-        world.server.stats.duplicate_sends, 3,
-        "each resend was answered as a duplicate"
+    // Each message left the outbox either through a duplicate ack of its resend or through its
+    // own inbox copy arriving first (a push may overtake the handshake answer): never twice.
+    assert!(
+        world.server.stats.duplicate_sends <= 3,
+        "at most one resend per message"
+    );
+    assert!(
+        world.devices[alice]
+            .store()
+            .outbox_pending()
+            .unwrap()
+            .is_empty(),
+        "the outbox drained"
     );
 
     // A message written while the server is down and the app dies before any connection: it

@@ -19,6 +19,7 @@ pub fn body_to_json(pool: &DescriptorPool, full_name: &str, bytes: &[u8]) -> ser
 }
 
 /// Encodes proto3 JSON `value` as message `full_name`.
+#[allow(dead_code)]
 pub fn json_to_body(pool: &DescriptorPool, full_name: &str, value: &serde_json::Value) -> Vec<u8> {
     let desc = pool.get_message_by_name(full_name).expect("message exists");
     let message = DynamicMessage::deserialize(desc, value).expect("JSON matches the message");

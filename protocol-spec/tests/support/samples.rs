@@ -104,6 +104,7 @@ pub fn samples() -> Vec<Sample> {
             pb::Pong {
                 client_time_ms: 1_700_000_000_000,
                 server_time_ms: 1_700_000_000_003,
+                inbox_head_seq: 42,
             },
         ),
         sample(

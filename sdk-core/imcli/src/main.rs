@@ -17,7 +17,10 @@ use im_protocol::{Body, pb};
 use sdk_core::driver::{self, ClientHandle, DriverError};
 use sdk_core::machine::describe;
 use sdk_core::sqlite::SqliteStore;
-use sdk_core::{ClientConfig, ConnectionState, Event, LocalMessage, Recipient, RequestError, SendState, StopReason};
+use sdk_core::{
+    ClientConfig, ConnectionState, Event, LocalMessage, Recipient, RequestError, SendState,
+    StopReason,
+};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -107,7 +110,10 @@ impl From<anyhow::Error> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("imcli: cannot start: {e}");
@@ -118,7 +124,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, error }) => {
             if json {
-                println!("{}", json!({"type": "error", "exit_code": code, "message": format!("{error:#}")}));
+                println!(
+                    "{}",
+                    json!({"type": "error", "exit_code": code, "message": format!("{error:#}")})
+                );
             }
             eprintln!("imcli: {error:#}");
             ExitCode::from(code)
@@ -129,13 +138,21 @@ fn main() -> ExitCode {
 /// Reads the claims of a token without verifying it (the server verifies): the CLI only needs
 /// to know whose token it is.
 fn token_claims(token: &str) -> Result<(String, Option<String>), Failure> {
-    let payload = token.split('.').nth(1).ok_or_else(|| fail(4, anyhow!("the token is not a JWT (header.payload.signature)")))?;
+    let payload = token.split('.').nth(1).ok_or_else(|| {
+        fail(
+            4,
+            anyhow!("the token is not a JWT (header.payload.signature)"),
+        )
+    })?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|_| fail(4, anyhow!("the token's payload is not base64url")))?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|_| fail(4, anyhow!("the token's payload is not JSON")))?;
-    let user = claims["sub"].as_str().ok_or_else(|| fail(4, anyhow!("the token has no sub claim")))?.to_owned();
+    let claims: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| fail(4, anyhow!("the token's payload is not JSON")))?;
+    let user = claims["sub"]
+        .as_str()
+        .ok_or_else(|| fail(4, anyhow!("the token has no sub claim")))?
+        .to_owned();
     let device = claims["dev"].as_str().map(str::to_owned);
     Ok((user, device))
 }
@@ -181,31 +198,54 @@ struct Session {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let (me, token_device) = token_claims(&cli.token)?;
-    let device = cli.device.clone().or(token_device).unwrap_or_else(|| "cli".into());
+    let device = cli
+        .device
+        .clone()
+        .or(token_device)
+        .unwrap_or_else(|| "cli".into());
     ids::validate_id(&device, "device").map_err(|e| fail(2, anyhow!("--device: {e}")))?;
     let server: SocketAddr = cli
         .server
         .to_socket_addrs()
-        .map_err(|e| fail(3, anyhow!("cannot resolve server address {:?}: {e}", cli.server)))?
+        .map_err(|e| {
+            fail(
+                3,
+                anyhow!("cannot resolve server address {:?}: {e}", cli.server),
+            )
+        })?
         .next()
-        .ok_or_else(|| fail(3, anyhow!("server address {:?} resolves to nothing", cli.server)))?;
+        .ok_or_else(|| {
+            fail(
+                3,
+                anyhow!("server address {:?} resolves to nothing", cli.server),
+            )
+        })?;
     // Probe once so an unreachable server is reported plainly instead of retried in silence.
-    tokio::time::timeout(Duration::from_secs(cli.timeout), tokio::net::TcpStream::connect(server))
-        .await
-        .map_err(|_| fail(3, anyhow!("cannot reach server {server}: timed out")))?
-        .map_err(|e| fail(3, anyhow!("cannot reach server {server}: {e}")))?;
+    tokio::time::timeout(
+        Duration::from_secs(cli.timeout),
+        tokio::net::TcpStream::connect(server),
+    )
+    .await
+    .map_err(|_| fail(3, anyhow!("cannot reach server {server}: timed out")))?
+    .map_err(|e| fail(3, anyhow!("cannot reach server {server}: {e}")))?;
 
     let db = match &cli.db {
         Some(path) => path.clone(),
         None => default_db(&me, &device)?,
     };
-    let store = SqliteStore::open(&db).with_context(|| format!("opening local database {}", db.display()))?;
+    let store = SqliteStore::open(&db)
+        .with_context(|| format!("opening local database {}", db.display()))?;
     let mut config = ClientConfig::new(me.clone(), device);
     config.platform = pb::Platform::Desktop;
     config.client_version = concat!("imcli/", env!("CARGO_PKG_VERSION")).into();
     let (handle, events) = driver::start(server, cli.token.clone(), config, store, None)
         .with_context(|| format!("reading local database {}", db.display()))?;
-    let mut session = Session { handle, events, me, json: cli.json };
+    let mut session = Session {
+        handle,
+        events,
+        me,
+        json: cli.json,
+    };
     let wait = Duration::from_secs(cli.timeout);
     session.wait_synced(wait).await?;
 
@@ -213,13 +253,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Send { to, text } => session.send(&to, &text, wait).await,
         Cmd::Follow => session.follow().await,
         Cmd::Conversations => session.conversations().await,
-        Cmd::History { peer, before, limit } => session.history(&peer, before, limit).await,
+        Cmd::History {
+            peer,
+            before,
+            limit,
+        } => session.history(&peer, before, limit).await,
         Cmd::Read { peer } => session.read(&peer).await,
         Cmd::Recall { peer, seq } => {
             let conversation_id = conversation_of(&session.me, &peer)?;
-            session.request(pb::RecallReq { conversation_id, conversation_seq: seq }).await.map(|_| {
-                session.line(json!({"type": "recalled", "peer": peer, "seq": seq}), format!("recalled {seq}"));
-            })
+            session
+                .request(pb::RecallReq {
+                    conversation_id,
+                    conversation_seq: seq,
+                })
+                .await
+                .map(|_| {
+                    session.line(
+                        json!({"type": "recalled", "peer": peer, "seq": seq}),
+                        format!("recalled {seq}"),
+                    );
+                })
         }
         Cmd::Group { command } => session.group(command).await,
     };
@@ -241,7 +294,11 @@ fn message_json(m: &LocalMessage) -> serde_json::Value {
 }
 
 fn message_text(m: &LocalMessage) -> String {
-    let body = if m.recalled { "(recalled)".to_string() } else { String::from_utf8_lossy(&m.content).into_owned() };
+    let body = if m.recalled {
+        "(recalled)".to_string()
+    } else {
+        String::from_utf8_lossy(&m.content).into_owned()
+    };
     format!("[{}] #{} {}: {}", m.conversation_id, m.seq, m.sender, body)
 }
 
@@ -266,9 +323,15 @@ impl Session {
                 Event::Synced { .. } => return Ok(()),
                 Event::State(ConnectionState::Stopped(reason)) => {
                     let why = match reason {
-                        StopReason::TokenExpired => "the token has expired: get a new one".to_string(),
-                        StopReason::AuthFailed(message) => format!("the server refused the token: {message}"),
-                        StopReason::LoggedInElsewhere => "this device logged in elsewhere".to_string(),
+                        StopReason::TokenExpired => {
+                            "the token has expired: get a new one".to_string()
+                        }
+                        StopReason::AuthFailed(message) => {
+                            format!("the server refused the token: {message}")
+                        }
+                        StopReason::LoggedInElsewhere => {
+                            "this device logged in elsewhere".to_string()
+                        }
                     };
                     return Err(fail(4, anyhow!(why)));
                 }
@@ -281,13 +344,19 @@ impl Session {
         match self.handle.request(body).await {
             Ok(Body::Error(e)) => Err(fail(5, anyhow!(describe(&e)))),
             Ok(body) => Ok(body),
-            Err(DriverError::Request(RequestError::Server(e))) => Err(fail(5, anyhow!(describe(&e)))),
+            Err(DriverError::Request(RequestError::Server(e))) => {
+                Err(fail(5, anyhow!(describe(&e))))
+            }
             Err(e) => Err(fail(5, anyhow!(e))),
         }
     }
 
     async fn send(&mut self, to: &str, text: &str, wait: Duration) -> Result<(), Failure> {
-        let sent = self.handle.send_text(recipient(to)?, text).await.map_err(|e| fail(1, anyhow!(e)))?;
+        let sent = self
+            .handle
+            .send_text(recipient(to)?, text)
+            .await
+            .map_err(|e| fail(1, anyhow!(e)))?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let event = tokio::time::timeout_at(deadline, self.events.recv())
@@ -304,7 +373,9 @@ impl Session {
                             );
                             return Ok(());
                         }
-                        SendState::Failed => return Err(fail(5, anyhow!("the server refused the message"))),
+                        SendState::Failed => {
+                            return Err(fail(5, anyhow!("the server refused the message")));
+                        }
                         SendState::Sending => {}
                     }
                 }
@@ -351,13 +422,25 @@ impl Session {
     }
 
     async fn conversations(&self) -> Result<(), Failure> {
-        let list = self.handle.conversations().await.map_err(|e| fail(1, anyhow!(e)))?;
+        let list = self
+            .handle
+            .conversations()
+            .await
+            .map_err(|e| fail(1, anyhow!(e)))?;
         if list.is_empty() && !self.json {
             println!("no conversations yet");
         }
         for c in list {
-            let last = c.last_message.as_ref().map(|m| String::from_utf8_lossy(&m.content).into_owned()).unwrap_or_default();
-            let name = if c.title.is_empty() { c.peer.clone() } else { c.title.clone() };
+            let last = c
+                .last_message
+                .as_ref()
+                .map(|m| String::from_utf8_lossy(&m.content).into_owned())
+                .unwrap_or_default();
+            let name = if c.title.is_empty() {
+                c.peer.clone()
+            } else {
+                c.title.clone()
+            };
             self.line(
                 json!({"type": "conversation", "conversation_id": c.conversation_id, "peer": c.peer, "title": c.title,
                        "unread": c.unread_count, "last_seq": c.last_seq, "read_seq": c.read_seq, "last_text": last}),
@@ -369,12 +452,19 @@ impl Session {
 
     async fn history(&self, peer: &str, before: u64, limit: u32) -> Result<(), Failure> {
         let conversation_id = conversation_of(&self.me, peer)?;
-        let messages = self.handle.history(&conversation_id, before, limit).await.map_err(|e| match e {
-            DriverError::Request(RequestError::Server(e)) => fail(5, anyhow!(describe(&e))),
-            e => fail(1, anyhow!(e)),
-        })?;
+        let messages = self
+            .handle
+            .history(&conversation_id, before, limit)
+            .await
+            .map_err(|e| match e {
+                DriverError::Request(RequestError::Server(e)) => fail(5, anyhow!(describe(&e))),
+                e => fail(1, anyhow!(e)),
+            })?;
         for m in &messages {
-            self.line(json!({"type": "message", "message": message_json(m)}), message_text(m));
+            self.line(
+                json!({"type": "message", "message": message_json(m)}),
+                message_text(m),
+            );
         }
         Ok(())
     }
@@ -398,7 +488,9 @@ impl Session {
                 );
                 Ok(())
             }
-            Ok(Body::Error(e)) | Err(DriverError::Request(RequestError::Server(e))) => Err(fail(5, anyhow!(describe(&e)))),
+            Ok(Body::Error(e)) | Err(DriverError::Request(RequestError::Server(e))) => {
+                Err(fail(5, anyhow!(describe(&e))))
+            }
             Ok(other) => Err(fail(1, anyhow!("unexpected answer {other:?}"))),
             Err(e) => Err(fail(5, anyhow!(e))),
         }
@@ -416,29 +508,69 @@ impl Session {
         };
         match command {
             GroupCmd::Create { name, members } => {
-                if let Body::GroupCreateResp(r) = self.request(pb::GroupCreateReq { name, members, open: false, client_request_id: String::new() }).await? {
+                if let Body::GroupCreateResp(r) = self
+                    .request(pb::GroupCreateReq {
+                        name,
+                        members,
+                        open: false,
+                        client_request_id: String::new(),
+                    })
+                    .await?
+                {
                     print_group(&r.group, "created");
                 }
             }
             GroupCmd::Add { group, members } => {
-                if let Body::GroupAddMembersResp(r) = self.request(pb::GroupAddMembersReq { group_id: group_id(&group), members }).await? {
+                if let Body::GroupAddMembersResp(r) = self
+                    .request(pb::GroupAddMembersReq {
+                        group_id: group_id(&group),
+                        members,
+                    })
+                    .await?
+                {
                     print_group(&r.group, "added to");
                 }
             }
             GroupCmd::Remove { group, members } => {
-                if let Body::GroupRemoveMembersResp(r) = self.request(pb::GroupRemoveMembersReq { group_id: group_id(&group), members }).await? {
+                if let Body::GroupRemoveMembersResp(r) = self
+                    .request(pb::GroupRemoveMembersReq {
+                        group_id: group_id(&group),
+                        members,
+                    })
+                    .await?
+                {
                     print_group(&r.group, "removed from");
                 }
             }
             GroupCmd::Leave { group } => {
-                self.request(pb::GroupLeaveReq { group_id: group_id(&group) }).await?;
-                self.line(json!({"type": "left", "group_id": group_id(&group)}), format!("left g:{}", group_id(&group)));
+                self.request(pb::GroupLeaveReq {
+                    group_id: group_id(&group),
+                })
+                .await?;
+                self.line(
+                    json!({"type": "left", "group_id": group_id(&group)}),
+                    format!("left g:{}", group_id(&group)),
+                );
             }
             GroupCmd::Members { group } => {
-                if let Body::GroupMembersResp(r) = self.request(pb::GroupMembersReq { group_id: group_id(&group), limit: 0, cursor: String::new() }).await? {
+                if let Body::GroupMembersResp(r) = self
+                    .request(pb::GroupMembersReq {
+                        group_id: group_id(&group),
+                        limit: 0,
+                        cursor: String::new(),
+                    })
+                    .await?
+                {
                     for m in r.members {
-                        let role = if m.role == pb::GroupRole::Owner as i32 { "owner" } else { "member" };
-                        self.line(json!({"type": "member", "user_id": m.user_id, "role": role}), format!("{} ({role})", m.user_id));
+                        let role = if m.role == pb::GroupRole::Owner as i32 {
+                            "owner"
+                        } else {
+                            "member"
+                        };
+                        self.line(
+                            json!({"type": "member", "user_id": m.user_id, "role": role}),
+                            format!("{} ({role})", m.user_id),
+                        );
                     }
                 }
             }

@@ -9,14 +9,28 @@ use gateway::auth::{Claims, TokenKey};
 const SECRET: &str = "cli-test-secret";
 
 fn token(user: &str, exp_offset: i64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    TokenKey::new(SECRET).sign(&Claims { sub: user.into(), dev: None, plt: None, exp: (now + exp_offset) as u64, iat: None })
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    TokenKey::new(SECRET).sign(&Claims {
+        sub: user.into(),
+        dev: None,
+        plt: None,
+        exp: (now + exp_offset) as u64,
+        iat: None,
+    })
 }
 
 async fn imcli(home: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_imcli"));
-    command.args(args).env("HOME", home).env_remove("XDG_DATA_HOME");
-    tokio::task::spawn_blocking(move || command.output().expect("run imcli")).await.unwrap()
+    command
+        .args(args)
+        .env("HOME", home)
+        .env_remove("XDG_DATA_HOME");
+    tokio::task::spawn_blocking(move || command.output().expect("run imcli"))
+        .await
+        .unwrap()
 }
 
 fn stdout(output: &Output) -> String {
@@ -26,36 +40,102 @@ fn stdout(output: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newcomer_chats_creates_a_group_and_reads_with_imcli() {
     let dir = tempfile::tempdir().unwrap();
-    let server = app::start(ServerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().join("srv"), TokenKey::new(SECRET)))
-        .await
-        .unwrap();
+    let server = app::start(ServerOptions::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("srv"),
+        TokenKey::new(SECRET),
+    ))
+    .await
+    .unwrap();
     let addr = server.addr.to_string();
     let home = dir.path();
     let (alice, bob) = (token("alice", 600), token("bob", 600));
 
-    let sent = imcli(home, &["--server", &addr, "--token", &alice, "--json", "send", "bob", "hi bob"]).await;
+    let sent = imcli(
+        home,
+        &[
+            "--server", &addr, "--token", &alice, "--json", "send", "bob", "hi bob",
+        ],
+    )
+    .await;
     assert!(sent.status.success(), "{sent:?}");
     let line: serde_json::Value = serde_json::from_str(stdout(&sent).trim()).unwrap();
-    assert_eq!((line["type"].as_str(), line["message"]["seq"].as_u64()), (Some("sent"), Some(1)));
+    assert_eq!(
+        (line["type"].as_str(), line["message"]["seq"].as_u64()),
+        (Some("sent"), Some(1))
+    );
 
-    let created = imcli(home, &["--server", &addr, "--token", &alice, "--json", "group", "create", "friends", "bob", "carol"]).await;
+    let created = imcli(
+        home,
+        &[
+            "--server", &addr, "--token", &alice, "--json", "group", "create", "friends", "bob",
+            "carol",
+        ],
+    )
+    .await;
     assert!(created.status.success(), "{created:?}");
     let group: serde_json::Value = serde_json::from_str(stdout(&created).trim()).unwrap();
     let group_id = group["group_id"].as_str().unwrap().to_owned();
     assert_eq!(group["member_count"].as_u64(), Some(3));
     let to_group = format!("g:{group_id}");
-    assert!(imcli(home, &["--server", &addr, "--token", &alice, "send", &to_group, "hello friends"]).await.status.success());
+    assert!(
+        imcli(
+            home,
+            &[
+                "--server",
+                &addr,
+                "--token",
+                &alice,
+                "send",
+                &to_group,
+                "hello friends"
+            ]
+        )
+        .await
+        .status
+        .success()
+    );
 
-    let listed = imcli(home, &["--server", &addr, "--token", &bob, "--json", "conversations"]).await;
-    let rows: Vec<serde_json::Value> = stdout(&listed).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let listed = imcli(
+        home,
+        &[
+            "--server",
+            &addr,
+            "--token",
+            &bob,
+            "--json",
+            "conversations",
+        ],
+    )
+    .await;
+    let rows: Vec<serde_json::Value> = stdout(&listed)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r["unread"].as_u64() == Some(1)), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r["unread"].as_u64() == Some(1)),
+        "{rows:?}"
+    );
 
-    let history = imcli(home, &["--server", &addr, "--token", &bob, "history", "alice"]).await;
+    let history = imcli(
+        home,
+        &["--server", &addr, "--token", &bob, "history", "alice"],
+    )
+    .await;
     assert!(stdout(&history).contains("alice: hi bob"), "{history:?}");
-    let read = imcli(home, &["--server", &addr, "--token", &bob, "--json", "read", "alice"]).await;
+    let read = imcli(
+        home,
+        &[
+            "--server", &addr, "--token", &bob, "--json", "read", "alice",
+        ],
+    )
+    .await;
     let marker: serde_json::Value = serde_json::from_str(stdout(&read).trim()).unwrap();
-    assert_eq!((marker["read_seq"].as_u64(), marker["unread"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (marker["read_seq"].as_u64(), marker["unread"].as_u64()),
+        (Some(1), Some(0))
+    );
     server.shutdown.cancel();
     server.task.await.unwrap().unwrap();
 }
@@ -63,26 +143,70 @@ async fn a_newcomer_chats_creates_a_group_and_reads_with_imcli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_addresses_tokens_and_arguments_exit_with_clear_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = app::start(ServerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().join("srv"), TokenKey::new(SECRET)))
-        .await
-        .unwrap();
+    let server = app::start(ServerOptions::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("srv"),
+        TokenKey::new(SECRET),
+    ))
+    .await
+    .unwrap();
     let addr = server.addr.to_string();
     let home = dir.path();
     let alice = token("alice", 600);
 
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let unreachable = imcli(home, &["--server", &closed_port, "--token", &alice, "conversations"]).await;
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let unreachable = imcli(
+        home,
+        &["--server", &closed_port, "--token", &alice, "conversations"],
+    )
+    .await;
     assert_eq!(unreachable.status.code(), Some(3), "{unreachable:?}");
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach server"));
 
-    let forged = TokenKey::new("wrong").sign(&Claims { sub: "alice".into(), dev: None, plt: None, exp: u64::MAX / 2, iat: None });
-    let refused = imcli(home, &["--server", &addr, "--token", &forged, "conversations"]).await;
+    let forged = TokenKey::new("wrong").sign(&Claims {
+        sub: "alice".into(),
+        dev: None,
+        plt: None,
+        exp: u64::MAX / 2,
+        iat: None,
+    });
+    let refused = imcli(
+        home,
+        &["--server", &addr, "--token", &forged, "conversations"],
+    )
+    .await;
     assert_eq!(refused.status.code(), Some(4), "{refused:?}");
-    let expired = imcli(home, &["--server", &addr, "--token", &token("alice", -10), "conversations"]).await;
+    let expired = imcli(
+        home,
+        &[
+            "--server",
+            &addr,
+            "--token",
+            &token("alice", -10),
+            "conversations",
+        ],
+    )
+    .await;
     assert_eq!(expired.status.code(), Some(4), "{expired:?}");
     assert!(String::from_utf8_lossy(&expired.stderr).contains("expired"));
 
-    let bad_target = imcli(home, &["--server", &addr, "--token", &alice, "send", "not valid", "x"]).await;
+    let bad_target = imcli(
+        home,
+        &[
+            "--server",
+            &addr,
+            "--token",
+            &alice,
+            "send",
+            "not valid",
+            "x",
+        ],
+    )
+    .await;
     assert_eq!(bad_target.status.code(), Some(2), "{bad_target:?}");
     let no_command = imcli(home, &["--server", &addr, "--token", &alice]).await;
     assert_eq!(no_command.status.code(), Some(2));

@@ -83,6 +83,7 @@ impl Faults {
                 early_push: p(rng, 0.5),
                 send_unavailable: p(rng, 0.05),
                 sync_unavailable: p(rng, 0.05),
+                lose_push: p(rng, 0.1),
             },
         }
     }

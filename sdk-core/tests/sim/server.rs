@@ -46,6 +46,9 @@ pub struct ServerFaults {
     pub send_unavailable: f64,
     /// Answer a `SyncReq` with `UNAVAILABLE`.
     pub sync_unavailable: f64,
+    /// Lose a push on a healthy connection (push is best-effort, §10.5): only the inbox head in
+    /// the next `PONG` (§8.1) or a later push tells the client.
+    pub lose_push: f64,
 }
 
 /// What the server wants done on the network.
@@ -88,6 +91,7 @@ pub struct ServerStats {
     pub held_pushes: u64,
     pub duplicate_pushes: u64,
     pub early_pushes: u64,
+    pub lost_pushes: u64,
 }
 
 /// The simulated server.
@@ -325,6 +329,7 @@ impl Server {
                 let pong = pb::Pong {
                     client_time_ms: ping.client_time_ms,
                     server_time_ms: EPOCH_MS + now.as_millis() as u64,
+                    inbox_head_seq: self.head(&user),
                 };
                 out.push(Out::Frame(conn, Frame::new(rid, pong)));
             }
@@ -631,6 +636,10 @@ impl Server {
         for conn in conns {
             let faults = self.faults.clone();
             let session = self.sessions.get_mut(&conn).expect("listed above");
+            if rng.random_bool(faults.lose_push) {
+                self.stats.lost_pushes += 1;
+                continue;
+            }
             if rng.random_bool(faults.hold_push) {
                 self.stats.held_pushes += 1;
                 session.held.extend(entries.iter().cloned());
