@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::outbox::{Outbox, PushError};
 use dashmap::DashMap;
 use im_protocol::{Frame, pb};
 use timeline_store::Delivery;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// What the connection's writer task sends.
@@ -45,7 +45,7 @@ pub struct ConnHandle {
     /// The device it belongs to.
     pub device: String,
     /// Its outbound queue.
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: Arc<Outbox>,
     /// Cancelled to make the connection close (kicked or too slow).
     pub close: CancellationToken,
 }
@@ -152,7 +152,7 @@ impl Hub {
             for conn in conns.iter() {
                 let _ = conn
                     .tx
-                    .try_send(Outbound::Frame(Frame::push(event.clone())));
+                    .try_push(Outbound::Frame(Frame::push(event.clone())));
             }
         }
     }
@@ -164,16 +164,16 @@ impl Hub {
 }
 
 fn send_or_close(conn: &ConnHandle, frame: Frame) {
-    match conn.tx.try_send(Outbound::Frame(frame)) {
+    match conn.tx.try_push(Outbound::Frame(frame)) {
         Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(PushError::Full) => {
             tracing::debug!(
                 conn = conn.id,
                 "outbound queue full: closing the slow connection"
             );
             conn.close.cancel();
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(PushError::Closed) => {}
     }
 }
 
@@ -181,8 +181,8 @@ fn send_or_close(conn: &ConnHandle, frame: Frame) {
 mod tests {
     use super::*;
 
-    fn handle(id: u64, device: &str) -> (ConnHandle, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(4);
+    fn handle(id: u64, device: &str) -> (ConnHandle, ()) {
+        let (tx, rx) = (Arc::new(Outbox::new(4)), ());
         (
             ConnHandle {
                 id,

@@ -5,5 +5,6 @@
 pub mod app;
 pub mod auth;
 pub mod hub;
+pub mod outbox;
 pub mod server;
 pub mod session;

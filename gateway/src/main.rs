@@ -133,7 +133,11 @@ fn main() -> anyhow::Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
+            // Store reads run on the blocking pool; a few threads serve two cores well, and the
+            // default of 512 let a login storm start hundreds of threads whose stacks stayed in
+            // RSS.
             let runtime = tokio::runtime::Builder::new_multi_thread()
+                .max_blocking_threads(8)
                 .enable_all()
                 .build()?;
             runtime.block_on(run(cli.common, cli.serve))

@@ -17,7 +17,7 @@ use timeline_store::TimelineStore;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::codec::{Encoder as _, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,6 +25,7 @@ use tracing::Instrument as _;
 
 use crate::auth::TokenKey;
 use crate::hub::{ConnHandle, Hub, Outbound, Registration};
+use crate::outbox::Outbox;
 use crate::session::{Phase, Session, SessionConfig, Verdict};
 
 /// Body limit before authentication: a handshake is small, and unauthenticated peers must not
@@ -107,13 +108,12 @@ pub async fn serve<S: TimelineStore>(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let span = tracing::debug_span!("conn", %peer);
-        tracker.spawn(
-            async move {
-                let _permit = permit;
-                connection(stream, shared, shutdown).await;
-            }
-            .instrument(span),
-        );
+        let fut = async move {
+            let _permit = permit;
+            connection(stream, shared, shutdown).await;
+        }
+        .instrument(span);
+        tracker.spawn(fut);
     }
     drop(listener);
     for conn in shared.hub.all() {
@@ -123,7 +123,7 @@ pub async fn serve<S: TimelineStore>(
             redirect_addr: String::new(),
             retry_after_ms: 1000,
         };
-        let _ = conn.tx.try_send(Outbound::Frame(Frame::push(kick)));
+        let _ = conn.tx.try_push(Outbound::Frame(Frame::push(kick)));
     }
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
@@ -136,33 +136,32 @@ pub async fn serve<S: TimelineStore>(
 }
 
 /// Encodes queued frames and writes them, several per syscall when they are queued together.
-async fn writer(mut socket: OwnedWriteHalf, mut rx: mpsc::Receiver<Outbound>, max_body: usize) {
+async fn writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>, max_body: usize) {
     let mut codec = FrameCodec::new(max_body);
     let mut buf = BytesMut::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
+    let mut batch = std::collections::VecDeque::new();
+    while outbox.pop_all(&mut batch).await {
+        for item in batch.drain(..) {
             match item {
                 Outbound::Frame(frame) => {
                     if let Err(e) = codec.encode(&frame, &mut buf) {
                         tracing::warn!(error = %e, op = frame.op, "dropping an unencodable frame");
                     }
                 }
-                Outbound::Compress(threshold) => {
-                    codec.compress_above(Some(threshold));
-                }
-            }
-            if buf.len() < WRITE_COALESCE_BYTES {
-                next = rx.try_recv().ok();
+                Outbound::Compress(threshold) => codec.compress_above(Some(threshold)),
             }
         }
         if socket.write_all(&buf).await.is_err() {
+            outbox.close();
             return;
         }
         buf.clear();
-        // Give back a big buffer after a burst, so idle connections stay small.
-        if buf.capacity() > 4 * WRITE_COALESCE_BYTES {
+        // Give back buffers grown by a burst, so idle connections stay small.
+        if buf.capacity() > WRITE_COALESCE_BYTES {
             buf = BytesMut::new();
+        }
+        if batch.capacity() > 64 {
+            batch = std::collections::VecDeque::new();
         }
     }
     let _ = socket.shutdown().await;
@@ -178,7 +177,7 @@ fn now_ms() -> u64 {
 struct Conn<S> {
     shared: Arc<Shared<S>>,
     session: Session,
-    tx: mpsc::Sender<Outbound>,
+    tx: Arc<Outbox>,
     close: CancellationToken,
     conn_id: u64,
     caller: Option<Caller>,
@@ -186,7 +185,7 @@ struct Conn<S> {
 
 impl<S: TimelineStore> Conn<S> {
     async fn send(&self, frame: Frame) -> bool {
-        self.tx.send(Outbound::Frame(frame)).await.is_ok()
+        self.tx.push(Outbound::Frame(frame)).await.is_ok()
     }
 
     async fn send_error(
@@ -293,7 +292,7 @@ impl<S: TimelineStore> Conn<S> {
         match registration {
             Registration::Registered { replaced } => {
                 for old in replaced {
-                    let _ = old.tx.try_send(Outbound::Frame(kick()));
+                    let _ = old.tx.try_push(Outbound::Frame(kick()));
                     old.close.cancel();
                 }
             }
@@ -320,7 +319,7 @@ impl<S: TimelineStore> Conn<S> {
         if zstd {
             let _ = self
                 .tx
-                .send(Outbound::Compress(config.compression_threshold))
+                .push(Outbound::Compress(config.compression_threshold))
                 .await;
         }
         let response = pb::HandshakeResp {
@@ -401,7 +400,8 @@ async fn connection<S: TimelineStore>(
 ) {
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let tx = Arc::new(Outbox::new(OUTBOUND_QUEUE));
+    let rx = tx.clone();
     let max_body = shared.config.max_frame_bytes;
     let writer_task = tokio::spawn(writer(write_half, rx, max_body));
     let mut framed = FramedRead::with_capacity(read_half, FrameCodec::new(PRE_AUTH_MAX_BODY), 256);
@@ -415,6 +415,8 @@ async fn connection<S: TimelineStore>(
         caller: None,
     };
 
+    // The heavy request paths are boxed at their await points so the future an idle connection
+    // keeps alive stays small (it was 3 KB with them inline).
     'conn: loop {
         let deadline = tokio::time::Instant::from_std(conn.session.deadline());
         let next = tokio::select! {
@@ -470,11 +472,11 @@ async fn connection<S: TimelineStore>(
                 continue;
             }
             if !sends.is_empty() {
-                conn.send_batch(std::mem::take(&mut sends)).await;
+                Box::pin(conn.send_batch(std::mem::take(&mut sends))).await;
             }
             match verdict {
                 Verdict::Handshake => {
-                    if !conn.handshake(&frame, framed.decoder_mut()).await {
+                    if !Box::pin(conn.handshake(&frame, framed.decoder_mut())).await {
                         break 'conn;
                     }
                 }
@@ -505,7 +507,7 @@ async fn connection<S: TimelineStore>(
                     .await;
                 }
                 Verdict::Goodbye => break 'conn,
-                Verdict::Request(_) => conn.request(&frame).await,
+                Verdict::Request(_) => Box::pin(conn.request(&frame)).await,
                 Verdict::Reject {
                     code,
                     message,
@@ -521,7 +523,7 @@ async fn connection<S: TimelineStore>(
             }
         }
         if !sends.is_empty() {
-            conn.send_batch(sends).await;
+            Box::pin(conn.send_batch(sends)).await;
         }
     }
 
@@ -533,6 +535,7 @@ async fn connection<S: TimelineStore>(
         tracing::debug!("connection closed");
     }
     // Let the writer flush what is queued (the closing error), then end.
+    conn.tx.close();
     drop(conn);
     drop(framed);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
