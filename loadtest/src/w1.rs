@@ -1,0 +1,370 @@
+//! W1, 1:1 throughput and latency: P sender→receiver pairs; each sender keeps at most `window`
+//! messages in flight, where a message is in flight until its *receiver* got it (not merely until
+//! the sender's ack). Payloads carry the send time, so the receiver measures one-way latency on
+//! the same clock. With `rate` > 0 the senders are paced to that total rate instead.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use futures::{SinkExt as _, StreamExt as _};
+use im_protocol::pb::{self, send_req::Target};
+use im_protocol::{Body, Frame};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::common::{self, CostMeter, Latency, ServerCost};
+use crate::progress;
+
+/// What W1 does.
+#[derive(Clone, Debug)]
+pub struct W1Config {
+    /// Sender→receiver pairs.
+    pub pairs: usize,
+    /// Messages in flight per sender (until the receiver got them).
+    pub window: usize,
+    /// Total messages per second across all senders (0 = as fast as possible).
+    pub rate: u64,
+    /// Payload bytes (at least 8: the send timestamp).
+    pub payload: usize,
+    /// Time measured, after the warm-up.
+    pub duration: Duration,
+    /// Warm-up, not measured.
+    pub warmup: Duration,
+    /// Prefix of the user ids, so runs do not share conversations.
+    pub prefix: String,
+}
+
+/// What W1 measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct W1Result {
+    /// Always "W1".
+    pub workload: String,
+    /// Pairs.
+    pub pairs: usize,
+    /// Window per sender.
+    pub window: usize,
+    /// Asked total rate (0 = max).
+    pub rate: u64,
+    /// Payload bytes.
+    pub payload_bytes: usize,
+    /// Length of the measured interval, seconds.
+    pub measured_secs: f64,
+    /// Messages received in the measured interval.
+    pub delivered: u64,
+    /// `delivered / measured_secs`.
+    pub delivered_per_sec: f64,
+    /// Error frames and failed connections.
+    pub errors: u64,
+    /// Server CPU seconds in the measured interval.
+    pub server_cpu_secs: Option<f64>,
+    /// `delivered / server_cpu_secs`.
+    pub delivered_per_server_cpu_sec: Option<f64>,
+    /// Server RSS at the end, bytes.
+    pub server_rss_bytes: Option<u64>,
+    /// One-way latency of the measured messages, ms.
+    pub latency_ms: Latency,
+    /// Time to log in all 2·P connections, seconds.
+    pub login_secs: f64,
+    /// Messages sent over the whole run (warm-up included).
+    pub sent_total: u64,
+    /// Messages acknowledged to their senders over the whole run.
+    pub acked_total: u64,
+    /// Messages received over the whole run; equals `sent_total` when nothing was lost.
+    pub received_total: u64,
+}
+
+struct Counters {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    delivered: AtomicU64,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    received: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Runs W1 against `target`.
+pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W1Result> {
+    if config.payload < 8 {
+        bail!("--payload must be at least 8 bytes (the timestamp)");
+    }
+    let W1Config {
+        pairs,
+        window,
+        rate,
+        payload,
+        ..
+    } = config.clone();
+    let origin = Instant::now();
+    let counters = Arc::new(Counters {
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        delivered: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let histogram = Arc::new(Mutex::new(common::histogram()));
+    let login_start = Instant::now();
+    let mut receivers = Vec::new();
+    let mut others = Vec::new();
+    // Per-sender pacing interval when a total rate is asked for.
+    let pace = (rate > 0).then(|| Duration::from_secs_f64(pairs as f64 / rate as f64));
+    for i in 0..pairs {
+        let sender_id = format!("{}-s{i}", config.prefix);
+        let receiver_id = format!("{}-r{i}", config.prefix);
+        let rx = common::connect(target.server, &target.secret, &receiver_id).await?;
+        let tx = common::connect(target.server, &target.secret, &sender_id).await?;
+        let (mut rx_reader, mut rx_writer) = (rx.reader, rx.writer);
+        let (mut tx_reader, mut tx_writer) = (tx.reader, tx.writer);
+        let window_permits = Arc::new(Semaphore::new(window));
+
+        // Receiver: count deliveries, record latency, release the sender's window, ack delivery.
+        let permits = window_permits.clone();
+        let c = counters.clone();
+        let h = histogram.clone();
+        receivers.push(tokio::spawn(async move {
+            let mut local = common::histogram();
+            let mut since_ack = 0;
+            let mut request_id = 2;
+            loop {
+                // After the run, stop once everything sent arrived (or nothing came for a
+                // while), then hand the histogram over.
+                let wait = if c.stop.load(Ordering::Relaxed) {
+                    if c.received.load(Ordering::Relaxed) >= c.sent.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    Duration::from_millis(300)
+                } else {
+                    Duration::from_millis(500)
+                };
+                let frame = match tokio::time::timeout(wait, rx_reader.next()).await {
+                    Ok(Some(Ok(frame))) => frame,
+                    Ok(_) => break,
+                    Err(_) if c.stop.load(Ordering::Relaxed) => break,
+                    Err(_) => continue,
+                };
+                let Ok(Body::Push(push)) = frame.decode_body() else {
+                    continue;
+                };
+                let mut last_seq = 0;
+                for entry in push.entries {
+                    last_seq = entry.inbox_seq;
+                    let Some(pb::inbox_entry::Body::Message(m)) = entry.body else {
+                        continue;
+                    };
+                    if m.content.len() >= 8 {
+                        let sent_ns =
+                            u64::from_be_bytes(m.content[..8].try_into().expect("8 bytes"));
+                        let now_ns = origin.elapsed().as_nanos() as u64;
+                        c.received.fetch_add(1, Ordering::Relaxed);
+                        if c.measuring.load(Ordering::Relaxed) {
+                            common::record(
+                                &mut local,
+                                Duration::from_nanos(now_ns.saturating_sub(sent_ns)),
+                            );
+                            c.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    permits.add_permits(1);
+                    since_ack += 1;
+                }
+                if since_ack >= 32 {
+                    since_ack = 0;
+                    request_id += 1;
+                    let _ = rx_writer
+                        .send(Frame::new(
+                            request_id,
+                            pb::DeliveryAck {
+                                up_to_inbox_seq: last_seq,
+                            },
+                        ))
+                        .await;
+                }
+            }
+            h.lock().await.add(&local).expect("same bounds");
+        }));
+
+        // Sender's ack reader: errors count; acks are not the flow control.
+        let c = counters.clone();
+        others.push(tokio::spawn(async move {
+            while let Some(Ok(frame)) = tx_reader.next().await {
+                if frame.is_push() {
+                    continue;
+                }
+                match frame.decode_body() {
+                    Ok(Body::SendAck(_)) => {
+                        c.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Body::Error(e)) => {
+                        if c.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                            progress!("send error: {} ({})", e.message, e.code);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }));
+
+        let c = counters.clone();
+        let permits = window_permits;
+        others.push(tokio::spawn(async move {
+            let mut n: u64 = 0;
+            let mut body = vec![b'x'; payload];
+            let mut next_at = tokio::time::Instant::now();
+            while !c.stop.load(Ordering::Relaxed) {
+                let Ok(permit) =
+                    tokio::time::timeout(Duration::from_millis(200), permits.acquire()).await
+                else {
+                    continue;
+                };
+                permit.expect("semaphore open").forget();
+                if let Some(pace) = pace {
+                    next_at += pace;
+                    tokio::time::sleep_until(next_at).await;
+                    if c.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                n += 1;
+                body[..8].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_be_bytes());
+                let request = pb::SendReq {
+                    target: Some(Target::ToUser(receiver_id.clone())),
+                    client_msg_id: format!("{n}"),
+                    content_type: 1,
+                    content: body.clone(),
+                };
+                // Feed without flushing while more permits are ready, so sends coalesce.
+                let frame = Frame::new((n % u64::from(u32::MAX - 1)) as u32 + 1, request);
+                // Counted before it leaves, so the receivers' drain never misses it.
+                c.sent.fetch_add(1, Ordering::Relaxed);
+                let result = if permits.available_permits() > 0 && pace.is_none() {
+                    tx_writer.feed(frame).await
+                } else {
+                    tx_writer.send(frame).await
+                };
+                if result.is_err() {
+                    c.sent.fetch_sub(1, Ordering::Relaxed);
+                    c.errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+            let _ = futures::SinkExt::<Frame>::flush(&mut tx_writer).await;
+            // Keep the connection until the ack reader is done.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }));
+    }
+    let login_secs = login_start.elapsed().as_secs_f64();
+    progress!(
+        "{} connections logged in in {login_secs:.2} s; warming up {} s",
+        pairs * 2,
+        config.warmup.as_secs_f64()
+    );
+    tokio::time::sleep(config.warmup).await;
+
+    let meter = CostMeter::start(target.probe());
+    counters.measuring.store(true, Ordering::Relaxed);
+    let measure_start = Instant::now();
+    let mut second = 0u64;
+    while measure_start.elapsed() < config.duration {
+        let left = config.duration.saturating_sub(measure_start.elapsed());
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        second += 1;
+        progress!(
+            "  {second:>3}s  delivered {:>10}  errors {}",
+            counters.delivered.load(Ordering::Relaxed),
+            counters.errors.load(Ordering::Relaxed)
+        );
+    }
+    counters.measuring.store(false, Ordering::Relaxed);
+    let elapsed = measure_start.elapsed().as_secs_f64();
+    let cost: Option<ServerCost> = meter.finish();
+    counters.stop.store(true, Ordering::Relaxed);
+    // Receivers finish on their own once everything sent has arrived (to merge their
+    // histograms); senders and ack readers are stopped after that.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        for task in receivers.iter_mut() {
+            let _ = task.await;
+        }
+    })
+    .await;
+    // Let the last acks arrive.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while counters.acked.load(Ordering::Relaxed) + counters.errors.load(Ordering::Relaxed)
+            < counters.sent.load(Ordering::Relaxed)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for task in receivers.iter().chain(&others) {
+        task.abort();
+    }
+
+    let delivered = counters.delivered.load(Ordering::Relaxed);
+    let server_cpu = cost.map(|c| c.cpu_secs);
+    let latency = Latency::of(&*histogram.lock().await);
+    Ok(W1Result {
+        workload: "W1".into(),
+        pairs,
+        window,
+        rate,
+        payload_bytes: payload,
+        measured_secs: elapsed,
+        delivered,
+        delivered_per_sec: delivered as f64 / elapsed,
+        errors: counters.errors.load(Ordering::Relaxed),
+        server_cpu_secs: server_cpu,
+        delivered_per_server_cpu_sec: server_cpu.map(|cpu| delivered as f64 / cpu.max(1e-9)),
+        server_rss_bytes: cost.map(|c| c.rss_after_bytes),
+        latency_ms: latency,
+        login_secs,
+        sent_total: counters.sent.load(Ordering::Relaxed),
+        acked_total: counters.acked.load(Ordering::Relaxed),
+        received_total: counters.received.load(Ordering::Relaxed),
+    })
+}
+
+impl W1Result {
+    /// The human-readable table (stdout).
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "W1  pairs={} window={} rate={} payload={}B\n",
+            self.pairs,
+            self.window,
+            if self.rate == 0 {
+                "max".to_string()
+            } else {
+                self.rate.to_string()
+            },
+            self.payload_bytes
+        );
+        s += &format!(
+            "  delivered/s            {:>12.0}\n",
+            self.delivered_per_sec
+        );
+        if let (Some(cpu), Some(per)) = (self.server_cpu_secs, self.delivered_per_server_cpu_sec) {
+            s += &format!("  server CPU-s           {cpu:>12.2}\n");
+            s += &format!("  delivered/server CPU-s {per:>12.0}\n");
+        }
+        if let Some(rss) = self.server_rss_bytes {
+            s += &format!(
+                "  server RSS MiB         {:>12.1}\n",
+                rss as f64 / 1048576.0
+            );
+        }
+        s += &format!(
+            "  latency ms p50/p99/p99.9/max  {}\n",
+            self.latency_ms.line()
+        );
+        s += &format!(
+            "  sent/acked/received    {} / {} / {}\n",
+            self.sent_total, self.acked_total, self.received_total
+        );
+        s += &format!("  errors                 {:>12}\n", self.errors);
+        s
+    }
+}
