@@ -115,27 +115,10 @@ async fn run_system(
         warmup: config.warmup,
         prefix: format!("b{round}w1"),
     };
-    figures.w1.push(w1::run(&target, &w1_config).await?);
-    if config.rate > 0 {
-        let paced = w1::W1Config {
-            rate: config.rate,
-            prefix: format!("b{round}w1p"),
-            ..w1_config.clone()
-        };
-        figures.w1_paced.push(w1::run(&target, &paced).await?);
-    }
-    if config.group > 0 {
-        let w3_config = w3::W3Config {
-            members: config.group + 1,
-            online: config.group,
-            messages: config.group_messages,
-            window: 8,
-            payload: 100,
-            timeout: Duration::from_secs(60),
-            prefix: format!("b{round}w3"),
-        };
-        figures.w3.push(w3::run(&target, &w3_config).await?);
-    }
+    // Order matters on one server process: W2 first, so its RSS baseline is a fresh process
+    // (memory freed by earlier workloads would be reused and hide the cost per connection);
+    // the paced W1 before the full-speed one, so it does not run behind the compaction
+    // debt of a million stored messages.
     if config.connections > 0 {
         let w2_config = w2::W2Config {
             connections: config.connections,
@@ -147,6 +130,27 @@ async fn run_system(
             worker_exe: Some(exe.clone()),
         };
         figures.w2.push(w2::run(&target, &w2_config).await?);
+    }
+    if config.rate > 0 {
+        let paced = w1::W1Config {
+            rate: config.rate,
+            prefix: format!("b{round}w1p"),
+            ..w1_config.clone()
+        };
+        figures.w1_paced.push(w1::run(&target, &paced).await?);
+    }
+    figures.w1.push(w1::run(&target, &w1_config).await?);
+    if config.group > 0 {
+        let w3_config = w3::W3Config {
+            members: config.group + 1,
+            online: config.group,
+            messages: config.group_messages,
+            window: 8,
+            payload: 100,
+            timeout: Duration::from_secs(60),
+            prefix: format!("b{round}w3"),
+        };
+        figures.w3.push(w3::run(&target, &w3_config).await?);
     }
     let _ = server.child.kill().await;
     Ok(())
