@@ -208,6 +208,16 @@ async fn oversized_messages_and_pages_get_clear_errors() {
         Body::Error(e) => assert_eq!(e.code, pb::ErrorCode::PageTooLarge as i32),
         other => panic!("{other:?}"),
     }
+    // A delivery ack for entries that do not exist yet.
+    let ack = alice
+        .send_only(pb::DeliveryAck {
+            up_to_inbox_seq: 99,
+        })
+        .await;
+    match alice.response(ack).await {
+        Body::Error(e) => assert_eq!(e.code, pb::ErrorCode::InvalidArgument as i32),
+        other => panic!("{other:?}"),
+    }
     let error = alice
         .send_text(to_user("not a valid id"), "bad", "x")
         .await

@@ -329,6 +329,20 @@ impl<S: TimelineStore> Logic<S> {
                 Ok(Some(Body::SendAck(ack)))
             }
             Body::DeliveryAck(ack) => {
+                let head = self
+                    .store
+                    .inbox_head(&caller.user)
+                    .await
+                    .map_err(store_error)?;
+                if ack.up_to_inbox_seq > head {
+                    return Err(error(
+                        pb::ErrorCode::InvalidArgument,
+                        format!(
+                            "delivery ack {} is above the inbox head {head}",
+                            ack.up_to_inbox_seq
+                        ),
+                    ));
+                }
                 self.store
                     .record_delivery(&caller.user, &caller.device, ack.up_to_inbox_seq)
                     .await

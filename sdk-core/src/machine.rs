@@ -241,8 +241,21 @@ pub struct Client<S> {
     next_handle: RequestHandle,
 }
 
-fn unix_ms_of(message: &pb::Message) -> u64 {
-    message.server_time_ms
+/// A server message in the app's shape (stored by the server, so `Sent`).
+fn received_message(message: &pb::Message) -> LocalMessage {
+    LocalMessage {
+        local_id: 0,
+        conversation_id: message.conversation_id.clone(),
+        sender: message.sender_user.clone(),
+        client_msg_id: message.client_msg_id.clone(),
+        seq: message.conversation_seq,
+        server_msg_id: message.server_msg_id,
+        time_ms: message.server_time_ms,
+        content_type: message.content_type,
+        content: message.content.clone(),
+        state: SendState::Sent,
+        recalled: message.recalled,
+    }
 }
 
 impl<S: LocalStore> Client<S> {
@@ -1157,19 +1170,7 @@ impl<S: LocalStore> Client<S> {
                 return Ok(());
             }
         }
-        let local = LocalMessage {
-            local_id: 0,
-            conversation_id: message.conversation_id.clone(),
-            sender: message.sender_user.clone(),
-            client_msg_id: message.client_msg_id.clone(),
-            seq: message.conversation_seq,
-            server_msg_id: message.server_msg_id,
-            time_ms: unix_ms_of(&message),
-            content_type: message.content_type,
-            content: message.content.clone(),
-            state: SendState::Sent,
-            recalled: message.recalled,
-        };
+        let local = received_message(&message);
         if self.store.put_message(&local)? {
             self.events.push_back(Event::MessageReceived(local.clone()));
             self.touch_conversation(&local, !own);
@@ -1250,19 +1251,7 @@ impl<S: LocalStore> Client<S> {
             }
             Body::HistoryResp(response) => {
                 for message in &response.messages {
-                    let local = LocalMessage {
-                        local_id: 0,
-                        conversation_id: message.conversation_id.clone(),
-                        sender: message.sender_user.clone(),
-                        client_msg_id: message.client_msg_id.clone(),
-                        seq: message.conversation_seq,
-                        server_msg_id: message.server_msg_id,
-                        time_ms: message.server_time_ms,
-                        content_type: message.content_type,
-                        content: message.content.clone(),
-                        state: SendState::Sent,
-                        recalled: message.recalled,
-                    };
+                    let local = received_message(message);
                     if let Err(e) = self.store.put_message(&local) {
                         self.events.push_back(Event::StoreError(e.to_string()));
                     }
