@@ -82,6 +82,9 @@ pub async fn serve<S: TimelineStore>(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
+    // Connections stop on their own token, cancelled only after they were sent the shutdown
+    // kick: stopping them on `shutdown` itself raced the kick and lost it.
+    let connections_stop = CancellationToken::new();
     let permits = Arc::new(Semaphore::new(shared.config.max_connections));
     let mut accept_backoff = Duration::from_millis(5);
     loop {
@@ -106,11 +109,11 @@ pub async fn serve<S: TimelineStore>(
             },
         };
         let shared = shared.clone();
-        let shutdown = shutdown.clone();
+        let stop = connections_stop.clone();
         let span = tracing::debug_span!("conn", %peer);
         let fut = async move {
             let _permit = permit;
-            connection(stream, shared, shutdown).await;
+            connection(stream, shared, stop).await;
         }
         .instrument(span);
         tracker.spawn(fut);
@@ -125,6 +128,7 @@ pub async fn serve<S: TimelineStore>(
         };
         let _ = conn.tx.try_push(Outbound::Frame(Frame::push(kick)));
     }
+    connections_stop.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
         .await

@@ -102,3 +102,42 @@ async fn every_acked_message_survives_sigkill_exactly_once() {
         "every message exactly once"
     );
 }
+
+#[tokio::test]
+async fn sigterm_tells_clients_to_reconnect_and_stops_cleanly_keeping_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let mut alice = Client::connect(&server, "alice", "phone").await;
+    let ack = alice
+        .send_text(to_user("bob"), "before", "before the restart")
+        .await
+        .unwrap();
+
+    let stopped = tokio::task::spawn_blocking(move || {
+        let clean = server.terminate();
+        (server, clean)
+    });
+    let kick = loop {
+        match alice.next_frame().await {
+            Some(frame) if frame.is_push() => {
+                if let Ok(Body::Kick(kick)) = frame.decode_body() {
+                    break kick;
+                }
+            }
+            Some(_) => {}
+            None => panic!("closed without a kick"),
+        }
+    };
+    assert_eq!(kick.reason, pb::KickReason::ServerShutdown as i32);
+    assert!(
+        kick.retry_after_ms > 0,
+        "clients are told to wait before reconnecting"
+    );
+    let (mut server, clean) = stopped.await.unwrap();
+    assert!(clean, "the server exits with success after a SIGTERM");
+
+    server.restart();
+    let mut bob = Client::connect(&server, "bob", "phone").await;
+    let entries = bob.sync_all(1, 10).await;
+    assert_eq!(messages(&entries)[0].server_msg_id, ack.server_msg_id);
+}

@@ -52,6 +52,26 @@ impl Server {
         self.child.wait().expect("reap the server");
     }
 
+    /// SIGTERM, then waits for the process to exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                return status.success();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not stop within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the server again on the same data directory and port.
     pub fn restart(&mut self) {
         let (child, addr) = spawn(&self.data_dir, &self.extra);
