@@ -121,6 +121,13 @@ impl Hub {
     /// Pushes inbox entries to the online devices of their users, one `Push` frame per user
     /// with that user's entries in the order given (commit order).
     pub fn deliver(&self, deliveries: Vec<Delivery>) {
+        self.deliver_except(deliveries, None);
+    }
+
+    /// Like [`Hub::deliver`], but `except` (a user and one of their connections) is not pushed
+    /// that user's entries: a sending connection gets its own message's entry through the
+    /// `SEND_ACK` (its `sender_inbox_seq`), so pushing it too would only double the traffic.
+    pub fn deliver_except(&self, deliveries: Vec<Delivery>, except: Option<(&str, u64)>) {
         if deliveries.is_empty() {
             return;
         }
@@ -136,7 +143,8 @@ impl Hub {
                 continue;
             };
             let push = pb::Push { entries };
-            for conn in conns.iter() {
+            let skip = except.filter(|(u, _)| *u == user).map(|(_, id)| id);
+            for conn in conns.iter().filter(|c| Some(c.id) != skip) {
                 send_or_close(conn, Frame::push(push.clone()));
             }
         }

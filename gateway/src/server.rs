@@ -369,7 +369,11 @@ impl<S: TimelineStore> Conn<S> {
                 break;
             }
         }
-        self.apply(effects);
+        // Every delivery of a send batch is a message entry; the sender's own entries reach
+        // this connection through the acks above.
+        self.shared
+            .hub
+            .deliver_except(effects.deliveries, Some((&caller.user, self.conn_id)));
     }
 
     async fn request(&self, frame: &Frame) {

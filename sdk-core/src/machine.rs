@@ -927,12 +927,23 @@ impl<S: LocalStore> Client<S> {
                     ack.server_msg_id,
                     ack.server_time_ms,
                 ) {
-                    Ok(Some(message)) => {
-                        self.events
-                            .push_back(Event::MessageUpdated(message.clone()));
-                        self.touch_conversation(&message, false);
+                    Ok(acked) => {
+                        if let Some(message) = acked {
+                            self.events
+                                .push_back(Event::MessageUpdated(message.clone()));
+                            self.touch_conversation(&message, false);
+                        }
+                        // The server does not push our own entry back to this connection: the
+                        // ack stands for it (SPEC §10.1). The message is stored now, so the
+                        // entry only has to take its place in the cursor's order.
+                        if ack.sender_inbox_seq > self.cursor {
+                            let placeholder = pb::InboxEntry {
+                                inbox_seq: ack.sender_inbox_seq,
+                                body: None,
+                            };
+                            self.on_entries(vec![placeholder], now);
+                        }
                     }
-                    Ok(None) => {}
                     Err(e) => self.events.push_back(Event::StoreError(e.to_string())),
                 }
             }

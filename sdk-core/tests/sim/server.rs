@@ -611,7 +611,9 @@ impl Server {
             out.push(Out::Frame(conn, Frame::new(rid, ack.clone())));
         }
         for (participant, entry) in fanout {
-            self.push(&participant, vec![entry], now, rng, out);
+            // The sending connection is not pushed its own entry: the ack stands for it (§10.1).
+            let skip = (participant == user).then_some(conn);
+            self.push(&participant, vec![entry], skip, now, rng, out);
         }
         if !ack_first {
             out.push(Out::Frame(conn, Frame::new(rid, ack)));
@@ -623,6 +625,7 @@ impl Server {
         &mut self,
         user: &str,
         entries: Vec<pb::InboxEntry>,
+        skip: Option<ConnId>,
         now: Duration,
         rng: &mut StdRng,
         out: &mut Vec<Out>,
@@ -632,6 +635,7 @@ impl Server {
             .iter()
             .filter(|(_, s)| s.auth.as_ref().is_some_and(|(u, _)| u == user))
             .map(|(c, _)| *c)
+            .filter(|c| Some(*c) != skip)
             .collect();
         for conn in conns {
             let faults = self.faults.clone();
@@ -801,9 +805,9 @@ impl Server {
                     },
                 ),
             ));
-            self.push(user, vec![own], now, rng, out);
+            self.push(user, vec![own], None, now, rng, out);
             if let Some((peer, entry)) = receipt {
-                self.push(&peer, vec![entry], now, rng, out);
+                self.push(&peer, vec![entry], None, now, rng, out);
             }
         } else {
             out.push(Out::Frame(
