@@ -106,12 +106,10 @@ impl Hub {
             removed = conns.len() != before;
             conns.is_empty()
         });
-        if !removed {
-            if let Some(mut conns) = self.users.get_mut(user) {
-                let before = conns.len();
-                conns.retain(|c| c.id != conn_id);
-                removed = conns.len() != before;
-            }
+        if !removed && let Some(mut conns) = self.users.get_mut(user) {
+            let before = conns.len();
+            conns.retain(|c| c.id != conn_id);
+            removed = conns.len() != before;
         }
         if removed {
             self.connections.fetch_sub(1, Ordering::Relaxed);

@@ -472,10 +472,10 @@ async fn connection<S: TimelineStore>(
                         .await
                     }
                 }
-                if sends.len() < MAX_SEND_BATCH {
-                    if let Some(Some(Ok(more))) = framed.next().now_or_never() {
-                        pending = Some(more);
-                    }
+                if sends.len() < MAX_SEND_BATCH
+                    && let Some(Some(Ok(more))) = framed.next().now_or_never()
+                {
+                    pending = Some(more);
                 }
                 continue;
             }

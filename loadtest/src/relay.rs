@@ -83,14 +83,12 @@ pub async fn start(listen: SocketAddr) -> anyhow::Result<RunningRelay> {
 /// The user a token names: the JWT's `sub` without verification, or the token text.
 fn user_of(token: &str) -> String {
     let mut parts = token.split('.');
-    if let (Some(_), Some(payload), Some(_)) = (parts.next(), parts.next(), parts.next()) {
-        if let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) {
-            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) {
-                if let Some(sub) = value.get("sub").and_then(|s| s.as_str()) {
-                    return sub.to_string();
-                }
-            }
-        }
+    if let (Some(_), Some(payload), Some(_)) = (parts.next(), parts.next(), parts.next())
+        && let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json)
+        && let Some(sub) = value.get("sub").and_then(|s| s.as_str())
+    {
+        return sub.to_string();
     }
     token.to_string()
 }
@@ -306,16 +304,16 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stop: CancellationToke
                 "not supported by the bare relay",
             )),
         };
-        if let Some(reply) = reply {
-            if tx.send(reply).await.is_err() {
-                break;
-            }
+        if let Some(reply) = reply
+            && tx.send(reply).await.is_err()
+        {
+            break;
         }
     }
-    if let Some(user) = me {
-        if let Some(mut slot) = state.users.get_mut(&user) {
-            slot.conns.retain(|(id, _)| *id != conn_id);
-        }
+    if let Some(user) = me
+        && let Some(mut slot) = state.users.get_mut(&user)
+    {
+        slot.conns.retain(|(id, _)| *id != conn_id);
     }
     drop(tx);
     let _ = writer.await;

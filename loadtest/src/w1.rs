@@ -83,6 +83,10 @@ struct Counters {
     acked: AtomicU64,
     received: AtomicU64,
     errors: AtomicU64,
+    /// Senders that left their loop after `stop` (their last frame is flushed): until all have,
+    /// a receiver must not conclude that everything sent has arrived, since a sender may be
+    /// between counting a message and sending it.
+    senders_done: AtomicU64,
 }
 
 /// Runs W1 against `target`.
@@ -106,6 +110,7 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         acked: AtomicU64::new(0),
         received: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        senders_done: AtomicU64::new(0),
     });
     let histogram = Arc::new(Mutex::new(common::histogram()));
     let login_start = Instant::now();
@@ -130,21 +135,37 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
             let mut local = common::histogram();
             let mut since_ack = 0;
             let mut request_id = 2;
+            let mut quiet_since: Option<Instant> = None;
             loop {
                 // After the run, stop once everything sent arrived (or nothing came for a
                 // while), then hand the histogram over.
                 let wait = if c.stop.load(Ordering::Relaxed) {
-                    if c.received.load(Ordering::Relaxed) >= c.sent.load(Ordering::Relaxed) {
+                    if c.senders_done.load(Ordering::Acquire) == pairs as u64
+                        && c.received.load(Ordering::Relaxed) >= c.sent.load(Ordering::Relaxed)
+                    {
                         break;
                     }
-                    Duration::from_millis(300)
+                    Duration::from_millis(100)
                 } else {
                     Duration::from_millis(500)
                 };
                 let frame = match tokio::time::timeout(wait, rx_reader.next()).await {
-                    Ok(Some(Ok(frame))) => frame,
+                    Ok(Some(Ok(frame))) => {
+                        quiet_since = None;
+                        frame
+                    }
                     Ok(_) => break,
-                    Err(_) if c.stop.load(Ordering::Relaxed) => break,
+                    // After the run a receiver waits for what is still in flight; it gives up
+                    // only after seconds of silence, since on a loaded 2-core machine the
+                    // server's tasks can be starved for a few hundred ms and leaving early
+                    // would count a message as lost.
+                    Err(_) if c.stop.load(Ordering::Relaxed) => {
+                        let silent = *quiet_since.get_or_insert_with(Instant::now);
+                        if silent.elapsed() > Duration::from_secs(5) {
+                            break;
+                        }
+                        continue;
+                    }
                     Err(_) => continue,
                 };
                 let Ok(Body::Push(push)) = frame.decode_body() else {
@@ -199,10 +220,8 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
                     Ok(Body::SendAck(_)) => {
                         c.acked.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(Body::Error(e)) => {
-                        if c.errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                            progress!("send error: {} ({})", e.message, e.code);
-                        }
+                    Ok(Body::Error(e)) if c.errors.fetch_add(1, Ordering::Relaxed) < 5 => {
+                        progress!("send error: {} ({})", e.message, e.code);
                     }
                     _ => {}
                 }
@@ -253,6 +272,7 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
                 }
             }
             let _ = futures::SinkExt::<Frame>::flush(&mut tx_writer).await;
+            c.senders_done.fetch_add(1, Ordering::Release);
             // Keep the connection until the ack reader is done.
             tokio::time::sleep(Duration::from_secs(10)).await;
         }));

@@ -304,10 +304,8 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
                     Ok(Body::SendAck(_)) => {
                         acked.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(Body::Error(e)) => {
-                        if errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                            progress!("W3 send error: {} ({})", e.message, e.code);
-                        }
+                    Ok(Body::Error(e)) if errors.fetch_add(1, Ordering::Relaxed) < 5 => {
+                        progress!("W3 send error: {} ({})", e.message, e.code);
                     }
                     _ => {}
                 }

@@ -378,10 +378,9 @@ async fn run<S: LocalStore>(
                 }
                 event => {
                     if let Event::State(ConnectionState::Stopped(StopReason::TokenExpired)) = &event
+                        && let Some(refresher) = &refresher
                     {
-                        if let Some(refresher) = &refresher {
-                            refreshing = Some(refresher());
-                        }
+                        refreshing = Some(refresher());
                     }
                     if events.send(event).await.is_err() {
                         // Nobody listens any more: keep running for the handle's callers.

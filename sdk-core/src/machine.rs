@@ -619,14 +619,14 @@ impl<S: LocalStore> Client<S> {
 
     /// Marks a conversation read up to `seq` (locally at once, then on the server).
     pub fn mark_read(&mut self, conversation_id: &str, seq: u64, now: Instant) -> RequestHandle {
-        if let Ok(Some(mut conversation)) = self.store.conversation(conversation_id) {
-            if seq > conversation.read_seq {
-                conversation.read_seq = seq.min(conversation.last_seq.max(seq));
-                if conversation.read_seq >= conversation.last_seq {
-                    conversation.unread_count = 0;
-                }
-                self.save_conversation(conversation);
+        if let Ok(Some(mut conversation)) = self.store.conversation(conversation_id)
+            && seq > conversation.read_seq
+        {
+            conversation.read_seq = seq.min(conversation.last_seq.max(seq));
+            if conversation.read_seq >= conversation.last_seq {
+                conversation.unread_count = 0;
             }
+            self.save_conversation(conversation);
         }
         self.request(
             pb::ReadMarkerReq {
@@ -728,10 +728,10 @@ impl<S: LocalStore> Client<S> {
     }
 
     fn schedule_reconnect(&mut self, now: Instant, at_least: Duration) {
-        if let Some(since) = self.healthy_since.take() {
-            if now.saturating_duration_since(since) >= self.timing.heartbeat {
-                self.attempt = 0;
-            }
+        if let Some(since) = self.healthy_since.take()
+            && now.saturating_duration_since(since) >= self.timing.heartbeat
+        {
+            self.attempt = 0;
         }
         // Full jitter: a uniformly random delay up to the exponential bound, so clients cut off
         // together by a server restart come back spread out instead of in one storm.
@@ -1102,14 +1102,12 @@ impl<S: LocalStore> Client<S> {
                 .map(|_| {
                     if let Ok(Some(mut conversation)) =
                         self.store.conversation(&recall.conversation_id)
+                        && let Some(last) = &mut conversation.last_message
+                        && last.seq == recall.conversation_seq
                     {
-                        if let Some(last) = &mut conversation.last_message {
-                            if last.seq == recall.conversation_seq {
-                                last.recalled = true;
-                                last.content.clear();
-                                self.save_conversation(conversation);
-                            }
-                        }
+                        last.recalled = true;
+                        last.content.clear();
+                        self.save_conversation(conversation);
                     }
                     self.events.push_back(Event::MessageRecalled {
                         conversation_id: recall.conversation_id,

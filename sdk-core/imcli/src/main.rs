@@ -363,21 +363,21 @@ impl Session {
                 .await
                 .map_err(|_| fail(5, anyhow!("no acknowledgement within {wait:?}; the message stays in the outbox and is resent on the next run")))?
                 .ok_or_else(|| fail(1, anyhow!("the client stopped")))?;
-            if let Event::MessageUpdated(m) = event {
-                if m.local_id == sent.local_id {
-                    match m.state {
-                        SendState::Sent => {
-                            self.line(
-                                json!({"type": "sent", "message": message_json(&m)}),
-                                format!("sent #{} to {}", m.seq, m.conversation_id),
-                            );
-                            return Ok(());
-                        }
-                        SendState::Failed => {
-                            return Err(fail(5, anyhow!("the server refused the message")));
-                        }
-                        SendState::Sending => {}
+            if let Event::MessageUpdated(m) = event
+                && m.local_id == sent.local_id
+            {
+                match m.state {
+                    SendState::Sent => {
+                        self.line(
+                            json!({"type": "sent", "message": message_json(&m)}),
+                            format!("sent #{} to {}", m.seq, m.conversation_id),
+                        );
+                        return Ok(());
                     }
+                    SendState::Failed => {
+                        return Err(fail(5, anyhow!("the server refused the message")));
+                    }
+                    SendState::Sending => {}
                 }
             }
         }
@@ -411,11 +411,10 @@ impl Session {
                     json!({"type": "group", "group_id": g.group_id, "kind": g.kind, "actor": g.actor_user, "members": g.members}),
                     format!("[g:{}] group changed by {}: {:?} {:?}", g.group_id, g.actor_user, pb::GroupEventKind::try_from(g.kind).unwrap_or_default(), g.members),
                 ),
-                Event::State(state) => {
-                    if !self.json {
+                Event::State(state)
+                    if !self.json => {
                         eprintln!("connection: {state:?}");
                     }
-                }
                 _ => {}
             }
         }

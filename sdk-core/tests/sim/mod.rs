@@ -976,10 +976,10 @@ impl World {
                 }
             }
         }
-        if let Some(t) = self.server.next_timeout() {
-            if best.is_none_or(|(b, _, _)| t < b) {
-                best = Some((t, 2, 0));
-            }
+        if let Some(t) = self.server.next_timeout()
+            && best.is_none_or(|(b, _, _)| t < b)
+        {
+            best = Some((t, 2, 0));
         }
         best
     }
@@ -1458,13 +1458,13 @@ impl World {
                 .find_send(&r.user, &r.client_msg_id)
                 .expect("checked above");
             let key = (r.device, r.conversation_id.clone());
-            if let Some((previous, previous_id)) = last.get(&key) {
-                if seq <= *previous {
-                    return Err(format!(
-                        "{}: {} was sent after {previous_id} in {} but got seq {seq} <= {previous}",
-                        self.devices[r.device].name, r.client_msg_id, r.conversation_id
-                    ));
-                }
+            if let Some((previous, previous_id)) = last.get(&key)
+                && seq <= *previous
+            {
+                return Err(format!(
+                    "{}: {} was sent after {previous_id} in {} but got seq {seq} <= {previous}",
+                    self.devices[r.device].name, r.client_msg_id, r.conversation_id
+                ));
             }
             last.insert(key, (seq, r.client_msg_id.clone()));
         }
