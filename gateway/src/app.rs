@@ -113,6 +113,8 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
             max_group_members: options.max_group_members,
             write_fanout_limit: options.max_group_members,
             recall_window_ms: options.recall_window.as_millis() as u64,
+            // Half a frame: room for the response's other fields and protobuf framing.
+            page_bytes: options.max_frame_bytes.min(im_protocol::ABSOLUTE_MAX_BODY) / 2,
             ..LogicConfig::default()
         },
     );

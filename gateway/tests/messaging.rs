@@ -427,3 +427,35 @@ async fn typing_is_relayed_to_the_peer() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn large_messages_are_synced_in_pages_that_fit_a_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut alice = Client::connect(&server, "alice", "phone").await;
+    let big = "x".repeat(60_000);
+    for i in 0..40 {
+        alice
+            .send_text(to_user("bob"), &format!("big{i}"), &big)
+            .await
+            .unwrap();
+    }
+    let mut bob = Client::connect(&server, "bob", "phone").await;
+    // 40 x 60 KB would be 2.4 MB in one page: the server cuts it by bytes and says so.
+    let entries = bob.sync_all(1, 200).await;
+    assert_eq!(inbox_seqs(&entries), (1..=40).collect::<Vec<_>>());
+    match bob
+        .request(pb::HistoryReq {
+            conversation_id: direct_conversation_id("alice", "bob"),
+            anchor_seq: 0,
+            direction: 0,
+            limit: 200,
+        })
+        .await
+    {
+        Body::HistoryResp(resp) => {
+            assert!(resp.has_more && !resp.messages.is_empty() && resp.messages.len() < 40);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -42,6 +42,10 @@ pub struct LogicConfig {
     pub members_default: u32,
     /// See `members_default`.
     pub members_max: u32,
+    /// Largest encoded size of the entries or messages of one sync or history page. Pages are
+    /// cut by bytes as well as by count: 200 entries of 64 KiB would not fit in one frame, and a
+    /// response that cannot be sent would leave the client retrying forever.
+    pub page_bytes: usize,
 }
 
 impl Default for LogicConfig {
@@ -59,6 +63,7 @@ impl Default for LogicConfig {
             conversations_max: 500,
             members_default: 500,
             members_max: 1000,
+            page_bytes: im_protocol::DEFAULT_MAX_BODY / 2,
         }
     }
 }
@@ -395,8 +400,9 @@ impl<S: TimelineStore> Logic<S> {
                     .await
                     .map_err(store_error)?;
                 let mut messages = page.messages;
-                let has_more = messages.len() > limit as usize;
+                let mut has_more = messages.len() > limit as usize;
                 messages.truncate(limit as usize);
+                has_more |= fit_in_bytes(&mut messages, self.config.page_bytes);
                 Ok(Some(Body::HistoryResp(pb::HistoryResp {
                     conversation_id: request.conversation_id,
                     messages,
@@ -622,11 +628,14 @@ impl<S: TimelineStore> Logic<S> {
                 "to_seq is below from_seq",
             ));
         }
-        let page = self
+        let mut page = self
             .store
             .read_inbox(&caller.user, from, request.to_seq, limit)
             .await
             .map_err(store_error)?;
+        // Cutting the page only shortens it: `sync_response` derives `next_seq` and `has_more`
+        // from the last entry kept.
+        fit_in_bytes(&mut page.entries, self.config.page_bytes);
         Ok(sync_response(from, request.to_seq, page))
     }
 
@@ -651,6 +660,22 @@ impl<S: TimelineStore> Logic<S> {
             updated_ms: state.updated_ms,
         }
     }
+}
+
+/// Shortens `items` so their encoded size stays within `budget` bytes, keeping at least one
+/// (a single message is bounded by the message size limit, far below a frame). Returns whether
+/// anything was cut.
+pub fn fit_in_bytes<T: im_protocol::ProstMessage>(items: &mut Vec<T>, budget: usize) -> bool {
+    let mut used = 0usize;
+    for (index, item) in items.iter().enumerate() {
+        // Field tag and length prefix of each repeated element: at most 1 + 5 bytes.
+        used += item.encoded_len() + 6;
+        if used > budget && index > 0 {
+            items.truncate(index);
+            return true;
+        }
+    }
+    false
 }
 
 /// Builds a `SyncResp` for a request `[from, to]` (to = 0: up to the head) from an inbox page,
@@ -704,6 +729,31 @@ mod tests {
                 body: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn pages_are_cut_by_bytes_but_never_to_nothing() {
+        let big = |seq| pb::InboxEntry {
+            inbox_seq: seq,
+            body: Some(pb::inbox_entry::Body::Message(pb::Message {
+                content: vec![7; 60_000],
+                ..Default::default()
+            })),
+        };
+        let mut entries: Vec<_> = (1..=40).map(big).collect();
+        assert!(fit_in_bytes(&mut entries, 512 * 1024));
+        assert_eq!(entries.len(), 8);
+        let mut one = vec![big(1)];
+        assert!(!fit_in_bytes(&mut one, 10));
+        assert_eq!(one.len(), 1);
+        let page = InboxPage {
+            entries,
+            head_seq: 40,
+            oldest_seq: 1,
+        };
+        let resp = sync_response(1, 0, page);
+        assert!(resp.has_more);
+        assert_eq!(resp.next_seq, 9);
     }
 
     #[test]

@@ -10,6 +10,9 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/im.v1.rs"));
 }
 
+/// The `prost::Message` trait, re-exported so users of the generated types need no direct
+/// prost dependency.
+pub use prost::Message as ProstMessage;
 pub mod codec;
 mod errors;
 pub mod frame;
