@@ -141,7 +141,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         logic,
-        hub: Hub::new(),
+        hub: Hub::with_frame_limit(config.max_frame_bytes),
         tokens: options.tokens,
         config,
     });

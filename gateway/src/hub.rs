@@ -51,17 +51,38 @@ pub struct ConnHandle {
 }
 
 /// Online users → their connections.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
     users: DashMap<String, Vec<ConnHandle>>,
     next_id: AtomicU64,
     connections: AtomicU64,
+    /// Most entry bytes in one `Push` frame.
+    push_bytes: usize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            users: DashMap::new(),
+            next_id: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            push_bytes: im_protocol::DEFAULT_MAX_BODY / 2,
+        }
+    }
 }
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub for frames of the default size.
     pub fn new() -> Arc<Hub> {
         Arc::new(Hub::default())
+    }
+
+    /// An empty hub whose pushes stay within half of `max_frame_bytes`.
+    pub fn with_frame_limit(max_frame_bytes: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            push_bytes: max_frame_bytes / 2,
+            ..Hub::default()
+        })
     }
 
     /// A fresh connection id.
@@ -140,10 +161,11 @@ impl Hub {
             let Some(conns) = self.users.get(&user) else {
                 continue;
             };
-            let push = pb::Push { entries };
             let skip = except.filter(|(u, _)| *u == user).map(|(_, id)| id);
-            for conn in conns.iter().filter(|c| Some(c.id) != skip) {
-                send_or_close(conn, Frame::push(push.clone()));
+            for push in push_frames(entries, self.push_bytes) {
+                for conn in conns.iter().filter(|c| Some(c.id) != skip) {
+                    send_or_close(conn, push.clone());
+                }
             }
         }
     }
@@ -167,6 +189,31 @@ impl Hub {
     pub fn all(&self) -> Vec<ConnHandle> {
         self.users.iter().flat_map(|e| e.value().clone()).collect()
     }
+}
+
+/// `Push` frames for `entries`, in order, each holding entries of at most about `budget` bytes
+/// (at least one): a batch of large messages to one user must not make a frame the writer
+/// cannot send.
+fn push_frames(entries: Vec<pb::InboxEntry>, budget: usize) -> Vec<Frame> {
+    use im_protocol::ProstMessage as _;
+    let mut frames = Vec::new();
+    let mut current = Vec::new();
+    let mut used = 0;
+    for entry in entries {
+        let size = entry.encoded_len() + 6;
+        if used + size > budget && !current.is_empty() {
+            frames.push(Frame::push(pb::Push {
+                entries: std::mem::take(&mut current),
+            }));
+            used = 0;
+        }
+        used += size;
+        current.push(entry);
+    }
+    if !current.is_empty() {
+        frames.push(Frame::push(pb::Push { entries: current }));
+    }
+    frames
 }
 
 fn send_or_close(conn: &ConnHandle, frame: Frame) {
@@ -198,6 +245,33 @@ mod tests {
             },
             rx,
         )
+    }
+
+    #[test]
+    fn large_batches_are_split_into_pushes_that_fit_a_frame() {
+        let entry = |seq| pb::InboxEntry {
+            inbox_seq: seq,
+            body: Some(pb::inbox_entry::Body::Message(pb::Message {
+                content: vec![1; 60_000],
+                ..Default::default()
+            })),
+        };
+        let frames = push_frames((1..=40).map(entry).collect(), 512 * 1024);
+        assert_eq!(frames.len(), 5);
+        let seqs: Vec<u64> = frames
+            .iter()
+            .flat_map(|f| match f.decode_body() {
+                Ok(im_protocol::Body::Push(p)) => p
+                    .entries
+                    .into_iter()
+                    .map(|e| e.inbox_seq)
+                    .collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+        assert!(frames.iter().all(|f| f.body.len() <= 512 * 1024 + 70_000));
+        assert_eq!(push_frames(vec![entry(1)], 10).len(), 1);
     }
 
     #[test]

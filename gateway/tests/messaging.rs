@@ -459,3 +459,28 @@ async fn large_messages_are_synced_in_pages_that_fit_a_frame() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_burst_of_large_messages_is_pushed_in_frames_that_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut alice = Client::connect(&server, "alice", "phone").await;
+    let mut bob = Client::connect(&server, "bob", "phone").await;
+    let big = vec![b'y'; 60_000];
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let request = pb::SendReq {
+            target: Some(to_user("bob")),
+            client_msg_id: format!("burst{i}"),
+            content_type: 0,
+            content: big.clone(),
+        };
+        ids.push(alice.send_only(request).await);
+    }
+    for id in ids {
+        assert!(matches!(alice.response(id).await, Body::SendAck(_)));
+    }
+    // Sent in one batch, the 40 entries (2.4 MB) reach bob as several pushes, all of them.
+    let pushed = bob.pushed_entries(40).await;
+    assert_eq!(inbox_seqs(&pushed), (1..=40).collect::<Vec<_>>());
+}

@@ -426,6 +426,18 @@ impl<S: TimelineStore> Logic<S> {
                 for state in states {
                     conversations.push(self.summary(state).await);
                 }
+                let mut next_cursor = next_cursor;
+                if fit_in_bytes(&mut conversations, self.config.page_bytes) {
+                    // Previews of large messages: a shorter page, whose cursor only the store
+                    // can name, so ask it again for exactly that many.
+                    let kept = conversations.len() as u32;
+                    next_cursor = self
+                        .store
+                        .conversations(&caller.user, kept, &request.cursor)
+                        .await
+                        .map_err(store_error)?
+                        .1;
+                }
                 Ok(Some(Body::ConversationsResp(pb::ConversationsResp {
                     conversations,
                     next_cursor,
