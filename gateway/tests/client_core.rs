@@ -238,3 +238,34 @@ async fn clients_keep_sending_through_a_server_sigkill_and_restart_without_loss_
     assert_eq!(state, ConnectionState::Online);
     assert_eq!(cursor, total as u64);
 }
+
+#[tokio::test]
+async fn an_oversized_message_fails_at_once_and_does_not_block_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (alice, mut events) = start_client(&server, "alice", "phone");
+    wait_for(&mut events, "alice synced", |e| {
+        matches!(e, Event::Synced { .. }).then_some(())
+    })
+    .await;
+    let too_big = alice
+        .send(Recipient::User("bob".into()), 0, vec![0; 2 << 20])
+        .await
+        .unwrap();
+    let failed = wait_for(&mut events, "the failure", |e| match e {
+        Event::MessageUpdated(m) if m.local_id == too_big.local_id => Some(m.state),
+        _ => None,
+    })
+    .await;
+    assert_eq!(failed, SendState::Failed);
+    let fine = alice
+        .send_text(Recipient::User("bob".into()), "small")
+        .await
+        .unwrap();
+    let state = wait_for(&mut events, "the small one", |e| match e {
+        Event::MessageUpdated(m) if m.local_id == fine.local_id => Some(m.state),
+        _ => None,
+    })
+    .await;
+    assert_eq!(state, SendState::Sent);
+}

@@ -219,6 +219,8 @@ pub struct Client<S> {
     attempt: u32,
     healthy_since: Option<Instant>,
     background: bool,
+    /// Largest content the server accepts (from the handshake; 64 KiB until then).
+    max_message_bytes: usize,
     // Per connection.
     next_request_id: u32,
     pending: HashMap<u32, PendingRequest>,
@@ -272,6 +274,7 @@ impl<S: LocalStore> Client<S> {
             attempt: 0,
             healthy_since: None,
             background: false,
+            max_message_bytes: 64 * 1024,
             next_request_id: 1,
             pending: HashMap::new(),
             timing: Timing {
@@ -540,7 +543,11 @@ impl<S: LocalStore> Client<S> {
             return;
         }
         let attempts = item.attempts + 1;
-        if item.attempts >= self.config.max_send_attempts {
+        // Content the server would refuse (or that would not even fit a frame) fails at once
+        // instead of being retransmitted forever.
+        if item.attempts >= self.config.max_send_attempts
+            || item.content.len() > self.max_message_bytes
+        {
             self.fail_message(item.local_id, item.attempts);
             return;
         }
@@ -875,6 +882,9 @@ impl<S: LocalStore> Client<S> {
             Body::HandshakeResp(hello) => {
                 if hello.user_id != self.config.user_id {
                     tracing::warn!(token_user = %hello.user_id, configured = %self.config.user_id, "token is for another user");
+                }
+                if hello.max_message_bytes > 0 {
+                    self.max_message_bytes = hello.max_message_bytes as usize;
                 }
                 self.timing = Timing {
                     heartbeat: Duration::from_millis(u64::from(
