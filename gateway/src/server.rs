@@ -150,6 +150,16 @@ async fn writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>, max_body: usize
                 Outbound::Frame(frame) => {
                     if let Err(e) = codec.encode(&frame, &mut buf) {
                         tracing::warn!(error = %e, op = frame.op, "dropping an unencodable frame");
+                        // A request must still get an answer, or its client waits until it
+                        // gives up on the whole connection.
+                        if !frame.is_push() && frame.request_id != 0 {
+                            let error = Frame::error(
+                                frame.request_id,
+                                ErrorCode::Internal,
+                                format!("response not sendable: {e}"),
+                            );
+                            let _ = codec.encode(&error, &mut buf);
+                        }
                     }
                 }
                 Outbound::Compress(threshold) => codec.compress_above(Some(threshold)),
