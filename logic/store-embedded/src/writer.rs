@@ -746,6 +746,36 @@ impl WriteCtx<'_, '_> {
 
     /// Gives a new member their state of the group conversation: read up to the current last
     /// seq, since the messages before they joined never reached their inbox.
+    /// Makes `user` a member (the caller checked they are not one and that there is room):
+    /// next join order, member record, conversation state, member count.
+    fn admit_member(
+        &mut self,
+        record: &mut GroupRecord,
+        group_id: &str,
+        user: &str,
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        let order = record.next_join_order;
+        record.next_join_order += 1;
+        self.put_member(
+            group_id,
+            &MemberRecord {
+                member: Some(pb::GroupMember {
+                    user_id: user.to_owned(),
+                    role: pb::GroupRole::Member as i32,
+                    joined_ms: now_ms,
+                }),
+                join_order: order,
+            },
+        );
+        self.join_state(group_id, user, now_ms)?;
+        record
+            .info
+            .get_or_insert_with(Default::default)
+            .member_count += 1;
+        Ok(())
+    }
+
     fn join_state(&mut self, group_id: &str, user: &str, now_ms: u64) -> StoreResult<()> {
         let conversation_id = ids::group_conversation_id(group_id);
         let head = self.conversation_head(&conversation_id)?;
@@ -898,24 +928,9 @@ impl WriteCtx<'_, '_> {
             return Err(StoreError::GroupFull(max_members));
         }
         for user in &added {
-            let order = record.next_join_order;
-            record.next_join_order += 1;
-            self.put_member(
-                group_id,
-                &MemberRecord {
-                    member: Some(pb::GroupMember {
-                        user_id: user.clone(),
-                        role: pb::GroupRole::Member as i32,
-                        joined_ms: now_ms,
-                    }),
-                    join_order: order,
-                },
-            );
-            self.join_state(group_id, user, now_ms)?;
+            self.admit_member(&mut record, group_id, user, now_ms)?;
         }
-        let info = record.info.get_or_insert_with(Default::default);
-        info.member_count += added.len() as u32;
-        let info = info.clone();
+        let info = record.info.clone().unwrap_or_default();
         self.put_group(&record);
         let everyone = self.member_ids(group_id)?;
         let deliveries = self.fan_out_event(
@@ -1018,23 +1033,8 @@ impl WriteCtx<'_, '_> {
         if info.member_count as usize + 1 > max_members as usize {
             return Err(StoreError::GroupFull(max_members));
         }
-        let order = record.next_join_order;
-        record.next_join_order += 1;
-        self.put_member(
-            group_id,
-            &MemberRecord {
-                member: Some(pb::GroupMember {
-                    user_id: user.to_owned(),
-                    role: pb::GroupRole::Member as i32,
-                    joined_ms: now_ms,
-                }),
-                join_order: order,
-            },
-        );
-        self.join_state(group_id, user, now_ms)?;
-        let info = record.info.get_or_insert_with(Default::default);
-        info.member_count += 1;
-        let info = info.clone();
+        self.admit_member(&mut record, group_id, user, now_ms)?;
+        let info = record.info.clone().unwrap_or_default();
         self.put_group(&record);
         let everyone = self.member_ids(group_id)?;
         let deliveries = self.fan_out_event(
