@@ -67,27 +67,7 @@ macro_rules! conformance_tests {
     )*};
 }
 
-conformance_tests!(
-    inbox_seqs_are_contiguous_under_concurrent_commits,
-    server_msg_ids_are_unique,
-    messages_of_one_call_are_stored_in_order,
-    resend_returns_the_original_as_a_duplicate_and_writes_nothing,
-    reusing_a_client_msg_id_for_another_message_conflicts,
-    unread_counts_rise_for_recipients_but_not_the_sender,
-    mark_read_recomputes_unread_and_only_moves_forward,
-    mark_read_syncs_the_marker_and_sends_a_receipt,
-    recall_refuses_unknown_messages_other_senders_and_expired_windows,
-    recall_erases_the_content_and_tells_every_recipient_once,
-    history_pages_older_and_newer_around_anchors,
-    read_inbox_honours_from_to_and_limit,
-    conversations_are_listed_newest_first_with_cursor_paging,
-    group_creation_puts_the_owner_first_and_is_idempotent,
-    adding_and_removing_members_checks_permissions_and_limits,
-    joining_and_leaving_follow_openness_and_hand_over_ownership,
-    group_members_page_in_user_id_order,
-    delivery_cursor_keeps_the_maximum,
-    everything_survives_a_restart_and_numbering_continues,
-);
+timeline_store::for_each_check!(conformance_tests);
 
 fn message(sender: &str, peer: &str, id: &str) -> NewMessage {
     let mut recipients = vec![sender.to_owned(), peer.to_owned()];

@@ -1903,25 +1903,44 @@ pub async fn run_all<F: StoreFactory>(factory: &mut F) {
             }
         )*};
     }
-    checks!(
-        inbox_seqs_are_contiguous_under_concurrent_commits,
-        server_msg_ids_are_unique,
-        messages_of_one_call_are_stored_in_order,
-        resend_returns_the_original_as_a_duplicate_and_writes_nothing,
-        reusing_a_client_msg_id_for_another_message_conflicts,
-        unread_counts_rise_for_recipients_but_not_the_sender,
-        mark_read_recomputes_unread_and_only_moves_forward,
-        mark_read_syncs_the_marker_and_sends_a_receipt,
-        recall_refuses_unknown_messages_other_senders_and_expired_windows,
-        recall_erases_the_content_and_tells_every_recipient_once,
-        history_pages_older_and_newer_around_anchors,
-        read_inbox_honours_from_to_and_limit,
-        conversations_are_listed_newest_first_with_cursor_paging,
-        group_creation_puts_the_owner_first_and_is_idempotent,
-        adding_and_removing_members_checks_permissions_and_limits,
-        joining_and_leaving_follow_openness_and_hand_over_ownership,
-        group_members_page_in_user_id_order,
-        delivery_cursor_keeps_the_maximum,
-        everything_survives_a_restart_and_numbering_continues,
-    );
+    crate::for_each_check!(checks);
+}
+
+/// Calls macro `$m` with the name of every conformance check, so a backend's test file can turn
+/// each into its own test without repeating (or missing) the list:
+///
+/// ```ignore
+/// macro_rules! conformance_tests {
+///     ($($check:ident),* $(,)?) => {$(
+///         #[tokio::test]
+///         async fn $check() { timeline_store::conformance::$check(&mut MyFactory::new()).await; }
+///     )*};
+/// }
+/// timeline_store::for_each_check!(conformance_tests);
+/// ```
+#[macro_export]
+macro_rules! for_each_check {
+    ($m:ident) => {
+        $m!(
+            inbox_seqs_are_contiguous_under_concurrent_commits,
+            server_msg_ids_are_unique,
+            messages_of_one_call_are_stored_in_order,
+            resend_returns_the_original_as_a_duplicate_and_writes_nothing,
+            reusing_a_client_msg_id_for_another_message_conflicts,
+            unread_counts_rise_for_recipients_but_not_the_sender,
+            mark_read_recomputes_unread_and_only_moves_forward,
+            mark_read_syncs_the_marker_and_sends_a_receipt,
+            recall_refuses_unknown_messages_other_senders_and_expired_windows,
+            recall_erases_the_content_and_tells_every_recipient_once,
+            history_pages_older_and_newer_around_anchors,
+            read_inbox_honours_from_to_and_limit,
+            conversations_are_listed_newest_first_with_cursor_paging,
+            group_creation_puts_the_owner_first_and_is_idempotent,
+            adding_and_removing_members_checks_permissions_and_limits,
+            joining_and_leaving_follow_openness_and_hand_over_ownership,
+            group_members_page_in_user_id_order,
+            delivery_cursor_keeps_the_maximum,
+            everything_survives_a_restart_and_numbering_continues,
+        );
+    };
 }
