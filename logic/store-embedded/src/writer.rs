@@ -795,16 +795,36 @@ impl WriteCtx<'_, '_> {
     }
 
     /// Appends `event` to the inbox of each of `users`.
-    fn fan_out_event(
+    /// Writes the `GroupEvent` of a membership change to every inbox of `audience` and returns
+    /// the change: the event names the changed users and the group as it is now.
+    #[allow(clippy::too_many_arguments)]
+    fn announce(
         &mut self,
-        users: &[String],
-        event: pb::GroupEvent,
-    ) -> StoreResult<Vec<Delivery>> {
-        let mut deliveries = Vec::with_capacity(users.len());
-        for user in users {
+        audience: &[String],
+        group_id: &str,
+        kind: pb::GroupEventKind,
+        actor: &str,
+        changed: Vec<String>,
+        group: pb::GroupInfo,
+        now_ms: u64,
+    ) -> StoreResult<GroupChange> {
+        let event = pb::GroupEvent {
+            group_id: group_id.to_owned(),
+            kind: kind as i32,
+            actor_user: actor.to_owned(),
+            members: changed.clone(),
+            group_name: group.name.clone(),
+            server_time_ms: now_ms,
+        };
+        let mut deliveries = Vec::with_capacity(audience.len());
+        for user in audience {
             deliveries.push(self.append_event(user, Body::GroupEvent(event.clone()))?);
         }
-        Ok(deliveries)
+        Ok(GroupChange {
+            group,
+            changed,
+            deliveries,
+        })
     }
 
     fn unchanged(record: GroupRecord) -> GroupChange {
@@ -880,22 +900,16 @@ impl WriteCtx<'_, '_> {
         if let Some(key) = request_key {
             self.put(&ks.group_requests, key, group_id.clone().into_bytes());
         }
-        let deliveries = self.fan_out_event(
-            &members,
-            pb::GroupEvent {
-                group_id,
-                kind: pb::GroupEventKind::Created as i32,
-                actor_user: new.owner,
-                members: members.clone(),
-                group_name: new.name,
-                server_time_ms: new.now_ms,
-            },
-        )?;
-        Ok(GroupChange {
-            group: info,
-            changed: members,
-            deliveries,
-        })
+        let audience = members.clone();
+        self.announce(
+            &audience,
+            &group_id,
+            pb::GroupEventKind::Created,
+            &new.owner,
+            members,
+            info,
+            new.now_ms,
+        )
     }
 
     pub(crate) fn add_members(
@@ -933,22 +947,15 @@ impl WriteCtx<'_, '_> {
         let info = record.info.clone().unwrap_or_default();
         self.put_group(&record);
         let everyone = self.member_ids(group_id)?;
-        let deliveries = self.fan_out_event(
+        self.announce(
             &everyone,
-            pb::GroupEvent {
-                group_id: group_id.to_owned(),
-                kind: pb::GroupEventKind::MembersAdded as i32,
-                actor_user: actor.to_owned(),
-                members: added.clone(),
-                group_name: info.name.clone(),
-                server_time_ms: now_ms,
-            },
-        )?;
-        Ok(GroupChange {
-            group: info,
-            changed: added,
-            deliveries,
-        })
+            group_id,
+            pb::GroupEventKind::MembersAdded,
+            actor,
+            added,
+            info,
+            now_ms,
+        )
     }
 
     pub(crate) fn remove_members(
@@ -996,22 +1003,15 @@ impl WriteCtx<'_, '_> {
         let mut audience: BTreeSet<String> = self.member_ids(group_id)?.into_iter().collect();
         audience.extend(removed.iter().cloned());
         let audience: Vec<String> = audience.into_iter().collect();
-        let deliveries = self.fan_out_event(
+        self.announce(
             &audience,
-            pb::GroupEvent {
-                group_id: group_id.to_owned(),
-                kind: pb::GroupEventKind::MembersRemoved as i32,
-                actor_user: actor.to_owned(),
-                members: removed.clone(),
-                group_name: info.name.clone(),
-                server_time_ms: now_ms,
-            },
-        )?;
-        Ok(GroupChange {
-            group: info,
-            changed: removed,
-            deliveries,
-        })
+            group_id,
+            pb::GroupEventKind::MembersRemoved,
+            actor,
+            removed,
+            info,
+            now_ms,
+        )
     }
 
     pub(crate) fn join_group(
@@ -1037,22 +1037,15 @@ impl WriteCtx<'_, '_> {
         let info = record.info.clone().unwrap_or_default();
         self.put_group(&record);
         let everyone = self.member_ids(group_id)?;
-        let deliveries = self.fan_out_event(
+        self.announce(
             &everyone,
-            pb::GroupEvent {
-                group_id: group_id.to_owned(),
-                kind: pb::GroupEventKind::MemberJoined as i32,
-                actor_user: user.to_owned(),
-                members: vec![user.to_owned()],
-                group_name: info.name.clone(),
-                server_time_ms: now_ms,
-            },
-        )?;
-        Ok(GroupChange {
-            group: info,
-            changed: vec![user.to_owned()],
-            deliveries,
-        })
+            group_id,
+            pb::GroupEventKind::MemberJoined,
+            user,
+            vec![user.to_owned()],
+            info,
+            now_ms,
+        )
     }
 
     pub(crate) fn leave_group(
@@ -1095,21 +1088,14 @@ impl WriteCtx<'_, '_> {
             .collect();
         audience.insert(user.to_owned());
         let audience: Vec<String> = audience.into_iter().collect();
-        let deliveries = self.fan_out_event(
+        self.announce(
             &audience,
-            pb::GroupEvent {
-                group_id: group_id.to_owned(),
-                kind: pb::GroupEventKind::MemberLeft as i32,
-                actor_user: user.to_owned(),
-                members: vec![user.to_owned()],
-                group_name: info.name.clone(),
-                server_time_ms: now_ms,
-            },
-        )?;
-        Ok(GroupChange {
-            group: info,
-            changed: vec![user.to_owned()],
-            deliveries,
-        })
+            group_id,
+            pb::GroupEventKind::MemberLeft,
+            user,
+            vec![user.to_owned()],
+            info,
+            now_ms,
+        )
     }
 }
