@@ -41,6 +41,14 @@ pub struct ServerOptions {
     pub recall_window: Duration,
     /// Most concurrent connections.
     pub max_connections: usize,
+    /// Most live connections of one user (one per device).
+    pub max_connections_per_user: usize,
+    /// Bytes of outbound frames queued per connection before it counts as too slow.
+    pub outbound_queue_bytes: usize,
+    /// How long a connection may leave its outbound data unread before it is closed.
+    pub slow_client_timeout: Duration,
+    /// Kernel send buffer of each client socket (SO_SNDBUF; 0 = the kernel's autotuning).
+    pub socket_send_buffer_bytes: u32,
 }
 
 impl ServerOptions {
@@ -58,8 +66,32 @@ impl ServerOptions {
             max_group_members: 1000,
             recall_window: Duration::from_secs(600),
             max_connections: 100_000,
+            max_connections_per_user: crate::hub::DEFAULT_MAX_CONNECTIONS_PER_USER,
+            outbound_queue_bytes: im_protocol::DEFAULT_MAX_BODY,
+            slow_client_timeout: Duration::from_secs(15),
+            socket_send_buffer_bytes: DEFAULT_SOCKET_SEND_BUFFER,
         }
     }
+}
+
+/// Default kernel send buffer per client socket. Autotuning grows it to 4 MiB for a peer that
+/// does not read, memory the server's own bounds would not see and bytes that hide a stalled
+/// peer from the slow-client check; 256 KiB still fills a 20 Mbit/s link at 100 ms RTT.
+pub const DEFAULT_SOCKET_SEND_BUFFER: u32 = 256 * 1024;
+
+/// Binds the client listener. Accepted sockets inherit its send buffer size.
+fn bind(addr: SocketAddr, send_buffer: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(send_buffer)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Why a server could not start or stop cleanly.
@@ -130,18 +162,21 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         max_frame_bytes: options.max_frame_bytes.min(im_protocol::ABSOLUTE_MAX_BODY),
         compression_threshold: 8 * 1024,
         max_connections: options.max_connections,
+        max_connections_per_user: options.max_connections_per_user.max(1),
+        outbound_queue_bytes: options.outbound_queue_bytes,
+        slow_client_timeout: options.slow_client_timeout.max(Duration::from_millis(100)),
     };
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
+    let listener = bind(options.listen, options.socket_send_buffer_bytes).map_err(|source| {
+        ServerError::Bind {
             addr: options.listen,
             source,
-        })?;
+        }
+    })?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         logic,
-        hub: Hub::with_frame_limit(config.max_frame_bytes),
+        hub: Hub::with_limits(config.max_frame_bytes, config.max_connections_per_user),
         tokens: options.tokens,
         config,
     });

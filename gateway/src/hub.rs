@@ -24,6 +24,17 @@ pub enum Outbound {
     Compress(usize),
 }
 
+impl Outbound {
+    /// What the item counts for against the outbound queue's byte bound: the frame as it
+    /// will be written (before compression, which only makes it smaller).
+    pub fn queued_bytes(&self) -> usize {
+        match self {
+            Outbound::Frame(frame) => im_protocol::HEADER_LEN + frame.body.len(),
+            Outbound::Compress(_) => 0,
+        }
+    }
+}
+
 /// The outcome of [`Hub::register`].
 #[derive(Debug)]
 pub enum Registration {
@@ -35,6 +46,12 @@ pub enum Registration {
     /// A connection of the same device accepted later is already registered: this one must be
     /// kicked instead.
     Superseded,
+    /// The user already has the most connections allowed (of other devices): this one is
+    /// refused and nothing was registered.
+    TooManyConnections {
+        /// The limit in force.
+        limit: usize,
+    },
 }
 
 /// A handle on one live connection.
@@ -58,7 +75,13 @@ pub struct Hub {
     connections: AtomicU64,
     /// Most entry bytes in one `Push` frame.
     push_bytes: usize,
+    /// Most live connections of one user (one per device): a single token must not be able
+    /// to open connections without bound under invented device ids.
+    max_connections_per_user: usize,
 }
+
+/// Default for [`Hub::with_limits`]'s per-user connection limit.
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 16;
 
 impl Default for Hub {
     fn default() -> Self {
@@ -67,6 +90,7 @@ impl Default for Hub {
             next_id: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             push_bytes: im_protocol::DEFAULT_MAX_BODY / 2,
+            max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
         }
     }
 }
@@ -79,8 +103,15 @@ impl Hub {
 
     /// An empty hub whose pushes stay within half of `max_frame_bytes`.
     pub fn with_frame_limit(max_frame_bytes: usize) -> Arc<Hub> {
+        Hub::with_limits(max_frame_bytes, DEFAULT_MAX_CONNECTIONS_PER_USER)
+    }
+
+    /// An empty hub whose pushes stay within half of `max_frame_bytes` and which registers at
+    /// most `max_connections_per_user` connections per user (at least 1).
+    pub fn with_limits(max_frame_bytes: usize, max_connections_per_user: usize) -> Arc<Hub> {
         Arc::new(Hub {
             push_bytes: max_frame_bytes / 2,
+            max_connections_per_user: max_connections_per_user.max(1),
             ..Hub::default()
         })
     }
@@ -100,6 +131,8 @@ impl Hub {
     /// handshakes finish in: a late handshake on a connection the device already abandoned
     /// must not kick the device's new connection. Returns the connections the caller kicks:
     /// the older ones it replaced, or `handle` itself when a newer one is already registered.
+    /// A new device beyond the per-user limit is refused; a reconnecting device (replacing its
+    /// own older connection) never is.
     pub fn register(&self, user: &str, handle: ConnHandle) -> Registration {
         let mut entry = self.users.entry(user.to_owned()).or_default();
         if entry
@@ -107,6 +140,12 @@ impl Hub {
             .any(|c| c.device == handle.device && c.id > handle.id)
         {
             return Registration::Superseded;
+        }
+        let others = entry.iter().filter(|c| c.device != handle.device).count();
+        if others >= self.max_connections_per_user {
+            return Registration::TooManyConnections {
+                limit: self.max_connections_per_user,
+            };
         }
         let (replaced, kept): (Vec<_>, Vec<_>) =
             entry.drain(..).partition(|c| c.device == handle.device);
@@ -235,7 +274,7 @@ mod tests {
     use super::*;
 
     fn handle(id: u64, device: &str) -> (ConnHandle, ()) {
-        let (tx, rx) = (Arc::new(Outbox::new(4)), ());
+        let (tx, rx) = (Arc::new(Outbox::new(4, 1 << 20, 1 << 20)), ());
         (
             ConnHandle {
                 id,
@@ -311,5 +350,28 @@ mod tests {
         assert_eq!(hub.all().iter().map(|c| c.id).collect::<Vec<_>>(), vec![5]);
         hub.unregister("alice", 4);
         assert_eq!(hub.connection_count(), 1);
+    }
+
+    #[test]
+    fn a_user_gets_at_most_the_limit_of_devices_but_a_device_may_always_reconnect() {
+        let hub = Hub::with_limits(1 << 20, 2);
+        let (phone, _) = handle(1, "phone");
+        let (laptop, _) = handle(2, "laptop");
+        let (tablet, _) = handle(3, "tablet");
+        let (phone_again, _) = handle(4, "phone");
+        assert!(matches!(hub.register("alice", phone), Registration::Registered { .. }));
+        assert!(matches!(hub.register("alice", laptop), Registration::Registered { .. }));
+        assert!(matches!(
+            hub.register("alice", tablet),
+            Registration::TooManyConnections { limit: 2 }
+        ));
+        assert!(matches!(
+            hub.register("alice", phone_again),
+            Registration::Registered { replaced } if replaced.len() == 1
+        ));
+        // Other users are not affected by alice's limit.
+        let (bob, _) = handle(5, "phone");
+        assert!(matches!(hub.register("bob", bob), Registration::Registered { .. }));
+        assert_eq!(hub.connection_count(), 3);
     }
 }

@@ -70,6 +70,21 @@ struct ServeArgs {
     /// Most concurrent connections.
     #[arg(long, env = "IM_MAX_CONNECTIONS", default_value_t = 100_000)]
     max_connections: usize,
+    /// Most live connections of one user (each of another device); more are refused with
+    /// TOO_MANY_CONNECTIONS.
+    #[arg(long, env = "IM_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    max_connections_per_user: usize,
+    /// Bytes of outbound frames queued for one connection before it counts as too slow.
+    #[arg(long, env = "IM_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    outbound_queue_bytes: usize,
+    /// Seconds a connection may leave its outbound data unread before it is closed (its
+    /// requests are not read meanwhile). Fractions allowed.
+    #[arg(long, env = "IM_SLOW_CLIENT_TIMEOUT_SECS", default_value_t = 15.0)]
+    slow_client_timeout_secs: f64,
+    /// Kernel send buffer of each client socket in bytes (0 = kernel autotuning, which lets
+    /// a peer that does not read pin up to 4 MiB of kernel memory).
+    #[arg(long, env = "IM_SOCKET_SEND_BUFFER_BYTES", default_value_t = 256 * 1024)]
+    socket_send_buffer_bytes: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -140,6 +155,7 @@ fn main() -> anyhow::Result<()> {
                 .max_blocking_threads(8)
                 .enable_all()
                 .build()?;
+            runtime.spawn(return_freed_memory());
             runtime.block_on(run(cli.common, cli.serve))
         }
     }
@@ -156,6 +172,11 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         max_group_members: args.max_group_members,
         recall_window: Duration::from_secs(args.recall_window_secs),
         max_connections: args.max_connections,
+        max_connections_per_user: args.max_connections_per_user,
+        outbound_queue_bytes: args.outbound_queue_bytes,
+        slow_client_timeout: Duration::try_from_secs_f64(args.slow_client_timeout_secs)
+            .context("--slow-client-timeout-secs must be a non-negative number of seconds")?,
+        socket_send_buffer_bytes: args.socket_send_buffer_bytes,
         ..ServerOptions::new(args.listen, common.data_dir.clone(), tokens)
     };
     let server = app::start(options).await.context("starting the server")?;
@@ -170,6 +191,25 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
     });
     server.task.await.context("server task")??;
     Ok(())
+}
+
+unsafe extern "C" {
+    /// mimalloc: free what can be freed and carry out the due purges (returning freed pages
+    /// to the OS). Part of mimalloc's stable C API.
+    fn mi_collect(force: bool);
+}
+
+/// mimalloc returns freed pages to the OS only from a later allocation or free on the same
+/// heap: after a burst (connections that held megabytes of queued frames closing), an idle
+/// server kept the memory. A periodic collect on every worker returns it.
+async fn return_freed_memory() {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // SAFETY: mi_collect takes no pointers and may be called from any thread at any time.
+        unsafe { mi_collect(false) };
+    }
 }
 
 async fn wait_for_signal() {

@@ -1,5 +1,13 @@
 //! A connection's bounded outbound queue.
 //!
+//! Bounded in bytes as well as in items: one history or sync page can be half a megabyte, so a
+//! count of frames says nothing about memory (1,024 queued pages held 520 MiB for one client
+//! that stopped reading). Pushes (`try_push`) may fill it further than answers (`push`): a
+//! sender's burst of large messages reaches a reader that is keeping up, while its own answers
+//! stop a connection's requests being read early. What happens when it is full is the caller's
+//! decision: a push that finds it full closes the connection (the device resyncs on
+//! reconnect), the connection's own reader waits for room, a bounded time.
+//!
 //! Written for idle connections as much as busy ones: an empty queue holds no buffer (a tokio
 //! mpsc channel allocates a block of 32 slots per channel up front, about 2 KB, which was a
 //! large part of an idle connection's memory). Many producers (pushes from other connections'
@@ -24,6 +32,8 @@ pub enum PushError {
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Outbound>,
+    /// Sum of [`Outbound::queued_bytes`] over `items`.
+    bytes: usize,
     closed: bool,
 }
 
@@ -31,19 +41,32 @@ struct State {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    capacity: usize,
+    max_items: usize,
+    max_bytes: usize,
+    max_push_bytes: usize,
     /// Wakes the consumer (a stored permit covers a push between its check and its wait).
     readable: Notify,
     /// Wakes producers waiting for room.
     writable: Notify,
 }
 
+impl State {
+    /// Whether `size` more bytes fit. An empty queue takes one item of any size, so a frame
+    /// larger than the byte bound (a page near the frame limit) can still be sent.
+    fn has_room(&self, size: usize, max_items: usize, max_bytes: usize) -> bool {
+        self.items.is_empty() || (self.items.len() < max_items && self.bytes + size <= max_bytes)
+    }
+}
+
 impl Outbox {
-    /// An empty queue holding at most `capacity` items.
-    pub fn new(capacity: usize) -> Outbox {
+    /// An empty queue holding at most `max_items` items and `max_bytes` bytes of frames for
+    /// [`Outbox::push`], and `max_push_bytes` (at least `max_bytes`) for [`Outbox::try_push`].
+    pub fn new(max_items: usize, max_bytes: usize, max_push_bytes: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
-            capacity,
+            max_items: max_items.max(1),
+            max_bytes,
+            max_push_bytes: max_push_bytes.max(max_bytes),
             readable: Notify::new(),
             writable: Notify::new(),
         }
@@ -64,9 +87,11 @@ impl Outbox {
             if state.closed {
                 return Err(PushError::Closed);
             }
-            if state.items.len() >= self.capacity {
+            let size = item.queued_bytes();
+            if !state.has_room(size, self.max_items, self.max_push_bytes) {
                 return Err(PushError::Full);
             }
+            state.bytes += size;
             state.items.push_back(item);
         }
         self.readable.notify_one();
@@ -74,8 +99,9 @@ impl Outbox {
     }
 
     /// Queues `item`, waiting for room (backpressure on the connection's own reader: it stops
-    /// reading requests while its answers cannot be written).
+    /// reading requests while its answers cannot be written). Callers bound the wait.
     pub async fn push(&self, item: Outbound) -> Result<(), PushError> {
+        let size = item.queued_bytes();
         let mut item = Some(item);
         loop {
             let room = self.writable.notified();
@@ -87,7 +113,8 @@ impl Outbox {
                 if state.closed {
                     return Err(PushError::Closed);
                 }
-                if state.items.len() < self.capacity {
+                if state.has_room(size, self.max_items, self.max_bytes) {
+                    state.bytes += size;
                     state.items.push_back(item.take().expect("pushed once"));
                     drop(state);
                     self.readable.notify_one();
@@ -98,14 +125,27 @@ impl Outbox {
         }
     }
 
-    /// Moves everything queued into `into` (waiting while the queue is empty). Returns false
-    /// once the queue is closed and drained.
-    pub async fn pop_all(&self, into: &mut VecDeque<Outbound>) -> bool {
+    /// Moves queued items into `into`, in order, until they add up to at least `max_bytes`
+    /// (always at least one), waiting while the queue is empty. Taking a bounded amount keeps
+    /// the writer's encoded buffer bounded too. Returns false once the queue is closed and
+    /// drained.
+    pub async fn pop_some(&self, into: &mut VecDeque<Outbound>, max_bytes: usize) -> bool {
         loop {
             {
                 let mut state = self.lock();
                 if !state.items.is_empty() {
-                    std::mem::swap(&mut state.items, into);
+                    let mut taken = 0;
+                    while taken < max_bytes.max(1)
+                        && let Some(item) = state.items.pop_front()
+                    {
+                        taken += item.queued_bytes().max(1);
+                        state.bytes -= item.queued_bytes();
+                        into.push_back(item);
+                    }
+                    if state.items.is_empty() && state.items.capacity() > 64 {
+                        // Give back the slots a burst grew.
+                        state.items = VecDeque::new();
+                    }
                     drop(state);
                     self.writable.notify_waiters();
                     return true;
@@ -118,9 +158,28 @@ impl Outbox {
         }
     }
 
+    /// Bytes of frames queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// Refuses further items; the consumer still drains what is queued.
     pub fn close(&self) {
         self.lock().closed = true;
+        self.readable.notify_one();
+        self.writable.notify_waiters();
+    }
+
+    /// Refuses further items and drops what is queued: the connection is being killed and
+    /// nothing more will be written, so the memory goes back now.
+    pub fn close_and_discard(&self) {
+        let dropped = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.bytes = 0;
+            std::mem::take(&mut state.items)
+        };
+        drop(dropped);
         self.readable.notify_one();
         self.writable.notify_waiters();
     }
@@ -135,24 +194,74 @@ mod tests {
         Outbound::Frame(Frame::new(1, pb::Ping::default()))
     }
 
+    /// A frame whose body is `bytes` long.
+    fn sized(bytes: usize) -> Outbound {
+        Outbound::Frame(Frame {
+            op: pb::Op::Pong as u16,
+            flags: im_protocol::Flags::empty(),
+            request_id: 1,
+            body: vec![0; bytes].into(),
+        })
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_try_push_and_drains_in_order() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(2, 1 << 20, 1 << 20);
         assert_eq!(outbox.try_push(item()), Ok(()));
         assert_eq!(outbox.try_push(Outbound::Compress(7)), Ok(()));
         assert_eq!(outbox.try_push(item()), Err(PushError::Full));
         let mut drained = VecDeque::new();
-        assert!(outbox.pop_all(&mut drained).await);
+        assert!(outbox.pop_some(&mut drained, usize::MAX).await);
         assert!(matches!(drained.get(1), Some(Outbound::Compress(7))));
         outbox.close();
         assert_eq!(outbox.try_push(item()), Err(PushError::Closed));
         drained.clear();
-        assert!(!outbox.pop_all(&mut drained).await);
+        assert!(!outbox.pop_some(&mut drained, usize::MAX).await);
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_but_always_takes_one_frame() {
+        let outbox = Outbox::new(1024, 100_000, 100_000);
+        // One frame larger than the bound still goes into an empty queue...
+        assert_eq!(outbox.try_push(sized(300_000)), Ok(()));
+        // ...but nothing after it until it is drained.
+        assert_eq!(outbox.try_push(sized(10)), Err(PushError::Full));
+        let mut drained = VecDeque::new();
+        assert!(outbox.pop_some(&mut drained, 1).await);
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(outbox.try_push(sized(60_000)), Ok(()));
+        assert_eq!(outbox.try_push(sized(30_000)), Ok(()));
+        assert_eq!(outbox.try_push(sized(30_000)), Err(PushError::Full));
+        // A bounded pop takes frames until it has its fill, and leaves the rest queued.
+        drained.clear();
+        assert!(outbox.pop_some(&mut drained, 1000).await);
+        assert_eq!(drained.len(), 1);
+        assert!(outbox.queued_bytes() >= 30_000);
+        outbox.close_and_discard();
+        assert_eq!(outbox.queued_bytes(), 0);
+        drained.clear();
+        assert!(!outbox.pop_some(&mut drained, 1000).await);
+    }
+
+    #[tokio::test]
+    async fn pushes_may_fill_the_queue_further_than_answers() {
+        let outbox = std::sync::Arc::new(Outbox::new(1024, 100_000, 300_000));
+        assert_eq!(outbox.try_push(sized(90_000)), Ok(()));
+        assert_eq!(outbox.try_push(sized(90_000)), Ok(()));
+        assert_eq!(outbox.try_push(sized(90_000)), Ok(()));
+        assert_eq!(outbox.try_push(sized(90_000)), Err(PushError::Full));
+        // An answer waits until the queue is back under the smaller bound.
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            outbox.push(sized(10)),
+        )
+        .await;
+        assert!(answer.is_err(), "an answer was queued above the answer bound");
     }
 
     #[tokio::test]
     async fn a_waiting_producer_resumes_when_the_consumer_drains() {
-        let outbox = std::sync::Arc::new(Outbox::new(1));
+        let outbox = std::sync::Arc::new(Outbox::new(1, 1 << 20, 1 << 20));
         outbox.try_push(item()).unwrap();
         let producer = {
             let outbox = outbox.clone();
@@ -160,10 +269,10 @@ mod tests {
         };
         tokio::task::yield_now().await;
         let mut drained = VecDeque::new();
-        assert!(outbox.pop_all(&mut drained).await);
+        assert!(outbox.pop_some(&mut drained, usize::MAX).await);
         assert_eq!(producer.await.unwrap(), Ok(()));
         drained.clear();
-        assert!(outbox.pop_all(&mut drained).await);
+        assert!(outbox.pop_some(&mut drained, usize::MAX).await);
         assert!(matches!(drained.front(), Some(Outbound::Compress(1))));
     }
 }

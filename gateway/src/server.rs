@@ -31,12 +31,19 @@ use crate::session::{Phase, Session, SessionConfig, Verdict};
 /// Body limit before authentication: a handshake is small, and unauthenticated peers must not
 /// make us buffer much.
 const PRE_AUTH_MAX_BODY: usize = 4 * 1024;
-/// Outbound frames queued per connection before it counts as too slow.
-const OUTBOUND_QUEUE: usize = 1024;
+/// Outbound frames queued per connection before it counts as too slow (the byte bound,
+/// [`GatewayConfig::outbound_queue_bytes`], is usually reached first).
+const OUTBOUND_QUEUE_ITEMS: usize = 1024;
+/// Pushes may fill a connection's outbound queue to this many times its bound for answers: a
+/// burst of large messages to one user (a batch of sends is pushed at once) must not close a
+/// reader that keeps up.
+const PUSH_QUEUE_FACTOR: usize = 4;
 /// Most `SEND_REQ`s taken into one store batch from one connection.
 const MAX_SEND_BATCH: usize = 256;
 /// Bytes the writer gathers before one socket write.
 const WRITE_COALESCE_BYTES: usize = 64 * 1024;
+/// How long a closing connection waits for its writer to flush the last frames.
+const WRITER_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Server settings the gateway owns.
 #[derive(Clone, Debug)]
@@ -49,6 +56,16 @@ pub struct GatewayConfig {
     pub compression_threshold: usize,
     /// Most concurrent connections.
     pub max_connections: usize,
+    /// Most live connections of one user (each of another device).
+    pub max_connections_per_user: usize,
+    /// Bytes of frames queued for one connection before its own answers wait for room (and
+    /// its requests are not read meanwhile). Pushes may fill the queue to four times this; a
+    /// push that finds even that full closes the connection. A frame larger than the bound
+    /// still goes into an empty queue.
+    pub outbound_queue_bytes: usize,
+    /// How long a connection may leave its outbound data unread (a socket write that makes no
+    /// progress, or an answer that finds no room in the queue) before it is closed for good.
+    pub slow_client_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -58,6 +75,9 @@ impl Default for GatewayConfig {
             max_frame_bytes: im_protocol::DEFAULT_MAX_BODY,
             compression_threshold: 8 * 1024,
             max_connections: 100_000,
+            max_connections_per_user: crate::hub::DEFAULT_MAX_CONNECTIONS_PER_USER,
+            outbound_queue_bytes: im_protocol::DEFAULT_MAX_BODY,
+            slow_client_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -139,12 +159,42 @@ pub async fn serve<S: TimelineStore>(
     Ok(())
 }
 
+/// How the writer task ended.
+#[derive(Debug, PartialEq, Eq)]
+enum WriterEnd {
+    /// The queue was closed and everything in it was written.
+    Drained,
+    /// The peer stopped taking bytes for longer than the stall timeout, the socket failed, or
+    /// the connection killed the writer: unsent data was discarded.
+    Abandoned,
+}
+
 /// Encodes queued frames and writes them, several per syscall when they are queued together.
-async fn writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>, max_body: usize) {
+///
+/// A write that makes no progress for `stall_timeout` means the peer stopped reading: the
+/// writer then gives up, marks the connection closed and resets the socket (linger 0), so the
+/// kernel does not keep trying to deliver megabytes to a peer that will not read them. `kill`
+/// does the same on the connection's request (it is ending and will not wait any longer).
+async fn writer(
+    mut socket: OwnedWriteHalf,
+    outbox: Arc<Outbox>,
+    max_body: usize,
+    stall_timeout: Duration,
+    close: CancellationToken,
+    kill: CancellationToken,
+) -> WriterEnd {
     let mut codec = FrameCodec::new(max_body);
     let mut buf = BytesMut::new();
     let mut batch = std::collections::VecDeque::new();
-    while outbox.pop_all(&mut batch).await {
+    let end = loop {
+        let more = tokio::select! {
+            biased;
+            _ = kill.cancelled() => break WriterEnd::Abandoned,
+            more = outbox.pop_some(&mut batch, WRITE_COALESCE_BYTES) => more,
+        };
+        if !more {
+            break WriterEnd::Drained;
+        }
         for item in batch.drain(..) {
             match item {
                 Outbound::Frame(frame) => {
@@ -156,7 +206,7 @@ async fn writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>, max_body: usize
                             let error = Frame::error(
                                 frame.request_id,
                                 ErrorCode::Internal,
-                                format!("response not sendable: {e}"),
+                                "response not sendable",
                             );
                             let _ = codec.encode(&error, &mut buf);
                         }
@@ -165,9 +215,8 @@ async fn writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>, max_body: usize
                 Outbound::Compress(threshold) => codec.compress_above(Some(threshold)),
             }
         }
-        if socket.write_all(&buf).await.is_err() {
-            outbox.close();
-            return;
+        if !write_with_progress(&mut socket, &buf, stall_timeout, &kill).await {
+            break WriterEnd::Abandoned;
         }
         buf.clear();
         // Give back buffers grown by a burst, so idle connections stay small.
@@ -177,8 +226,51 @@ async fn writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>, max_body: usize
         if batch.capacity() > 64 {
             batch = std::collections::VecDeque::new();
         }
+    };
+    match end {
+        WriterEnd::Drained => {
+            let _ = socket.shutdown().await;
+        }
+        WriterEnd::Abandoned => {
+            outbox.close_and_discard();
+            close.cancel();
+            // Reset instead of a graceful close: the unsent bytes are dropped at once rather
+            // than kept in the kernel for a peer that does not read.
+            #[allow(deprecated)]
+            let _ = socket.as_ref().set_linger(Some(Duration::ZERO));
+        }
     }
-    let _ = socket.shutdown().await;
+    end
+}
+
+/// Writes all of `buf`, giving up (false) when the socket fails, when one write call makes no
+/// progress for `stall_timeout`, or when `kill` is cancelled.
+async fn write_with_progress(
+    socket: &mut OwnedWriteHalf,
+    mut buf: &[u8],
+    stall_timeout: Duration,
+    kill: &CancellationToken,
+) -> bool {
+    use tokio::io::AsyncWriteExt as _;
+    while !buf.is_empty() {
+        let written = tokio::select! {
+            biased;
+            _ = kill.cancelled() => return false,
+            written = tokio::time::timeout(stall_timeout, socket.write(buf)) => written,
+        };
+        match written {
+            Ok(Ok(0)) | Ok(Err(_)) => return false,
+            Ok(Ok(n)) => buf = &buf[n..],
+            Err(_elapsed) => {
+                tracing::info!(
+                    unsent = buf.len(),
+                    "peer read nothing for {stall_timeout:?}: closing the slow connection"
+                );
+                return false;
+            }
+        }
+    }
+    true
 }
 
 fn now_ms() -> u64 {
@@ -198,8 +290,26 @@ struct Conn<S> {
 }
 
 impl<S: TimelineStore> Conn<S> {
+    /// Queues an answer, waiting (bounded) for room: while it waits, the connection reads no
+    /// further requests. A connection whose queue stays full for the slow-client timeout, or
+    /// that is closed meanwhile, is given up on (false).
     async fn send(&self, frame: Frame) -> bool {
-        self.tx.push(Outbound::Frame(frame)).await.is_ok()
+        let wait = self.shared.config.slow_client_timeout;
+        tokio::select! {
+            biased;
+            _ = self.close.cancelled() => false,
+            pushed = tokio::time::timeout(wait, self.tx.push(Outbound::Frame(frame))) => match pushed {
+                Ok(result) => result.is_ok(),
+                Err(_elapsed) => {
+                    tracing::info!(
+                        queued = self.tx.queued_bytes(),
+                        "answers unread for {wait:?}: closing the slow connection"
+                    );
+                    self.close.cancel();
+                    false
+                }
+            },
+        }
     }
 
     async fn send_error(
@@ -314,6 +424,17 @@ impl<S: TimelineStore> Conn<S> {
                 self.send(kick()).await;
                 return false;
             }
+            Registration::TooManyConnections { limit } => {
+                tracing::info!(%user, %device, limit, "refused: too many connections of the user");
+                self.send_error(
+                    frame.request_id,
+                    ErrorCode::TooManyConnections,
+                    format!("at most {limit} connections per user"),
+                    5_000,
+                )
+                .await;
+                return false;
+            }
         }
         let head = match self.shared.logic.store().inbox_head(&user).await {
             Ok(head) => head,
@@ -418,17 +539,31 @@ async fn connection<S: TimelineStore>(
 ) {
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
-    let tx = Arc::new(Outbox::new(OUTBOUND_QUEUE));
-    let rx = tx.clone();
-    let max_body = shared.config.max_frame_bytes;
-    let writer_task = tokio::spawn(writer(write_half, rx, max_body));
+    let tx = Arc::new(Outbox::new(
+        OUTBOUND_QUEUE_ITEMS,
+        shared.config.outbound_queue_bytes,
+        shared
+            .config
+            .outbound_queue_bytes
+            .saturating_mul(PUSH_QUEUE_FACTOR),
+    ));
+    let close = CancellationToken::new();
+    let kill_writer = CancellationToken::new();
+    let mut writer_task = tokio::spawn(writer(
+        write_half,
+        tx.clone(),
+        shared.config.max_frame_bytes,
+        shared.config.slow_client_timeout,
+        close.clone(),
+        kill_writer.clone(),
+    ));
     let mut framed = FramedRead::with_capacity(read_half, FrameCodec::new(PRE_AUTH_MAX_BODY), 256);
     let conn_id = shared.hub.next_conn_id();
     let mut conn = Conn {
         session: Session::new(shared.config.session.clone(), Instant::now()),
         shared,
         tx,
-        close: CancellationToken::new(),
+        close,
         conn_id,
         caller: None,
     };
@@ -543,6 +678,10 @@ async fn connection<S: TimelineStore>(
         if !sends.is_empty() {
             Box::pin(conn.send_batch(sends)).await;
         }
+        // Kicked, too slow, or the writer gave up while this frame was handled.
+        if conn.close.is_cancelled() {
+            break;
+        }
     }
 
     conn.session.close();
@@ -552,9 +691,17 @@ async fn connection<S: TimelineStore>(
     if matches!(conn.session.phase(), Phase::Closed) {
         tracing::debug!("connection closed");
     }
-    // Let the writer flush what is queued (the closing error), then end.
+    // Let the writer flush what is queued (the closing error, a kick), then end; a writer
+    // that cannot flush within the bound is killed, which resets the socket and frees its
+    // buffers, so a peer that does not read holds nothing after its connection ended.
     conn.tx.close();
     drop(conn);
     drop(framed);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+    if tokio::time::timeout(WRITER_FLUSH_TIMEOUT, &mut writer_task)
+        .await
+        .is_err()
+    {
+        kill_writer.cancel();
+        let _ = writer_task.await;
+    }
 }

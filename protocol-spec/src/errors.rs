@@ -18,6 +18,7 @@ impl ErrorCodeExt for ErrorCode {
             self,
             ErrorCode::HandshakeTimeout
                 | ErrorCode::RateLimited
+                | ErrorCode::TooManyConnections
                 | ErrorCode::Internal
                 | ErrorCode::Unavailable
                 | ErrorCode::ShuttingDown
@@ -38,6 +39,7 @@ impl ErrorCodeExt for ErrorCode {
                 | ErrorCode::TokenInvalid
                 | ErrorCode::TokenExpired
                 | ErrorCode::DeviceMismatch
+                | ErrorCode::TooManyConnections
                 | ErrorCode::ShuttingDown
         )
     }

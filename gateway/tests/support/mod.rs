@@ -46,6 +46,11 @@ impl Server {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
         self.child.kill().expect("kill -9 the server");
@@ -122,7 +127,10 @@ fn spawn(data_dir: &Path, extra: &[String]) -> (Child, SocketAddr) {
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("IM_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
