@@ -119,6 +119,9 @@ pub enum ServerError {
     /// Accepting failed for good.
     #[error("server I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The token secret would let anyone forge tokens.
+    #[error("token secret: {0}")]
+    WeakSecret(#[from] crate::auth::WeakSecret),
 }
 
 /// A started server.
@@ -133,6 +136,7 @@ pub struct RunningServer {
 
 /// Opens the store, binds the listener and starts serving in a background task.
 pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError> {
+    options.tokens.check_strength()?;
     std::fs::create_dir_all(&options.data_dir).map_err(|source| ServerError::DataDir {
         path: options.data_dir.clone(),
         source,

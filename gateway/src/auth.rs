@@ -55,6 +55,30 @@ impl TokenError {
     }
 }
 
+/// The shortest token secret a server accepts, in bytes. HS256 keys shorter than the hash
+/// output (32 bytes) weaken it, and an empty key makes every token forgeable.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// Fewest distinct byte values a secret must contain: refuses `aaaa…`-style secrets that are
+/// long but carry next to no entropy.
+const MIN_DISTINCT_SECRET_BYTES: usize = 8;
+
+/// Why a secret is not good enough to sign tokens with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WeakSecret {
+    /// Shorter than [`MIN_SECRET_BYTES`] (an empty secret included).
+    #[error(
+        "the token secret is {0} bytes; at least {MIN_SECRET_BYTES} random bytes are required \
+         (for example the output of `openssl rand -hex 32`)"
+    )]
+    TooShort(usize),
+    /// Long enough but made of very few distinct bytes.
+    #[error(
+        "the token secret repeats too few distinct bytes to be random; use at least \
+         {MIN_SECRET_BYTES} random bytes (for example the output of `openssl rand -hex 32`)"
+    )]
+    LowEntropy,
+}
+
 /// Signs and verifies tokens with one shared secret.
 #[derive(Clone)]
 pub struct TokenKey {
@@ -80,6 +104,28 @@ impl TokenKey {
         TokenKey {
             secret: secret.into(),
         }
+    }
+
+    /// A key for a server: refuses secrets too short or too uniform to be safe.
+    pub fn strong(secret: impl Into<Vec<u8>>) -> Result<TokenKey, WeakSecret> {
+        let key = TokenKey::new(secret);
+        key.check_strength()?;
+        Ok(key)
+    }
+
+    /// Whether the secret is long and varied enough to sign tokens a server trusts.
+    pub fn check_strength(&self) -> Result<(), WeakSecret> {
+        if self.secret.len() < MIN_SECRET_BYTES {
+            return Err(WeakSecret::TooShort(self.secret.len()));
+        }
+        let mut seen = [false; 256];
+        for &b in &self.secret {
+            seen[usize::from(b)] = true;
+        }
+        if seen.iter().filter(|&&s| s).count() < MIN_DISTINCT_SECRET_BYTES {
+            return Err(WeakSecret::LowEntropy);
+        }
+        Ok(())
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -240,6 +286,18 @@ mod tests {
             key.verify(&parts.join("."), 1_000),
             Err(TokenError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn empty_short_and_uniform_secrets_are_refused_for_servers() {
+        assert_eq!(TokenKey::strong("").err(), Some(WeakSecret::TooShort(0)));
+        assert_eq!(
+            TokenKey::strong("integration-test-secret").err(),
+            Some(WeakSecret::TooShort(23))
+        );
+        assert_eq!(TokenKey::strong("a".repeat(64)).err(), Some(WeakSecret::LowEntropy));
+        let generated: String = (0..32u8).map(|b| format!("{:02x}", b.wrapping_mul(37))).collect();
+        assert!(TokenKey::strong(generated).is_ok());
     }
 
     #[test]

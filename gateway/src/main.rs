@@ -97,9 +97,13 @@ enum Command {
         /// Device id the token is bound to; omitted = any device.
         #[arg(long)]
         device: Option<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 7 * 24 * 3600)]
-        ttl_secs: u64,
+        /// Lifetime in seconds from now. Zero or negative values mint an already-expired token,
+        /// for testing how clients handle TOKEN_EXPIRED.
+        #[arg(long, default_value_t = 7 * 24 * 3600, allow_negative_numbers = true, conflicts_with = "expires_at")]
+        ttl_secs: i64,
+        /// Absolute expiry in Unix seconds, instead of --ttl-secs.
+        #[arg(long)]
+        expires_at: Option<u64>,
     },
 }
 
@@ -110,7 +114,11 @@ fn secret(common: &Common) -> anyhow::Result<TokenKey> {
         .unwrap_or_else(|| default_secret_file(&common.data_dir));
     let secret = load_or_create_secret(common.secret.as_deref(), &file)
         .with_context(|| format!("reading or creating the token secret {}", file.display()))?;
-    Ok(TokenKey::new(secret))
+    let source = match &common.secret {
+        Some(_) => "--secret / IM_TOKEN_SECRET".to_string(),
+        None => file.display().to_string(),
+    };
+    TokenKey::strong(secret).with_context(|| format!("refusing the token secret from {source}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -120,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             user,
             device,
             ttl_secs,
+            expires_at,
         }) => {
             im_protocol::ids::validate_id(&user, "--user").map_err(|e| anyhow::anyhow!("{e}"))?;
             if let Some(device) = &device {
@@ -134,7 +143,7 @@ fn main() -> anyhow::Result<()> {
                 sub: user,
                 dev: device,
                 plt: None,
-                exp: now + ttl_secs,
+                exp: expires_at.unwrap_or_else(|| now.saturating_add_signed(ttl_secs)),
                 iat: Some(now),
             });
             println!("{token}");

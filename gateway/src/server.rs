@@ -44,6 +44,9 @@ const MAX_SEND_BATCH: usize = 256;
 const WRITE_COALESCE_BYTES: usize = 64 * 1024;
 /// How long a closing connection waits for its writer to flush the last frames.
 const WRITER_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection that closed gracefully keeps reading (and dropping) the peer's input
+/// before it closes the socket, so the peer can read our last frames first.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Server settings the gateway owns.
 #[derive(Clone, Debug)]
@@ -339,6 +342,7 @@ impl<S: TimelineStore> Conn<S> {
         let request = match frame.decode_body() {
             Ok(Body::HandshakeReq(request)) => request,
             Ok(_) | Err(_) => {
+                // Not a closing code (SPEC §5): the client may send a corrected handshake.
                 self.send_error(
                     frame.request_id,
                     ErrorCode::BadBody,
@@ -346,7 +350,7 @@ impl<S: TimelineStore> Conn<S> {
                     0,
                 )
                 .await;
-                return false;
+                return true;
             }
         };
         let now_secs = now_ms() / 1000;
@@ -600,6 +604,7 @@ async fn connection<S: TimelineStore>(
         };
         let mut pending = Some(frame);
         let mut sends: Vec<(u32, pb::SendReq)> = Vec::new();
+        let mut stream_error = None;
         while let Some(frame) = pending.take() {
             let verdict = conn.session.on_frame(&frame, Instant::now());
             // Consecutive sends are batched; anything else flushes the batch first, so the
@@ -617,10 +622,14 @@ async fn connection<S: TimelineStore>(
                         .await
                     }
                 }
-                if sends.len() < MAX_SEND_BATCH
-                    && let Some(Some(Ok(more))) = framed.next().now_or_never()
-                {
-                    pending = Some(more);
+                if sends.len() < MAX_SEND_BATCH {
+                    match framed.next().now_or_never() {
+                        Some(Some(Ok(more))) => pending = Some(more),
+                        // The stream broke right behind the sends: they are answered first,
+                        // then the error, like any other frame order.
+                        Some(Some(Err(e))) => stream_error = Some(e),
+                        Some(None) | None => {}
+                    }
                 }
                 continue;
             }
@@ -636,7 +645,16 @@ async fn connection<S: TimelineStore>(
                 Verdict::Ping => {
                     let ping = match frame.decode_body() {
                         Ok(Body::Ping(ping)) => ping,
-                        _ => pb::Ping::default(),
+                        _ => {
+                            conn.send_error(
+                                frame.request_id,
+                                ErrorCode::BadBody,
+                                "PING body does not decode",
+                                0,
+                            )
+                            .await;
+                            continue;
+                        }
                     };
                     // The head lets a client notice a push it never got (SPEC §8).
                     let head = match &conn.caller {
@@ -666,8 +684,10 @@ async fn connection<S: TimelineStore>(
                     message,
                     retry_after_ms,
                     close,
+                    connection_level,
                 } => {
-                    conn.send_error(frame.request_id, code, message, retry_after_ms)
+                    let request_id = if connection_level { 0 } else { frame.request_id };
+                    conn.send_error(request_id, code, message, retry_after_ms)
                         .await;
                     if close {
                         break 'conn;
@@ -677,6 +697,11 @@ async fn connection<S: TimelineStore>(
         }
         if !sends.is_empty() {
             Box::pin(conn.send_batch(sends)).await;
+        }
+        if let Some(e) = stream_error {
+            tracing::debug!(error = %e, "undecodable stream");
+            conn.send_error(0, e.code(), e.to_string(), 0).await;
+            break;
         }
         // Kicked, too slow, or the writer gave up while this frame was handled.
         if conn.close.is_cancelled() {
@@ -696,12 +721,27 @@ async fn connection<S: TimelineStore>(
     // buffers, so a peer that does not read holds nothing after its connection ended.
     conn.tx.close();
     drop(conn);
-    drop(framed);
-    if tokio::time::timeout(WRITER_FLUSH_TIMEOUT, &mut writer_task)
-        .await
-        .is_err()
-    {
-        kill_writer.cancel();
-        let _ = writer_task.await;
+    // The read half stays open while the writer flushes: closing a socket with unread input
+    // makes the kernel send a reset, and a reset can destroy the closing error before the
+    // client reads it (a valid frame and a broken one in the same write, for instance).
+    let mut read_half = framed.into_inner();
+    match tokio::time::timeout(WRITER_FLUSH_TIMEOUT, &mut writer_task).await {
+        Ok(Ok(WriterEnd::Drained)) => {
+            // The writer sent FIN. Discard what the peer still sends until it closes too, for
+            // a bounded time, so our close does not reset what it has not read yet.
+            let _ = tokio::time::timeout(LINGER_TIMEOUT, discard_until_eof(&mut read_half)).await;
+        }
+        Ok(_) => {}
+        Err(_elapsed) => {
+            kill_writer.cancel();
+            let _ = writer_task.await;
+        }
     }
+}
+
+/// Reads and drops input until the peer closes its side (or the socket fails).
+async fn discard_until_eof(read_half: &mut tokio::net::tcp::OwnedReadHalf) {
+    use tokio::io::AsyncReadExt as _;
+    let mut scrap = [0u8; 1024];
+    while let Ok(1..) = read_half.read(&mut scrap).await {}
 }

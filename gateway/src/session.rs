@@ -71,6 +71,8 @@ pub enum Verdict {
         retry_after_ms: u32,
         /// Close the connection after sending the error.
         close: bool,
+        /// The error is about the connection, not a request: it carries request id 0.
+        connection_level: bool,
     },
 }
 
@@ -80,6 +82,7 @@ fn reject(code: ErrorCode, message: impl Into<String>, close: bool) -> Verdict {
         message: message.into(),
         retry_after_ms: 0,
         close,
+        connection_level: false,
     }
 }
 
@@ -163,24 +166,26 @@ impl Session {
         self.phase = Phase::Closed;
     }
 
-    /// Classifies a frame received at `now`.
+    /// Classifies a frame received at `now`, in the order of SPEC §5: frame-level violations,
+    /// direction, authentication, rate limit, unknown op. Every frame that gets this far costs a
+    /// token, whatever its op and whether or not the connection is authenticated, so no frame
+    /// class (pings, unknown ops, repeated handshakes) can be pipelined without limit.
     pub fn on_frame(&mut self, frame: &Frame, now: Instant) -> Verdict {
         self.last_received = now;
         if frame.flags.contains(Flags::PUSH) || frame.request_id == 0 {
-            return reject(
-                ErrorCode::BadFrame,
-                "client frames carry a non-zero request id and no PUSH flag",
-                true,
-            );
+            // A connection-level error: it answers no request, so it carries request id 0.
+            return Verdict::Reject {
+                code: ErrorCode::BadFrame,
+                message: "client frames carry a non-zero request id and no PUSH flag".into(),
+                retry_after_ms: 0,
+                close: true,
+                connection_level: true,
+            };
         }
-        let Some(op) = frame.known_op() else {
-            return reject(
-                ErrorCode::UnknownOp,
-                format!("unknown op {}", frame.op),
-                false,
-            );
-        };
-        if OpInfo::of(frame.op).map(|info| info.direction) == Some(Direction::ServerToClient) {
+        let op = frame.known_op();
+        if let Some(op) = op
+            && OpInfo::of(frame.op).map(|info| info.direction) == Some(Direction::ServerToClient)
+        {
             return reject(
                 ErrorCode::WrongDirection,
                 format!("{} is sent by servers only", op.as_str_name()),
@@ -188,30 +193,41 @@ impl Session {
             );
         }
         match (&self.phase, op) {
-            (Phase::Closed, _) => reject(ErrorCode::ShuttingDown, "connection is closing", true),
-            (Phase::AwaitingHandshake, Op::HandshakeReq) => Verdict::Handshake,
-            (Phase::AwaitingHandshake, _) => reject(
-                ErrorCode::NotAuthenticated,
-                "only HANDSHAKE_REQ is accepted before authentication",
-                true,
-            ),
-            (Phase::Active { .. }, Op::HandshakeReq) => reject(
+            (Phase::Closed, _) => {
+                return reject(ErrorCode::ShuttingDown, "connection is closing", true);
+            }
+            (Phase::AwaitingHandshake, Some(Op::HandshakeReq)) | (Phase::Active { .. }, _) => {}
+            // Unknown ops included: before authentication nothing but a handshake is accepted.
+            (Phase::AwaitingHandshake, _) => {
+                return reject(
+                    ErrorCode::NotAuthenticated,
+                    "only HANDSHAKE_REQ is accepted before authentication",
+                    true,
+                );
+            }
+        }
+        if let Err(wait) = self.bucket.take(now) {
+            return Verdict::Reject {
+                code: ErrorCode::RateLimited,
+                message: format!("more than {} frames per second", self.config.rate_per_sec),
+                retry_after_ms: wait.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
+                close: false,
+                connection_level: false,
+            };
+        }
+        let Some(op) = op else {
+            return reject(ErrorCode::UnknownOp, format!("unknown op {}", frame.op), false);
+        };
+        match (&self.phase, op) {
+            (Phase::AwaitingHandshake, _) => Verdict::Handshake,
+            (_, Op::HandshakeReq) => reject(
                 ErrorCode::AlreadyAuthenticated,
                 "the connection is already authenticated",
                 false,
             ),
-            // Heartbeats and goodbyes are never rate limited: limiting them would kill the link.
-            (Phase::Active { .. }, Op::Ping) => Verdict::Ping,
-            (Phase::Active { .. }, Op::Goodbye) => Verdict::Goodbye,
-            (Phase::Active { .. }, op) => match self.bucket.take(now) {
-                Ok(()) => Verdict::Request(op),
-                Err(wait) => Verdict::Reject {
-                    code: ErrorCode::RateLimited,
-                    message: format!("more than {} frames per second", self.config.rate_per_sec),
-                    retry_after_ms: wait.as_millis().max(1) as u32,
-                    close: false,
-                },
-            },
+            (_, Op::Ping) => Verdict::Ping,
+            (_, Op::Goodbye) => Verdict::Goodbye,
+            (_, op) => Verdict::Request(op),
         }
     }
 
@@ -294,8 +310,15 @@ mod tests {
         assert!(s.on_timer(t1 + Duration::from_secs(90)).is_some());
     }
 
+    fn is_rate_limited(verdict: Verdict) -> bool {
+        matches!(
+            verdict,
+            Verdict::Reject { code: ErrorCode::RateLimited, retry_after_ms: 1.., close: false, .. }
+        )
+    }
+
     #[test]
-    fn requests_above_the_rate_are_refused_with_a_retry_hint_but_pings_are_not() {
+    fn requests_above_the_rate_are_refused_with_a_retry_hint() {
         let t0 = Instant::now();
         let mut s = active(t0);
         for _ in 0..400 {
@@ -304,26 +327,65 @@ mod tests {
                 Verdict::Request(Op::SyncReq)
             );
         }
-        match s.on_frame(&frame(pb::SyncReq::default()), t0) {
-            Verdict::Reject {
-                code,
-                retry_after_ms,
-                close,
-                ..
-            } => {
-                assert_eq!(code, ErrorCode::RateLimited);
-                assert!(retry_after_ms >= 1);
-                assert!(!close);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(s.on_frame(&frame(pb::Ping::default()), t0), Verdict::Ping);
+        assert!(is_rate_limited(s.on_frame(&frame(pb::SyncReq::default()), t0)));
         // Tokens come back with time.
         let later = t0 + Duration::from_millis(100);
         assert_eq!(
             s.on_frame(&frame(pb::SyncReq::default()), later),
             Verdict::Request(Op::SyncReq)
         );
+    }
+
+    #[test]
+    fn pings_unknown_ops_and_repeated_handshakes_cost_tokens_too() {
+        let t0 = Instant::now();
+        let unknown = Frame {
+            op: 999,
+            flags: Flags::empty(),
+            request_id: 3,
+            body: Default::default(),
+        };
+        let kinds = [
+            frame(pb::Ping::default()),
+            unknown,
+            frame(pb::HandshakeReq::default()),
+        ];
+        for kind in kinds {
+            let mut s = active(t0);
+            for _ in 0..400 {
+                assert!(!is_rate_limited(s.on_frame(&kind, t0)));
+            }
+            assert!(is_rate_limited(s.on_frame(&kind, t0)), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn handshakes_before_authentication_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut s = Session::new(SessionConfig::default(), t0);
+        for _ in 0..400 {
+            assert_eq!(
+                s.on_frame(&frame(pb::HandshakeReq::default()), t0),
+                Verdict::Handshake
+            );
+        }
+        assert!(is_rate_limited(s.on_frame(&frame(pb::HandshakeReq::default()), t0)));
+    }
+
+    #[test]
+    fn an_unknown_op_before_authentication_closes_with_not_authenticated() {
+        let t0 = Instant::now();
+        let mut s = Session::new(SessionConfig::default(), t0);
+        let f = Frame {
+            op: 999,
+            flags: Flags::empty(),
+            request_id: 1,
+            body: Default::default(),
+        };
+        assert!(matches!(
+            s.on_frame(&f, t0),
+            Verdict::Reject { code: ErrorCode::NotAuthenticated, close: true, .. }
+        ));
     }
 
     #[test]
@@ -337,7 +399,17 @@ mod tests {
         ];
         for f in cases {
             match s.on_frame(&f, t0) {
-                Verdict::Reject { close, .. } => assert!(close),
+                Verdict::Reject {
+                    code,
+                    close,
+                    connection_level,
+                    ..
+                } => {
+                    assert!(close);
+                    // A frame-level violation answers no request: request id 0 (SPEC §2.1),
+                    // except a server-only op, which is answered under its own id (SPEC §5).
+                    assert_eq!(connection_level, code == ErrorCode::BadFrame);
+                }
                 other => panic!("{other:?}"),
             }
         }

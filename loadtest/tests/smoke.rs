@@ -10,7 +10,7 @@ use gateway::auth::TokenKey;
 use loadtest::common::Target;
 use loadtest::{relay, w1, w2, w3, w4, w5};
 
-const SECRET: &str = "smoke-secret";
+const SECRET: &str = "smoke-test-secret-5a3e9c1f7b2d4860";
 
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()

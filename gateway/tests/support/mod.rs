@@ -16,7 +16,7 @@ use im_protocol::{Body, Frame, FrameCodec};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-pub const SECRET: &str = "integration-test-secret";
+pub const SECRET: &str = "integration-test-secret-6f1c2a9e4b7d3058";
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A running server process.
