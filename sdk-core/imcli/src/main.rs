@@ -33,7 +33,9 @@ struct Cli {
     /// Token (from your app server, or `gateway token --user NAME`).
     #[arg(long, env = "IM_TOKEN")]
     token: String,
-    /// Device id (default: the token's device, else "cli").
+    /// Device id (default: the token's device, else the first of cli-1, cli-2, … that no
+    /// other imcli of this user is using right now, so `follow` in one terminal and commands in
+    /// another do not log each other out).
     #[arg(long)]
     device: Option<String>,
     /// Local database (default: ~/.local/share/imcli/USER-DEVICE.sqlite3).
@@ -179,14 +181,51 @@ fn conversation_of(me: &str, target: &str) -> Result<String, Failure> {
     })
 }
 
-fn default_db(user: &str, device: &str) -> Result<PathBuf, Failure> {
+fn data_dir() -> Result<PathBuf, Failure> {
     let base = std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
-        .ok_or_else(|| fail(2, anyhow!("no HOME: pass --db PATH")))?;
+        .ok_or_else(|| fail(2, anyhow!("no HOME: pass --db PATH and --device ID")))?;
     let dir = base.join("imcli");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir.join(format!("{user}-{device}.sqlite3")))
+    Ok(dir)
+}
+
+fn default_db(user: &str, device: &str) -> Result<PathBuf, Failure> {
+    Ok(data_dir()?.join(format!("{user}-{device}.sqlite3")))
+}
+
+/// Device slots a user's concurrent imcli processes choose from.
+const DEVICE_SLOTS: u32 = 8;
+
+/// Picks the first device `cli-N` no other imcli process of `user` holds, and holds it (an
+/// exclusive lock on its lock file) until this process exits. One device per running process
+/// means two terminals never log each other out (SPEC §5: a second login of the same device
+/// kicks the first), while a process started later reuses a free slot and its local database,
+/// so `follow` still resumes where it stopped.
+fn lease_device(user: &str) -> Result<(String, std::fs::File), Failure> {
+    let dir = data_dir()?;
+    for slot in 1..=DEVICE_SLOTS {
+        let device = format!("cli-{slot}");
+        let path = dir.join(format!("{user}-{device}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => return Ok((device, file)),
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow!("locking {}: {e}", path.display()).into());
+            }
+        }
+    }
+    Err(fail(
+        2,
+        anyhow!("{DEVICE_SLOTS} imcli processes of {user} are running already: pass --device ID"),
+    ))
 }
 
 struct Session {
@@ -198,11 +237,16 @@ struct Session {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let (me, token_device) = token_claims(&cli.token)?;
-    let device = cli
-        .device
-        .clone()
-        .or(token_device)
-        .unwrap_or_else(|| "cli".into());
+    // Held until the process exits: the lock keeps the device slot ours.
+    let mut _device_lease = None;
+    let device = match cli.device.clone().or(token_device) {
+        Some(device) => device,
+        None => {
+            let (device, lease) = lease_device(&me)?;
+            _device_lease = Some(lease);
+            device
+        }
+    };
     ids::validate_id(&device, "device").map_err(|e| fail(2, anyhow!("--device: {e}")))?;
     let server: SocketAddr = cli
         .server

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use gateway::app::{self, ServerOptions};
 use gateway::auth::{Claims, TokenKey};
 
-const SECRET: &str = "cli-test-secret";
+const SECRET: &str = "cli-test-secret-8d2f6a0c4e1b9375";
 
 fn token(user: &str, exp_offset: i64) -> String {
     let now = std::time::SystemTime::now()
@@ -211,4 +211,86 @@ async fn bad_addresses_tokens_and_arguments_exit_with_clear_codes() {
     let no_command = imcli(home, &["--server", &addr, "--token", &alice]).await;
     assert_eq!(no_command.status.code(), Some(2));
     server.shutdown.cancel();
+}
+
+/// The README's two-terminal demo: bob follows in one terminal and lists his conversations in
+/// another, with the same device-less token; neither logs the other out, and a message sent
+/// afterwards still reaches the follower. A later run reuses its device and database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_in_one_terminal_survives_commands_in_another() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = app::start(ServerOptions::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("srv"),
+        TokenKey::new(SECRET),
+    ))
+    .await
+    .unwrap();
+    let addr = server.addr.to_string();
+    let home = dir.path();
+    let (alice, bob) = (token("alice", 600), token("bob", 600));
+
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_imcli"))
+        .args(["--server", &addr, "--token", &bob, "--json", "follow"])
+        .env("HOME", home)
+        .env_remove("XDG_DATA_HOME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start imcli follow");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Let the follower connect and sync before the second terminal logs in.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+
+    let listed = imcli(
+        home,
+        &["--server", &addr, "--token", &bob, "--json", "conversations"],
+    )
+    .await;
+    assert!(listed.status.success(), "{listed:?}");
+    let sent = imcli(home, &["--server", &addr, "--token", &alice, "send", "bob", "still there?"]).await;
+    assert!(sent.status.success(), "{sent:?}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut received = false;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match lines_rx.recv_timeout(left) {
+            Ok(line) if line.contains("still there?") => {
+                received = true;
+                break;
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    let still_running = follower.try_wait().unwrap().is_none();
+    let _ = follower.kill();
+    let output = follower.wait_with_output().unwrap();
+    assert!(
+        still_running && received,
+        "follow stopped or missed the message; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Two devices were used at once, each with its own local database.
+    let imcli_dir = home.join(".local/share/imcli");
+    let databases = std::fs::read_dir(&imcli_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("bob-") && name.ends_with(".sqlite3")
+        })
+        .count();
+    assert_eq!(databases, 2);
+    server.shutdown.cancel();
+    server.task.await.unwrap().unwrap();
 }
