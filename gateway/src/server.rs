@@ -444,8 +444,14 @@ impl<S: TimelineStore> Conn<S> {
             Ok(head) => head,
             Err(e) => {
                 self.shared.hub.unregister(&user, self.conn_id);
-                self.send_error(frame.request_id, e.code(), e.to_string(), 0)
-                    .await;
+                tracing::warn!(error = %e, "handshake: reading the inbox head failed");
+                self.send_error(
+                    frame.request_id,
+                    e.code(),
+                    "storage temporarily unavailable; retry later",
+                    1_000,
+                )
+                .await;
                 return false;
             }
         };

@@ -104,12 +104,112 @@ pub struct Logic<S> {
     config: LogicConfig,
 }
 
+/// Longest error text sent to a client: texts may quote a piece of the request (an id, a
+/// cursor) and must not echo back whatever size the client sent.
+pub const MAX_ERROR_TEXT_BYTES: usize = 160;
+
 fn error(code: pb::ErrorCode, message: impl Into<String>) -> pb::Error {
+    let mut message = message.into();
+    if message.len() > MAX_ERROR_TEXT_BYTES {
+        let mut end = MAX_ERROR_TEXT_BYTES - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
     code.to_error(message)
 }
 
 fn store_error(e: StoreError) -> pb::Error {
-    error(e.code(), e.to_string())
+    match e {
+        // Engine details are for the operator's log, not for clients.
+        StoreError::Backend(detail) => {
+            tracing::warn!(%detail, "storage failure answered as UNAVAILABLE");
+            error(
+                pb::ErrorCode::Unavailable,
+                "storage temporarily unavailable; retry later",
+            )
+        }
+        e => error(e.code(), e.to_string()),
+    }
+}
+
+/// Longest `client_request_id` (the same bound as a `client_msg_id`).
+pub const MAX_CLIENT_REQUEST_ID_LEN: usize = ids::MAX_CLIENT_MSG_ID_LEN;
+/// Longest page cursor a client may send back; the cursors this server hands out are shorter.
+pub const MAX_CURSOR_LEN: usize = 256;
+/// Longest conversation id: `d:` + two ids + `:`.
+pub const MAX_CONVERSATION_ID_LEN: usize = 2 * ids::MAX_ID_LEN + 3;
+/// Longest group name.
+pub const MAX_GROUP_NAME_LEN: usize = 256;
+
+/// Checks the length (and, for ids, the form) of every string field of a request before any
+/// of it reaches the store, where ids and cursors become keys. A request that fails here gets
+/// `INVALID_ARGUMENT` and touches nothing.
+fn check_request_fields(body: &Body) -> Result<(), pb::Error> {
+    let invalid = |m: String| error(pb::ErrorCode::InvalidArgument, m);
+    let id = |value: &str, what: &'static str| {
+        ids::validate_id(value, what).map_err(|e| invalid(e.to_string()))
+    };
+    let conversation = |value: &str| {
+        if value.len() > MAX_CONVERSATION_ID_LEN {
+            Err(invalid(format!(
+                "conversation_id is above {MAX_CONVERSATION_ID_LEN} bytes"
+            )))
+        } else {
+            ConversationRef::parse(value)
+                .map(|_| ())
+                .map_err(|e| invalid(e.to_string()))
+        }
+    };
+    let cursor = |value: &str| {
+        if value.len() > MAX_CURSOR_LEN {
+            Err(invalid(format!(
+                "cursor is above {MAX_CURSOR_LEN} bytes: not one this server handed out"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let members = |values: &[String]| values.iter().try_for_each(|m| id(m, "member"));
+    match body {
+        Body::Typing(r) => conversation(&r.conversation_id),
+        Body::HistoryReq(r) => conversation(&r.conversation_id),
+        Body::ReadMarkerReq(r) => conversation(&r.conversation_id),
+        Body::RecallReq(r) => conversation(&r.conversation_id),
+        Body::DeleteReq(r) => conversation(&r.conversation_id),
+        Body::ConversationsReq(r) => cursor(&r.cursor),
+        Body::GroupCreateReq(r) => {
+            members(&r.members)?;
+            if r.name.len() > MAX_GROUP_NAME_LEN {
+                return Err(invalid(format!(
+                    "group name is above {MAX_GROUP_NAME_LEN} bytes"
+                )));
+            }
+            if r.client_request_id.len() > MAX_CLIENT_REQUEST_ID_LEN {
+                return Err(invalid(format!(
+                    "client_request_id is above {MAX_CLIENT_REQUEST_ID_LEN} bytes"
+                )));
+            }
+            Ok(())
+        }
+        Body::GroupAddMembersReq(r) => {
+            id(&r.group_id, "group_id")?;
+            members(&r.members)
+        }
+        Body::GroupRemoveMembersReq(r) => {
+            id(&r.group_id, "group_id")?;
+            members(&r.members)
+        }
+        Body::GroupJoinReq(r) => id(&r.group_id, "group_id"),
+        Body::GroupLeaveReq(r) => id(&r.group_id, "group_id"),
+        Body::GroupMembersReq(r) => {
+            id(&r.group_id, "group_id")?;
+            cursor(&r.cursor)
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_page(limit: u32, default: u32, max: u32, what: &str) -> Result<u32, pb::Error> {
@@ -324,6 +424,7 @@ impl<S: TimelineStore> Logic<S> {
 
     async fn dispatch(&self, caller: &Caller, body: Body, effects: &mut Effects) -> Reply {
         let now = now_ms();
+        check_request_fields(&body)?;
         match body {
             Body::SendReq(request) => {
                 let (mut replies, batch_effects) = self.send_batch(caller, vec![request]).await;
@@ -496,12 +597,6 @@ impl<S: TimelineStore> Logic<S> {
                     ids::validate_id(&member, "member")
                         .map_err(|e| error(pb::ErrorCode::InvalidArgument, e.to_string()))?;
                     members.push(member);
-                }
-                if request.name.len() > 256 {
-                    return Err(error(
-                        pb::ErrorCode::InvalidArgument,
-                        "group name is above 256 bytes",
-                    ));
                 }
                 let change = self
                     .store

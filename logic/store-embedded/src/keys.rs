@@ -3,6 +3,26 @@
 //! prefix scan over `id 0x00` sees exactly that id's records, and `id 0x01` bounds it above.
 //! Numbers are big-endian so that byte order is numeric order.
 
+use timeline_store::{StoreError, StoreResult};
+
+/// Longest id, cursor or idempotency key the store turns into (part of) a key. The logic tier
+/// allows far less; this bound keeps every key well under the engine's 64 KiB key limit, which
+/// it enforces by panicking.
+pub(crate) const MAX_KEY_PART_BYTES: usize = 1024;
+
+/// Longest key handed to the engine.
+pub(crate) const MAX_KEY_BYTES: usize = 2 * MAX_KEY_PART_BYTES + 16;
+
+/// Refuses a string too long to become part of a key.
+pub(crate) fn check_part(what: &'static str, value: &str) -> StoreResult<()> {
+    if value.len() > MAX_KEY_PART_BYTES {
+        return Err(StoreError::InvalidArgument(format!(
+            "{what} is above {MAX_KEY_PART_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// `id 0x00`: the prefix of every record of `id`.
 pub(crate) fn prefix(id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(id.len() + 1);

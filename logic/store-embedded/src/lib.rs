@@ -45,7 +45,7 @@ use timeline_store::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::read::Reader;
-use crate::writer::{Finish, Job, WriteCtx};
+use crate::writer::{DrainFailure, Finish, Job, WriteCtx};
 
 /// How hard each group commit pushes its journal to the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -259,10 +259,11 @@ impl EmbeddedStore {
     }
 
     /// Queues a mutation and waits for its durable result. `failed` builds the answer when the
-    /// store is closed or the group commit the mutation belongs to did not commit.
+    /// store is closed or the group commit the mutation belongs to did not commit. `run` may
+    /// run more than once (see [`Job`]), so it takes its inputs by reference or clones them.
     async fn mutate<T: Send + 'static>(
         &self,
-        run: impl FnOnce(&mut WriteCtx<'_, '_>) -> T + Send + 'static,
+        run: impl Fn(&mut WriteCtx<'_, '_>) -> T + Send + 'static,
         failed: impl Fn(StoreError) -> T + Send + Sync + 'static,
     ) -> T {
         let queue = match self.inner.queue.read() {
@@ -272,16 +273,18 @@ impl EmbeddedStore {
         let Some(queue) = queue else {
             return failed(StoreError::Closed);
         };
-        let failed = Arc::new(failed);
-        let failed_in_job = Arc::clone(&failed);
         let (reply, answer) = oneshot::channel();
+        // Shared with every run of the job: an answer dropped unused (its drain was run again)
+        // must not drop the channel.
+        let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
         let job: Job = Box::new(move |ctx: &mut WriteCtx<'_, '_>| {
             let result = run(ctx);
-            let finish: Finish = Box::new(move |outcome: Result<(), String>| {
-                let _ = reply.send(match outcome {
-                    Ok(()) => result,
-                    Err(reason) => failed_in_job(StoreError::Backend(reason)),
-                });
+            let reply = Arc::clone(&reply);
+            let finish: Finish = Box::new(move |outcome: Result<(), DrainFailure>| {
+                let sender = reply.lock().ok().and_then(|mut slot| slot.take());
+                if let Some(sender) = sender {
+                    let _ = sender.send(outcome.map(|()| result));
+                }
             });
             finish
         });
@@ -289,9 +292,13 @@ impl EmbeddedStore {
             return failed(StoreError::Closed);
         }
         match answer.await {
-            Ok(result) => result,
-            // The job panicked inside the writer and its reply was dropped with it; the group
-            // commit it was part of was rolled back.
+            Ok(Ok(result)) => result,
+            Ok(Err(failure)) if failure.invalid_argument => {
+                failed(StoreError::InvalidArgument(failure.reason))
+            }
+            Ok(Err(failure)) => failed(StoreError::Backend(failure.reason)),
+            // The job panicked inside the writer and was dropped with its answer channel; the
+            // group commit it was part of ran again without it.
             Err(_) => failed(StoreError::Backend(
                 "the store writer failed while running this operation".to_owned(),
             )),
@@ -340,7 +347,7 @@ impl TimelineStore for EmbeddedStore {
             return Vec::new();
         }
         let count = messages.len();
-        self.mutate(move |ctx| ctx.commit_messages(messages), all_failed(count))
+        self.mutate(move |ctx| ctx.commit_messages(messages.clone()), all_failed(count))
             .await
     }
 
@@ -458,7 +465,7 @@ impl TimelineStore for EmbeddedStore {
     }
 
     async fn create_group(&self, group: NewGroup) -> StoreResult<GroupChange> {
-        self.mutate(move |ctx| ctx.create_group(group), Err).await
+        self.mutate(move |ctx| ctx.create_group(group.clone()), Err).await
     }
 
     async fn add_members(
@@ -542,5 +549,109 @@ impl TimelineStore for EmbeddedStore {
     async fn member_ids(&self, group_id: &str) -> StoreResult<Vec<String>> {
         let group_id = group_id.to_owned();
         self.read(move |r| r.member_ids(&group_id)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use im_protocol::pb::ConversationKind;
+
+    fn message(sender: &str, n: usize) -> NewMessage {
+        let peer = "bystander-peer";
+        let mut recipients = vec![sender.to_owned(), peer.to_owned()];
+        recipients.sort();
+        NewMessage {
+            conversation_id: im_protocol::ids::direct_conversation_id(sender, peer),
+            kind: ConversationKind::Direct,
+            sender_user: sender.into(),
+            sender_device: "phone".into(),
+            client_msg_id: format!("m{n}"),
+            content_type: 0,
+            content: b"hello".to_vec(),
+            recipients,
+            now_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// Bad operations (one that writes a key the engine refuses, one that panics) share group
+    /// commits with a bystander's sends: they fail alone, and every send is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_failing_operation_never_fails_the_others_in_its_group_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let mut tasks = Vec::new();
+        for n in 0..300 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                match n % 3 {
+                    0 => {
+                        let oversized: StoreResult<()> = store
+                            .mutate(|ctx| { ctx.put_oversized_key(); Ok(()) }, Err)
+                            .await;
+                        assert!(
+                            matches!(oversized, Err(StoreError::InvalidArgument(_))),
+                            "{oversized:?}"
+                        );
+                    }
+                    1 => {
+                        let panicked: StoreResult<()> = store
+                            .mutate(|_ctx| panic!("a bug in one operation"), Err)
+                            .await;
+                        assert!(panicked.is_err());
+                    }
+                    _ => {
+                        let result = store.commit_messages(vec![message("bystander", n)]).await;
+                        assert!(result[0].is_ok(), "bystander send {n} failed: {result:?}");
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(store.inbox_head("bystander").await.unwrap(), 100);
+    }
+
+    #[tokio::test]
+    async fn oversized_ids_and_cursors_are_refused_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let huge = "x".repeat(70_000);
+        let created = store
+            .create_group(NewGroup {
+                name: "g".into(),
+                owner: "alice".into(),
+                members: vec![],
+                open: false,
+                client_request_id: huge.clone(),
+                max_members: 10,
+                now_ms: 1,
+            })
+            .await;
+        assert!(matches!(created, Err(StoreError::InvalidArgument(_))), "{created:?}");
+        let group = store
+            .create_group(NewGroup {
+                name: "g".into(),
+                owner: "alice".into(),
+                members: vec![],
+                open: false,
+                client_request_id: String::new(),
+                max_members: 10,
+                now_ms: 1,
+            })
+            .await
+            .unwrap()
+            .group;
+        let members = store.group_members(&group.group_id, 10, &"c".repeat(900_000)).await;
+        assert!(matches!(members, Err(StoreError::InvalidArgument(_))), "{members:?}");
+        let listed = store.conversations("alice", 10, &huge).await;
+        assert!(matches!(listed, Err(StoreError::InvalidArgument(_))), "{listed:?}");
+        let mut long_id = message("alice", 1);
+        long_id.client_msg_id = huge.clone();
+        let results = store.commit_messages(vec![long_id, message("alice", 2)]).await;
+        assert!(matches!(results[0], Err(StoreError::InvalidArgument(_))));
+        assert!(results[1].is_ok());
+        assert!(matches!(store.inbox_head(&huge).await, Err(StoreError::InvalidArgument(_))));
     }
 }

@@ -60,6 +60,9 @@ impl Reader<'_> {
         ks: &fjall::SingleWriterTxKeyspace,
         key: &[u8],
     ) -> StoreResult<Option<fjall::Slice>> {
+        if key.len() > keys::MAX_KEY_BYTES {
+            return Err(StoreError::InvalidArgument("a key is too long".into()));
+        }
         self.snapshot.get(ks, key).map_err(io)
     }
 
@@ -69,6 +72,7 @@ impl Reader<'_> {
         ks: &fjall::SingleWriterTxKeyspace,
         id: &str,
     ) -> StoreResult<Option<(u64, u64)>> {
+        keys::check_part("id", id)?;
         let mut iter = self.snapshot.prefix(ks, keys::prefix(id));
         let Some(first) = iter.next() else {
             return Ok(None);
@@ -85,6 +89,7 @@ impl Reader<'_> {
     }
 
     fn last_seq(&self, ks: &fjall::SingleWriterTxKeyspace, id: &str) -> StoreResult<u64> {
+        keys::check_part("id", id)?;
         match self.snapshot.prefix(ks, keys::prefix(id)).next_back() {
             None => Ok(0),
             Some(guard) => {
@@ -220,11 +225,13 @@ impl Reader<'_> {
     ) -> StoreResult<(Vec<ConversationState>, String)> {
         // Ordered here rather than by an index: keeping a recency index cost four writes per
         // 1:1 message, while a user's conversations are few enough to sort on each list.
+        keys::check_part("user id", user)?;
+        keys::check_part("conversation cursor", cursor)?;
         let after = if cursor.is_empty() {
             None
         } else {
             Some(keys::recency_key_of_cursor(user, cursor).ok_or_else(|| {
-                StoreError::InvalidArgument(format!("malformed conversation cursor {cursor:?}"))
+                StoreError::InvalidArgument("malformed conversation cursor".into())
             })?)
         };
         let user_prefix = keys::prefix(user);
@@ -271,6 +278,8 @@ impl Reader<'_> {
         limit: u32,
         cursor: &str,
     ) -> StoreResult<(Vec<pb::GroupMember>, String)> {
+        keys::check_part("group id", group_id)?;
+        keys::check_part("member cursor", cursor)?;
         self.group(group_id)?;
         let start = if cursor.is_empty() {
             Bound::Included(keys::prefix(group_id))

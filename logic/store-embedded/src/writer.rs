@@ -33,10 +33,21 @@ use crate::records::{
 use crate::{Keyspaces, read};
 
 /// Runs after the drain: `Ok` when the drain's transaction is durable, else why it is not.
-pub(crate) type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
+pub(crate) type Finish = Box<dyn FnOnce(Result<(), DrainFailure>) + Send>;
 
-/// A mutation: runs against the drain's transaction and returns how to answer its caller.
-pub(crate) type Job = Box<dyn FnOnce(&mut WriteCtx<'_, '_>) -> Finish + Send>;
+/// A mutation: runs against the drain's transaction and returns how to answer its caller. It
+/// may run more than once: when another job fails the drain, the drain is rolled back and the
+/// other jobs run again without it (their earlier answers are dropped unused).
+pub(crate) type Job = Box<dyn FnMut(&mut WriteCtx<'_, '_>) -> Finish + Send>;
+
+/// Why a job's drain did not commit.
+#[derive(Clone, Debug)]
+pub(crate) struct DrainFailure {
+    /// What went wrong (for logs; engine details stay out of client-facing texts).
+    pub reason: String,
+    /// The failure was this job's own refused argument (an oversized key), not a storage fault.
+    pub invalid_argument: bool,
+}
 
 /// Counter keys in the `counters` keyspace.
 const NEXT_MSG_ID: &[u8] = b"next_server_msg_id";
@@ -72,8 +83,8 @@ pub(crate) struct WriteCtx<'t, 'db> {
     ks: &'t Keyspaces,
     caches: &'t mut Caches,
     /// A storage error hit during this drain: the drain must not commit (a job may have
-    /// written half of its records before the error).
-    failed: Option<String>,
+    /// written half of its records before the error). The flag marks a refused argument.
+    failed: Option<(String, bool)>,
 }
 
 /// Settings of the writer thread.
@@ -94,7 +105,6 @@ pub(crate) fn run(
 ) {
     let mut caches = Caches::default();
     let mut jobs: Vec<Job> = Vec::with_capacity(config.max_batch);
-    let mut finishes: Vec<Finish> = Vec::with_capacity(config.max_batch);
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
         while jobs.len() < config.max_batch {
@@ -103,63 +113,123 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        let count = jobs.len();
-        let mut tx = db.write_tx().durability(Some(config.persist));
-        let mut failure = None;
-        {
-            let mut ctx = WriteCtx {
-                tx: &mut tx,
-                ks: &ks,
-                caches: &mut caches,
-                failed: None,
-            };
-            for job in jobs.drain(..) {
-                match catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
-                    Ok(finish) => finishes.push(finish),
-                    // The job's reply channel is dropped with it: its caller sees the failure.
-                    Err(_) => {
-                        failure = Some("a store operation panicked".to_owned());
-                    }
+        // A job that fails the drain (a panic, a refused key, a corrupt record) is answered
+        // alone and taken out; the rest run again in a fresh transaction, so one bad request
+        // never fails the others it was batched with. Each round removes one job.
+        while !jobs.is_empty() {
+            match run_drain(&db, &ks, &mut jobs, &mut caches, &config) {
+                DrainEnd::Done => break,
+                DrainEnd::Culprit(index) => {
+                    caches.clear();
+                    // Dropping the job drops its answer channel if it still holds it (a
+                    // panic); a job that failed by an error was answered by `run_drain`.
+                    drop(jobs.remove(index));
                 }
             }
-            if failure.is_none() && ctx.failed.is_none() {
-                ctx.write_dirty_states();
-                ctx.write_counters();
-            }
-            failure = failure.or(ctx.failed.take());
         }
-        let outcome = match failure {
-            Some(reason) => {
-                tx.rollback();
-                Err(reason)
-            }
-            None => tx.commit().map_err(|e| e.to_string()),
-        };
-        match &outcome {
-            Ok(()) => {
-                tracing::trace!(jobs = count, "group commit durable");
-                config
-                    .commits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if caches.conversation_heads.len() + caches.inbox_heads.len() + caches.states.len()
-                    > config.head_cache_entries
-                {
-                    // Reloading a head is one reverse seek; a full cache is not worth an LRU.
-                    caches.conversation_heads.clear();
-                    caches.inbox_heads.clear();
-                    caches.states.clear();
-                }
-            }
-            Err(reason) => {
-                tracing::error!(jobs = count, %reason, "group commit failed; nothing of it was stored");
-                caches.clear();
-            }
-        }
-        for finish in finishes.drain(..) {
-            finish(outcome.clone());
-        }
+        jobs.clear();
     }
     tracing::debug!("store writer stopped");
+}
+
+/// How one attempt at a drain ended.
+enum DrainEnd {
+    /// Committed (or the commit itself failed): every job was answered.
+    Done,
+    /// The job at this index failed the drain, which was rolled back; it was answered (unless
+    /// it panicked), the others were not.
+    Culprit(usize),
+}
+
+fn run_drain(
+    db: &SingleWriterTxDatabase,
+    ks: &Keyspaces,
+    jobs: &mut [Job],
+    caches: &mut Caches,
+    config: &WriterConfig,
+) -> DrainEnd {
+    let count = jobs.len();
+    let mut tx = db.write_tx().durability(Some(config.persist));
+    let mut finishes: Vec<Finish> = Vec::with_capacity(count);
+    let mut culprit: Option<(usize, Option<Finish>, DrainFailure)> = None;
+    {
+        let mut ctx = WriteCtx {
+            tx: &mut tx,
+            ks,
+            caches,
+            failed: None,
+        };
+        for (index, job) in jobs.iter_mut().enumerate() {
+            match catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
+                Ok(finish) => match ctx.failed.take() {
+                    None => finishes.push(finish),
+                    Some((reason, invalid_argument)) => {
+                        culprit = Some((
+                            index,
+                            Some(finish),
+                            DrainFailure {
+                                reason,
+                                invalid_argument,
+                            },
+                        ));
+                        break;
+                    }
+                },
+                Err(_) => {
+                    let reason = "a store operation panicked".to_owned();
+                    culprit = Some((
+                        index,
+                        None,
+                        DrainFailure {
+                            reason,
+                            invalid_argument: false,
+                        },
+                    ));
+                    break;
+                }
+            }
+        }
+        if culprit.is_none() {
+            ctx.write_dirty_states();
+            ctx.write_counters();
+        }
+    }
+    if let Some((index, finish, failure)) = culprit {
+        tx.rollback();
+        tracing::warn!(jobs = count, reason = %failure.reason, "one store operation failed its group commit; running the others again without it");
+        if let Some(finish) = finish {
+            finish(Err(failure));
+        }
+        return DrainEnd::Culprit(index);
+    }
+    let outcome = tx.commit().map_err(|e| DrainFailure {
+        reason: e.to_string(),
+        invalid_argument: false,
+    });
+    match &outcome {
+        Ok(()) => {
+            tracing::trace!(jobs = count, "group commit durable");
+            config
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if caches.conversation_heads.len() + caches.inbox_heads.len() + caches.states.len()
+                > config.head_cache_entries
+            {
+                // Reloading a head is one reverse seek; a full cache is not worth an LRU.
+                caches.conversation_heads.clear();
+                caches.inbox_heads.clear();
+                caches.states.clear();
+            }
+        }
+        Err(failure) => {
+            tracing::error!(jobs = count, reason = %failure.reason, "group commit failed; nothing of it was stored");
+            caches.clear();
+        }
+    }
+    for finish in finishes {
+        finish(outcome.clone());
+    }
+    DrainEnd::Done
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -189,7 +259,7 @@ impl WriteCtx<'_, '_> {
     /// Records a storage error so the drain is not committed, and returns it as the job's error.
     fn io(&mut self, e: fjall::Error) -> StoreError {
         let reason = format!("storage engine: {e}");
-        self.failed.get_or_insert_with(|| reason.clone());
+        self.failed.get_or_insert_with(|| (reason.clone(), false));
         StoreError::Backend(reason)
     }
 
@@ -198,6 +268,9 @@ impl WriteCtx<'_, '_> {
         ks: &SingleWriterTxKeyspace,
         key: &[u8],
     ) -> StoreResult<Option<fjall::Slice>> {
+        if key.len() > keys::MAX_KEY_BYTES {
+            return Err(StoreError::InvalidArgument("a key is too long".into()));
+        }
         match self.tx.get(ks, key) {
             Ok(value) => Ok(value),
             Err(e) => Err(self.io(e)),
@@ -220,16 +293,34 @@ impl WriteCtx<'_, '_> {
 
     /// Fails the drain with `error` (a half-applied job must not be committed).
     fn fail_with(&mut self, error: StoreError) -> StoreError {
-        self.failed.get_or_insert_with(|| error.to_string());
+        let invalid = matches!(error, StoreError::InvalidArgument(_));
+        self.failed.get_or_insert_with(|| (error.to_string(), invalid));
         error
     }
 
+    /// Writes a record. A key the engine would refuse (by panicking) fails the drain instead;
+    /// the jobs of the drain that did nothing wrong are run again (see [`run`]).
     fn put(&mut self, ks: &SingleWriterTxKeyspace, key: Vec<u8>, value: Vec<u8>) {
+        if key.len() > keys::MAX_KEY_BYTES {
+            self.fail_with(StoreError::InvalidArgument("a key is too long".into()));
+            return;
+        }
         self.tx.insert(ks, key, value);
     }
 
     fn delete(&mut self, ks: &SingleWriterTxKeyspace, key: Vec<u8>) {
+        if key.len() > keys::MAX_KEY_BYTES {
+            self.fail_with(StoreError::InvalidArgument("a key is too long".into()));
+            return;
+        }
         self.tx.remove(ks, key);
+    }
+
+    /// Writes a record under a key the engine would refuse: for tests of drain isolation.
+    #[cfg(test)]
+    pub(crate) fn put_oversized_key(&mut self) {
+        let ks = self.ks;
+        self.put(&ks.counters, vec![b'k'; keys::MAX_KEY_BYTES + 1], Vec::new());
     }
 
     /// The highest seq stored under `id` in a seq-keyed keyspace (0 = none).
@@ -417,6 +508,7 @@ impl WriteCtx<'_, '_> {
     }
 
     fn commit_one(&mut self, m: NewMessage) -> StoreResult<CommittedMessage> {
+        keys::check_part("client message id", &m.client_msg_id)?;
         let conversation = parse_conversation(&m.conversation_id)?;
         check_id(&m.sender_user, "sender user id")?;
         let recipients: BTreeSet<&str> = m.recipients.iter().map(String::as_str).collect();
@@ -836,6 +928,7 @@ impl WriteCtx<'_, '_> {
     }
 
     pub(crate) fn create_group(&mut self, new: NewGroup) -> StoreResult<GroupChange> {
+        keys::check_part("client request id", &new.client_request_id)?;
         check_id(&new.owner, "owner user id")?;
         for member in &new.members {
             check_id(member, "member user id")?;
