@@ -137,11 +137,16 @@ pub struct RunningServer {
 /// Opens the store, binds the listener and starts serving in a background task.
 pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError> {
     options.tokens.check_strength()?;
-    std::fs::create_dir_all(&options.data_dir).map_err(|source| ServerError::DataDir {
+    let data_dir_error = |source| ServerError::DataDir {
         path: options.data_dir.clone(),
         source,
-    })?;
+    };
+    create_private_dir(&options.data_dir).map_err(data_dir_error)?;
     let store = EmbeddedStore::open(&options.data_dir.join("store"), EmbeddedOptions::default())?;
+    // The journal holds message text in plain form: only the server's user may read it. The
+    // binary sets its umask so new files are private; this also covers files written before
+    // that (an upgraded data directory) and servers embedded in other processes.
+    make_private(&options.data_dir).map_err(data_dir_error)?;
     let logic = Logic::new(
         store.clone(),
         LogicConfig {
@@ -196,4 +201,35 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         shutdown,
         task,
     })
+}
+
+/// Creates `dir` (and its parents) if needed, readable by the owner only.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Restricts `dir` and everything under it to the owner: directories 0700, files 0600.
+fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                make_private(&entry.path())?;
+            } else if kind.is_file() {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
 }

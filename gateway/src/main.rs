@@ -122,6 +122,13 @@ fn secret(common: &Common) -> anyhow::Result<TokenKey> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Everything the server writes (the store's journal holds message text in plain form, the
+    // token secret) is for its own user only: files 0600, directories 0700.
+    // SAFETY: umask takes no pointers and cannot fail; it runs before any thread starts.
+    #[cfg(unix)]
+    unsafe {
+        umask(0o077);
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token {
@@ -203,6 +210,10 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
 }
 
 unsafe extern "C" {
+    /// POSIX: sets the file mode creation mask and returns the previous one.
+    #[cfg(unix)]
+    fn umask(mask: u32) -> u32;
+
     /// mimalloc: free what can be freed and carry out the due purges (returning freed pages
     /// to the OS). Part of mimalloc's stable C API.
     fn mi_collect(force: bool);
