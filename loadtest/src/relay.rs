@@ -203,6 +203,7 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stop: CancellationToke
                     content_type: req.content_type,
                     content: req.content,
                     recalled: false,
+                    recalled_ms: 0,
                 };
                 for user in to {
                     let (seq, conns) = {

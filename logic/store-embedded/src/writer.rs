@@ -534,6 +534,7 @@ impl WriteCtx<'_, '_> {
             content_type: m.content_type,
             content: m.content,
             recalled: false,
+            recalled_ms: 0,
         };
         let pointer = InboxRecord {
             message_conversation_id: m.conversation_id.clone(),
@@ -725,7 +726,7 @@ impl WriteCtx<'_, '_> {
         if message.sender_user != by_user {
             return Err(StoreError::NotSender);
         }
-        let event = pb::RecallEvent {
+        let mut event = pb::RecallEvent {
             conversation_id: conversation_id.to_owned(),
             conversation_seq: seq,
             server_msg_id: message.server_msg_id,
@@ -733,6 +734,8 @@ impl WriteCtx<'_, '_> {
             server_time_ms: now_ms,
         };
         if message.recalled {
+            // The original event: the same time as every inbox got (SPEC §13.6).
+            event.server_time_ms = message.recalled_ms;
             return Ok((event, Vec::new()));
         }
         if now_ms.saturating_sub(message.server_time_ms) > window_ms {
@@ -743,6 +746,7 @@ impl WriteCtx<'_, '_> {
             check_id(user, "recipient user id")?;
         }
         message.recalled = true;
+        message.recalled_ms = now_ms;
         message.content = Vec::new();
         self.put(&ks.timelines, key, message.encode_to_vec());
         let mut deliveries = Vec::with_capacity(recipients.len());

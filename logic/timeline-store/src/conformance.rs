@@ -959,11 +959,12 @@ pub async fn recall_erases_the_content_and_tells_every_recipient_once<F: StoreFa
     assert_eq!(
         pb::Message {
             recalled: false,
+            recalled_ms: 0,
             content: first.message.content.clone(),
             ..recalled.clone()
         },
         first.message,
-        "recall changes nothing but `recalled` and the content"
+        "recall changes nothing but `recalled`, its time and the content"
     );
     assert_eq!(timeline[1], second.message, "other messages are untouched");
     let bob = whole_inbox(&store, "bob").await;
@@ -978,10 +979,12 @@ pub async fn recall_erases_the_content_and_tells_every_recipient_once<F: StoreFa
     );
 
     let heads = (head(&store, "alice").await, head(&store, "bob").await);
-    let (_, again) = store
+    assert_eq!(recalled.recalled_ms, T0 + 10, "history says when it was recalled");
+    let (repeated, again) = store
         .recall(c, 1, "alice", &both, 60_000, T0 + 20)
         .await
         .expect("recalling twice succeeds");
+    assert_eq!(repeated, event, "a second recall returns the original event");
     assert!(again.is_empty(), "a second recall delivers nothing");
     assert_eq!(
         (head(&store, "alice").await, head(&store, "bob").await),

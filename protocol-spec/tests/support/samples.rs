@@ -42,6 +42,7 @@ fn text_message(seq: u64, client_msg_id: &str, text: &str) -> pb::Message {
         content_type: 0,
         content: text.as_bytes().to_vec(),
         recalled: false,
+        recalled_ms: 0,
     }
 }
 
