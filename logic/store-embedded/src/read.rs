@@ -239,6 +239,14 @@ impl Reader<'_> {
         for guard in self.snapshot.prefix(&self.ks.states, &user_prefix) {
             let (_, value) = guard.into_inner().map_err(io)?;
             let state: StateRecord = decode(&value, "conversation state")?;
+            // Groups the user left stay out even where an older version kept their state.
+            if state.kind == pb::ConversationKind::Group as i32
+                && self
+                    .get(&self.ks.members, &keys::pair_key(&state.peer, user))?
+                    .is_none()
+            {
+                continue;
+            }
             let order = keys::recency_key(user, state.updated_ms, &state.conversation_id);
             if after.as_ref().is_none_or(|after| order > *after) {
                 all.push((order, state));

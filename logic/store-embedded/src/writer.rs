@@ -480,6 +480,16 @@ impl WriteCtx<'_, '_> {
         self.caches.states.insert(key, state.clone());
     }
 
+    /// Forgets a user's state of a conversation: a group they left or were removed from
+    /// leaves their conversation list (SPEC §13.3).
+    fn drop_state(&mut self, user: &str, conversation_id: &str) {
+        let key = keys::pair_key(user, conversation_id);
+        self.caches.states.remove(&key);
+        self.caches.dirty_states.remove(&key);
+        let ks = self.ks;
+        self.delete(&ks.states, key);
+    }
+
     /// The public view of a state, with its last message read from the timeline.
     fn public_state(&mut self, state: StateRecord) -> StoreResult<ConversationState> {
         let ks = self.ks;
@@ -1092,6 +1102,7 @@ impl WriteCtx<'_, '_> {
         let ks = self.ks;
         for user in &removed {
             self.delete(&ks.members, keys::pair_key(group_id, user));
+            self.drop_state(user, &ids::group_conversation_id(group_id));
         }
         let info = record.info.get_or_insert_with(Default::default);
         info.member_count = info.member_count.saturating_sub(removed.len() as u32);
@@ -1159,6 +1170,7 @@ impl WriteCtx<'_, '_> {
         }
         let ks = self.ks;
         self.delete(&ks.members, keys::pair_key(group_id, user));
+        self.drop_state(user, &ids::group_conversation_id(group_id));
         let remaining = self.members(group_id)?;
         let info = record.info.get_or_insert_with(Default::default);
         info.member_count = info.member_count.saturating_sub(1);

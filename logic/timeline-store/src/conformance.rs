@@ -1720,6 +1720,48 @@ async fn observe<S: TimelineStore>(
     observed
 }
 
+/// A group the user left, or was removed from, leaves their conversation list at once and
+/// for good (a restart included); joining again brings it back.
+pub async fn groups_left_or_removed_from_leave_the_conversation_list<F: StoreFactory>(
+    factory: &mut F,
+) {
+    let store = factory.open_fresh().await;
+    let gid = store
+        .create_group(new_group("olga", &["amy", "ben"], true, "", 10))
+        .await
+        .expect("create_group")
+        .group
+        .group_id;
+    let conversation = ids::group_conversation_id(&gid);
+    let listed = |states: Vec<ConversationState>| {
+        states
+            .iter()
+            .any(|s| s.conversation_id == conversation)
+    };
+    let members = strings(&["amy", "ben", "olga"]);
+    send(&store, to_group("olga", &gid, &members, "o1", "hello", T0 + 1)).await;
+    assert!(listed(all_conversations(&store, "amy").await));
+    store
+        .leave_group(&gid, "amy", T0 + 2)
+        .await
+        .expect("leave");
+    store
+        .remove_members(&gid, "olga", &strings(&["ben"]), T0 + 3)
+        .await
+        .expect("remove");
+    assert!(!listed(all_conversations(&store, "amy").await), "amy left");
+    assert!(!listed(all_conversations(&store, "ben").await), "ben was removed");
+    assert!(listed(all_conversations(&store, "olga").await), "olga stays");
+    let store = factory.reopen(store).await;
+    assert!(!listed(all_conversations(&store, "amy").await), "amy left, after a restart");
+    assert!(!listed(all_conversations(&store, "ben").await), "ben, after a restart");
+    store
+        .join_group(&gid, "amy", 10, T0 + 4)
+        .await
+        .expect("join again");
+    assert!(listed(all_conversations(&store, "amy").await), "amy is back");
+}
+
 /// After a restart every record is as it was, and new commits continue seqs and ids without
 /// reusing any.
 pub async fn everything_survives_a_restart_and_numbering_continues<F: StoreFactory>(
@@ -1943,6 +1985,7 @@ macro_rules! for_each_check {
             joining_and_leaving_follow_openness_and_hand_over_ownership,
             group_members_page_in_user_id_order,
             delivery_cursor_keeps_the_maximum,
+            groups_left_or_removed_from_leave_the_conversation_list,
             everything_survives_a_restart_and_numbering_continues,
         );
     };
