@@ -89,6 +89,10 @@ struct ServeArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Give the store in DATA_DIR a new inbox epoch, after restoring it from a backup (with
+    /// the server stopped): every client then resets and resyncs instead of trusting seqs it
+    /// saw before the restore.
+    RenewInboxEpoch,
     /// Print a token for USER signed with the server's secret (for development and tests).
     Token {
         /// User id.
@@ -154,6 +158,13 @@ fn main() -> anyhow::Result<()> {
                 iat: Some(now),
             });
             println!("{token}");
+            Ok(())
+        }
+        Some(Command::RenewInboxEpoch) => {
+            let dir = cli.common.data_dir.join("store");
+            let epoch = store_embedded::renew_inbox_epoch(&dir)
+                .with_context(|| format!("renewing the inbox epoch of {}", dir.display()))?;
+            println!("new inbox epoch {epoch}");
             Ok(())
         }
         None => {

@@ -477,6 +477,7 @@ impl<S: TimelineStore> Conn<S> {
             max_frame_bytes: config.max_frame_bytes as u32,
             max_message_bytes: self.shared.logic.config().max_message_bytes as u32,
             inbox_head_seq: head,
+            inbox_epoch: self.shared.logic.store().inbox_epoch(),
             session_id: format!("c{}", self.conn_id),
             compression: if zstd {
                 pb::Compression::Zstd as i32
@@ -679,6 +680,7 @@ async fn connection<S: TimelineStore>(
                             client_time_ms: ping.client_time_ms,
                             server_time_ms: now_ms(),
                             inbox_head_seq: head,
+                            inbox_epoch: conn.shared.logic.store().inbox_epoch(),
                         },
                     ))
                     .await;

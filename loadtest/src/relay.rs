@@ -170,6 +170,7 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stop: CancellationToke
                     client_time_ms: p.client_time_ms,
                     server_time_ms: crate::common::now_ms(),
                     inbox_head_seq: 0,
+                    inbox_epoch: 0,
                 },
             )),
             Body::SendReq(req) => {

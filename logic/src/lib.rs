@@ -743,7 +743,9 @@ impl<S: TimelineStore> Logic<S> {
         // Cutting the page only shortens it: `sync_response` derives `next_seq` and `has_more`
         // from the last entry kept.
         fit_in_bytes(&mut page.entries, self.config.page_bytes);
-        Ok(sync_response(from, request.to_seq, page))
+        let mut response = sync_response(from, request.to_seq, page);
+        response.inbox_epoch = self.store.inbox_epoch();
+        Ok(response)
     }
 
     async fn summary(&self, state: ConversationState) -> pb::ConversationSummary {
@@ -821,6 +823,7 @@ pub fn sync_response(from: u64, to: u64, page: timeline_store::InboxPage) -> pb:
         head_seq: page.head_seq,
         entries: page.entries,
         missing,
+        inbox_epoch: 0,
     }
 }
 

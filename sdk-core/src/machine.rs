@@ -175,6 +175,13 @@ pub enum Event {
     },
     /// The local store failed; the client keeps running but the app should know.
     StoreError(String),
+    /// The server's inbox is not the one the local state came from (restored from a backup,
+    /// recreated empty; SPEC §10.8): every message and conversation learned from it was
+    /// dropped, and the client syncs from the start. The app reloads what it shows.
+    InboxReset {
+        /// The server's inbox epoch from now on.
+        epoch: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,6 +238,8 @@ pub struct Client<S> {
     /// Outbox items already transmitted on this connection.
     transmitted: HashMap<u64, u32>,
     // Receive side.
+    /// The inbox epoch `cursor` belongs to (0 = not known yet).
+    inbox_epoch: u64,
     cursor: u64,
     acked_cursor: u64,
     buffered: BTreeMap<u64, pb::InboxEntry>,
@@ -264,6 +273,7 @@ impl<S: LocalStore> Client<S> {
     /// A client over `store`, offline until [`Client::connect`].
     pub fn new(config: ClientConfig, store: S, now: Instant) -> LocalResult<Client<S>> {
         let cursor = store.cursor()?;
+        let inbox_epoch = store.inbox_epoch()?;
         let rng = StdRng::seed_from_u64(config.seed);
         Ok(Client {
             config,
@@ -285,6 +295,7 @@ impl<S: LocalStore> Client<S> {
             last_received: now,
             ping_sent: None,
             transmitted: HashMap::new(),
+            inbox_epoch,
             cursor,
             acked_cursor: cursor,
             buffered: BTreeMap::new(),
@@ -823,6 +834,12 @@ impl<S: LocalStore> Client<S> {
                 // A head above the cursor with no sync running means a push was lost on a
                 // link that otherwise works: pull what is missing instead of waiting for the
                 // next push or reconnect.
+                if pong.inbox_epoch != 0 && pong.inbox_epoch != self.inbox_epoch {
+                    // The server's store was replaced under this connection: start over on a
+                    // new one, whose handshake resets the local state.
+                    self.fail_connection(now, Duration::ZERO);
+                    return;
+                }
                 if pong.inbox_head_seq > self.cursor && !self.sync_in_flight && self.connected() {
                     self.start_sync(0, now);
                 }
@@ -894,6 +911,7 @@ impl<S: LocalStore> Client<S> {
                 };
                 self.healthy_since = Some(now);
                 self.set_phase(Phase::Syncing);
+                self.check_inbox(hello.inbox_epoch, hello.inbox_head_seq);
                 self.start_sync(0, now);
                 match self.store.outbox_pending() {
                     Ok(items) => {
@@ -1017,6 +1035,39 @@ impl<S: LocalStore> Client<S> {
         self.commit_cursor(now);
     }
 
+    /// Compares the server's inbox with the one the local state follows (SPEC §10.8): another
+    /// epoch, or a head below the cursor, means the seqs the client holds will never come
+    /// again, so it forgets what it learned and syncs from the start instead of waiting.
+    fn check_inbox(&mut self, epoch: u64, head_seq: u64) {
+        let other_epoch = epoch != 0 && self.inbox_epoch != 0 && epoch != self.inbox_epoch;
+        if other_epoch || head_seq < self.cursor {
+            tracing::warn!(
+                local_epoch = self.inbox_epoch,
+                server_epoch = epoch,
+                cursor = self.cursor,
+                head_seq,
+                "the server's inbox was replaced: resetting local state and syncing from the start"
+            );
+            let epoch = if epoch != 0 { epoch } else { self.inbox_epoch };
+            match self.store.reset_inbox(epoch) {
+                Ok(()) => {
+                    self.inbox_epoch = epoch;
+                    self.cursor = 0;
+                    self.acked_cursor = 0;
+                    self.buffered.clear();
+                    self.events.push_back(Event::InboxReset { epoch });
+                }
+                Err(e) => self.events.push_back(Event::StoreError(e.to_string())),
+            }
+        } else if epoch != 0 && self.inbox_epoch != epoch {
+            // First contact (or a store from before epochs): adopt the server's.
+            match self.store.set_inbox_epoch(epoch) {
+                Ok(()) => self.inbox_epoch = epoch,
+                Err(e) => self.events.push_back(Event::StoreError(e.to_string())),
+            }
+        }
+    }
+
     fn commit_cursor(&mut self, now: Instant) {
         if self.cursor == self.acked_cursor {
             return;
@@ -1047,6 +1098,16 @@ impl<S: LocalStore> Client<S> {
                 return;
             }
         };
+        if (response.inbox_epoch != 0 && response.inbox_epoch != self.inbox_epoch)
+            || response.head_seq < self.cursor
+        {
+            // Not the inbox the cursor counts in: reset, and sync again from its start.
+            self.check_inbox(response.inbox_epoch, response.head_seq);
+            self.sync_in_flight = false;
+            self.sync_to = 0;
+            self.start_sync(0, now);
+            return;
+        }
         for range in &response.missing {
             if range.reason == pb::SeqRangeReason::Trimmed as i32
                 && range.from_seq <= self.cursor + 1

@@ -18,6 +18,8 @@ use crate::store::{
 pub struct MemoryStore {
     /// The highest inbox seq fully applied.
     cursor: u64,
+    /// The epoch the cursor belongs to.
+    inbox_epoch: u64,
     /// The last local id handed out (0 = none yet, so the first id is 1).
     last_local_id: u64,
     /// The outbox by local id: iteration order is transmission order.
@@ -68,6 +70,23 @@ impl LocalStore for MemoryStore {
 
     fn set_cursor(&mut self, seq: u64) -> LocalResult<()> {
         self.cursor = seq;
+        Ok(())
+    }
+
+    fn inbox_epoch(&self) -> LocalResult<u64> {
+        Ok(self.inbox_epoch)
+    }
+
+    fn set_inbox_epoch(&mut self, epoch: u64) -> LocalResult<()> {
+        self.inbox_epoch = epoch;
+        Ok(())
+    }
+
+    fn reset_inbox(&mut self, epoch: u64) -> LocalResult<()> {
+        self.messages.clear();
+        self.conversations.clear();
+        self.cursor = 0;
+        self.inbox_epoch = epoch;
         Ok(())
     }
 

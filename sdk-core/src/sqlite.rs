@@ -127,6 +127,8 @@ macro_rules! conversation_columns {
 
 /// Meta key of the inbox cursor.
 const META_CURSOR: &str = "cursor";
+/// `meta` key of the inbox epoch the cursor belongs to.
+const META_INBOX_EPOCH: &str = "inbox_epoch";
 /// Meta key of the last local id handed out.
 const META_LAST_LOCAL_ID: &str = "last_local_id";
 
@@ -211,6 +213,34 @@ impl LocalStore for SqliteStore {
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )?;
         stmt.execute(params![META_CURSOR, seq])?;
+        Ok(())
+    }
+
+    fn inbox_epoch(&self) -> LocalResult<u64> {
+        Ok(self.meta(META_INBOX_EPOCH)?.unwrap_or(0))
+    }
+
+    fn set_inbox_epoch(&mut self, epoch: u64) -> LocalResult<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?;
+        stmt.execute(params![META_INBOX_EPOCH, epoch])?;
+        Ok(())
+    }
+
+    fn reset_inbox(&mut self, epoch: u64) -> LocalResult<()> {
+        let tx = self.write()?;
+        tx.execute("DELETE FROM messages WHERE seq > 0", [])?;
+        tx.execute("DELETE FROM conversations", [])?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, 0) ON CONFLICT (key) DO UPDATE SET value = 0",
+            params![META_CURSOR],
+        )?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![META_INBOX_EPOCH, epoch],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -122,6 +122,17 @@ pub trait LocalStore: Send + 'static {
     /// Persists the cursor (see the module's invariant).
     fn set_cursor(&mut self, seq: u64) -> LocalResult<()>;
 
+    /// The inbox epoch the cursor belongs to (0 = none known yet; SPEC §10.8).
+    fn inbox_epoch(&self) -> LocalResult<u64>;
+    /// Records the epoch of a server whose numbering the local state already follows (a first
+    /// connection, or an older store that kept none).
+    fn set_inbox_epoch(&mut self, epoch: u64) -> LocalResult<()>;
+    /// The server's inbox is not the one the local state was built from (restored from an
+    /// older backup, recreated empty): forgets everything learned from it (every message with
+    /// a seq, every conversation, the cursor) and records `epoch`, in one step. The outbox and
+    /// own messages not yet acknowledged stay: they are sent to the new server.
+    fn reset_inbox(&mut self, epoch: u64) -> LocalResult<()>;
+
     /// The next local id to hand out (ids increase across restarts).
     fn next_local_id(&mut self) -> LocalResult<u64>;
 

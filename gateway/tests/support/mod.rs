@@ -77,6 +77,13 @@ impl Server {
         }
     }
 
+    /// Starts the server again on the same port but another data directory (a restore from
+    /// a backup, a replaced volume).
+    pub fn restart_on(&mut self, data_dir: &Path) {
+        self.data_dir = data_dir.to_owned();
+        self.restart();
+    }
+
     /// Starts the server again on the same data directory and port.
     pub fn restart(&mut self) {
         let (child, addr) = spawn(&self.data_dir, &self.extra);

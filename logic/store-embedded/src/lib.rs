@@ -104,6 +104,9 @@ pub enum EmbeddedError {
     /// The writer thread could not be started.
     #[error("cannot start the store writer thread: {0}")]
     SpawnWriter(#[source] std::io::Error),
+    /// There is no store in the directory.
+    #[error("no store in {0}")]
+    NoStore(String),
     /// The writer thread panicked; the last batch it was working on was not committed.
     #[error("the store writer thread panicked")]
     WriterPanicked,
@@ -141,6 +144,8 @@ impl Keyspaces {
 }
 
 struct Inner {
+    /// See [`TimelineStore::inbox_epoch`].
+    inbox_epoch: u64,
     dir: std::path::PathBuf,
     /// Group commits made durable since open (see [`EmbeddedStore::group_commits`]).
     commits: Arc<AtomicU64>,
@@ -206,6 +211,7 @@ impl EmbeddedStore {
             .open()
             .map_err(open_error)?;
         let ks = Keyspaces::open(&db).map_err(open_error)?;
+        let inbox_epoch = load_or_create_epoch(&db, &ks).map_err(open_error)?;
         let (queue, rx) = mpsc::channel(options.queue_capacity.max(1));
         let config = writer::WriterConfig {
             max_batch: options.max_batch.max(1),
@@ -223,9 +229,10 @@ impl EmbeddedStore {
             .name("store-writer".into())
             .spawn(move || writer::run(writer_db, writer_ks, rx, config))
             .map_err(EmbeddedError::SpawnWriter)?;
-        tracing::info!(dir = %dir.display(), "embedded store open");
+        tracing::info!(dir = %dir.display(), inbox_epoch, "embedded store open");
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
+                inbox_epoch,
                 dir: dir.to_owned(),
                 commits,
                 db,
@@ -234,6 +241,10 @@ impl EmbeddedStore {
                 writer: Mutex::new(Some(writer)),
             }),
         })
+    }
+
+    fn inbox_epoch_value(&self) -> u64 {
+        self.inner.inbox_epoch
     }
 
     /// The directory the store lives in.
@@ -321,6 +332,48 @@ impl EmbeddedStore {
         .await
         .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
     }
+}
+
+/// Where the inbox epoch is kept, in the `counters` keyspace.
+const INBOX_EPOCH_KEY: &[u8] = b"inbox_epoch";
+
+/// Reads the store's inbox epoch, choosing and durably storing one when the store is new (or
+/// was written by a version that had none).
+fn load_or_create_epoch(db: &SingleWriterTxDatabase, ks: &Keyspaces) -> fjall::Result<u64> {
+    use fjall::Readable as _;
+    let stored = db.read_tx().get(&ks.counters, INBOX_EPOCH_KEY)?;
+    if let Some(epoch) = stored
+        .and_then(|raw| keys::decode_u64(&raw[..]))
+        .filter(|e| *e != 0)
+    {
+        return Ok(epoch);
+    }
+    // Below 2^53 so that JavaScript clients hold it exactly; never 0 ("not reported").
+    let epoch = (rand::random::<u64>() >> 11) | 1;
+    let mut tx = db.write_tx().durability(Some(PersistMode::SyncAll));
+    tx.insert(&ks.counters, INBOX_EPOCH_KEY, epoch.to_be_bytes());
+    tx.commit()?;
+    Ok(epoch)
+}
+
+/// Gives the store in `dir` a new inbox epoch, for operators who restored it from a backup:
+/// the restored inboxes reuse seqs that clients already saw with other entries, and the new
+/// epoch makes every client start over from the restored state (SPEC §10.8). The server must
+/// not be running. Returns the new epoch.
+pub fn renew_inbox_epoch(dir: &Path) -> Result<u64, EmbeddedError> {
+    let open_error = |source| EmbeddedError::Open {
+        path: dir.display().to_string(),
+        source,
+    };
+    if !dir.join("version").exists() {
+        return Err(EmbeddedError::NoStore(dir.display().to_string()));
+    }
+    let db = SingleWriterTxDatabase::builder(dir).open().map_err(open_error)?;
+    let ks = Keyspaces::open(&db).map_err(open_error)?;
+    let mut tx = db.write_tx().durability(Some(PersistMode::SyncAll));
+    tx.remove(&ks.counters, INBOX_EPOCH_KEY);
+    tx.commit().map_err(open_error)?;
+    load_or_create_epoch(&db, &ks).map_err(open_error)
 }
 
 /// Builds the per-message failure of a whole `commit_messages` call.
@@ -446,6 +499,10 @@ impl TimelineStore for EmbeddedStore {
         let (user, conversation_id) = (user.to_owned(), conversation_id.to_owned());
         self.read(move |r| r.conversation(&user, &conversation_id))
             .await
+    }
+
+    fn inbox_epoch(&self) -> u64 {
+        self.inbox_epoch_value()
     }
 
     async fn inbox_head(&self, user: &str) -> StoreResult<u64> {

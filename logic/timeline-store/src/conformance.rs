@@ -1762,6 +1762,21 @@ pub async fn groups_left_or_removed_from_leave_the_conversation_list<F: StoreFac
     assert!(listed(all_conversations(&store, "amy").await), "amy is back");
 }
 
+/// The inbox epoch is non-zero and below 2^53, survives a restart, and differs between two
+/// stores created separately (a replaced store must be told apart from the original).
+pub async fn the_inbox_epoch_is_kept_across_restarts_and_differs_per_store<F: StoreFactory>(
+    factory: &mut F,
+) {
+    let store = factory.open_fresh().await;
+    let epoch = store.inbox_epoch();
+    assert!(epoch != 0 && epoch < 1 << 53, "epoch {epoch}");
+    send(&store, direct("alice", "bob", "a1", "hi", T0)).await;
+    let store = factory.reopen(store).await;
+    assert_eq!(store.inbox_epoch(), epoch, "kept across a restart");
+    let other = factory.open_fresh().await;
+    assert_ne!(other.inbox_epoch(), epoch, "another store, another epoch");
+}
+
 /// After a restart every record is as it was, and new commits continue seqs and ids without
 /// reusing any.
 pub async fn everything_survives_a_restart_and_numbering_continues<F: StoreFactory>(
@@ -1986,6 +2001,7 @@ macro_rules! for_each_check {
             group_members_page_in_user_id_order,
             delivery_cursor_keeps_the_maximum,
             groups_left_or_removed_from_leave_the_conversation_list,
+            the_inbox_epoch_is_kept_across_restarts_and_differs_per_store,
             everything_survives_a_restart_and_numbering_continues,
         );
     };

@@ -291,6 +291,12 @@ pub trait TimelineStore: Send + Sync + 'static {
     /// `user`'s highest durable inbox seq (0 = none).
     fn inbox_head(&self, user: &str) -> impl Future<Output = StoreResult<u64>> + Send;
 
+    /// The inbox epoch: a non-zero number, below 2^53, chosen when this store's data was
+    /// created and kept for its lifetime. Inbox seqs are only comparable within one epoch: a
+    /// store restored from an older backup or recreated empty has another one, so clients
+    /// holding a cursor of the old numbering know to start over (SPEC §10.8).
+    fn inbox_epoch(&self) -> u64;
+
     /// Records that `device` of `user` has applied its inbox up to `seq` (kept as a maximum).
     fn record_delivery(
         &self,

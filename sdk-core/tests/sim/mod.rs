@@ -165,6 +165,8 @@ pub struct Device {
     background: bool,
     /// Highest cursor ever seen (the cursor never moves back).
     cursor_seen: u64,
+    /// The inbox epoch the device's state followed at the last check.
+    epoch_seen: u64,
     /// Inbox entries up to here were checked to be applied in the store.
     verified_to: u64,
     /// (conversation, seq) of every `MessageReceived` event, across app restarts.
@@ -297,6 +299,7 @@ impl World {
                     incarnation: 0,
                     background: false,
                     cursor_seen: 0,
+                    epoch_seen: 0,
                     verified_to: 0,
                     received: BTreeSet::new(),
                     connects: 0,
@@ -879,6 +882,37 @@ impl World {
         self.schedule(self.now + downtime, Ev::ServerStart);
     }
 
+    /// The server comes back with its store replaced by an empty one (a restore from a backup
+    /// taken before anything was written, a wiped volume): every connection sees the close,
+    /// connects are refused for `downtime`, and the messages acknowledged so far are gone from
+    /// the server, so the world stops expecting them (those still in an outbox are sent again).
+    pub fn server_restore_empty(&mut self, downtime: Duration) {
+        self.stats.server_restarts += 1;
+        self.note(|| "server restored from an empty backup".into());
+        self.server_up = false;
+        let conns = self.server.restore_empty();
+        for conn in conns {
+            let latency = self.short_latency();
+            let c = self.conns.get_mut(&conn).expect("known conn");
+            c.server_open = false;
+            c.lost_to_server = true;
+            if c.client_open && !c.lost_to_client {
+                self.schedule(
+                    self.now + latency,
+                    Ev::ClientSeesClose { conn, forced: true },
+                );
+            }
+        }
+        let devices = &self.devices;
+        self.sent.retain(|r| {
+            devices[r.device]
+                .store()
+                .outbox_get(r.local_id)
+                .is_ok_and(|item| item.is_some())
+        });
+        self.schedule(self.now + downtime, Ev::ServerStart);
+    }
+
     /// Cuts a device's link. `kind`: 0 both ends see a reset, 1 only the client, 2 only the
     /// server, 3 silently (half-dead both ways), 4 only server→client traffic dies, 5 only
     /// client→server traffic dies.
@@ -1212,12 +1246,30 @@ impl World {
             return Err(format!("the server saw a protocol violation: {v}"));
         }
         for i in 0..self.devices.len() {
+            let Some(epoch) = self.devices[i].client.as_ref().map(|c| c.store().inbox_epoch())
+            else {
+                continue;
+            };
+            let epoch = epoch.map_err(|e| e.to_string())?;
+            if epoch != self.devices[i].epoch_seen {
+                // The device moved to another inbox numbering (a restored server): its cursor
+                // starts over, and the entries it verified belonged to the old one.
+                let d = &mut self.devices[i];
+                d.epoch_seen = epoch;
+                d.cursor_seen = 0;
+                d.verified_to = 0;
+            }
             let d = &self.devices[i];
             let Some(client) = d.client.as_ref() else {
                 continue;
             };
             let cursor = client.cursor();
             let head = self.server.head(&d.user);
+            if epoch != 0 && epoch != self.server.inbox_epoch {
+                // Still following the replaced server's numbering until it reconnects: its
+                // cursor counts in another inbox.
+                continue;
+            }
             if cursor < d.cursor_seen {
                 return Err(format!(
                     "{}: cursor went back from {} to {cursor}",

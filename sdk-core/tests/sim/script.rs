@@ -148,5 +148,6 @@ pub fn sync_resp(entries: Vec<pb::InboxEntry>, head: u64, has_more: bool) -> pb:
         has_more,
         next_seq,
         missing: Vec::new(),
+        inbox_epoch: 0,
     }
 }

@@ -96,6 +96,8 @@ pub struct ServerStats {
 
 /// The simulated server.
 pub struct Server {
+    /// The inbox epoch (SPEC §10.8): changes when the durable state is replaced.
+    pub inbox_epoch: u64,
     /// Inbox per user: index `i` holds `inbox_seq` `i + 1`.
     pub inboxes: BTreeMap<String, Vec<pb::InboxEntry>>,
     /// Storage timeline per conversation: index `i` holds `conversation_seq` `i + 1`.
@@ -127,6 +129,7 @@ impl Server {
     /// A server with empty state and `group_members` in [`GROUP`].
     pub fn new(group_members: Vec<String>) -> Server {
         Server {
+            inbox_epoch: 1,
             inboxes: BTreeMap::new(),
             timelines: BTreeMap::new(),
             sends: BTreeMap::new(),
@@ -204,6 +207,22 @@ impl Server {
     pub fn restart(&mut self) -> Vec<ConnId> {
         let conns = self.sessions.keys().copied().collect();
         self.sessions.clear();
+        conns
+    }
+
+    /// The durable state is replaced by an empty one, as when a server is restored from a
+    /// backup taken before anything was written, or its volume is wiped: every session is
+    /// gone and the inbox epoch changes. Returns the connections that were open.
+    pub fn restore_empty(&mut self) -> Vec<ConnId> {
+        let conns = self.restart();
+        let members = std::mem::take(&mut self.group_members);
+        let epoch = self.inbox_epoch + 1;
+        let faults = self.faults.clone();
+        let stats = self.stats.clone();
+        *self = Server::new(members);
+        self.inbox_epoch = epoch;
+        self.faults = faults;
+        self.stats = stats;
         conns
     }
 
@@ -330,6 +349,7 @@ impl Server {
                     client_time_ms: ping.client_time_ms,
                     server_time_ms: EPOCH_MS + now.as_millis() as u64,
                     inbox_head_seq: self.head(&user),
+                    inbox_epoch: self.inbox_epoch,
                 };
                 out.push(Out::Frame(conn, Frame::new(rid, pong)));
             }
@@ -470,6 +490,7 @@ impl Server {
             session_id: format!("s{conn}"),
             compression: pb::Compression::None as i32,
             compression_threshold_bytes: 8192,
+            inbox_epoch: self.inbox_epoch,
         };
         out.push(Out::Frame(conn, Frame::new(rid, response)));
     }
@@ -736,6 +757,7 @@ impl Server {
             has_more,
             next_seq,
             missing,
+            inbox_epoch: self.inbox_epoch,
         };
         out.push(Out::Frame(conn, Frame::new(rid, response)));
     }
