@@ -89,6 +89,7 @@ pub fn samples() -> Vec<Sample> {
                 session_id: "s-7f3a".into(),
                 compression: pb::Compression::Zstd as i32,
                 compression_threshold_bytes: 8192,
+                inbox_epoch: 4_503_599_627_370_001,
             },
         ),
         sample(
@@ -106,6 +107,7 @@ pub fn samples() -> Vec<Sample> {
                 client_time_ms: 1_700_000_000_000,
                 server_time_ms: 1_700_000_000_003,
                 inbox_head_seq: 42,
+                inbox_epoch: 4_503_599_627_370_001,
             },
         ),
         sample(
@@ -298,6 +300,7 @@ pub fn samples() -> Vec<Sample> {
                     to_seq: 25,
                     reason: pb::SeqRangeReason::NotYet as i32,
                 }],
+                inbox_epoch: 4_503_599_627_370_001,
             },
         ),
         sample(
@@ -525,6 +528,7 @@ pub fn samples() -> Vec<Sample> {
             has_more: false,
             next_seq: 41,
             missing: vec![],
+            inbox_epoch: 4_503_599_627_370_001,
         },
     );
     compressed.compressed = true;
