@@ -49,6 +49,14 @@ pub struct ServerOptions {
     pub slow_client_timeout: Duration,
     /// Kernel send buffer of each client socket (SO_SNDBUF; 0 = the kernel's autotuning).
     pub socket_send_buffer_bytes: u32,
+    /// Writes are refused (retryable UNAVAILABLE) while the data directory's filesystem has
+    /// less free space than this (0 = no threshold).
+    pub min_free_disk_bytes: u64,
+    /// Storage bytes per second one sender's messages may write (content + per-recipient
+    /// entries; 0 = unlimited).
+    pub fanout_bytes_per_sec: u64,
+    /// Burst of that budget.
+    pub fanout_burst_bytes: u64,
 }
 
 impl ServerOptions {
@@ -68,6 +76,9 @@ impl ServerOptions {
             max_connections: 100_000,
             max_connections_per_user: crate::hub::DEFAULT_MAX_CONNECTIONS_PER_USER,
             outbound_queue_bytes: im_protocol::DEFAULT_MAX_BODY,
+            min_free_disk_bytes: store_embedded::DEFAULT_MIN_FREE_BYTES,
+            fanout_bytes_per_sec: logic::DEFAULT_FANOUT_BYTES_PER_SEC,
+            fanout_burst_bytes: logic::DEFAULT_FANOUT_BURST_BYTES,
             slow_client_timeout: Duration::from_secs(15),
             socket_send_buffer_bytes: DEFAULT_SOCKET_SEND_BUFFER,
         }
@@ -142,7 +153,13 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         source,
     };
     create_private_dir(&options.data_dir).map_err(data_dir_error)?;
-    let store = EmbeddedStore::open(&options.data_dir.join("store"), EmbeddedOptions::default())?;
+    let store = EmbeddedStore::open(
+        &options.data_dir.join("store"),
+        EmbeddedOptions {
+            min_free_bytes: options.min_free_disk_bytes,
+            ..EmbeddedOptions::default()
+        },
+    )?;
     // The journal holds message text in plain form: only the server's user may read it. The
     // binary sets its umask so new files are private; this also covers files written before
     // that (an upgraded data directory) and servers embedded in other processes.
@@ -156,6 +173,8 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
             recall_window_ms: options.recall_window.as_millis() as u64,
             // Half a frame: room for the response's other fields and protobuf framing.
             page_bytes: options.max_frame_bytes.min(im_protocol::ABSOLUTE_MAX_BODY) / 2,
+            fanout_bytes_per_sec: options.fanout_bytes_per_sec,
+            fanout_burst_bytes: options.fanout_burst_bytes,
             ..LogicConfig::default()
         },
     );

@@ -85,6 +85,18 @@ struct ServeArgs {
     /// a peer that does not read pin up to 4 MiB of kernel memory).
     #[arg(long, env = "IM_SOCKET_SEND_BUFFER_BYTES", default_value_t = 256 * 1024)]
     socket_send_buffer_bytes: u32,
+    /// Refuse writes (retryable UNAVAILABLE) while the data directory's filesystem has less
+    /// free space than this many bytes; reads keep working, writes resume by themselves once
+    /// space is freed (0 = no threshold).
+    #[arg(long, env = "IM_MIN_FREE_DISK_BYTES", default_value_t = store_embedded::DEFAULT_MIN_FREE_BYTES)]
+    min_free_disk_bytes: u64,
+    /// Storage bytes per second one sender's messages may write: the content once plus 128
+    /// bytes per recipient (0 = unlimited). Above it sends get RATE_LIMITED.
+    #[arg(long, env = "IM_FANOUT_BYTES_PER_SEC", default_value_t = logic::DEFAULT_FANOUT_BYTES_PER_SEC)]
+    fanout_bytes_per_sec: u64,
+    /// Burst of the per-sender storage budget, in bytes.
+    #[arg(long, env = "IM_FANOUT_BURST_BYTES", default_value_t = logic::DEFAULT_FANOUT_BURST_BYTES)]
+    fanout_burst_bytes: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,6 +216,9 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         slow_client_timeout: Duration::try_from_secs_f64(args.slow_client_timeout_secs)
             .context("--slow-client-timeout-secs must be a non-negative number of seconds")?,
         socket_send_buffer_bytes: args.socket_send_buffer_bytes,
+        min_free_disk_bytes: args.min_free_disk_bytes,
+        fanout_bytes_per_sec: args.fanout_bytes_per_sec,
+        fanout_burst_bytes: args.fanout_burst_bytes,
         ..ServerOptions::new(args.listen, common.data_dir.clone(), tokens)
     };
     let server = app::start(options).await.context("starting the server")?;

@@ -18,7 +18,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let mut options =
         ServerOptions::new(listen, data_dir, TokenKey::new(secret.as_bytes().to_vec()));
+    // The load tester measures capacity: per-connection and per-sender policies are off, as
+    // they are for the other systems it is compared with.
     options.rate_limit = 0;
+    options.fanout_bytes_per_sec = 0;
     options.heartbeat = heartbeat;
     options.max_group_members = max_group_members;
     let server = app::start(options).await?;

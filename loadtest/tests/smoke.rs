@@ -29,6 +29,7 @@ async fn server(dir: &tempfile::TempDir) -> (RunningServer, Target) {
         TokenKey::new(SECRET.as_bytes().to_vec()),
     );
     options.rate_limit = 0;
+    options.fanout_bytes_per_sec = 0;
     let server = app::start(options).await.expect("server starts");
     let mut target = Target::local(server.addr, SECRET);
     target.server_pid = Some(std::process::id());

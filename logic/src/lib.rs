@@ -9,6 +9,9 @@
 use im_protocol::ids::{self, ConversationRef};
 use im_protocol::pb::{self, send_req::Target};
 use im_protocol::{Body, ErrorCodeExt as _};
+pub mod fanout_budget;
+
+use fanout_budget::FanoutBudget;
 use timeline_store::{
     ConversationState, Delivery, NewGroup, NewMessage, StoreError, TimelineStore,
 };
@@ -46,7 +49,19 @@ pub struct LogicConfig {
     /// cut by bytes as well as by count: 200 entries of 64 KiB would not fit in one frame, and a
     /// response that cannot be sent would leave the client retrying forever.
     pub page_bytes: usize,
+    /// Storage bytes per second one sender's messages may write, counting the content once
+    /// and [`fanout_budget::BYTES_PER_RECIPIENT`] per recipient (0 = unlimited). Sends above
+    /// it get `RATE_LIMITED` with the wait.
+    pub fanout_bytes_per_sec: u64,
+    /// Burst of that budget.
+    pub fanout_burst_bytes: u64,
 }
+
+/// Default of [`LogicConfig::fanout_bytes_per_sec`]: about eight messages a second to a group
+/// of a thousand, hundreds a second to one person.
+pub const DEFAULT_FANOUT_BYTES_PER_SEC: u64 = 1 << 20;
+/// Default of [`LogicConfig::fanout_burst_bytes`].
+pub const DEFAULT_FANOUT_BURST_BYTES: u64 = 4 << 20;
 
 impl Default for LogicConfig {
     fn default() -> Self {
@@ -64,6 +79,8 @@ impl Default for LogicConfig {
             members_default: 500,
             members_max: 1000,
             page_bytes: im_protocol::DEFAULT_MAX_BODY / 2,
+            fanout_bytes_per_sec: DEFAULT_FANOUT_BYTES_PER_SEC,
+            fanout_burst_bytes: DEFAULT_FANOUT_BURST_BYTES,
         }
     }
 }
@@ -102,6 +119,7 @@ pub type Reply = Result<Option<Body>, pb::Error>;
 pub struct Logic<S> {
     store: S,
     config: LogicConfig,
+    fanout: FanoutBudget,
 }
 
 /// Longest error text sent to a client: texts may quote a piece of the request (an id, a
@@ -121,14 +139,34 @@ fn error(code: pb::ErrorCode, message: impl Into<String>) -> pb::Error {
     code.to_error(message)
 }
 
+/// How long a client should wait before retrying a write refused for a full disk: freeing
+/// space is an operator's job, not a matter of milliseconds.
+pub const STORAGE_FULL_RETRY_AFTER_MS: u32 = 5_000;
+/// How long a client should wait before retrying after another storage failure.
+pub const STORAGE_FAILURE_RETRY_AFTER_MS: u32 = 1_000;
+
 fn store_error(e: StoreError) -> pb::Error {
+    let with_retry = |mut error: pb::Error, ms: u32| {
+        error.retry_after_ms = ms;
+        error
+    };
     match e {
-        // Engine details are for the operator's log, not for clients.
-        StoreError::Backend(detail) => {
-            tracing::warn!(%detail, "storage failure answered as UNAVAILABLE");
+        StoreError::Full => with_retry(
             error(
                 pb::ErrorCode::Unavailable,
-                "storage temporarily unavailable; retry later",
+                "the server's storage is full; retry later",
+            ),
+            STORAGE_FULL_RETRY_AFTER_MS,
+        ),
+        // Engine details are for the operator's log, not for clients.
+        StoreError::Backend(detail) | StoreError::Unavailable(detail) => {
+            tracing::warn!(%detail, "storage failure answered as UNAVAILABLE");
+            with_retry(
+                error(
+                    pb::ErrorCode::Unavailable,
+                    "storage temporarily unavailable; retry later",
+                ),
+                STORAGE_FAILURE_RETRY_AFTER_MS,
             )
         }
         e => error(e.code(), e.to_string()),
@@ -233,7 +271,15 @@ fn now_ms() -> u64 {
 impl<S: TimelineStore> Logic<S> {
     /// The business tier over `store`.
     pub fn new(store: S, config: LogicConfig) -> Logic<S> {
-        Logic { store, config }
+        let fanout = FanoutBudget::new(
+            config.fanout_bytes_per_sec,
+            config.fanout_burst_bytes,
+        );
+        Logic {
+            store,
+            config,
+            fanout,
+        }
     }
 
     /// The store underneath (for the gateway's handshake: inbox head).
@@ -259,7 +305,21 @@ impl<S: TimelineStore> Logic<S> {
         let mut to_commit = Vec::new();
         let mut slots = Vec::new();
         for request in requests {
-            match self.prepare_send(caller, request, now).await {
+            let prepared = self.prepare_send(caller, request, now).await.and_then(|message| {
+                let cost = FanoutBudget::cost(message.content.len(), message.recipients.len());
+                match self.fanout.charge(&caller.user, cost, now) {
+                    Ok(()) => Ok(message),
+                    Err(wait_ms) => {
+                        let mut refused = error(
+                            pb::ErrorCode::RateLimited,
+                            "this sender's messages write too much to storage; slow down",
+                        );
+                        refused.retry_after_ms = wait_ms;
+                        Err(refused)
+                    }
+                }
+            });
+            match prepared {
                 Ok(message) => {
                     slots.push(replies.len());
                     replies.push(None);

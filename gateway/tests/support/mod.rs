@@ -25,11 +25,17 @@ pub struct Server {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts a server on a fresh port with its store in `data_dir`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Like [`Server::start`], with settings also given as `IM_*` environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         // A fixed port (found free now) so a restarted server is where clients reconnect to.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -37,12 +43,17 @@ impl Server {
             .port();
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         extra.extend(["--listen".to_string(), format!("127.0.0.1:{port}")]);
-        let (child, addr) = spawn(data_dir, &extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr) = spawn(data_dir, &extra, &env);
         Server {
             child,
             addr,
             data_dir: data_dir.to_owned(),
             extra,
+            env,
         }
     }
 
@@ -86,7 +97,7 @@ impl Server {
 
     /// Starts the server again on the same data directory and port.
     pub fn restart(&mut self) {
-        let (child, addr) = spawn(&self.data_dir, &self.extra);
+        let (child, addr) = spawn(&self.data_dir, &self.extra, &self.env);
         self.child = child;
         self.addr = addr;
     }
@@ -121,7 +132,7 @@ pub fn token_with(user: &str, device: Option<&str>, exp: u64) -> String {
     })
 }
 
-fn spawn(data_dir: &Path, extra: &[String]) -> (Child, SocketAddr) {
+fn spawn(data_dir: &Path, extra: &[String], env: &[(String, String)]) -> (Child, SocketAddr) {
     // Tests pipeline hundreds of requests: no rate limit unless a test sets one.
     let rate_limit: &[&str] = if extra.iter().any(|a| a == "--rate-limit") {
         &[]
@@ -134,6 +145,7 @@ fn spawn(data_dir: &Path, extra: &[String]) -> (Child, SocketAddr) {
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env(
             "RUST_LOG",
             std::env::var("IM_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),

@@ -32,7 +32,7 @@ mod records;
 mod writer;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -58,6 +58,16 @@ pub enum SyncMode {
     All,
 }
 
+/// Default of [`EmbeddedOptions::min_free_bytes`]: room for fjall to flush its memtables and
+/// finish a compaction after writes stop.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
+
+/// Free space a failed store waits for before it reopens, even with no reserve configured.
+const REOPEN_MIN_FREE_BYTES: u64 = 1 << 20;
+
+/// How often free space is measured, and a failed store is tried again.
+const HEALTH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Tuning of the embedded store.
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
@@ -74,6 +84,10 @@ pub struct EmbeddedOptions {
     /// The writer forgets its cached heads when it holds more than this many (each is reloaded
     /// by one seek when next needed).
     pub head_cache_entries: usize,
+    /// Mutations are refused (`StoreError::Full`) while the data directory's filesystem has
+    /// less free space than this, so the engine never runs into a full disk in the middle of a
+    /// commit. 0 = no threshold.
+    pub min_free_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -85,6 +99,7 @@ impl Default for EmbeddedOptions {
             cache_bytes: 64 << 20,
             worker_threads: 2,
             head_cache_entries: 1_000_000,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -143,17 +158,30 @@ impl Keyspaces {
     }
 }
 
+/// The open database. Replaced as a whole when the store reopens after a failed commit.
+struct Engine {
+    db: SingleWriterTxDatabase,
+    ks: Keyspaces,
+}
+
 struct Inner {
     /// See [`TimelineStore::inbox_epoch`].
     inbox_epoch: u64,
     dir: std::path::PathBuf,
+    options: EmbeddedOptions,
     /// Group commits made durable since open (see [`EmbeddedStore::group_commits`]).
     commits: Arc<AtomicU64>,
-    db: SingleWriterTxDatabase,
-    ks: Keyspaces,
-    /// The writer's queue; `None` once closed.
+    /// The database reads use; `None` only while it is being reopened.
+    engine: RwLock<Option<Arc<Engine>>>,
+    /// The writer's queue; `None` once closed, and while reopening.
     queue: RwLock<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// A commit failed (a full disk, an I/O error): fjall accepts no further writes on this
+    /// database. The health thread reopens it once there is room again.
+    broken: Arc<AtomicBool>,
+    /// Free bytes on the data directory's filesystem, as last measured.
+    free_bytes: AtomicU64,
+    closed: AtomicBool,
 }
 
 impl Inner {
@@ -169,6 +197,123 @@ impl Inner {
         match handle {
             Some(handle) => handle.join().map_err(|_| EmbeddedError::WriterPanicked),
             None => Ok(()),
+        }
+    }
+
+    /// Measures the free space of the data directory's filesystem (unknown = plenty).
+    fn measure_free_space(&self) -> u64 {
+        let free = match rustix::fs::statvfs(&self.dir) {
+            Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
+            Err(_) => u64::MAX,
+        };
+        self.free_bytes.store(free, Ordering::Relaxed);
+        free
+    }
+
+    fn low_on_space(&self) -> bool {
+        self.free_bytes.load(Ordering::Relaxed) < self.options.min_free_bytes
+    }
+
+    /// Replaces a database that refuses writes by a freshly opened one (fjall recovers it
+    /// from its journal, so everything committed is kept). Readers wait out the swap.
+    fn reopen(&self) -> Result<(), EmbeddedError> {
+        self.stop_writer()?;
+        let old = self.engine.write().ok().and_then(|mut engine| engine.take());
+        if let Some(old) = old {
+            // Reads in flight hold the old database for a moment; fjall's lock is released
+            // only when the last handle goes.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        let (engine, queue, writer) =
+            start_engine(&self.dir, &self.options, &self.commits, &self.broken)?;
+        if let Ok(mut slot) = self.writer.lock() {
+            *slot = Some(writer);
+        }
+        if let Ok(mut slot) = self.queue.write() {
+            *slot = Some(queue);
+        }
+        if let Ok(mut slot) = self.engine.write() {
+            *slot = Some(Arc::new(engine));
+        }
+        self.broken.store(false, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Opens the database in `dir` and starts its writer thread.
+fn start_engine(
+    dir: &Path,
+    options: &EmbeddedOptions,
+    commits: &Arc<AtomicU64>,
+    broken: &Arc<AtomicBool>,
+) -> Result<(Engine, mpsc::Sender<Job>, JoinHandle<()>), EmbeddedError> {
+    let open_error = |source| EmbeddedError::Open {
+        path: dir.display().to_string(),
+        source,
+    };
+    let db = SingleWriterTxDatabase::builder(dir)
+        .cache_size(options.cache_bytes)
+        .worker_threads(options.worker_threads.max(1))
+        // Each group commit persists its own batch; nothing else should sync.
+        .manual_journal_persist(true)
+        .open()
+        .map_err(open_error)?;
+    let ks = Keyspaces::open(&db).map_err(open_error)?;
+    let (queue, rx) = mpsc::channel(options.queue_capacity.max(1));
+    let config = writer::WriterConfig {
+        max_batch: options.max_batch.max(1),
+        persist: match options.sync {
+            SyncMode::Data => PersistMode::SyncData,
+            SyncMode::All => PersistMode::SyncAll,
+        },
+        head_cache_entries: options.head_cache_entries,
+        commits: Arc::clone(commits),
+        broken: Arc::clone(broken),
+    };
+    let writer_db = db.clone();
+    let writer_ks = ks.clone();
+    let writer = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer::run(writer_db, writer_ks, rx, config))
+        .map_err(EmbeddedError::SpawnWriter)?;
+    Ok((Engine { db, ks }, queue, writer))
+}
+
+/// Measures free space and reopens a failed database once there is room again, until the
+/// store is closed or dropped.
+fn watch_health(inner: std::sync::Weak<Inner>) {
+    loop {
+        std::thread::sleep(HEALTH_CHECK_INTERVAL);
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let was_low = inner.low_on_space();
+        let free = inner.measure_free_space();
+        match (was_low, inner.low_on_space()) {
+            (false, true) => tracing::error!(
+                free,
+                min_free = inner.options.min_free_bytes,
+                "the data disk is nearly full: refusing writes until space is freed"
+            ),
+            (true, false) => tracing::warn!(free, "the data disk has room again: writes resume"),
+            _ => {}
+        }
+        // Reopening on a disk that is still full would fail again, and readers would lose the
+        // old database meanwhile: wait for some room (and the reserve) first.
+        if inner.broken.load(Ordering::Acquire)
+            && free >= inner.options.min_free_bytes.max(REOPEN_MIN_FREE_BYTES)
+        {
+            match inner.reopen() {
+                Ok(()) => tracing::warn!(free, "store reopened after a failed commit: writes resume"),
+                Err(e) => tracing::error!(error = %e, "reopening the store failed; trying again"),
+            }
         }
     }
 }
@@ -199,48 +344,35 @@ impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir` and starts its writer thread. Blocks while
     /// fjall recovers its journal; call it before serving or from `spawn_blocking`.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, EmbeddedError> {
-        let open_error = |source| EmbeddedError::Open {
-            path: dir.display().to_string(),
-            source,
-        };
-        let db = SingleWriterTxDatabase::builder(dir)
-            .cache_size(options.cache_bytes)
-            .worker_threads(options.worker_threads.max(1))
-            // Each group commit persists its own batch; nothing else should sync.
-            .manual_journal_persist(true)
-            .open()
-            .map_err(open_error)?;
-        let ks = Keyspaces::open(&db).map_err(open_error)?;
-        let inbox_epoch = load_or_create_epoch(&db, &ks).map_err(open_error)?;
-        let (queue, rx) = mpsc::channel(options.queue_capacity.max(1));
-        let config = writer::WriterConfig {
-            max_batch: options.max_batch.max(1),
-            persist: match options.sync {
-                SyncMode::Data => PersistMode::SyncData,
-                SyncMode::All => PersistMode::SyncAll,
-            },
-            head_cache_entries: options.head_cache_entries,
-            commits: Arc::new(AtomicU64::new(0)),
-        };
-        let commits = Arc::clone(&config.commits);
-        let writer_db = db.clone();
-        let writer_ks = ks.clone();
-        let writer = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer::run(writer_db, writer_ks, rx, config))
-            .map_err(EmbeddedError::SpawnWriter)?;
+        let commits = Arc::new(AtomicU64::new(0));
+        let broken = Arc::new(AtomicBool::new(false));
+        let (engine, queue, writer) = start_engine(dir, &options, &commits, &broken)?;
+        let inbox_epoch = load_or_create_epoch(&engine.db, &engine.ks).map_err(|source| {
+            EmbeddedError::Open {
+                path: dir.display().to_string(),
+                source,
+            }
+        })?;
         tracing::info!(dir = %dir.display(), inbox_epoch, "embedded store open");
-        Ok(EmbeddedStore {
-            inner: Arc::new(Inner {
-                inbox_epoch,
-                dir: dir.to_owned(),
-                commits,
-                db,
-                ks,
-                queue: RwLock::new(Some(queue)),
-                writer: Mutex::new(Some(writer)),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            inbox_epoch,
+            dir: dir.to_owned(),
+            options,
+            commits,
+            engine: RwLock::new(Some(Arc::new(engine))),
+            queue: RwLock::new(Some(queue)),
+            writer: Mutex::new(Some(writer)),
+            broken,
+            free_bytes: AtomicU64::new(u64::MAX),
+            closed: AtomicBool::new(false),
+        });
+        inner.measure_free_space();
+        let watched = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("store-health".into())
+            .spawn(move || watch_health(watched))
+            .map_err(EmbeddedError::SpawnWriter)?;
+        Ok(EmbeddedStore { inner })
     }
 
     fn inbox_epoch_value(&self) -> u64 {
@@ -263,6 +395,7 @@ impl EmbeddedStore {
     /// once every clone is dropped.
     pub async fn close(self) -> Result<(), EmbeddedError> {
         let inner = Arc::clone(&self.inner);
+        inner.closed.store(true, Ordering::Release);
         drop(self);
         tokio::task::spawn_blocking(move || inner.stop_writer())
             .await
@@ -277,12 +410,19 @@ impl EmbeddedStore {
         run: impl Fn(&mut WriteCtx<'_, '_>) -> T + Send + 'static,
         failed: impl Fn(StoreError) -> T + Send + Sync + 'static,
     ) -> T {
+        if let Some(refusal) = self.write_refusal() {
+            return failed(refusal);
+        }
         let queue = match self.inner.queue.read() {
             Ok(queue) => queue.clone(),
             Err(_) => None,
         };
         let Some(queue) = queue else {
-            return failed(StoreError::Closed);
+            return failed(if self.inner.closed.load(Ordering::Acquire) {
+                StoreError::Closed
+            } else {
+                StoreError::Unavailable("the store is reopening".into())
+            });
         };
         let (reply, answer) = oneshot::channel();
         // Shared with every run of the job: an answer dropped unused (its drain was run again)
@@ -307,7 +447,15 @@ impl EmbeddedStore {
             Ok(Err(failure)) if failure.invalid_argument => {
                 failed(StoreError::InvalidArgument(failure.reason))
             }
-            Ok(Err(failure)) => failed(StoreError::Backend(failure.reason)),
+            Ok(Err(failure)) => {
+                // A failed commit may mean a full disk: measure now rather than at the next tick.
+                self.inner.measure_free_space();
+                if self.inner.low_on_space() {
+                    failed(StoreError::Full)
+                } else {
+                    failed(StoreError::Backend(failure.reason))
+                }
+            }
             // The job panicked inside the writer and was dropped with its answer channel; the
             // group commit it was part of ran again without it.
             Err(_) => failed(StoreError::Backend(
@@ -316,16 +464,33 @@ impl EmbeddedStore {
         }
     }
 
+    /// Why a mutation cannot be tried now, if it cannot: the disk is (nearly) full, or the
+    /// database refuses writes until it is reopened.
+    fn write_refusal(&self) -> Option<StoreError> {
+        if self.inner.low_on_space() {
+            return Some(StoreError::Full);
+        }
+        if self.inner.broken.load(Ordering::Acquire) {
+            return Some(StoreError::Unavailable(
+                "the store is recovering from a failed write".into(),
+            ));
+        }
+        None
+    }
+
     /// Runs a read on the blocking pool against a fresh snapshot.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Reader<'_>) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let inner = Arc::clone(&self.inner);
+        let engine = self.inner.engine.read().ok().and_then(|e| e.clone());
+        let Some(engine) = engine else {
+            return Err(StoreError::Unavailable("the store is reopening".into()));
+        };
         tokio::task::spawn_blocking(move || {
             let reader = Reader {
-                snapshot: inner.db.read_tx(),
-                ks: &inner.ks,
+                snapshot: engine.db.read_tx(),
+                ks: &engine.ks,
             };
             f(&reader)
         })
@@ -384,6 +549,9 @@ fn all_failed(count: usize) -> impl Fn(StoreError) -> Vec<StoreResult<CommittedM
             .map(|_| {
                 Err(match &error {
                     StoreError::Closed => StoreError::Closed,
+                    StoreError::Full => StoreError::Full,
+                    StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+                    StoreError::InvalidArgument(why) => StoreError::InvalidArgument(why.clone()),
                     _ => StoreError::Backend(text.clone()),
                 })
             })

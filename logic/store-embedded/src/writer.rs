@@ -94,6 +94,8 @@ pub(crate) struct WriterConfig {
     pub head_cache_entries: usize,
     /// Counts durable group commits, for [`crate::EmbeddedStore::group_commits`].
     pub commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set when a commit fails: fjall then refuses every further write on this database.
+    pub broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The writer thread's loop; returns when every sender is gone and the queue is empty.
@@ -224,6 +226,9 @@ fn run_drain(
         Err(failure) => {
             tracing::error!(jobs = count, reason = %failure.reason, "group commit failed; nothing of it was stored");
             caches.clear();
+            config
+                .broken
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
     for finish in finishes {

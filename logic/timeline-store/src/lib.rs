@@ -170,6 +170,13 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,
+    /// The disk is full, or nearly: writes are refused until there is room again. Reads
+    /// still work.
+    #[error("the server's storage is full")]
+    Full,
+    /// The store cannot take writes for a moment (it is recovering from a failed write).
+    #[error("storage temporarily unavailable: {0}")]
+    Unavailable(String),
     /// An argument the store cannot interpret (a malformed page cursor or conversation id). The
     /// logic tier validates what it can; this covers what only the store can check, such as
     /// the cursors it hands out.
@@ -190,6 +197,7 @@ impl StoreError {
             StoreError::NotOpen => pb::ErrorCode::NotOpen,
             StoreError::Backend(_) => pb::ErrorCode::Unavailable,
             StoreError::Closed => pb::ErrorCode::ShuttingDown,
+            StoreError::Full | StoreError::Unavailable(_) => pb::ErrorCode::Unavailable,
             StoreError::InvalidArgument(_) => pb::ErrorCode::InvalidArgument,
         }
     }
