@@ -8,7 +8,8 @@
 //! `states` (user + conversation -> read marker, unread count...; the conversation list is
 //! sorted by update time when read), `groups`, `members`
 //! (group + user), `group_requests` (owner + client request id -> group id), `delivery`
-//! (user + device -> cursor) and `counters` (next server msg id, next group number).
+//! (user + device -> cursor), `counters` (next server msg id, next group number) and `hidden`
+//! (user + conversation + seq: the messages a user deleted for themself).
 //!
 //! # Writes
 //! All mutations go through one writer thread over a bounded queue (see [`writer`]): it drains
@@ -124,6 +125,8 @@ pub(crate) struct Keyspaces {
     group_requests: SingleWriterTxKeyspace,
     delivery: SingleWriterTxKeyspace,
     counters: SingleWriterTxKeyspace,
+    /// User + conversation + seq -> nothing: the messages a user deleted for themself.
+    hidden: SingleWriterTxKeyspace,
 }
 
 impl Keyspaces {
@@ -139,6 +142,7 @@ impl Keyspaces {
             group_requests: open("group_requests")?,
             delivery: open("delivery")?,
             counters: open("counters")?,
+            hidden: open("hidden")?,
         })
     }
 }
@@ -476,8 +480,45 @@ impl TimelineStore for EmbeddedStore {
         limit: u32,
     ) -> StoreResult<HistoryPage> {
         let conversation_id = conversation_id.to_owned();
-        self.read(move |r| r.read_history(&conversation_id, anchor_seq, direction, limit))
+        self.read(move |r| r.read_history(None, &conversation_id, anchor_seq, direction, limit))
             .await
+    }
+
+    async fn read_history_as(
+        &self,
+        viewer: &str,
+        conversation_id: &str,
+        anchor_seq: u64,
+        direction: pb::HistoryDirection,
+        limit: u32,
+    ) -> StoreResult<HistoryPage> {
+        let (viewer, conversation_id) = (viewer.to_owned(), conversation_id.to_owned());
+        self.read(move |r| {
+            r.read_history(
+                Some(&viewer),
+                &conversation_id,
+                anchor_seq,
+                direction,
+                limit,
+            )
+        })
+        .await
+    }
+
+    async fn delete_messages(
+        &self,
+        user: &str,
+        conversation_id: &str,
+        seqs: &[u64],
+        now_ms: u64,
+    ) -> StoreResult<(u64, Vec<Delivery>)> {
+        let (user, conversation_id, seqs) =
+            (user.to_owned(), conversation_id.to_owned(), seqs.to_vec());
+        self.mutate(
+            move |ctx| ctx.delete_messages(&user, &conversation_id, &seqs, now_ms),
+            Err,
+        )
+        .await
     }
 
     async fn conversations(

@@ -490,18 +490,13 @@ impl WriteCtx<'_, '_> {
         self.delete(&ks.states, key);
     }
 
-    /// The public view of a state, with its last message read from the timeline.
-    fn public_state(&mut self, state: StateRecord) -> StoreResult<ConversationState> {
+    /// The public view of `user`'s state, with its last message read from the timeline (the
+    /// newest one `user` has not deleted for themself).
+    fn public_state(&mut self, user: &str, state: StateRecord) -> StoreResult<ConversationState> {
         let ks = self.ks;
-        let last_message = if state.last_seq == 0 {
-            None
-        } else {
-            self.get_decoded(
-                &ks.timelines,
-                &keys::seq_key(&state.conversation_id, state.last_seq),
-                "message",
-            )?
-        };
+        let last_message =
+            read::newest_visible(&*self.tx, ks, user, &state.conversation_id, state.last_seq)
+                .map_err(|e| self.fail_with(e))?;
         Ok(read::public_state(state, last_message))
     }
 
@@ -650,7 +645,7 @@ impl WriteCtx<'_, '_> {
         };
         let target = read_seq.min(state.last_seq);
         if target <= state.read_seq {
-            return Ok((self.public_state(state)?, Vec::new()));
+            return Ok((self.public_state(user, state)?, Vec::new()));
         }
         let unread = self.count_from_others(user, conversation_id, target, state.last_seq)?;
         state.read_seq = target;
@@ -684,7 +679,7 @@ impl WriteCtx<'_, '_> {
                 }),
             )?);
         }
-        Ok((self.public_state(state)?, deliveries))
+        Ok((self.public_state(user, state)?, deliveries))
     }
 
     /// Messages not sent by `user` with seq in `(above, up_to]`.
@@ -764,6 +759,49 @@ impl WriteCtx<'_, '_> {
             deliveries.push(self.append_event(user, Body::Recall(event.clone()))?);
         }
         Ok((event, deliveries))
+    }
+
+    // ----- delete for me -----
+
+    pub(crate) fn delete_messages(
+        &mut self,
+        user: &str,
+        conversation_id: &str,
+        seqs: &[u64],
+        now_ms: u64,
+    ) -> StoreResult<(u64, Vec<Delivery>)> {
+        check_id(user, "user id")?;
+        parse_conversation(conversation_id)?;
+        // A conversation's seqs have no holes, so 1..=head are exactly the messages that exist;
+        // this spares a lookup per requested seq on the writer thread.
+        let head = self.conversation_head(conversation_id)?;
+        let wanted: BTreeSet<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|seq| (1..=head).contains(seq))
+            .collect();
+        let ks = self.ks;
+        let mut newly_hidden = Vec::new();
+        for seq in wanted {
+            let key = keys::hidden_key(user, conversation_id, seq);
+            if self.get(&ks.hidden, &key)?.is_none() {
+                self.put(&ks.hidden, key, Vec::new());
+                newly_hidden.push(seq);
+            }
+        }
+        if newly_hidden.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let count = newly_hidden.len() as u64;
+        let _ = now_ms;
+        let delivery = self.append_event(
+            user,
+            Body::Delete(pb::DeleteEvent {
+                conversation_id: conversation_id.to_owned(),
+                conversation_seqs: newly_hidden,
+            }),
+        )?;
+        Ok((count, vec![delivery]))
     }
 
     // ----- delivery cursors -----

@@ -1006,6 +1006,143 @@ pub async fn recall_erases_the_content_and_tells_every_recipient_once<F: StoreFa
     );
 }
 
+async fn history_as<S: TimelineStore>(
+    store: &S,
+    viewer: &str,
+    conversation_id: &str,
+    anchor_seq: u64,
+    direction: pb::HistoryDirection,
+    limit: u32,
+) -> Vec<u64> {
+    let page = store
+        .read_history_as(viewer, conversation_id, anchor_seq, direction, limit)
+        .await
+        .unwrap_or_else(|e| panic!("read_history_as({viewer}, {conversation_id}) failed: {e}"));
+    seqs(&page.messages)
+}
+
+/// Delete for me (SPEC §13.7): the deleter's history, inbox and conversation list stop showing
+/// the messages, one `DeleteEvent` names exactly the newly hidden seqs, repeats and seqs that
+/// do not exist count for nothing, the peer and unread counts are untouched, and all of it
+/// survives a restart.
+pub async fn delete_hides_messages_for_the_deleter_only<F: StoreFactory>(factory: &mut F) {
+    use pb::HistoryDirection::{Newer, Older};
+    let store = factory.open_fresh().await;
+    let c = "d:alice:bob";
+    for i in 1..=4u64 {
+        send(&store, direct("alice", "bob", &format!("a{i}"), "hi", T0 + i)).await;
+    }
+    let unread_before = state(&store, "bob", c).await.unread_count;
+    let alice_head = head(&store, "alice").await;
+    let bob_head = head(&store, "bob").await;
+
+    let (deleted, deliveries) = store
+        .delete_messages("bob", c, &[4, 2, 4, 0, 99], T0 + 10)
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 2, "seqs 2 and 4 exist; 0 and 99 do not; 4 twice counts once");
+    assert_eq!(
+        deliveries,
+        vec![Delivery {
+            user: "bob".into(),
+            entry: pb::InboxEntry {
+                inbox_seq: bob_head + 1,
+                body: Some(Body::Delete(pb::DeleteEvent {
+                    conversation_id: c.into(),
+                    conversation_seqs: vec![2, 4],
+                })),
+            },
+        }],
+        "one DeleteEvent, to the deleter's own inbox only, listing exactly the hidden seqs"
+    );
+    assert_eq!(head(&store, "alice").await, alice_head, "alice's inbox is untouched");
+
+    let (again, none) = store
+        .delete_messages("bob", c, &[2, 4], T0 + 11)
+        .await
+        .expect("repeat delete");
+    assert_eq!((again, none.len()), (0, 0), "already hidden seqs are ignored");
+    assert_eq!(head(&store, "bob").await, bob_head + 1, "and nothing is appended");
+
+    let check = |store: F::Store| async move {
+        assert_eq!(history_as(&store, "bob", c, 0, Newer, ALL).await, vec![1, 3]);
+        assert_eq!(history_as(&store, "bob", c, 0, Older, ALL).await, vec![3, 1]);
+        assert_eq!(
+            history_as(&store, "bob", c, 0, Older, 1).await,
+            vec![3],
+            "a page of one skips the deleted newest message"
+        );
+        assert_eq!(
+            history_as(&store, "bob", c, 1, Newer, 1).await,
+            vec![3],
+            "a page of one skips the deleted message after the anchor"
+        );
+        assert_eq!(
+            history_as(&store, "alice", c, 0, Newer, ALL).await,
+            vec![1, 2, 3, 4],
+            "the peer keeps every message"
+        );
+        let bob_state = state(&store, "bob", c).await;
+        assert_eq!(
+            bob_state.last_message.map(|m| m.conversation_seq),
+            Some(3),
+            "the conversation list shows the newest message bob did not delete"
+        );
+        assert_eq!(bob_state.last_seq, 4, "numbering is unchanged");
+        assert_eq!(bob_state.unread_count, unread_before, "unread counts are unchanged");
+        assert_eq!(
+            state(&store, "alice", c)
+                .await
+                .last_message
+                .map(|m| m.conversation_seq),
+            Some(4)
+        );
+        let bob_inbox = whole_inbox(&store, "bob").await;
+        assert_eq!(bob_inbox.len() as u64, head(&store, "bob").await, "seqs stay contiguous");
+        let shown: Vec<u64> = bob_inbox
+            .iter()
+            .filter_map(message_of)
+            .map(|m| m.conversation_seq)
+            .collect();
+        assert_eq!(shown, vec![1, 3], "sync no longer carries the deleted messages");
+        assert_eq!(
+            bob_inbox.iter().filter(|e| e.body.is_none()).count(),
+            2,
+            "their entries keep their seqs, without a body"
+        );
+        let alice_inbox = whole_inbox(&store, "alice").await;
+        assert_eq!(alice_inbox.iter().filter_map(message_of).count(), 4);
+        store
+    };
+    let store = check(store).await;
+    let store = factory.reopen(store).await;
+    let store = check(store).await;
+
+    let (rest, _) = store
+        .delete_messages("bob", c, &[1, 3], T0 + 12)
+        .await
+        .expect("delete the rest");
+    assert_eq!(rest, 2);
+    let bob_state = state(&store, "bob", c).await;
+    assert_eq!(
+        bob_state.last_message, None,
+        "with every message deleted there is no last message"
+    );
+    assert!(
+        all_conversations(&store, "bob")
+            .await
+            .iter()
+            .any(|s| s.conversation_id == c),
+        "the conversation itself stays listed"
+    );
+    let next = send(&store, direct("alice", "bob", "a5", "new", T0 + 20)).await;
+    assert_eq!(
+        state(&store, "bob", c).await.last_message,
+        Some(next.message),
+        "a new message shows up again"
+    );
+}
+
 /// History pages go older (newest first, below the anchor) and newer (oldest first, above it).
 pub async fn history_pages_older_and_newer_around_anchors<F: StoreFactory>(factory: &mut F) {
     let store = factory.open_fresh().await;
@@ -1992,6 +2129,7 @@ macro_rules! for_each_check {
             mark_read_syncs_the_marker_and_sends_a_receipt,
             recall_refuses_unknown_messages_other_senders_and_expired_windows,
             recall_erases_the_content_and_tells_every_recipient_once,
+            delete_hides_messages_for_the_deleter_only,
             history_pages_older_and_newer_around_anchors,
             read_inbox_honours_from_to_and_limit,
             conversations_are_listed_newest_first_with_cursor_paging,

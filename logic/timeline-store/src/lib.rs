@@ -75,7 +75,8 @@ pub struct ConversationState {
     pub kind: pb::ConversationKind,
     /// The other user (direct) or the group id (group).
     pub peer: String,
-    /// The newest message (recalled ones included, with `recalled` set).
+    /// The newest message the user has not deleted for themself (recalled ones included, with
+    /// `recalled` set); `None` when there is none.
     pub last_message: Option<pb::Message>,
     /// Highest conversation seq.
     pub last_seq: u64,
@@ -253,7 +254,8 @@ pub trait TimelineStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<(pb::RecallEvent, Vec<Delivery>)>> + Send;
 
     /// Reads `user`'s inbox from `from_seq` (inclusive, 0 = 1) up to `to_seq` (inclusive,
-    /// 0 = head), at most `limit` entries. Only durable entries are returned.
+    /// 0 = head), at most `limit` entries. Only durable entries are returned. The entry of a
+    /// message `user` deleted for themself is returned with no body, so seqs stay contiguous.
     fn read_inbox(
         &self,
         user: &str,
@@ -271,6 +273,34 @@ pub trait TimelineStore: Send + Sync + 'static {
         direction: pb::HistoryDirection,
         limit: u32,
     ) -> impl Future<Output = StoreResult<HistoryPage>> + Send;
+
+    /// Like [`TimelineStore::read_history`], as `viewer` sees it: messages `viewer` deleted for
+    /// themself ([`TimelineStore::delete_messages`]) are left out, and a page still holds up to
+    /// `limit` of the others.
+    fn read_history_as(
+        &self,
+        viewer: &str,
+        conversation_id: &str,
+        anchor_seq: u64,
+        direction: pb::HistoryDirection,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<HistoryPage>> + Send;
+
+    /// Deletes messages of `conversation_id` for `user` only (SPEC §13.7): each seq in `seqs`
+    /// that exists (1..= the conversation's last seq) and that `user` has not deleted yet is
+    /// hidden from then on in `user`'s history ([`TimelineStore::read_history_as`]), in the
+    /// message entries of `user`'s inbox (returned with no body) and as the last message of
+    /// `user`'s conversation state. If any seq was newly hidden, atomically appends one
+    /// `DeleteEvent` listing exactly those seqs, ascending, to `user`'s inbox. Returns how many
+    /// were newly hidden and the delivery of that event (none when 0). Unread counts, seqs and
+    /// other users are not affected.
+    fn delete_messages(
+        &self,
+        user: &str,
+        conversation_id: &str,
+        seqs: &[u64],
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<(u64, Vec<Delivery>)>> + Send;
 
     /// `user`'s conversations, most recently updated first, `limit` per page; `cursor` is empty
     /// for the first page, else the previous page's returned cursor (empty = no more).
