@@ -40,7 +40,8 @@ use std::thread::JoinHandle;
 use fjall::{KeyspaceCreateOptions, PersistMode, SingleWriterTxDatabase, SingleWriterTxKeyspace};
 use im_protocol::pb;
 use timeline_store::{
-    CommittedMessage, ConversationState, Delivery, GroupChange, HistoryPage, InboxPage, NewGroup,
+    CommittedMessage, ConversationState, Delivery, GroupChange, HistoryPage, InboxPage,
+    InboxRetention, NewGroup,
     NewMessage, StoreError, StoreResult, TimelineStore,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -75,6 +76,8 @@ pub struct EmbeddedOptions {
     /// The writer forgets its cached heads when it holds more than this many (each is reloaded
     /// by one seek when next needed).
     pub head_cache_entries: usize,
+    /// How long inbox entries are kept (default: forever; the server sets its own).
+    pub inbox_retention: InboxRetention,
 }
 
 impl Default for EmbeddedOptions {
@@ -86,6 +89,7 @@ impl Default for EmbeddedOptions {
             cache_bytes: 64 << 20,
             worker_threads: 2,
             head_cache_entries: 1_000_000,
+            inbox_retention: InboxRetention::UNLIMITED,
         }
     }
 }
@@ -151,6 +155,8 @@ struct Inner {
     /// See [`TimelineStore::inbox_epoch`].
     inbox_epoch: u64,
     dir: std::path::PathBuf,
+    /// The retention this store was opened with.
+    retention: InboxRetention,
     /// Group commits made durable since open (see [`EmbeddedStore::group_commits`]).
     commits: Arc<AtomicU64>,
     db: SingleWriterTxDatabase,
@@ -224,6 +230,7 @@ impl EmbeddedStore {
                 SyncMode::All => PersistMode::SyncAll,
             },
             head_cache_entries: options.head_cache_entries,
+            retention: options.inbox_retention,
             commits: Arc::new(AtomicU64::new(0)),
         };
         let commits = Arc::clone(&config.commits);
@@ -238,6 +245,7 @@ impl EmbeddedStore {
             inner: Arc::new(Inner {
                 inbox_epoch,
                 dir: dir.to_owned(),
+                retention: options.inbox_retention,
                 commits,
                 db,
                 ks,
@@ -254,6 +262,11 @@ impl EmbeddedStore {
     /// The directory the store lives in.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The inbox retention the store was opened with.
+    pub fn inbox_retention(&self) -> InboxRetention {
+        self.inner.retention
     }
 
     /// How many group commits (each one fsync) have been made durable since open: with many
@@ -544,6 +557,35 @@ impl TimelineStore for EmbeddedStore {
 
     fn inbox_epoch(&self) -> u64 {
         self.inbox_epoch_value()
+    }
+
+    async fn sweep_inbox_retention(&self, now_ms: u64) -> StoreResult<u64> {
+        let retention = self.inner.retention;
+        if retention == InboxRetention::UNLIMITED {
+            return Ok(0);
+        }
+        // Finding what is due reads a snapshot on the blocking pool; only the removals go
+        // through the writer, a few hundred inboxes per job so that sends keep flowing.
+        let due = self
+            .read(move |r| r.retention_due(retention, now_ms))
+            .await?;
+        let mut removed = 0;
+        for chunk in due.chunks(256) {
+            let chunk = chunk.to_vec();
+            removed += self
+                .mutate(
+                    move |ctx| {
+                        let mut removed = 0;
+                        for (user, last) in &chunk {
+                            removed += ctx.trim_inbox_through(user, *last)?;
+                        }
+                        Ok(removed)
+                    },
+                    Err,
+                )
+                .await?;
+        }
+        Ok(removed)
     }
 
     async fn inbox_head(&self, user: &str) -> StoreResult<u64> {

@@ -12,7 +12,9 @@ use std::ops::Bound;
 
 use fjall::{Readable, Snapshot};
 use im_protocol::pb::{self, inbox_entry::Body};
-use timeline_store::{ConversationState, HistoryPage, InboxPage, StoreError, StoreResult};
+use timeline_store::{
+    ConversationState, HistoryPage, InboxPage, InboxRetention, StoreError, StoreResult,
+};
 
 use crate::Keyspaces;
 use crate::keys;
@@ -370,6 +372,66 @@ impl Reader<'_> {
             _ => String::new(),
         };
         Ok((states, next))
+    }
+
+    /// Retention: for each inbox with entries due for removal, its user and the last seq due
+    /// (see [`timeline_store::TimelineStore::sweep_inbox_retention`]). One seek per inbox, plus
+    /// a walk over its due entries (at most [`crate::writer::TRIM_STEP`] of them per sweep).
+    pub(crate) fn retention_due(
+        &self,
+        retention: InboxRetention,
+        now_ms: u64,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let mut due = Vec::new();
+        let mut start: Vec<u8> = Vec::new();
+        loop {
+            let first = self
+                .snapshot
+                .range(&self.ks.inboxes, (Bound::Included(start), Bound::Unbounded))
+                .next();
+            let Some(first) = first else {
+                return Ok(due);
+            };
+            let key = first.key().map_err(io)?;
+            let user = key
+                .iter()
+                .position(|b| *b == 0)
+                .and_then(|end| std::str::from_utf8(&key[..end]).ok())
+                .ok_or_else(|| corrupt("inbox key", "no user id"))?
+                .to_owned();
+            let oldest = keys::seq_of(&key).ok_or_else(|| corrupt("inbox key", &user))?;
+            let head = self.last_seq(&self.ks.inboxes, &user)?;
+            let mut last = 0;
+            if retention.max_entries > 0 && head - oldest + 1 > retention.max_entries {
+                last = head - retention.max_entries;
+            }
+            if retention.max_age_ms > 0 && now_ms > retention.max_age_ms {
+                let cutoff = now_ms - retention.max_age_ms;
+                // Entries are appended in time order, so the due ones are a prefix; the newest
+                // entry is never due. Records without a time (written before retention
+                // existed) go only with a later entry that is due.
+                let range = keys::seq_key(&user, oldest)..keys::seq_key(&user, head);
+                for guard in self
+                    .snapshot
+                    .range(&self.ks.inboxes, range)
+                    .take(crate::writer::TRIM_STEP as usize)
+                {
+                    let (key, value) = guard.into_inner().map_err(io)?;
+                    let record: InboxRecord = decode(&value, "inbox")?;
+                    if record.appended_ms == 0 {
+                        continue;
+                    }
+                    if record.appended_ms >= cutoff {
+                        break;
+                    }
+                    last = last.max(keys::seq_of(&key).ok_or_else(|| corrupt("inbox key", &user))?);
+                }
+            }
+            if last >= oldest {
+                due.push((user.clone(), last));
+            }
+            start = keys::prefix_end(&user);
+        }
     }
 
     pub(crate) fn delivery_cursor(&self, user: &str, device: &str) -> StoreResult<u64> {

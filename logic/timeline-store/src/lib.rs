@@ -90,6 +90,26 @@ pub struct ConversationState {
     pub updated_ms: u64,
 }
 
+/// How long inbox entries are kept (SPEC §10.2, §10.4). Retention removes only the oldest
+/// entries of an inbox, never its newest one (which carries the head seq); removed seqs are
+/// reported as `TRIMMED` by sync. A limit of 0 means no limit of that kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboxRetention {
+    /// Most entries kept per inbox: an append beyond it removes the oldest.
+    pub max_entries: u64,
+    /// Entries older than this (by the server time they were appended at) are removed by
+    /// [`TimelineStore::sweep_inbox_retention`].
+    pub max_age_ms: u64,
+}
+
+impl InboxRetention {
+    /// Keeps everything.
+    pub const UNLIMITED: InboxRetention = InboxRetention {
+        max_entries: 0,
+        max_age_ms: 0,
+    };
+}
+
 /// A page of a user's inbox.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct InboxPage {
@@ -317,6 +337,14 @@ pub trait TimelineStore: Send + Sync + 'static {
         user: &str,
         conversation_id: &str,
     ) -> impl Future<Output = StoreResult<Option<ConversationState>>> + Send;
+
+    /// Enforces the store's [`InboxRetention`] on every inbox: removes the entries appended
+    /// more than `max_age_ms` before `now_ms`, and the oldest entries beyond `max_entries` (which
+    /// appends enforce already; this catches inboxes that were over the limit when it was
+    /// set). Never removes an inbox's newest entry. Works in bounded steps: a very long backlog
+    /// may take several sweeps. Returns how many entries were removed.
+    fn sweep_inbox_retention(&self, now_ms: u64)
+    -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// `user`'s highest durable inbox seq (0 = none).
     fn inbox_head(&self, user: &str) -> impl Future<Output = StoreResult<u64>> + Send;
