@@ -181,6 +181,9 @@ pub const MAX_CURSOR_LEN: usize = 256;
 pub const MAX_CONVERSATION_ID_LEN: usize = 2 * ids::MAX_ID_LEN + 3;
 /// Longest group name.
 pub const MAX_GROUP_NAME_LEN: usize = 256;
+/// Most seqs one `DeleteReq` may list (SPEC §13.7): each costs a lookup on the store's single
+/// writer, and one request should not hold it for long.
+pub const MAX_DELETE_SEQS: usize = 1000;
 
 /// Checks the length (and, for ids, the form) of every string field of a request before any
 /// of it reaches the store, where ids and cursors become keys. A request that fails here gets
@@ -552,7 +555,8 @@ impl<S: TimelineStore> Logic<S> {
                 // Ask for one more than the page to learn whether more exist.
                 let page = self
                     .store
-                    .read_history(
+                    .read_history_as(
+                        &caller.user,
                         &request.conversation_id,
                         request.anchor_seq,
                         direction,
@@ -647,10 +651,27 @@ impl<S: TimelineStore> Logic<S> {
                     event: Some(event),
                 })))
             }
-            Body::DeleteReq(_) => Err(error(
-                pb::ErrorCode::UnknownOp,
-                "DELETE_REQ is not implemented by this server yet",
-            )),
+            Body::DeleteReq(request) => {
+                if request.conversation_seqs.len() > MAX_DELETE_SEQS {
+                    return Err(error(
+                        pb::ErrorCode::InvalidArgument,
+                        format!("a delete lists at most {MAX_DELETE_SEQS} conversation_seqs"),
+                    ));
+                }
+                self.authorize(caller, &request.conversation_id).await?;
+                let (deleted, deliveries) = self
+                    .store
+                    .delete_messages(
+                        &caller.user,
+                        &request.conversation_id,
+                        &request.conversation_seqs,
+                        now,
+                    )
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = deliveries;
+                Ok(Some(Body::DeleteResp(pb::DeleteResp { deleted })))
+            }
             Body::GroupCreateReq(request) => {
                 let mut members = Vec::with_capacity(request.members.len());
                 for member in request.members {

@@ -92,7 +92,7 @@ fn any_request() -> impl Strategy<Value = Body> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 200,
+        cases: 128,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -61,6 +61,21 @@ pub(crate) fn recency_key(user: &str, updated_ms: u64, conversation_id: &str) ->
     key
 }
 
+/// `user 0x00 conversation_id 0x00`: the prefix of the seqs `user` deleted in a conversation.
+/// The second `0x00` keeps `d:a:b` from prefixing `d:a:bc`.
+pub(crate) fn hidden_prefix(user: &str, conversation_id: &str) -> Vec<u8> {
+    let mut key = pair_key(user, conversation_id);
+    key.push(0);
+    key
+}
+
+/// `user 0x00 conversation_id 0x00 seq(BE)`: message `seq` is deleted for `user`.
+pub(crate) fn hidden_key(user: &str, conversation_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = hidden_prefix(user, conversation_id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
 /// The seq at the end of a [`seq_key`], or `None` for a key of another shape.
 pub(crate) fn seq_of(key: &[u8]) -> Option<u64> {
     let tail = key

@@ -8,7 +8,8 @@
 //! `states` (user + conversation -> read marker, unread count...; the conversation list is
 //! sorted by update time when read), `groups`, `members`
 //! (group + user), `group_requests` (owner + client request id -> group id), `delivery`
-//! (user + device -> cursor) and `counters` (next server msg id, next group number).
+//! (user + device -> cursor), `counters` (next server msg id, next group number) and `hidden`
+//! (user + conversation + seq: the messages a user deleted for themself).
 //!
 //! # Writes
 //! All mutations go through one writer thread over a bounded queue (see [`writer`]): it drains
@@ -39,7 +40,8 @@ use std::thread::JoinHandle;
 use fjall::{KeyspaceCreateOptions, PersistMode, SingleWriterTxDatabase, SingleWriterTxKeyspace};
 use im_protocol::pb;
 use timeline_store::{
-    CommittedMessage, ConversationState, Delivery, GroupChange, HistoryPage, InboxPage, NewGroup,
+    CommittedMessage, ConversationState, Delivery, GroupChange, HistoryPage, InboxPage,
+    InboxRetention, NewGroup,
     NewMessage, StoreError, StoreResult, TimelineStore,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -88,6 +90,8 @@ pub struct EmbeddedOptions {
     /// less free space than this, so the engine never runs into a full disk in the middle of a
     /// commit. 0 = no threshold.
     pub min_free_bytes: u64,
+    /// How long inbox entries are kept (default: forever; the server sets its own).
+    pub inbox_retention: InboxRetention,
 }
 
 impl Default for EmbeddedOptions {
@@ -100,6 +104,7 @@ impl Default for EmbeddedOptions {
             worker_threads: 2,
             head_cache_entries: 1_000_000,
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            inbox_retention: InboxRetention::UNLIMITED,
         }
     }
 }
@@ -139,6 +144,8 @@ pub(crate) struct Keyspaces {
     group_requests: SingleWriterTxKeyspace,
     delivery: SingleWriterTxKeyspace,
     counters: SingleWriterTxKeyspace,
+    /// User + conversation + seq -> nothing: the messages a user deleted for themself.
+    hidden: SingleWriterTxKeyspace,
 }
 
 impl Keyspaces {
@@ -154,6 +161,7 @@ impl Keyspaces {
             group_requests: open("group_requests")?,
             delivery: open("delivery")?,
             counters: open("counters")?,
+            hidden: open("hidden")?,
         })
     }
 }
@@ -271,6 +279,7 @@ fn start_engine(
             SyncMode::All => PersistMode::SyncAll,
         },
         head_cache_entries: options.head_cache_entries,
+        retention: options.inbox_retention,
         commits: Arc::clone(commits),
         broken: Arc::clone(broken),
     };
@@ -382,6 +391,11 @@ impl EmbeddedStore {
     /// The directory the store lives in.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The inbox retention the store was opened with.
+    pub fn inbox_retention(&self) -> InboxRetention {
+        self.inner.options.inbox_retention
     }
 
     /// How many group commits (each one fsync) have been made durable since open: with many
@@ -644,8 +658,45 @@ impl TimelineStore for EmbeddedStore {
         limit: u32,
     ) -> StoreResult<HistoryPage> {
         let conversation_id = conversation_id.to_owned();
-        self.read(move |r| r.read_history(&conversation_id, anchor_seq, direction, limit))
+        self.read(move |r| r.read_history(None, &conversation_id, anchor_seq, direction, limit))
             .await
+    }
+
+    async fn read_history_as(
+        &self,
+        viewer: &str,
+        conversation_id: &str,
+        anchor_seq: u64,
+        direction: pb::HistoryDirection,
+        limit: u32,
+    ) -> StoreResult<HistoryPage> {
+        let (viewer, conversation_id) = (viewer.to_owned(), conversation_id.to_owned());
+        self.read(move |r| {
+            r.read_history(
+                Some(&viewer),
+                &conversation_id,
+                anchor_seq,
+                direction,
+                limit,
+            )
+        })
+        .await
+    }
+
+    async fn delete_messages(
+        &self,
+        user: &str,
+        conversation_id: &str,
+        seqs: &[u64],
+        now_ms: u64,
+    ) -> StoreResult<(u64, Vec<Delivery>)> {
+        let (user, conversation_id, seqs) =
+            (user.to_owned(), conversation_id.to_owned(), seqs.to_vec());
+        self.mutate(
+            move |ctx| ctx.delete_messages(&user, &conversation_id, &seqs, now_ms),
+            Err,
+        )
+        .await
     }
 
     async fn conversations(
@@ -671,6 +722,35 @@ impl TimelineStore for EmbeddedStore {
 
     fn inbox_epoch(&self) -> u64 {
         self.inbox_epoch_value()
+    }
+
+    async fn sweep_inbox_retention(&self, now_ms: u64) -> StoreResult<u64> {
+        let retention = self.inner.options.inbox_retention;
+        if retention == InboxRetention::UNLIMITED {
+            return Ok(0);
+        }
+        // Finding what is due reads a snapshot on the blocking pool; only the removals go
+        // through the writer, a few hundred inboxes per job so that sends keep flowing.
+        let due = self
+            .read(move |r| r.retention_due(retention, now_ms))
+            .await?;
+        let mut removed = 0;
+        for chunk in due.chunks(256) {
+            let chunk = chunk.to_vec();
+            removed += self
+                .mutate(
+                    move |ctx| {
+                        let mut removed = 0;
+                        for (user, last) in &chunk {
+                            removed += ctx.trim_inbox_through(user, *last)?;
+                        }
+                        Ok(removed)
+                    },
+                    Err,
+                )
+                .await?;
+        }
+        Ok(removed)
     }
 
     async fn inbox_head(&self, user: &str) -> StoreResult<u64> {

@@ -10,9 +10,11 @@
 
 use std::ops::Bound;
 
-use fjall::{Readable as _, Snapshot};
+use fjall::{Readable, Snapshot};
 use im_protocol::pb::{self, inbox_entry::Body};
-use timeline_store::{ConversationState, HistoryPage, InboxPage, StoreError, StoreResult};
+use timeline_store::{
+    ConversationState, HistoryPage, InboxPage, InboxRetention, StoreError, StoreResult,
+};
 
 use crate::Keyspaces;
 use crate::keys;
@@ -46,6 +48,94 @@ pub(crate) fn public_state(
         peer_read_seq: state.peer_read_seq,
         updated_ms: state.updated_ms,
     }
+}
+
+/// Messages of `conversation_id` with seqs in `lo..=hi`, in `direction`'s order (`Older`:
+/// newest first), at most `limit`, leaving out those `viewer` deleted for themself. The
+/// timeline and the viewer's deleted seqs are walked side by side, so a page costs the same
+/// however many messages the viewer deleted elsewhere in the conversation.
+pub(crate) fn visible_messages<R: Readable>(
+    reader: &R,
+    ks: &Keyspaces,
+    viewer: Option<&str>,
+    conversation_id: &str,
+    (lo, hi): (u64, u64),
+    direction: pb::HistoryDirection,
+    limit: usize,
+) -> StoreResult<Vec<pb::Message>> {
+    let mut messages = Vec::new();
+    if lo > hi || limit == 0 {
+        return Ok(messages);
+    }
+    let older = direction == pb::HistoryDirection::Older;
+    let range = keys::seq_key(conversation_id, lo)..=keys::seq_key(conversation_id, hi);
+    let timeline = reader.range(&ks.timelines, range);
+    let timeline: Box<dyn Iterator<Item = fjall::Guard>> = if older {
+        Box::new(timeline.rev())
+    } else {
+        Box::new(timeline)
+    };
+    let mut hidden: Box<dyn Iterator<Item = fjall::Guard>> = match viewer {
+        None => Box::new(std::iter::empty()),
+        Some(viewer) => {
+            let range = keys::hidden_key(viewer, conversation_id, lo)
+                ..=keys::hidden_key(viewer, conversation_id, hi);
+            let iter = reader.range(&ks.hidden, range);
+            if older {
+                Box::new(iter.rev())
+            } else {
+                Box::new(iter)
+            }
+        }
+    };
+    let next_hidden = |hidden: &mut Box<dyn Iterator<Item = fjall::Guard>>| {
+        hidden
+            .next()
+            .map(|guard| {
+                let key = guard.key().map_err(io)?;
+                keys::seq_of(&key).ok_or_else(|| corrupt("deleted message key", conversation_id))
+            })
+            .transpose()
+    };
+    let mut hidden_seq = next_hidden(&mut hidden)?;
+    for guard in timeline {
+        let (key, value) = guard.into_inner().map_err(io)?;
+        let seq = keys::seq_of(&key).ok_or_else(|| corrupt("timeline key", conversation_id))?;
+        // Move the deleted-seq cursor to this seq or past it, in the walk's direction.
+        while let Some(h) = hidden_seq
+            && (if older { h > seq } else { h < seq })
+        {
+            hidden_seq = next_hidden(&mut hidden)?;
+        }
+        if hidden_seq == Some(seq) {
+            continue;
+        }
+        messages.push(decode(&value, "message")?);
+        if messages.len() == limit {
+            break;
+        }
+    }
+    Ok(messages)
+}
+
+/// The newest message at or below `last_seq` that `user` has not deleted for themself.
+pub(crate) fn newest_visible<R: Readable>(
+    reader: &R,
+    ks: &Keyspaces,
+    user: &str,
+    conversation_id: &str,
+    last_seq: u64,
+) -> StoreResult<Option<pb::Message>> {
+    Ok(visible_messages(
+        reader,
+        ks,
+        Some(user),
+        conversation_id,
+        (1, last_seq),
+        pb::HistoryDirection::Older,
+        1,
+    )?
+    .pop())
 }
 
 /// Readers over one snapshot.
@@ -126,6 +216,12 @@ impl Reader<'_> {
         let from = from_seq.max(1);
         let to = if to_seq == 0 { head } else { to_seq.min(head) };
         let mut entries = Vec::new();
+        // Most users never delete a message: one seek spares them a lookup per entry.
+        let deletes_some = self
+            .snapshot
+            .prefix(&self.ks.hidden, keys::prefix(user))
+            .next()
+            .is_some();
         if from <= to && limit > 0 {
             let range = keys::seq_key(user, from)..=keys::seq_key(user, to);
             for guard in self
@@ -138,6 +234,20 @@ impl Reader<'_> {
                 let record: InboxRecord = decode(&value, "inbox")?;
                 let body = match record.entry {
                     Some(entry) => entry.body,
+                    // A message the user deleted for themself keeps its seq but shows nothing
+                    // (SPEC §13.7): the client skips an entry without a body.
+                    None if deletes_some
+                        && self.snapshot.contains_key(
+                            &self.ks.hidden,
+                            keys::hidden_key(
+                                user,
+                                &record.message_conversation_id,
+                                record.message_seq,
+                            ),
+                        ).map_err(io)? =>
+                    {
+                        None
+                    }
                     None => {
                         let message = self
                             .message(&record.message_conversation_id, record.message_seq)?
@@ -159,6 +269,7 @@ impl Reader<'_> {
 
     pub(crate) fn read_history(
         &self,
+        viewer: Option<&str>,
         conversation_id: &str,
         anchor_seq: u64,
         direction: pb::HistoryDirection,
@@ -176,19 +287,15 @@ impl Reader<'_> {
             }
             pb::HistoryDirection::Newer => (anchor_seq.saturating_add(1), last_seq),
         };
-        let mut messages = Vec::new();
-        if lo <= hi && limit > 0 {
-            let range = keys::seq_key(conversation_id, lo)..=keys::seq_key(conversation_id, hi);
-            let iter = self.snapshot.range(&self.ks.timelines, range);
-            let iter: Box<dyn Iterator<Item = fjall::Guard>> = match direction {
-                pb::HistoryDirection::Older => Box::new(iter.rev()),
-                pb::HistoryDirection::Newer => Box::new(iter),
-            };
-            for guard in iter.take(limit as usize) {
-                let value = guard.value().map_err(io)?;
-                messages.push(decode(&value, "message")?);
-            }
-        }
+        let messages = visible_messages(
+            &self.snapshot,
+            self.ks,
+            viewer,
+            conversation_id,
+            (lo, hi),
+            direction,
+            limit as usize,
+        )?;
         Ok(HistoryPage { messages, last_seq })
     }
 
@@ -198,12 +305,14 @@ impl Reader<'_> {
             .transpose()
     }
 
-    fn public(&self, state: StateRecord) -> StoreResult<ConversationState> {
-        let last_message = if state.last_seq == 0 {
-            None
-        } else {
-            self.message(&state.conversation_id, state.last_seq)?
-        };
+    fn public(&self, user: &str, state: StateRecord) -> StoreResult<ConversationState> {
+        let last_message = newest_visible(
+            &self.snapshot,
+            self.ks,
+            user,
+            &state.conversation_id,
+            state.last_seq,
+        )?;
         Ok(public_state(state, last_message))
     }
 
@@ -213,7 +322,7 @@ impl Reader<'_> {
         conversation_id: &str,
     ) -> StoreResult<Option<ConversationState>> {
         self.state_of(user, conversation_id)?
-            .map(|state| self.public(state))
+            .map(|state| self.public(user, state))
             .transpose()
     }
 
@@ -256,13 +365,73 @@ impl Reader<'_> {
         let more = all.len() > limit as usize;
         let mut states = Vec::with_capacity(all.len().min(limit as usize));
         for (_, state) in all.into_iter().take(limit as usize) {
-            states.push(self.public(state)?);
+            states.push(self.public(user, state)?);
         }
         let next = match (more, states.last()) {
             (true, Some(last)) => keys::recency_cursor(last.updated_ms, &last.conversation_id),
             _ => String::new(),
         };
         Ok((states, next))
+    }
+
+    /// Retention: for each inbox with entries due for removal, its user and the last seq due
+    /// (see [`timeline_store::TimelineStore::sweep_inbox_retention`]). One seek per inbox, plus
+    /// a walk over its due entries (at most [`crate::writer::TRIM_STEP`] of them per sweep).
+    pub(crate) fn retention_due(
+        &self,
+        retention: InboxRetention,
+        now_ms: u64,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let mut due = Vec::new();
+        let mut start: Vec<u8> = Vec::new();
+        loop {
+            let first = self
+                .snapshot
+                .range(&self.ks.inboxes, (Bound::Included(start), Bound::Unbounded))
+                .next();
+            let Some(first) = first else {
+                return Ok(due);
+            };
+            let key = first.key().map_err(io)?;
+            let user = key
+                .iter()
+                .position(|b| *b == 0)
+                .and_then(|end| std::str::from_utf8(&key[..end]).ok())
+                .ok_or_else(|| corrupt("inbox key", "no user id"))?
+                .to_owned();
+            let oldest = keys::seq_of(&key).ok_or_else(|| corrupt("inbox key", &user))?;
+            let head = self.last_seq(&self.ks.inboxes, &user)?;
+            let mut last = 0;
+            if retention.max_entries > 0 && head - oldest + 1 > retention.max_entries {
+                last = head - retention.max_entries;
+            }
+            if retention.max_age_ms > 0 && now_ms > retention.max_age_ms {
+                let cutoff = now_ms - retention.max_age_ms;
+                // Entries are appended in time order, so the due ones are a prefix; the newest
+                // entry is never due. Records without a time (written before retention
+                // existed) go only with a later entry that is due.
+                let range = keys::seq_key(&user, oldest)..keys::seq_key(&user, head);
+                for guard in self
+                    .snapshot
+                    .range(&self.ks.inboxes, range)
+                    .take(crate::writer::TRIM_STEP as usize)
+                {
+                    let (key, value) = guard.into_inner().map_err(io)?;
+                    let record: InboxRecord = decode(&value, "inbox")?;
+                    if record.appended_ms == 0 {
+                        continue;
+                    }
+                    if record.appended_ms >= cutoff {
+                        break;
+                    }
+                    last = last.max(keys::seq_of(&key).ok_or_else(|| corrupt("inbox key", &user))?);
+                }
+            }
+            if last >= oldest {
+                due.push((user.clone(), last));
+            }
+            start = keys::prefix_end(&user);
+        }
     }
 
     pub(crate) fn delivery_cursor(&self, user: &str, device: &str) -> StoreResult<u64> {

@@ -40,6 +40,10 @@ pub(crate) struct InboxRecord {
     /// Every other entry, stored whole (its `inbox_seq` is the key's).
     #[prost(message, optional, tag = "3")]
     pub entry: Option<pb::InboxEntry>,
+    /// Server time of the append (Unix ms), for retention by age. 0 in records written before
+    /// retention existed: their age is unknown.
+    #[prost(uint64, tag = "4")]
+    pub appended_ms: u64,
 }
 
 /// What a `(sender, client_msg_id)` was used for. The content digest lets a resend be told

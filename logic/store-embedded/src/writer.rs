@@ -21,8 +21,8 @@ use im_protocol::ids::{self, ConversationRef};
 use im_protocol::pb::{self, inbox_entry::Body};
 use prost::Message as _;
 use timeline_store::{
-    CommittedMessage, ConversationState, Delivery, GroupChange, NewGroup, NewMessage, StoreError,
-    StoreResult,
+    CommittedMessage, ConversationState, Delivery, GroupChange, InboxRetention, NewGroup,
+    NewMessage, StoreError, StoreResult,
 };
 use tokio::sync::mpsc;
 
@@ -49,6 +49,9 @@ pub(crate) struct DrainFailure {
     pub invalid_argument: bool,
 }
 
+/// Most inbox entries one retention step removes (see [`WriteCtx::trim_inbox_through`]).
+pub(crate) const TRIM_STEP: u64 = 10_000;
+
 /// Counter keys in the `counters` keyspace.
 const NEXT_MSG_ID: &[u8] = b"next_server_msg_id";
 const NEXT_GROUP_ID: &[u8] = b"next_group_id";
@@ -65,6 +68,9 @@ pub(crate) struct Caches {
     /// States changed in this drain, written once each when it commits: a busy conversation
     /// changes its states with every message, often dozens of times per drain.
     dirty_states: std::collections::HashSet<Vec<u8>>,
+    /// The lowest retained seq of inboxes that retention trimmed or checked (see
+    /// [`WriteCtx::trim_inbox_through`]).
+    inbox_oldest: HashMap<String, u64>,
     next_msg_id: Option<u64>,
     next_group_id: Option<u64>,
     /// Counters changed in this drain and must be written before it commits.
@@ -82,6 +88,8 @@ pub(crate) struct WriteCtx<'t, 'db> {
     tx: &'t mut fjall::SingleWriterWriteTx<'db>,
     ks: &'t Keyspaces,
     caches: &'t mut Caches,
+    /// The inbox retention enforced on every append.
+    retention: InboxRetention,
     /// A storage error hit during this drain: the drain must not commit (a job may have
     /// written half of its records before the error). The flag marks a refused argument.
     failed: Option<(String, bool)>,
@@ -92,6 +100,8 @@ pub(crate) struct WriterConfig {
     pub max_batch: usize,
     pub persist: PersistMode,
     pub head_cache_entries: usize,
+    /// Inbox retention, enforced on every append.
+    pub retention: InboxRetention,
     /// Counts durable group commits, for [`crate::EmbeddedStore::group_commits`].
     pub commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Set when a commit fails: fjall then refuses every further write on this database.
@@ -159,6 +169,7 @@ fn run_drain(
             tx: &mut tx,
             ks,
             caches,
+            retention: config.retention,
             failed: None,
         };
         for (index, job) in jobs.iter_mut().enumerate() {
@@ -220,6 +231,7 @@ fn run_drain(
                 // Reloading a head is one reverse seek; a full cache is not worth an LRU.
                 caches.conversation_heads.clear();
                 caches.inbox_heads.clear();
+                caches.inbox_oldest.clear();
                 caches.states.clear();
             }
         }
@@ -440,17 +452,63 @@ impl WriteCtx<'_, '_> {
             record.encode_to_vec(),
         );
         self.caches.inbox_heads.insert(user.to_owned(), seq);
+        let max = self.retention.max_entries;
+        if max > 0 && seq > max {
+            self.trim_inbox_through(user, seq - max)?;
+        }
         Ok(seq)
     }
 
+    /// The lowest seq still stored in `user`'s inbox (head + 1 when it is empty).
+    fn inbox_oldest(&mut self, user: &str) -> StoreResult<u64> {
+        if let Some(oldest) = self.caches.inbox_oldest.get(user) {
+            return Ok(*oldest);
+        }
+        let ks = self.ks;
+        let first = self.tx.prefix(&ks.inboxes, keys::prefix(user)).next();
+        let oldest = match first {
+            None => self.inbox_head(user)? + 1,
+            Some(guard) => match guard.key() {
+                Ok(key) => {
+                    keys::seq_of(&key).ok_or_else(|| self.fail_with(corrupt("seq key", user)))?
+                }
+                Err(e) => return Err(self.io(e)),
+            },
+        };
+        self.caches.inbox_oldest.insert(user.to_owned(), oldest);
+        Ok(oldest)
+    }
+
+    /// Retention: removes `user`'s oldest inbox entries up to and including seq `last`, but
+    /// never the newest entry (the head must stay derivable from the stored keys, or seqs would
+    /// be handed out again), and at most [`TRIM_STEP`] per call so that one call never holds
+    /// the writer for long; a longer backlog goes with later appends or sweeps. Returns how many
+    /// entries were removed.
+    pub(crate) fn trim_inbox_through(&mut self, user: &str, last: u64) -> StoreResult<u64> {
+        let head = self.inbox_head(user)?;
+        let last = last.min(head.saturating_sub(1));
+        let oldest = self.inbox_oldest(user)?;
+        if oldest > last {
+            return Ok(0);
+        }
+        let end = last.min(oldest + TRIM_STEP - 1);
+        let ks = self.ks;
+        for seq in oldest..=end {
+            self.delete(&ks.inboxes, keys::seq_key(user, seq));
+        }
+        self.caches.inbox_oldest.insert(user.to_owned(), end + 1);
+        Ok(end - oldest + 1)
+    }
+
     /// Appends a non-message entry to `user`'s inbox and returns the delivery to push.
-    fn append_event(&mut self, user: &str, body: Body) -> StoreResult<Delivery> {
+    fn append_event(&mut self, user: &str, body: Body, now_ms: u64) -> StoreResult<Delivery> {
         let mut entry = pb::InboxEntry {
             inbox_seq: 0,
             body: Some(body),
         };
         let record = InboxRecord {
             entry: Some(entry.clone()),
+            appended_ms: now_ms,
             ..InboxRecord::default()
         };
         entry.inbox_seq = self.append_inbox(user, &record)?;
@@ -495,18 +553,13 @@ impl WriteCtx<'_, '_> {
         self.delete(&ks.states, key);
     }
 
-    /// The public view of a state, with its last message read from the timeline.
-    fn public_state(&mut self, state: StateRecord) -> StoreResult<ConversationState> {
+    /// The public view of `user`'s state, with its last message read from the timeline (the
+    /// newest one `user` has not deleted for themself).
+    fn public_state(&mut self, user: &str, state: StateRecord) -> StoreResult<ConversationState> {
         let ks = self.ks;
-        let last_message = if state.last_seq == 0 {
-            None
-        } else {
-            self.get_decoded(
-                &ks.timelines,
-                &keys::seq_key(&state.conversation_id, state.last_seq),
-                "message",
-            )?
-        };
+        let last_message =
+            read::newest_visible(&*self.tx, ks, user, &state.conversation_id, state.last_seq)
+                .map_err(|e| self.fail_with(e))?;
         Ok(read::public_state(state, last_message))
     }
 
@@ -555,6 +608,7 @@ impl WriteCtx<'_, '_> {
             message_conversation_id: m.conversation_id.clone(),
             message_seq: seq,
             entry: None,
+            appended_ms: m.now_ms,
         };
         let mut deliveries = Vec::with_capacity(recipients.len());
         let mut sender_inbox_seq = 0;
@@ -655,7 +709,7 @@ impl WriteCtx<'_, '_> {
         };
         let target = read_seq.min(state.last_seq);
         if target <= state.read_seq {
-            return Ok((self.public_state(state)?, Vec::new()));
+            return Ok((self.public_state(user, state)?, Vec::new()));
         }
         let unread = self.count_from_others(user, conversation_id, target, state.last_seq)?;
         state.read_seq = target;
@@ -670,6 +724,7 @@ impl WriteCtx<'_, '_> {
                 read_seq: target,
                 unread_count: unread,
             }),
+            now_ms,
         )?];
         if let Some(peer) = receipt_to {
             check_id(peer, "receipt user id")?;
@@ -687,9 +742,10 @@ impl WriteCtx<'_, '_> {
                     read_seq: target,
                     server_time_ms: now_ms,
                 }),
+                now_ms,
             )?);
         }
-        Ok((self.public_state(state)?, deliveries))
+        Ok((self.public_state(user, state)?, deliveries))
     }
 
     /// Messages not sent by `user` with seq in `(above, up_to]`.
@@ -766,9 +822,52 @@ impl WriteCtx<'_, '_> {
         self.put(&ks.timelines, key, message.encode_to_vec());
         let mut deliveries = Vec::with_capacity(recipients.len());
         for user in recipients {
-            deliveries.push(self.append_event(user, Body::Recall(event.clone()))?);
+            deliveries.push(self.append_event(user, Body::Recall(event.clone()), now_ms)?);
         }
         Ok((event, deliveries))
+    }
+
+    // ----- delete for me -----
+
+    pub(crate) fn delete_messages(
+        &mut self,
+        user: &str,
+        conversation_id: &str,
+        seqs: &[u64],
+        now_ms: u64,
+    ) -> StoreResult<(u64, Vec<Delivery>)> {
+        check_id(user, "user id")?;
+        parse_conversation(conversation_id)?;
+        // A conversation's seqs have no holes, so 1..=head are exactly the messages that exist;
+        // this spares a lookup per requested seq on the writer thread.
+        let head = self.conversation_head(conversation_id)?;
+        let wanted: BTreeSet<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|seq| (1..=head).contains(seq))
+            .collect();
+        let ks = self.ks;
+        let mut newly_hidden = Vec::new();
+        for seq in wanted {
+            let key = keys::hidden_key(user, conversation_id, seq);
+            if self.get(&ks.hidden, &key)?.is_none() {
+                self.put(&ks.hidden, key, Vec::new());
+                newly_hidden.push(seq);
+            }
+        }
+        if newly_hidden.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let count = newly_hidden.len() as u64;
+        let delivery = self.append_event(
+            user,
+            Body::Delete(pb::DeleteEvent {
+                conversation_id: conversation_id.to_owned(),
+                conversation_seqs: newly_hidden,
+            }),
+            now_ms,
+        )?;
+        Ok((count, vec![delivery]))
     }
 
     // ----- delivery cursors -----
@@ -929,7 +1028,7 @@ impl WriteCtx<'_, '_> {
         };
         let mut deliveries = Vec::with_capacity(audience.len());
         for user in audience {
-            deliveries.push(self.append_event(user, Body::GroupEvent(event.clone()))?);
+            deliveries.push(self.append_event(user, Body::GroupEvent(event.clone()), now_ms)?);
         }
         Ok(GroupChange {
             group,

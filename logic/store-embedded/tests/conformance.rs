@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use store_embedded::{EmbeddedOptions, EmbeddedStore};
 use tempfile::TempDir;
 use timeline_store::conformance::{self, StoreFactory};
-use timeline_store::{NewMessage, TimelineStore};
+use timeline_store::{InboxRetention, NewMessage, TimelineStore};
 
 /// Shows the store's logs when a test fails (`RUST_LOG=debug cargo test ...`).
 fn init_tracing() {
@@ -42,19 +42,34 @@ impl StoreFactory for TempDirs {
     type Store = EmbeddedStore;
 
     fn open_fresh(&mut self) -> impl Future<Output = EmbeddedStore> + Send {
+        self.open_with_retention(InboxRetention::UNLIMITED)
+    }
+
+    fn open_with_retention(
+        &mut self,
+        retention: InboxRetention,
+    ) -> impl Future<Output = EmbeddedStore> + Send {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
         let path = dir.path().to_owned();
         self.dirs.push(dir);
-        async move { EmbeddedStore::open(&path, options()).expect("cannot open a fresh store") }
+        let options = EmbeddedOptions {
+            inbox_retention: retention,
+            ..options()
+        };
+        async move { EmbeddedStore::open(&path, options).expect("cannot open a fresh store") }
     }
 
     async fn reopen(&mut self, store: EmbeddedStore) -> EmbeddedStore {
         let path: PathBuf = store.dir().to_owned();
+        let options = EmbeddedOptions {
+            inbox_retention: store.inbox_retention(),
+            ..options()
+        };
         store
             .close()
             .await
             .expect("the store did not close cleanly");
-        EmbeddedStore::open(&path, options()).expect("cannot reopen the store")
+        EmbeddedStore::open(&path, options).expect("cannot reopen the store")
     }
 }
 

@@ -25,8 +25,8 @@ use im_protocol::ids;
 use im_protocol::pb::{self, inbox_entry::Body};
 
 use crate::{
-    CommittedMessage, ConversationState, Delivery, GroupChange, NewGroup, NewMessage, StoreError,
-    TimelineStore,
+    CommittedMessage, ConversationState, Delivery, GroupChange, InboxRetention, NewGroup,
+    NewMessage, StoreError, TimelineStore,
 };
 
 /// Opens stores for the suite.
@@ -36,6 +36,12 @@ pub trait StoreFactory {
 
     /// A store with no data in it.
     fn open_fresh(&mut self) -> impl Future<Output = Self::Store> + Send;
+
+    /// A store with no data in it that enforces `retention`; [`StoreFactory::reopen`] keeps it.
+    fn open_with_retention(
+        &mut self,
+        retention: InboxRetention,
+    ) -> impl Future<Output = Self::Store> + Send;
 
     /// Closes (drops) `store` and opens the same data again, as a process restart would.
     fn reopen(&mut self, store: Self::Store) -> impl Future<Output = Self::Store> + Send;
@@ -1003,6 +1009,245 @@ pub async fn recall_erases_the_content_and_tells_every_recipient_once<F: StoreFa
     assert!(
         last.recalled && last.content.is_empty(),
         "the conversation list shows the recall"
+    );
+}
+
+async fn history_as<S: TimelineStore>(
+    store: &S,
+    viewer: &str,
+    conversation_id: &str,
+    anchor_seq: u64,
+    direction: pb::HistoryDirection,
+    limit: u32,
+) -> Vec<u64> {
+    let page = store
+        .read_history_as(viewer, conversation_id, anchor_seq, direction, limit)
+        .await
+        .unwrap_or_else(|e| panic!("read_history_as({viewer}, {conversation_id}) failed: {e}"));
+    seqs(&page.messages)
+}
+
+/// Delete for me (SPEC §13.7): the deleter's history, inbox and conversation list stop showing
+/// the messages, one `DeleteEvent` names exactly the newly hidden seqs, repeats and seqs that
+/// do not exist count for nothing, the peer and unread counts are untouched, and all of it
+/// survives a restart.
+pub async fn delete_hides_messages_for_the_deleter_only<F: StoreFactory>(factory: &mut F) {
+    use pb::HistoryDirection::{Newer, Older};
+    let store = factory.open_fresh().await;
+    let c = "d:alice:bob";
+    for i in 1..=4u64 {
+        send(&store, direct("alice", "bob", &format!("a{i}"), "hi", T0 + i)).await;
+    }
+    let unread_before = state(&store, "bob", c).await.unread_count;
+    let alice_head = head(&store, "alice").await;
+    let bob_head = head(&store, "bob").await;
+
+    let (deleted, deliveries) = store
+        .delete_messages("bob", c, &[4, 2, 4, 0, 99], T0 + 10)
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 2, "seqs 2 and 4 exist; 0 and 99 do not; 4 twice counts once");
+    assert_eq!(
+        deliveries,
+        vec![Delivery {
+            user: "bob".into(),
+            entry: pb::InboxEntry {
+                inbox_seq: bob_head + 1,
+                body: Some(Body::Delete(pb::DeleteEvent {
+                    conversation_id: c.into(),
+                    conversation_seqs: vec![2, 4],
+                })),
+            },
+        }],
+        "one DeleteEvent, to the deleter's own inbox only, listing exactly the hidden seqs"
+    );
+    assert_eq!(head(&store, "alice").await, alice_head, "alice's inbox is untouched");
+
+    let (again, none) = store
+        .delete_messages("bob", c, &[2, 4], T0 + 11)
+        .await
+        .expect("repeat delete");
+    assert_eq!((again, none.len()), (0, 0), "already hidden seqs are ignored");
+    assert_eq!(head(&store, "bob").await, bob_head + 1, "and nothing is appended");
+
+    let check = |store: F::Store| async move {
+        assert_eq!(history_as(&store, "bob", c, 0, Newer, ALL).await, vec![1, 3]);
+        assert_eq!(history_as(&store, "bob", c, 0, Older, ALL).await, vec![3, 1]);
+        assert_eq!(
+            history_as(&store, "bob", c, 0, Older, 1).await,
+            vec![3],
+            "a page of one skips the deleted newest message"
+        );
+        assert_eq!(
+            history_as(&store, "bob", c, 1, Newer, 1).await,
+            vec![3],
+            "a page of one skips the deleted message after the anchor"
+        );
+        assert_eq!(
+            history_as(&store, "alice", c, 0, Newer, ALL).await,
+            vec![1, 2, 3, 4],
+            "the peer keeps every message"
+        );
+        let bob_state = state(&store, "bob", c).await;
+        assert_eq!(
+            bob_state.last_message.map(|m| m.conversation_seq),
+            Some(3),
+            "the conversation list shows the newest message bob did not delete"
+        );
+        assert_eq!(bob_state.last_seq, 4, "numbering is unchanged");
+        assert_eq!(bob_state.unread_count, unread_before, "unread counts are unchanged");
+        assert_eq!(
+            state(&store, "alice", c)
+                .await
+                .last_message
+                .map(|m| m.conversation_seq),
+            Some(4)
+        );
+        let bob_inbox = whole_inbox(&store, "bob").await;
+        assert_eq!(bob_inbox.len() as u64, head(&store, "bob").await, "seqs stay contiguous");
+        let shown: Vec<u64> = bob_inbox
+            .iter()
+            .filter_map(message_of)
+            .map(|m| m.conversation_seq)
+            .collect();
+        assert_eq!(shown, vec![1, 3], "sync no longer carries the deleted messages");
+        assert_eq!(
+            bob_inbox.iter().filter(|e| e.body.is_none()).count(),
+            2,
+            "their entries keep their seqs, without a body"
+        );
+        let alice_inbox = whole_inbox(&store, "alice").await;
+        assert_eq!(alice_inbox.iter().filter_map(message_of).count(), 4);
+        store
+    };
+    let store = check(store).await;
+    let store = factory.reopen(store).await;
+    let store = check(store).await;
+
+    let (rest, _) = store
+        .delete_messages("bob", c, &[1, 3], T0 + 12)
+        .await
+        .expect("delete the rest");
+    assert_eq!(rest, 2);
+    let bob_state = state(&store, "bob", c).await;
+    assert_eq!(
+        bob_state.last_message, None,
+        "with every message deleted there is no last message"
+    );
+    assert!(
+        all_conversations(&store, "bob")
+            .await
+            .iter()
+            .any(|s| s.conversation_id == c),
+        "the conversation itself stays listed"
+    );
+    let next = send(&store, direct("alice", "bob", "a5", "new", T0 + 20)).await;
+    assert_eq!(
+        state(&store, "bob", c).await.last_message,
+        Some(next.message),
+        "a new message shows up again"
+    );
+}
+
+/// Inbox retention by count (SPEC §10.4): each append beyond the limit removes the oldest
+/// entry, reads report the lowest retained seq, seqs keep counting, and a restart changes none
+/// of it.
+pub async fn inbox_retention_by_count_keeps_the_newest_entries<F: StoreFactory>(
+    factory: &mut F,
+) {
+    let store = factory
+        .open_with_retention(InboxRetention {
+            max_entries: 5,
+            max_age_ms: 0,
+        })
+        .await;
+    for i in 1..=8u64 {
+        send(&store, direct("alice", "bob", &format!("a{i}"), "hi", T0 + i)).await;
+    }
+    let page = store.read_inbox("bob", 1, 0, ALL).await.expect("read_inbox");
+    assert_eq!(page.head_seq, 8);
+    assert_eq!(page.oldest_seq, 4, "the 5 newest of 8 entries are kept");
+    let seqs: Vec<u64> = page.entries.iter().map(|e| e.inbox_seq).collect();
+    assert_eq!(seqs, vec![4, 5, 6, 7, 8], "a read from seq 1 starts at the oldest kept");
+    assert_eq!(
+        history(&store, "d:alice:bob").await.len(),
+        8,
+        "retention trims inboxes, not conversation history"
+    );
+
+    let store = factory.reopen(store).await;
+    assert_eq!(head(&store, "bob").await, 8, "the head survives trimming and a restart");
+    let next = send(&store, direct("alice", "bob", "a9", "hi", T0 + 9)).await;
+    let bob_seq = next
+        .deliveries
+        .iter()
+        .find(|d| d.user == "bob")
+        .map(|d| d.entry.inbox_seq);
+    assert_eq!(bob_seq, Some(9), "seqs continue; none is handed out again");
+    let page = store.read_inbox("bob", 0, 0, ALL).await.expect("read_inbox");
+    assert_eq!((page.oldest_seq, page.entries.len()), (5, 5));
+    assert_eq!(
+        store.sweep_inbox_retention(T0 + 100).await.expect("sweep"),
+        0,
+        "appends already keep the count; a sweep finds nothing"
+    );
+}
+
+/// Inbox retention by age (SPEC §10.4): a sweep removes the entries appended longer ago than
+/// the limit, never an inbox's newest entry, and leaves younger entries and other inboxes.
+pub async fn inbox_retention_by_age_trims_old_entries_on_a_sweep<F: StoreFactory>(
+    factory: &mut F,
+) {
+    let store = factory
+        .open_with_retention(InboxRetention {
+            max_entries: 0,
+            max_age_ms: 1_000,
+        })
+        .await;
+    send(&store, direct("alice", "bob", "a1", "old", T0)).await;
+    send(&store, direct("alice", "bob", "a2", "old", T0 + 10)).await;
+    store
+        .mark_read("bob", "d:alice:bob", 2, Some("alice"), T0 + 20)
+        .await
+        .expect("mark_read");
+    send(&store, direct("alice", "bob", "a3", "young", T0 + 2_000)).await;
+    send(&store, direct("carol", "dave", "c1", "old", T0)).await;
+    // bob: 1 (T0), 2 (T0+10), 3 marker (T0+20), 4 (T0+2000); alice: 1, 2, 3 receipt, 4.
+    assert_eq!(
+        store.sweep_inbox_retention(T0 + 500).await.expect("sweep"),
+        0,
+        "nothing is older than 1 s yet"
+    );
+    let removed = store.sweep_inbox_retention(T0 + 1_500).await.expect("sweep");
+    let bob = store.read_inbox("bob", 1, 0, ALL).await.expect("read_inbox");
+    assert_eq!(bob.oldest_seq, 4, "entries appended before T0 + 500 are gone");
+    assert_eq!(bob.entries.len(), 1);
+    assert_eq!(
+        message_of(&bob.entries[0]).map(|m| m.conversation_seq),
+        Some(3),
+        "the young message stays"
+    );
+    let carol = store.read_inbox("carol", 1, 0, ALL).await.expect("read_inbox");
+    assert_eq!(
+        (carol.oldest_seq, carol.head_seq, carol.entries.len()),
+        (1, 1, 1),
+        "an inbox's newest entry is never removed, however old"
+    );
+    assert_eq!(removed, 6, "3 of bob's and 3 of alice's entries");
+
+    let store = factory.reopen(store).await;
+    store
+        .sweep_inbox_retention(T0 + 1_000_000)
+        .await
+        .expect("sweep");
+    let bob = store.read_inbox("bob", 1, 0, ALL).await.expect("read_inbox");
+    assert_eq!((bob.oldest_seq, bob.head_seq), (4, 4), "the head entry stays");
+    let next = send(&store, direct("alice", "bob", "a4", "new", T0 + 1_000_001)).await;
+    assert!(
+        next.deliveries
+            .iter()
+            .any(|d| d.user == "bob" && d.entry.inbox_seq == 5),
+        "seqs continue after a sweep and a restart"
     );
 }
 
@@ -1992,6 +2237,9 @@ macro_rules! for_each_check {
             mark_read_syncs_the_marker_and_sends_a_receipt,
             recall_refuses_unknown_messages_other_senders_and_expired_windows,
             recall_erases_the_content_and_tells_every_recipient_once,
+            delete_hides_messages_for_the_deleter_only,
+            inbox_retention_by_count_keeps_the_newest_entries,
+            inbox_retention_by_age_trims_old_entries_on_a_sweep,
             history_pages_older_and_newer_around_anchors,
             read_inbox_honours_from_to_and_limit,
             conversations_are_listed_newest_first_with_cursor_paging,

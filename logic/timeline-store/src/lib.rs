@@ -75,7 +75,8 @@ pub struct ConversationState {
     pub kind: pb::ConversationKind,
     /// The other user (direct) or the group id (group).
     pub peer: String,
-    /// The newest message (recalled ones included, with `recalled` set).
+    /// The newest message the user has not deleted for themself (recalled ones included, with
+    /// `recalled` set); `None` when there is none.
     pub last_message: Option<pb::Message>,
     /// Highest conversation seq.
     pub last_seq: u64,
@@ -87,6 +88,26 @@ pub struct ConversationState {
     pub peer_read_seq: u64,
     /// When the conversation last changed for this user (Unix ms): new message or read marker.
     pub updated_ms: u64,
+}
+
+/// How long inbox entries are kept (SPEC §10.2, §10.4). Retention removes only the oldest
+/// entries of an inbox, never its newest one (which carries the head seq); removed seqs are
+/// reported as `TRIMMED` by sync. A limit of 0 means no limit of that kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboxRetention {
+    /// Most entries kept per inbox: an append beyond it removes the oldest.
+    pub max_entries: u64,
+    /// Entries older than this (by the server time they were appended at) are removed by
+    /// [`TimelineStore::sweep_inbox_retention`].
+    pub max_age_ms: u64,
+}
+
+impl InboxRetention {
+    /// Keeps everything.
+    pub const UNLIMITED: InboxRetention = InboxRetention {
+        max_entries: 0,
+        max_age_ms: 0,
+    };
 }
 
 /// A page of a user's inbox.
@@ -261,7 +282,8 @@ pub trait TimelineStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<(pb::RecallEvent, Vec<Delivery>)>> + Send;
 
     /// Reads `user`'s inbox from `from_seq` (inclusive, 0 = 1) up to `to_seq` (inclusive,
-    /// 0 = head), at most `limit` entries. Only durable entries are returned.
+    /// 0 = head), at most `limit` entries. Only durable entries are returned. The entry of a
+    /// message `user` deleted for themself is returned with no body, so seqs stay contiguous.
     fn read_inbox(
         &self,
         user: &str,
@@ -280,6 +302,34 @@ pub trait TimelineStore: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = StoreResult<HistoryPage>> + Send;
 
+    /// Like [`TimelineStore::read_history`], as `viewer` sees it: messages `viewer` deleted for
+    /// themself ([`TimelineStore::delete_messages`]) are left out, and a page still holds up to
+    /// `limit` of the others.
+    fn read_history_as(
+        &self,
+        viewer: &str,
+        conversation_id: &str,
+        anchor_seq: u64,
+        direction: pb::HistoryDirection,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<HistoryPage>> + Send;
+
+    /// Deletes messages of `conversation_id` for `user` only (SPEC §13.7): each seq in `seqs`
+    /// that exists (1..= the conversation's last seq) and that `user` has not deleted yet is
+    /// hidden from then on in `user`'s history ([`TimelineStore::read_history_as`]), in the
+    /// message entries of `user`'s inbox (returned with no body) and as the last message of
+    /// `user`'s conversation state. If any seq was newly hidden, atomically appends one
+    /// `DeleteEvent` listing exactly those seqs, ascending, to `user`'s inbox. Returns how many
+    /// were newly hidden and the delivery of that event (none when 0). Unread counts, seqs and
+    /// other users are not affected.
+    fn delete_messages(
+        &self,
+        user: &str,
+        conversation_id: &str,
+        seqs: &[u64],
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<(u64, Vec<Delivery>)>> + Send;
+
     /// `user`'s conversations, most recently updated first, `limit` per page; `cursor` is empty
     /// for the first page, else the previous page's returned cursor (empty = no more).
     fn conversations(
@@ -295,6 +345,14 @@ pub trait TimelineStore: Send + Sync + 'static {
         user: &str,
         conversation_id: &str,
     ) -> impl Future<Output = StoreResult<Option<ConversationState>>> + Send;
+
+    /// Enforces the store's [`InboxRetention`] on every inbox: removes the entries appended
+    /// more than `max_age_ms` before `now_ms`, and the oldest entries beyond `max_entries` (which
+    /// appends enforce already; this catches inboxes that were over the limit when it was
+    /// set). Never removes an inbox's newest entry. Works in bounded steps: a very long backlog
+    /// may take several sweeps. Returns how many entries were removed.
+    fn sweep_inbox_retention(&self, now_ms: u64)
+    -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// `user`'s highest durable inbox seq (0 = none).
     fn inbox_head(&self, user: &str) -> impl Future<Output = StoreResult<u64>> + Send;
