@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use logic::{Logic, LogicConfig};
 use store_embedded::{EmbeddedOptions, EmbeddedStore};
+use timeline_store::{InboxRetention, TimelineStore as _};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +58,19 @@ pub struct ServerOptions {
     pub fanout_bytes_per_sec: u64,
     /// Burst of that budget.
     pub fanout_burst_bytes: u64,
+    /// Most entries kept per user inbox; older ones are trimmed and reported as `TRIMMED` to
+    /// a device that syncs from below them (0 = no limit).
+    pub inbox_retention_entries: u64,
+    /// Inbox entries older than this are trimmed (zero = kept forever).
+    pub inbox_retention_age: Duration,
 }
+
+/// Default of [`ServerOptions::inbox_retention_entries`].
+pub const DEFAULT_INBOX_RETENTION_ENTRIES: u64 = 100_000;
+/// Default of [`ServerOptions::inbox_retention_age`], in days.
+pub const DEFAULT_INBOX_RETENTION_DAYS: u64 = 30;
+/// How often inboxes are swept for entries past the retention age.
+const RETENTION_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 impl ServerOptions {
     /// Defaults for a server on `listen` storing in `data_dir`.
@@ -79,6 +92,8 @@ impl ServerOptions {
             min_free_disk_bytes: store_embedded::DEFAULT_MIN_FREE_BYTES,
             fanout_bytes_per_sec: logic::DEFAULT_FANOUT_BYTES_PER_SEC,
             fanout_burst_bytes: logic::DEFAULT_FANOUT_BURST_BYTES,
+            inbox_retention_entries: DEFAULT_INBOX_RETENTION_ENTRIES,
+            inbox_retention_age: Duration::from_secs(DEFAULT_INBOX_RETENTION_DAYS * 24 * 3600),
             slow_client_timeout: Duration::from_secs(15),
             socket_send_buffer_bytes: DEFAULT_SOCKET_SEND_BUFFER,
         }
@@ -157,6 +172,10 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         &options.data_dir.join("store"),
         EmbeddedOptions {
             min_free_bytes: options.min_free_disk_bytes,
+            inbox_retention: InboxRetention {
+                max_entries: options.inbox_retention_entries,
+                max_age_ms: options.inbox_retention_age.as_millis() as u64,
+            },
             ..EmbeddedOptions::default()
         },
     )?;
@@ -209,6 +228,9 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         config,
     });
     let stop = shutdown.clone();
+    if !options.inbox_retention_age.is_zero() {
+        tokio::spawn(sweep_retention(store.clone(), shutdown.clone()));
+    }
     let task = tokio::spawn(async move {
         serve(listener, shared, stop).await?;
         // Flush what the writer still holds; acked messages are durable already.
@@ -251,4 +273,25 @@ fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Trims inbox entries past the retention age, once a minute until shutdown.
+async fn sweep_retention(store: EmbeddedStore, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(RETENTION_SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        match store.sweep_inbox_retention(now_ms).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "inbox entries past the retention age trimmed"),
+            Err(e) => tracing::warn!(error = %e, "inbox retention sweep failed"),
+        }
+    }
 }

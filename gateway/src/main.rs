@@ -97,6 +97,13 @@ struct ServeArgs {
     /// Burst of the per-sender storage budget, in bytes.
     #[arg(long, env = "IM_FANOUT_BURST_BYTES", default_value_t = logic::DEFAULT_FANOUT_BURST_BYTES)]
     fanout_burst_bytes: u64,
+    /// Most entries kept per user inbox; older ones are trimmed, and a device syncing from
+    /// below them gets a TRIMMED range (0 = no limit).
+    #[arg(long, env = "IM_INBOX_RETENTION_ENTRIES", default_value_t = app::DEFAULT_INBOX_RETENTION_ENTRIES)]
+    inbox_retention_entries: u64,
+    /// Days inbox entries are kept (0 = forever). History is not affected.
+    #[arg(long, env = "IM_INBOX_RETENTION_DAYS", default_value_t = app::DEFAULT_INBOX_RETENTION_DAYS)]
+    inbox_retention_days: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,6 +226,8 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         min_free_disk_bytes: args.min_free_disk_bytes,
         fanout_bytes_per_sec: args.fanout_bytes_per_sec,
         fanout_burst_bytes: args.fanout_burst_bytes,
+        inbox_retention_entries: args.inbox_retention_entries,
+        inbox_retention_age: Duration::from_secs(args.inbox_retention_days.saturating_mul(24 * 3600)),
         ..ServerOptions::new(args.listen, common.data_dir.clone(), tokens)
     };
     let server = app::start(options).await.context("starting the server")?;
