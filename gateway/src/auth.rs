@@ -295,8 +295,13 @@ mod tests {
             TokenKey::strong("integration-test-secret").err(),
             Some(WeakSecret::TooShort(23))
         );
-        assert_eq!(TokenKey::strong("a".repeat(64)).err(), Some(WeakSecret::LowEntropy));
-        let generated: String = (0..32u8).map(|b| format!("{:02x}", b.wrapping_mul(37))).collect();
+        assert_eq!(
+            TokenKey::strong("a".repeat(64)).err(),
+            Some(WeakSecret::LowEntropy)
+        );
+        let generated: String = (0..32u8)
+            .map(|b| format!("{:02x}", b.wrapping_mul(37)))
+            .collect();
         assert!(TokenKey::strong(generated).is_ok());
     }
 

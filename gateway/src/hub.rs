@@ -359,8 +359,14 @@ mod tests {
         let (laptop, _) = handle(2, "laptop");
         let (tablet, _) = handle(3, "tablet");
         let (phone_again, _) = handle(4, "phone");
-        assert!(matches!(hub.register("alice", phone), Registration::Registered { .. }));
-        assert!(matches!(hub.register("alice", laptop), Registration::Registered { .. }));
+        assert!(matches!(
+            hub.register("alice", phone),
+            Registration::Registered { .. }
+        ));
+        assert!(matches!(
+            hub.register("alice", laptop),
+            Registration::Registered { .. }
+        ));
         assert!(matches!(
             hub.register("alice", tablet),
             Registration::TooManyConnections { limit: 2 }
@@ -371,7 +377,10 @@ mod tests {
         ));
         // Other users are not affected by alice's limit.
         let (bob, _) = handle(5, "phone");
-        assert!(matches!(hub.register("bob", bob), Registration::Registered { .. }));
+        assert!(matches!(
+            hub.register("bob", bob),
+            Registration::Registered { .. }
+        ));
         assert_eq!(hub.connection_count(), 3);
     }
 }

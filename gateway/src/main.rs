@@ -227,7 +227,9 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         fanout_bytes_per_sec: args.fanout_bytes_per_sec,
         fanout_burst_bytes: args.fanout_burst_bytes,
         inbox_retention_entries: args.inbox_retention_entries,
-        inbox_retention_age: Duration::from_secs(args.inbox_retention_days.saturating_mul(24 * 3600)),
+        inbox_retention_age: Duration::from_secs(
+            args.inbox_retention_days.saturating_mul(24 * 3600),
+        ),
         ..ServerOptions::new(args.listen, common.data_dir.clone(), tokens)
     };
     let server = app::start(options).await.context("starting the server")?;

@@ -251,12 +251,13 @@ mod tests {
         assert_eq!(outbox.try_push(sized(90_000)), Ok(()));
         assert_eq!(outbox.try_push(sized(90_000)), Err(PushError::Full));
         // An answer waits until the queue is back under the smaller bound.
-        let answer = tokio::time::timeout(
-            std::time::Duration::from_millis(20),
-            outbox.push(sized(10)),
-        )
-        .await;
-        assert!(answer.is_err(), "an answer was queued above the answer bound");
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_millis(20), outbox.push(sized(10)))
+                .await;
+        assert!(
+            answer.is_err(),
+            "an answer was queued above the answer bound"
+        );
     }
 
     #[tokio::test]

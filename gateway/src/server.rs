@@ -694,7 +694,11 @@ async fn connection<S: TimelineStore>(
                     close,
                     connection_level,
                 } => {
-                    let request_id = if connection_level { 0 } else { frame.request_id };
+                    let request_id = if connection_level {
+                        0
+                    } else {
+                        frame.request_id
+                    };
                     conn.send_error(request_id, code, message, retry_after_ms)
                         .await;
                     if close {

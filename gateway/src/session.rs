@@ -216,7 +216,11 @@ impl Session {
             };
         }
         let Some(op) = op else {
-            return reject(ErrorCode::UnknownOp, format!("unknown op {}", frame.op), false);
+            return reject(
+                ErrorCode::UnknownOp,
+                format!("unknown op {}", frame.op),
+                false,
+            );
         };
         match (&self.phase, op) {
             (Phase::AwaitingHandshake, _) => Verdict::Handshake,
@@ -313,7 +317,12 @@ mod tests {
     fn is_rate_limited(verdict: Verdict) -> bool {
         matches!(
             verdict,
-            Verdict::Reject { code: ErrorCode::RateLimited, retry_after_ms: 1.., close: false, .. }
+            Verdict::Reject {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: 1..,
+                close: false,
+                ..
+            }
         )
     }
 
@@ -327,7 +336,9 @@ mod tests {
                 Verdict::Request(Op::SyncReq)
             );
         }
-        assert!(is_rate_limited(s.on_frame(&frame(pb::SyncReq::default()), t0)));
+        assert!(is_rate_limited(
+            s.on_frame(&frame(pb::SyncReq::default()), t0)
+        ));
         // Tokens come back with time.
         let later = t0 + Duration::from_millis(100);
         assert_eq!(
@@ -369,7 +380,9 @@ mod tests {
                 Verdict::Handshake
             );
         }
-        assert!(is_rate_limited(s.on_frame(&frame(pb::HandshakeReq::default()), t0)));
+        assert!(is_rate_limited(
+            s.on_frame(&frame(pb::HandshakeReq::default()), t0)
+        ));
     }
 
     #[test]
@@ -384,7 +397,11 @@ mod tests {
         };
         assert!(matches!(
             s.on_frame(&f, t0),
-            Verdict::Reject { code: ErrorCode::NotAuthenticated, close: true, .. }
+            Verdict::Reject {
+                code: ErrorCode::NotAuthenticated,
+                close: true,
+                ..
+            }
         ));
     }
 

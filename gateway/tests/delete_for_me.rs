@@ -39,7 +39,10 @@ async fn history_seqs(client: &mut Client, conversation_id: &str) -> Vec<u64> {
 }
 
 fn message_seqs(entries: &[pb::InboxEntry]) -> Vec<u64> {
-    messages(entries).iter().map(|m| m.conversation_seq).collect()
+    messages(entries)
+        .iter()
+        .map(|m| m.conversation_seq)
+        .collect()
 }
 
 async fn last_message_seq(client: &mut Client, conversation_id: &str) -> Option<u64> {
@@ -97,9 +100,17 @@ async fn deleted_messages_disappear_for_the_deleter_on_every_device_and_stay_gon
 
     let check = |mut bob: Client, mut alice: Client| async move {
         assert_eq!(history_seqs(&mut bob, c).await, vec![1]);
-        assert_eq!(history_seqs(&mut alice, c).await, vec![1, 2, 3], "alice keeps them");
+        assert_eq!(
+            history_seqs(&mut alice, c).await,
+            vec![1, 2, 3],
+            "alice keeps them"
+        );
         let synced = bob.sync_all(0, 0).await;
-        assert_eq!(message_seqs(&synced), vec![1], "sync no longer carries them");
+        assert_eq!(
+            message_seqs(&synced),
+            vec![1],
+            "sync no longer carries them"
+        );
         assert_eq!(
             synced.iter().filter(|e| e.body.is_none()).count(),
             2,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{BufMut as _, BytesMut};
 use futures::StreamExt as _;
 use im_protocol::frame::FrameHeader;
-use im_protocol::{Body, Frame, FrameCodec, Flags, pb};
+use im_protocol::{Body, Flags, Frame, FrameCodec, pb};
 use support::*;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -64,7 +64,9 @@ impl Transcript {
         self.frames
             .iter()
             .filter_map(|f| match f.decode_body() {
-                Ok(Body::Error(e)) => Some((f.request_id, pb::ErrorCode::try_from(e.code).unwrap())),
+                Ok(Body::Error(e)) => {
+                    Some((f.request_id, pb::ErrorCode::try_from(e.code).unwrap()))
+                }
                 _ => None,
             })
             .collect()
@@ -78,12 +80,25 @@ async fn read_until_close(stream: TcpStream, limit: usize) -> Transcript {
     while frames.len() < limit {
         match tokio::time::timeout(WAIT, framed.next()).await {
             Err(_) => panic!("the server neither answered nor closed within {WAIT:?}"),
-            Ok(None) => return Transcript { frames, reset: false },
+            Ok(None) => {
+                return Transcript {
+                    frames,
+                    reset: false,
+                };
+            }
             Ok(Some(Ok(frame))) => frames.push(frame),
-            Ok(Some(Err(_))) => return Transcript { frames, reset: true },
+            Ok(Some(Err(_))) => {
+                return Transcript {
+                    frames,
+                    reset: true,
+                };
+            }
         }
     }
-    Transcript { frames, reset: false }
+    Transcript {
+        frames,
+        reset: false,
+    }
 }
 
 #[tokio::test]
@@ -127,7 +142,11 @@ async fn pings_unknown_ops_and_handshakes_are_rate_limited_like_every_frame() {
         .iter()
         .filter(|(_, code)| *code == pb::ErrorCode::RateLimited)
         .count();
-    assert!(limited >= 900, "only {limited} of 1,000 handshakes were rate limited: {:?}", &errors[..errors.len().min(5)]);
+    assert!(
+        limited >= 900,
+        "only {limited} of 1,000 handshakes were rate limited: {:?}",
+        &errors[..errors.len().min(5)]
+    );
 }
 
 #[tokio::test]
@@ -140,8 +159,15 @@ async fn an_unknown_op_as_the_first_frame_is_not_authenticated_and_closes() {
     bytes.extend_from_slice(&encode(&[handshake(&server, "alice", "phone")]));
     stream.write_all(&bytes).await.unwrap();
     let transcript = read_until_close(stream, 10).await;
-    assert_eq!(transcript.errors(), vec![(5, pb::ErrorCode::NotAuthenticated)]);
-    assert_eq!(transcript.frames.len(), 1, "the handshake after it was answered");
+    assert_eq!(
+        transcript.errors(),
+        vec![(5, pb::ErrorCode::NotAuthenticated)]
+    );
+    assert_eq!(
+        transcript.frames.len(),
+        1,
+        "the handshake after it was answered"
+    );
 }
 
 #[tokio::test]
@@ -150,7 +176,12 @@ async fn a_client_frame_with_the_push_flag_is_a_bad_frame_under_request_id_0() {
     let server = Server::start(dir.path(), &[]);
     let mut alice = Client::connect(&server, "alice", "phone").await;
     alice
-        .raw(&raw_frame(pb::Op::SyncReq as u16, Flags::PUSH.bits(), 9, &[]))
+        .raw(&raw_frame(
+            pb::Op::SyncReq as u16,
+            Flags::PUSH.bits(),
+            9,
+            &[],
+        ))
         .await;
     let mut errors = Vec::new();
     while let Some(frame) = alice.next_frame().await {
@@ -171,14 +202,20 @@ async fn a_handshake_whose_body_does_not_decode_may_be_retried() {
         .await
         .unwrap();
     let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::default());
-    let first = tokio::time::timeout(WAIT, framed.next()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(WAIT, framed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     match first.decode_body().unwrap() {
         Body::Error(e) => assert_eq!(e.code, pb::ErrorCode::BadBody as i32),
         other => panic!("{other:?}"),
     }
     let mut corrected = handshake(&server, "alice", "phone");
     corrected.request_id = 2;
-    futures::SinkExt::send(&mut framed, corrected).await.unwrap();
+    futures::SinkExt::send(&mut framed, corrected)
+        .await
+        .unwrap();
     let second = tokio::time::timeout(WAIT, framed.next())
         .await
         .unwrap()
@@ -194,7 +231,11 @@ async fn a_handshake_whose_body_does_not_decode_may_be_retried() {
 /// never reads them.
 const TRAILING_GARBAGE: usize = 256 * 1024;
 
-async fn valid_then_broken(server: &Server, valid: Frame, broken_header: FrameHeader) -> Transcript {
+async fn valid_then_broken(
+    server: &Server,
+    valid: Frame,
+    broken_header: FrameHeader,
+) -> Transcript {
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     let mut bytes = encode(&[handshake(server, "alice", "phone"), valid]);
     broken_header.write(&mut bytes);
@@ -235,8 +276,8 @@ async fn a_broken_frame_behind_a_valid_one_still_gets_its_error_frame() {
         },
     );
     for (valid, broken, expected) in [
-        (sync.clone(), version_2.clone(), pb::ErrorCode::UnsupportedVersion),
-        (sync, huge.clone(), pb::ErrorCode::FrameTooLarge),
+        (sync.clone(), version_2, pb::ErrorCode::UnsupportedVersion),
+        (sync, huge, pb::ErrorCode::FrameTooLarge),
         // Sends are batched: the broken frame is found while the batch is gathered.
         (send.clone(), version_2, pb::ErrorCode::UnsupportedVersion),
         (send, huge, pb::ErrorCode::FrameTooLarge),
@@ -245,7 +286,10 @@ async fn a_broken_frame_behind_a_valid_one_still_gets_its_error_frame() {
         let transcript = valid_then_broken(&server, valid, broken).await;
         let answered = transcript.frames.iter().any(|f| f.request_id == 2);
         assert!(answered, "op {op}: the valid frame got no answer");
-        assert!(!transcript.reset, "op {op}: the server reset the connection");
+        assert!(
+            !transcript.reset,
+            "op {op}: the server reset the connection"
+        );
         assert_eq!(
             transcript.errors().last(),
             Some(&(0, expected)),

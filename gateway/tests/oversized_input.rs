@@ -73,7 +73,11 @@ async fn oversized_ids_and_cursors_fail_alone_with_a_client_error() {
             };
             match mallory.response(request_id).await {
                 Body::Error(e) => {
-                    assert!(e.message.len() <= 200, "error text of {} bytes", e.message.len());
+                    assert!(
+                        e.message.len() <= 200,
+                        "error text of {} bytes",
+                        e.message.len()
+                    );
                     codes.push(pb::ErrorCode::try_from(e.code).unwrap());
                 }
                 other => panic!("an oversized request was accepted: {other:?}"),
@@ -82,11 +86,19 @@ async fn oversized_ids_and_cursors_fail_alone_with_a_client_error() {
         codes
     };
     let (failures, codes) = tokio::join!(bystander, attacker);
-    assert!(failures.is_empty(), "bystander sends failed: {:?}", &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "bystander sends failed: {:?}",
+        &failures[..failures.len().min(3)]
+    );
     assert!(
         codes.iter().all(|c| *c == pb::ErrorCode::InvalidArgument),
         "{:?}",
-        codes.iter().filter(|c| **c != pb::ErrorCode::InvalidArgument).take(3).collect::<Vec<_>>()
+        codes
+            .iter()
+            .filter(|c| **c != pb::ErrorCode::InvalidArgument)
+            .take(3)
+            .collect::<Vec<_>>()
     );
     // Every one of the bystander's messages is stored.
     let mut bob = Client::connect(&server, "bob", "phone").await;

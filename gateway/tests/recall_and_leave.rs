@@ -55,7 +55,9 @@ async fn groups_left_or_removed_from_leave_the_conversation_list() {
         other => panic!("{other:?}"),
     };
     let conversation = format!("g:{group}");
-    olga.send_text(to_group(&group), "o1", "hello").await.unwrap();
+    olga.send_text(to_group(&group), "o1", "hello")
+        .await
+        .unwrap();
 
     let mut amy = Client::connect(&server, "amy", "phone").await;
     assert!(listed(&mut amy, &conversation).await);
@@ -85,7 +87,16 @@ async fn groups_left_or_removed_from_leave_the_conversation_list() {
     let mut amy = Client::connect(&server, "amy", "phone").await;
     let mut ben = Client::connect(&server, "ben", "phone").await;
     let mut olga = Client::connect(&server, "olga", "phone").await;
-    assert!(!listed(&mut amy, &conversation).await, "amy left, after a restart");
-    assert!(!listed(&mut ben, &conversation).await, "ben was removed, after a restart");
-    assert!(listed(&mut olga, &conversation).await, "olga is still a member");
+    assert!(
+        !listed(&mut amy, &conversation).await,
+        "amy left, after a restart"
+    );
+    assert!(
+        !listed(&mut ben, &conversation).await,
+        "ben was removed, after a restart"
+    );
+    assert!(
+        listed(&mut olga, &conversation).await,
+        "olga is still a member"
+    );
 }

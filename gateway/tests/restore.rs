@@ -107,11 +107,12 @@ async fn a_client_follows_a_server_whose_store_was_replaced() {
         conversation.last_message.map(|m| m.content),
         Some(b"after the restore".to_vec())
     );
-    let history = bob
-        .local_history("d:alice:bob", 0, 100)
-        .await
-        .unwrap();
-    assert_eq!(history.len(), 1, "nothing of the old server is left: {history:?}");
+    let history = bob.local_history("d:alice:bob", 0, 100).await.unwrap();
+    assert_eq!(
+        history.len(),
+        1,
+        "nothing of the old server is left: {history:?}"
+    );
 }
 
 /// An operator restored a store from a backup and renewed its epoch: clients start over from

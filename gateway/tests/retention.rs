@@ -42,7 +42,10 @@ async fn a_sync_from_the_start_reports_the_trimmed_prefix_and_returns_the_rest()
     assert!(range.to_seq >= 20, "at most 10 entries retained: {range:?}");
     let seqs: Vec<u64> = response.entries.iter().map(|e| e.inbox_seq).collect();
     let expected: Vec<u64> = (range.to_seq + 1..=30).collect();
-    assert_eq!(seqs, expected, "the retained entries, contiguous up to the head");
+    assert_eq!(
+        seqs, expected,
+        "the retained entries, contiguous up to the head"
+    );
     assert_eq!(response.head_seq, 30);
     assert!(!response.has_more);
     // History is not an inbox: the conversation keeps every message.

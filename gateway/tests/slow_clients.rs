@@ -118,7 +118,9 @@ async fn healthy_chat(server: &Server, rounds: u32) -> Duration {
     let mut dave = Client::connect(server, "dave", "phone").await;
     let started = Instant::now();
     for i in 0..rounds {
-        let ack = carol.send_text(to_user("dave"), &format!("c{i}"), "hello").await;
+        let ack = carol
+            .send_text(to_user("dave"), &format!("c{i}"), "hello")
+            .await;
         assert!(ack.is_ok(), "{ack:?}");
         let pushed = dave.pushed_entries(1).await;
         assert_eq!(messages(&pushed).len(), 1);
@@ -151,7 +153,10 @@ async fn clients_that_never_read_their_answers_are_closed_and_cost_bounded_memor
                 ..Default::default()
             })
             .await;
-        assert!(matches!(page, im_protocol::Body::HistoryResp(_)), "{page:?}");
+        assert!(
+            matches!(page, im_protocol::Body::HistoryResp(_)),
+            "{page:?}"
+        );
     }
     let sockets_before = open_sockets(pid);
     let rss_before = rss_mib(pid);
@@ -179,7 +184,10 @@ async fn clients_that_never_read_their_answers_are_closed_and_cost_bounded_memor
                 }
             }
             // Every request was written: the server kept reading. It must still close us.
-            (started.elapsed(), closed_by_server(&stream, CLOSED_WITHIN).await)
+            (
+                started.elapsed(),
+                closed_by_server(&stream, CLOSED_WITHIN).await,
+            )
         }));
     }
 
@@ -208,8 +216,13 @@ async fn clients_that_never_read_their_answers_are_closed_and_cost_bounded_memor
         "history flood: RSS {rss_before:.0} MiB before, peak {peak:.0} MiB, {rss_after:.0} MiB after; healthy chat of 30 rounds took {chat_time:?}"
     );
     // Per slow connection: the queue bound, one frame being written and one being read.
-    let bound = rss_before + 64.0 + SLOW_CLIENTS as f64 * (QUEUE_BYTES as f64 + 2.0 * 1048576.0) / 1048576.0;
-    assert!(peak < bound, "peak RSS {peak:.0} MiB above the bound {bound:.0} MiB");
+    let bound = rss_before
+        + 64.0
+        + SLOW_CLIENTS as f64 * (QUEUE_BYTES as f64 + 2.0 * 1048576.0) / 1048576.0;
+    assert!(
+        peak < bound,
+        "peak RSS {peak:.0} MiB above the bound {bound:.0} MiB"
+    );
     assert!(
         rss_after < rss_before + 32.0,
         "memory did not come back: {rss_after:.0} MiB after, {rss_before:.0} MiB before"
@@ -303,13 +316,18 @@ async fn devices_that_never_read_their_pushes_are_closed_and_cost_bounded_memory
     let bound = rss_before
         + 64.0
         + SLOW_CLIENTS as f64 * (4.0 * QUEUE_BYTES as f64 + 1048576.0) / 1048576.0;
-    assert!(peak < bound, "peak RSS {peak:.0} MiB above the bound {bound:.0} MiB");
+    assert!(
+        peak < bound,
+        "peak RSS {peak:.0} MiB above the bound {bound:.0} MiB"
+    );
     assert!(
         rss_after < rss_before + 32.0,
         "memory did not come back: {rss_after:.0} MiB after, {rss_before:.0} MiB before"
     );
     // The sender was never slowed into a close: it still gets answers.
-    let ack = owner.send_text(to_user("deaf"), "after", "still here").await;
+    let ack = owner
+        .send_text(to_user("deaf"), "after", "still here")
+        .await;
     assert!(ack.is_ok(), "{ack:?}");
 }
 

@@ -48,7 +48,14 @@ fn a_server_with_an_empty_or_short_secret_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     for secret in ["", "short", "integration-test-secret"] {
-        let output = gateway(&["--data-dir", data, "--listen", "127.0.0.1:0", "--secret", secret]);
+        let output = gateway(&[
+            "--data-dir",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--secret",
+            secret,
+        ]);
         assert_refused(&output, &format!("--secret {secret:?}"));
     }
     let empty_file = dir.path().join("empty.secret");
@@ -107,7 +114,9 @@ fn a_generated_secret_file_is_strong_enough() {
 }
 
 fn mint(args: &[&str]) -> String {
-    let mut all = vec!["token", "--secret", SECRET, "--user", "alice", "--device", "phone"];
+    let mut all = vec![
+        "token", "--secret", SECRET, "--user", "alice", "--device", "phone",
+    ];
     all.extend_from_slice(args);
     let output = gateway(&all);
     assert!(output.status.success(), "{output:?}");
@@ -132,5 +141,9 @@ async fn gateway_token_mints_expired_tokens_for_tests() {
     }
     let future = (now_secs() + 3600).to_string();
     let token = mint(&["--expires-at", &future]);
-    assert!(Client::try_connect(server.addr, &token, "phone").await.is_ok());
+    assert!(
+        Client::try_connect(server.addr, &token, "phone")
+            .await
+            .is_ok()
+    );
 }

@@ -162,7 +162,11 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchResult> {
         Some(exe) => exe.clone(),
         None => std::env::current_exe()?,
     };
-    let secret = format!("loadtest-bench-secret-{}-{}", crate::common::now_ms(), std::process::id());
+    let secret = format!(
+        "loadtest-bench-secret-{}-{}",
+        crate::common::now_ms(),
+        std::process::id()
+    );
     let mut result = BenchResult::default();
     for round in 0..config.rounds.max(1) {
         progress!("bench round {}", round + 1);

@@ -96,7 +96,10 @@ mod tests {
     fn a_message_above_the_burst_passes_from_a_full_bucket() {
         let budget = FanoutBudget::new(1_000, 2_000);
         assert_eq!(budget.charge("big", 10_000, 0), Ok(()));
-        assert!(budget.charge("big", 1, 0).is_err(), "and leaves the bucket in debt");
+        assert!(
+            budget.charge("big", 1, 0).is_err(),
+            "and leaves the bucket in debt"
+        );
     }
 
     #[test]

@@ -274,10 +274,7 @@ fn now_ms() -> u64 {
 impl<S: TimelineStore> Logic<S> {
     /// The business tier over `store`.
     pub fn new(store: S, config: LogicConfig) -> Logic<S> {
-        let fanout = FanoutBudget::new(
-            config.fanout_bytes_per_sec,
-            config.fanout_burst_bytes,
-        );
+        let fanout = FanoutBudget::new(config.fanout_bytes_per_sec, config.fanout_burst_bytes);
         Logic {
             store,
             config,
@@ -308,20 +305,23 @@ impl<S: TimelineStore> Logic<S> {
         let mut to_commit = Vec::new();
         let mut slots = Vec::new();
         for request in requests {
-            let prepared = self.prepare_send(caller, request, now).await.and_then(|message| {
-                let cost = FanoutBudget::cost(message.content.len(), message.recipients.len());
-                match self.fanout.charge(&caller.user, cost, now) {
-                    Ok(()) => Ok(message),
-                    Err(wait_ms) => {
-                        let mut refused = error(
-                            pb::ErrorCode::RateLimited,
-                            "this sender's messages write too much to storage; slow down",
-                        );
-                        refused.retry_after_ms = wait_ms;
-                        Err(refused)
+            let prepared = self
+                .prepare_send(caller, request, now)
+                .await
+                .and_then(|message| {
+                    let cost = FanoutBudget::cost(message.content.len(), message.recipients.len());
+                    match self.fanout.charge(&caller.user, cost, now) {
+                        Ok(()) => Ok(message),
+                        Err(wait_ms) => {
+                            let mut refused = error(
+                                pb::ErrorCode::RateLimited,
+                                "this sender's messages write too much to storage; slow down",
+                            );
+                            refused.retry_after_ms = wait_ms;
+                            Err(refused)
+                        }
                     }
-                }
-            });
+                });
             match prepared {
                 Ok(message) => {
                     slots.push(replies.len());

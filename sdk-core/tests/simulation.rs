@@ -425,17 +425,26 @@ fn a_server_restored_from_an_empty_backup_is_detected_and_every_device_resyncs()
             .unwrap();
     }
     let limit = world.now + Duration::from_secs(60);
-    assert!(world.run_until_true(limit, World::settled).unwrap(), "{}", world.dump());
-    let cursors: Vec<u64> = world.devices.iter().map(|d| d.client.as_ref().unwrap().cursor()).collect();
-    assert!(cursors.iter().all(|&c| c >= 6), "every device saw the group's messages: {cursors:?}");
+    assert!(
+        world.run_until_true(limit, World::settled).unwrap(),
+        "{}",
+        world.dump()
+    );
+    let cursors: Vec<u64> = world
+        .devices
+        .iter()
+        .map(|d| d.client.as_ref().unwrap().cursor())
+        .collect();
+    assert!(
+        cursors.iter().all(|&c| c >= 6),
+        "every device saw the group's messages: {cursors:?}"
+    );
 
     // The new server numbers its inboxes from 1 again: a client waiting for seqs above its
     // old cursor would never see these.
     world.server_restore_empty(Duration::from_secs(5));
     world.run_until(world.now + Duration::from_secs(6)).unwrap();
-    world
-        .send_now(0, Recipient::User("u1".into()))
-        .unwrap();
+    world.send_now(0, Recipient::User("u1".into())).unwrap();
     let limit = world.now + Duration::from_secs(120);
     assert!(
         world.run_until_true(limit, World::settled).unwrap(),

@@ -41,8 +41,7 @@ use fjall::{KeyspaceCreateOptions, PersistMode, SingleWriterTxDatabase, SingleWr
 use im_protocol::pb;
 use timeline_store::{
     CommittedMessage, ConversationState, Delivery, GroupChange, HistoryPage, InboxPage,
-    InboxRetention, NewGroup,
-    NewMessage, StoreError, StoreResult, TimelineStore,
+    InboxRetention, NewGroup, NewMessage, StoreError, StoreResult, TimelineStore,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -226,7 +225,11 @@ impl Inner {
     /// from its journal, so everything committed is kept). Readers wait out the swap.
     fn reopen(&self) -> Result<(), EmbeddedError> {
         self.stop_writer()?;
-        let old = self.engine.write().ok().and_then(|mut engine| engine.take());
+        let old = self
+            .engine
+            .write()
+            .ok()
+            .and_then(|mut engine| engine.take());
         if let Some(old) = old {
             // Reads in flight hold the old database for a moment; fjall's lock is released
             // only when the last handle goes.
@@ -320,7 +323,9 @@ fn watch_health(inner: std::sync::Weak<Inner>) {
             && free >= inner.options.min_free_bytes.max(REOPEN_MIN_FREE_BYTES)
         {
             match inner.reopen() {
-                Ok(()) => tracing::warn!(free, "store reopened after a failed commit: writes resume"),
+                Ok(()) => {
+                    tracing::warn!(free, "store reopened after a failed commit: writes resume")
+                }
                 Err(e) => tracing::error!(error = %e, "reopening the store failed; trying again"),
             }
         }
@@ -356,12 +361,11 @@ impl EmbeddedStore {
         let commits = Arc::new(AtomicU64::new(0));
         let broken = Arc::new(AtomicBool::new(false));
         let (engine, queue, writer) = start_engine(dir, &options, &commits, &broken)?;
-        let inbox_epoch = load_or_create_epoch(&engine.db, &engine.ks).map_err(|source| {
-            EmbeddedError::Open {
+        let inbox_epoch =
+            load_or_create_epoch(&engine.db, &engine.ks).map_err(|source| EmbeddedError::Open {
                 path: dir.display().to_string(),
                 source,
-            }
-        })?;
+            })?;
         tracing::info!(dir = %dir.display(), inbox_epoch, "embedded store open");
         let inner = Arc::new(Inner {
             inbox_epoch,
@@ -547,7 +551,9 @@ pub fn renew_inbox_epoch(dir: &Path) -> Result<u64, EmbeddedError> {
     if !dir.join("version").exists() {
         return Err(EmbeddedError::NoStore(dir.display().to_string()));
     }
-    let db = SingleWriterTxDatabase::builder(dir).open().map_err(open_error)?;
+    let db = SingleWriterTxDatabase::builder(dir)
+        .open()
+        .map_err(open_error)?;
     let ks = Keyspaces::open(&db).map_err(open_error)?;
     let mut tx = db.write_tx().durability(Some(PersistMode::SyncAll));
     tx.remove(&ks.counters, INBOX_EPOCH_KEY);
@@ -582,8 +588,11 @@ impl TimelineStore for EmbeddedStore {
             return Vec::new();
         }
         let count = messages.len();
-        self.mutate(move |ctx| ctx.commit_messages(messages.clone()), all_failed(count))
-            .await
+        self.mutate(
+            move |ctx| ctx.commit_messages(messages.clone()),
+            all_failed(count),
+        )
+        .await
     }
 
     async fn mark_read(
@@ -770,7 +779,8 @@ impl TimelineStore for EmbeddedStore {
     }
 
     async fn create_group(&self, group: NewGroup) -> StoreResult<GroupChange> {
-        self.mutate(move |ctx| ctx.create_group(group.clone()), Err).await
+        self.mutate(move |ctx| ctx.create_group(group.clone()), Err)
+            .await
     }
 
     async fn add_members(
@@ -892,7 +902,13 @@ mod tests {
                 match n % 3 {
                     0 => {
                         let oversized: StoreResult<()> = store
-                            .mutate(|ctx| { ctx.put_oversized_key(); Ok(()) }, Err)
+                            .mutate(
+                                |ctx| {
+                                    ctx.put_oversized_key();
+                                    Ok(())
+                                },
+                                Err,
+                            )
                             .await;
                         assert!(
                             matches!(oversized, Err(StoreError::InvalidArgument(_))),
@@ -934,7 +950,10 @@ mod tests {
                 now_ms: 1,
             })
             .await;
-        assert!(matches!(created, Err(StoreError::InvalidArgument(_))), "{created:?}");
+        assert!(
+            matches!(created, Err(StoreError::InvalidArgument(_))),
+            "{created:?}"
+        );
         let group = store
             .create_group(NewGroup {
                 name: "g".into(),
@@ -948,15 +967,28 @@ mod tests {
             .await
             .unwrap()
             .group;
-        let members = store.group_members(&group.group_id, 10, &"c".repeat(900_000)).await;
-        assert!(matches!(members, Err(StoreError::InvalidArgument(_))), "{members:?}");
+        let members = store
+            .group_members(&group.group_id, 10, &"c".repeat(900_000))
+            .await;
+        assert!(
+            matches!(members, Err(StoreError::InvalidArgument(_))),
+            "{members:?}"
+        );
         let listed = store.conversations("alice", 10, &huge).await;
-        assert!(matches!(listed, Err(StoreError::InvalidArgument(_))), "{listed:?}");
+        assert!(
+            matches!(listed, Err(StoreError::InvalidArgument(_))),
+            "{listed:?}"
+        );
         let mut long_id = message("alice", 1);
         long_id.client_msg_id = huge.clone();
-        let results = store.commit_messages(vec![long_id, message("alice", 2)]).await;
+        let results = store
+            .commit_messages(vec![long_id, message("alice", 2)])
+            .await;
         assert!(matches!(results[0], Err(StoreError::InvalidArgument(_))));
         assert!(results[1].is_ok());
-        assert!(matches!(store.inbox_head(&huge).await, Err(StoreError::InvalidArgument(_))));
+        assert!(matches!(
+            store.inbox_head(&huge).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
     }
 }

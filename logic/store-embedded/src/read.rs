@@ -237,14 +237,17 @@ impl Reader<'_> {
                     // A message the user deleted for themself keeps its seq but shows nothing
                     // (SPEC §13.7): the client skips an entry without a body.
                     None if deletes_some
-                        && self.snapshot.contains_key(
-                            &self.ks.hidden,
-                            keys::hidden_key(
-                                user,
-                                &record.message_conversation_id,
-                                record.message_seq,
-                            ),
-                        ).map_err(io)? =>
+                        && self
+                            .snapshot
+                            .contains_key(
+                                &self.ks.hidden,
+                                keys::hidden_key(
+                                    user,
+                                    &record.message_conversation_id,
+                                    record.message_seq,
+                                ),
+                            )
+                            .map_err(io)? =>
                     {
                         None
                     }

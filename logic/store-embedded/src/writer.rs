@@ -311,7 +311,8 @@ impl WriteCtx<'_, '_> {
     /// Fails the drain with `error` (a half-applied job must not be committed).
     fn fail_with(&mut self, error: StoreError) -> StoreError {
         let invalid = matches!(error, StoreError::InvalidArgument(_));
-        self.failed.get_or_insert_with(|| (error.to_string(), invalid));
+        self.failed
+            .get_or_insert_with(|| (error.to_string(), invalid));
         error
     }
 
@@ -337,7 +338,11 @@ impl WriteCtx<'_, '_> {
     #[cfg(test)]
     pub(crate) fn put_oversized_key(&mut self) {
         let ks = self.ks;
-        self.put(&ks.counters, vec![b'k'; keys::MAX_KEY_BYTES + 1], Vec::new());
+        self.put(
+            &ks.counters,
+            vec![b'k'; keys::MAX_KEY_BYTES + 1],
+            Vec::new(),
+        );
     }
 
     /// The highest seq stored under `id` in a seq-keyed keyspace (0 = none).

@@ -985,12 +985,19 @@ pub async fn recall_erases_the_content_and_tells_every_recipient_once<F: StoreFa
     );
 
     let heads = (head(&store, "alice").await, head(&store, "bob").await);
-    assert_eq!(recalled.recalled_ms, T0 + 10, "history says when it was recalled");
+    assert_eq!(
+        recalled.recalled_ms,
+        T0 + 10,
+        "history says when it was recalled"
+    );
     let (repeated, again) = store
         .recall(c, 1, "alice", &both, 60_000, T0 + 20)
         .await
         .expect("recalling twice succeeds");
-    assert_eq!(repeated, event, "a second recall returns the original event");
+    assert_eq!(
+        repeated, event,
+        "a second recall returns the original event"
+    );
     assert!(again.is_empty(), "a second recall delivers nothing");
     assert_eq!(
         (head(&store, "alice").await, head(&store, "bob").await),
@@ -1036,7 +1043,11 @@ pub async fn delete_hides_messages_for_the_deleter_only<F: StoreFactory>(factory
     let store = factory.open_fresh().await;
     let c = "d:alice:bob";
     for i in 1..=4u64 {
-        send(&store, direct("alice", "bob", &format!("a{i}"), "hi", T0 + i)).await;
+        send(
+            &store,
+            direct("alice", "bob", &format!("a{i}"), "hi", T0 + i),
+        )
+        .await;
     }
     let unread_before = state(&store, "bob", c).await.unread_count;
     let alice_head = head(&store, "alice").await;
@@ -1046,7 +1057,10 @@ pub async fn delete_hides_messages_for_the_deleter_only<F: StoreFactory>(factory
         .delete_messages("bob", c, &[4, 2, 4, 0, 99], T0 + 10)
         .await
         .expect("delete");
-    assert_eq!(deleted, 2, "seqs 2 and 4 exist; 0 and 99 do not; 4 twice counts once");
+    assert_eq!(
+        deleted, 2,
+        "seqs 2 and 4 exist; 0 and 99 do not; 4 twice counts once"
+    );
     assert_eq!(
         deliveries,
         vec![Delivery {
@@ -1061,18 +1075,36 @@ pub async fn delete_hides_messages_for_the_deleter_only<F: StoreFactory>(factory
         }],
         "one DeleteEvent, to the deleter's own inbox only, listing exactly the hidden seqs"
     );
-    assert_eq!(head(&store, "alice").await, alice_head, "alice's inbox is untouched");
+    assert_eq!(
+        head(&store, "alice").await,
+        alice_head,
+        "alice's inbox is untouched"
+    );
 
     let (again, none) = store
         .delete_messages("bob", c, &[2, 4], T0 + 11)
         .await
         .expect("repeat delete");
-    assert_eq!((again, none.len()), (0, 0), "already hidden seqs are ignored");
-    assert_eq!(head(&store, "bob").await, bob_head + 1, "and nothing is appended");
+    assert_eq!(
+        (again, none.len()),
+        (0, 0),
+        "already hidden seqs are ignored"
+    );
+    assert_eq!(
+        head(&store, "bob").await,
+        bob_head + 1,
+        "and nothing is appended"
+    );
 
     let check = |store: F::Store| async move {
-        assert_eq!(history_as(&store, "bob", c, 0, Newer, ALL).await, vec![1, 3]);
-        assert_eq!(history_as(&store, "bob", c, 0, Older, ALL).await, vec![3, 1]);
+        assert_eq!(
+            history_as(&store, "bob", c, 0, Newer, ALL).await,
+            vec![1, 3]
+        );
+        assert_eq!(
+            history_as(&store, "bob", c, 0, Older, ALL).await,
+            vec![3, 1]
+        );
         assert_eq!(
             history_as(&store, "bob", c, 0, Older, 1).await,
             vec![3],
@@ -1095,7 +1127,10 @@ pub async fn delete_hides_messages_for_the_deleter_only<F: StoreFactory>(factory
             "the conversation list shows the newest message bob did not delete"
         );
         assert_eq!(bob_state.last_seq, 4, "numbering is unchanged");
-        assert_eq!(bob_state.unread_count, unread_before, "unread counts are unchanged");
+        assert_eq!(
+            bob_state.unread_count, unread_before,
+            "unread counts are unchanged"
+        );
         assert_eq!(
             state(&store, "alice", c)
                 .await
@@ -1104,13 +1139,21 @@ pub async fn delete_hides_messages_for_the_deleter_only<F: StoreFactory>(factory
             Some(4)
         );
         let bob_inbox = whole_inbox(&store, "bob").await;
-        assert_eq!(bob_inbox.len() as u64, head(&store, "bob").await, "seqs stay contiguous");
+        assert_eq!(
+            bob_inbox.len() as u64,
+            head(&store, "bob").await,
+            "seqs stay contiguous"
+        );
         let shown: Vec<u64> = bob_inbox
             .iter()
             .filter_map(message_of)
             .map(|m| m.conversation_seq)
             .collect();
-        assert_eq!(shown, vec![1, 3], "sync no longer carries the deleted messages");
+        assert_eq!(
+            shown,
+            vec![1, 3],
+            "sync no longer carries the deleted messages"
+        );
         assert_eq!(
             bob_inbox.iter().filter(|e| e.body.is_none()).count(),
             2,
@@ -1152,9 +1195,7 @@ pub async fn delete_hides_messages_for_the_deleter_only<F: StoreFactory>(factory
 /// Inbox retention by count (SPEC §10.4): each append beyond the limit removes the oldest
 /// entry, reads report the lowest retained seq, seqs keep counting, and a restart changes none
 /// of it.
-pub async fn inbox_retention_by_count_keeps_the_newest_entries<F: StoreFactory>(
-    factory: &mut F,
-) {
+pub async fn inbox_retention_by_count_keeps_the_newest_entries<F: StoreFactory>(factory: &mut F) {
     let store = factory
         .open_with_retention(InboxRetention {
             max_entries: 5,
@@ -1162,13 +1203,24 @@ pub async fn inbox_retention_by_count_keeps_the_newest_entries<F: StoreFactory>(
         })
         .await;
     for i in 1..=8u64 {
-        send(&store, direct("alice", "bob", &format!("a{i}"), "hi", T0 + i)).await;
+        send(
+            &store,
+            direct("alice", "bob", &format!("a{i}"), "hi", T0 + i),
+        )
+        .await;
     }
-    let page = store.read_inbox("bob", 1, 0, ALL).await.expect("read_inbox");
+    let page = store
+        .read_inbox("bob", 1, 0, ALL)
+        .await
+        .expect("read_inbox");
     assert_eq!(page.head_seq, 8);
     assert_eq!(page.oldest_seq, 4, "the 5 newest of 8 entries are kept");
     let seqs: Vec<u64> = page.entries.iter().map(|e| e.inbox_seq).collect();
-    assert_eq!(seqs, vec![4, 5, 6, 7, 8], "a read from seq 1 starts at the oldest kept");
+    assert_eq!(
+        seqs,
+        vec![4, 5, 6, 7, 8],
+        "a read from seq 1 starts at the oldest kept"
+    );
     assert_eq!(
         history(&store, "d:alice:bob").await.len(),
         8,
@@ -1176,7 +1228,11 @@ pub async fn inbox_retention_by_count_keeps_the_newest_entries<F: StoreFactory>(
     );
 
     let store = factory.reopen(store).await;
-    assert_eq!(head(&store, "bob").await, 8, "the head survives trimming and a restart");
+    assert_eq!(
+        head(&store, "bob").await,
+        8,
+        "the head survives trimming and a restart"
+    );
     let next = send(&store, direct("alice", "bob", "a9", "hi", T0 + 9)).await;
     let bob_seq = next
         .deliveries
@@ -1184,7 +1240,10 @@ pub async fn inbox_retention_by_count_keeps_the_newest_entries<F: StoreFactory>(
         .find(|d| d.user == "bob")
         .map(|d| d.entry.inbox_seq);
     assert_eq!(bob_seq, Some(9), "seqs continue; none is handed out again");
-    let page = store.read_inbox("bob", 0, 0, ALL).await.expect("read_inbox");
+    let page = store
+        .read_inbox("bob", 0, 0, ALL)
+        .await
+        .expect("read_inbox");
     assert_eq!((page.oldest_seq, page.entries.len()), (5, 5));
     assert_eq!(
         store.sweep_inbox_retention(T0 + 100).await.expect("sweep"),
@@ -1195,9 +1254,7 @@ pub async fn inbox_retention_by_count_keeps_the_newest_entries<F: StoreFactory>(
 
 /// Inbox retention by age (SPEC §10.4): a sweep removes the entries appended longer ago than
 /// the limit, never an inbox's newest entry, and leaves younger entries and other inboxes.
-pub async fn inbox_retention_by_age_trims_old_entries_on_a_sweep<F: StoreFactory>(
-    factory: &mut F,
-) {
+pub async fn inbox_retention_by_age_trims_old_entries_on_a_sweep<F: StoreFactory>(factory: &mut F) {
     let store = factory
         .open_with_retention(InboxRetention {
             max_entries: 0,
@@ -1218,16 +1275,28 @@ pub async fn inbox_retention_by_age_trims_old_entries_on_a_sweep<F: StoreFactory
         0,
         "nothing is older than 1 s yet"
     );
-    let removed = store.sweep_inbox_retention(T0 + 1_500).await.expect("sweep");
-    let bob = store.read_inbox("bob", 1, 0, ALL).await.expect("read_inbox");
-    assert_eq!(bob.oldest_seq, 4, "entries appended before T0 + 500 are gone");
+    let removed = store
+        .sweep_inbox_retention(T0 + 1_500)
+        .await
+        .expect("sweep");
+    let bob = store
+        .read_inbox("bob", 1, 0, ALL)
+        .await
+        .expect("read_inbox");
+    assert_eq!(
+        bob.oldest_seq, 4,
+        "entries appended before T0 + 500 are gone"
+    );
     assert_eq!(bob.entries.len(), 1);
     assert_eq!(
         message_of(&bob.entries[0]).map(|m| m.conversation_seq),
         Some(3),
         "the young message stays"
     );
-    let carol = store.read_inbox("carol", 1, 0, ALL).await.expect("read_inbox");
+    let carol = store
+        .read_inbox("carol", 1, 0, ALL)
+        .await
+        .expect("read_inbox");
     assert_eq!(
         (carol.oldest_seq, carol.head_seq, carol.entries.len()),
         (1, 1, 1),
@@ -1240,8 +1309,15 @@ pub async fn inbox_retention_by_age_trims_old_entries_on_a_sweep<F: StoreFactory
         .sweep_inbox_retention(T0 + 1_000_000)
         .await
         .expect("sweep");
-    let bob = store.read_inbox("bob", 1, 0, ALL).await.expect("read_inbox");
-    assert_eq!((bob.oldest_seq, bob.head_seq), (4, 4), "the head entry stays");
+    let bob = store
+        .read_inbox("bob", 1, 0, ALL)
+        .await
+        .expect("read_inbox");
+    assert_eq!(
+        (bob.oldest_seq, bob.head_seq),
+        (4, 4),
+        "the head entry stays"
+    );
     let next = send(&store, direct("alice", "bob", "a4", "new", T0 + 1_000_001)).await;
     assert!(
         next.deliveries
@@ -1978,33 +2054,46 @@ pub async fn groups_left_or_removed_from_leave_the_conversation_list<F: StoreFac
         .group
         .group_id;
     let conversation = ids::group_conversation_id(&gid);
-    let listed = |states: Vec<ConversationState>| {
-        states
-            .iter()
-            .any(|s| s.conversation_id == conversation)
-    };
+    let listed =
+        |states: Vec<ConversationState>| states.iter().any(|s| s.conversation_id == conversation);
     let members = strings(&["amy", "ben", "olga"]);
-    send(&store, to_group("olga", &gid, &members, "o1", "hello", T0 + 1)).await;
+    send(
+        &store,
+        to_group("olga", &gid, &members, "o1", "hello", T0 + 1),
+    )
+    .await;
     assert!(listed(all_conversations(&store, "amy").await));
-    store
-        .leave_group(&gid, "amy", T0 + 2)
-        .await
-        .expect("leave");
+    store.leave_group(&gid, "amy", T0 + 2).await.expect("leave");
     store
         .remove_members(&gid, "olga", &strings(&["ben"]), T0 + 3)
         .await
         .expect("remove");
     assert!(!listed(all_conversations(&store, "amy").await), "amy left");
-    assert!(!listed(all_conversations(&store, "ben").await), "ben was removed");
-    assert!(listed(all_conversations(&store, "olga").await), "olga stays");
+    assert!(
+        !listed(all_conversations(&store, "ben").await),
+        "ben was removed"
+    );
+    assert!(
+        listed(all_conversations(&store, "olga").await),
+        "olga stays"
+    );
     let store = factory.reopen(store).await;
-    assert!(!listed(all_conversations(&store, "amy").await), "amy left, after a restart");
-    assert!(!listed(all_conversations(&store, "ben").await), "ben, after a restart");
+    assert!(
+        !listed(all_conversations(&store, "amy").await),
+        "amy left, after a restart"
+    );
+    assert!(
+        !listed(all_conversations(&store, "ben").await),
+        "ben, after a restart"
+    );
     store
         .join_group(&gid, "amy", 10, T0 + 4)
         .await
         .expect("join again");
-    assert!(listed(all_conversations(&store, "amy").await), "amy is back");
+    assert!(
+        listed(all_conversations(&store, "amy").await),
+        "amy is back"
+    );
 }
 
 /// The inbox epoch is non-zero and below 2^53, survives a restart, and differs between two

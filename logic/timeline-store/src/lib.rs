@@ -351,8 +351,7 @@ pub trait TimelineStore: Send + Sync + 'static {
     /// appends enforce already; this catches inboxes that were over the limit when it was
     /// set). Never removes an inbox's newest entry. Works in bounded steps: a very long backlog
     /// may take several sweeps. Returns how many entries were removed.
-    fn sweep_inbox_retention(&self, now_ms: u64)
-    -> impl Future<Output = StoreResult<u64>> + Send;
+    fn sweep_inbox_retention(&self, now_ms: u64) -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// `user`'s highest durable inbox seq (0 = none).
     fn inbox_head(&self, user: &str) -> impl Future<Output = StoreResult<u64>> + Send;

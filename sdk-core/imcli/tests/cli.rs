@@ -253,11 +253,30 @@ async fn follow_in_one_terminal_survives_commands_in_another() {
 
     let listed = imcli(
         home,
-        &["--server", &addr, "--token", &bob, "--json", "conversations"],
+        &[
+            "--server",
+            &addr,
+            "--token",
+            &bob,
+            "--json",
+            "conversations",
+        ],
     )
     .await;
     assert!(listed.status.success(), "{listed:?}");
-    let sent = imcli(home, &["--server", &addr, "--token", &alice, "send", "bob", "still there?"]).await;
+    let sent = imcli(
+        home,
+        &[
+            "--server",
+            &addr,
+            "--token",
+            &alice,
+            "send",
+            "bob",
+            "still there?",
+        ],
+    )
+    .await;
     assert!(sent.status.success(), "{sent:?}");
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -1246,7 +1246,10 @@ impl World {
             return Err(format!("the server saw a protocol violation: {v}"));
         }
         for i in 0..self.devices.len() {
-            let Some(epoch) = self.devices[i].client.as_ref().map(|c| c.store().inbox_epoch())
+            let Some(epoch) = self.devices[i]
+                .client
+                .as_ref()
+                .map(|c| c.store().inbox_epoch())
             else {
                 continue;
             };
