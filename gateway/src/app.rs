@@ -70,7 +70,7 @@ pub const DEFAULT_INBOX_RETENTION_ENTRIES: u64 = 100_000;
 /// Default of [`ServerOptions::inbox_retention_age`], in days.
 pub const DEFAULT_INBOX_RETENTION_DAYS: u64 = 30;
 /// How often inboxes are swept for entries past the retention age.
-const RETENTION_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+const RETENTION_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 impl ServerOptions {
     /// Defaults for a server on `listen` storing in `data_dir`.
@@ -275,7 +275,8 @@ fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Trims inbox entries past the retention age, once a minute until shutdown.
+/// Trims inbox entries past the retention age, every ten minutes until shutdown: the age is
+/// counted in days, and each sweep seeks through every inbox.
 async fn sweep_retention(store: EmbeddedStore, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(RETENTION_SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
