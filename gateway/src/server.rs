@@ -218,7 +218,8 @@ async fn writer(
                 Outbound::Compress(threshold) => codec.compress_above(Some(threshold)),
             }
         }
-        if !write_with_progress(&mut socket, &buf, stall_timeout, &kill).await {
+        // Boxed: the write timer is needed only while writing, not in every idle writer.
+        if !Box::pin(write_with_progress(&mut socket, &buf, stall_timeout, &kill)).await {
             break WriterEnd::Abandoned;
         }
         buf.clear();
@@ -592,7 +593,7 @@ async fn connection<S: TimelineStore>(
                     // A silent client is gone or half-dead: an idle close sends nothing (SPEC
                     // §8.2); a missed handshake deadline is explained.
                     if code == ErrorCode::HandshakeTimeout {
-                        conn.send_error(0, code, message, 0).await;
+                        Box::pin(conn.send_error(0, code, message, 0)).await;
                     }
                     break;
                 }
@@ -605,7 +606,7 @@ async fn connection<S: TimelineStore>(
             Some(Ok(frame)) => frame,
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "undecodable stream");
-                conn.send_error(0, e.code(), e.to_string(), 0).await;
+                Box::pin(conn.send_error(0, e.code(), e.to_string(), 0)).await;
                 break;
             }
         };
@@ -620,12 +621,12 @@ async fn connection<S: TimelineStore>(
                 match frame.decode_body() {
                     Ok(Body::SendReq(request)) => sends.push((frame.request_id, request)),
                     _ => {
-                        conn.send_error(
+                        Box::pin(conn.send_error(
                             frame.request_id,
                             ErrorCode::BadBody,
                             "SEND_REQ body does not decode",
                             0,
-                        )
+                        ))
                         .await
                     }
                 }
@@ -653,28 +654,26 @@ async fn connection<S: TimelineStore>(
                     let ping = match frame.decode_body() {
                         Ok(Body::Ping(ping)) => ping,
                         _ => {
-                            conn.send_error(
+                            Box::pin(conn.send_error(
                                 frame.request_id,
                                 ErrorCode::BadBody,
                                 "PING body does not decode",
                                 0,
-                            )
+                            ))
                             .await;
                             continue;
                         }
                     };
                     // The head lets a client notice a push it never got (SPEC §8).
                     let head = match &conn.caller {
-                        Some(caller) => conn
-                            .shared
-                            .logic
-                            .store()
-                            .inbox_head(&caller.user)
-                            .await
-                            .unwrap_or(0),
+                        Some(caller) => {
+                            Box::pin(conn.shared.logic.store().inbox_head(&caller.user))
+                                .await
+                                .unwrap_or(0)
+                        }
                         None => 0,
                     };
-                    conn.send(Frame::new(
+                    Box::pin(conn.send(Frame::new(
                         frame.request_id,
                         pb::Pong {
                             client_time_ms: ping.client_time_ms,
@@ -682,7 +681,7 @@ async fn connection<S: TimelineStore>(
                             inbox_head_seq: head,
                             inbox_epoch: conn.shared.logic.store().inbox_epoch(),
                         },
-                    ))
+                    )))
                     .await;
                 }
                 Verdict::Goodbye => break 'conn,
@@ -699,8 +698,7 @@ async fn connection<S: TimelineStore>(
                     } else {
                         frame.request_id
                     };
-                    conn.send_error(request_id, code, message, retry_after_ms)
-                        .await;
+                    Box::pin(conn.send_error(request_id, code, message, retry_after_ms)).await;
                     if close {
                         break 'conn;
                     }
@@ -712,7 +710,7 @@ async fn connection<S: TimelineStore>(
         }
         if let Some(e) = stream_error {
             tracing::debug!(error = %e, "undecodable stream");
-            conn.send_error(0, e.code(), e.to_string(), 0).await;
+            Box::pin(conn.send_error(0, e.code(), e.to_string(), 0)).await;
             break;
         }
         // Kicked, too slow, or the writer gave up while this frame was handled.
@@ -736,7 +734,18 @@ async fn connection<S: TimelineStore>(
     // The read half stays open while the writer flushes: closing a socket with unread input
     // makes the kernel send a reset, and a reset can destroy the closing error before the
     // client reads it (a valid frame and a broken one in the same write, for instance).
-    let mut read_half = framed.into_inner();
+    let read_half = framed.into_inner();
+    // Boxed: this runs once, at the end, and its timers would otherwise be part of every idle
+    // connection's state.
+    Box::pin(finish(read_half, writer_task, kill_writer)).await;
+}
+
+/// The end of a connection: waits (bounded) for the writer to flush, then lingers reading.
+async fn finish(
+    mut read_half: tokio::net::tcp::OwnedReadHalf,
+    mut writer_task: tokio::task::JoinHandle<WriterEnd>,
+    kill_writer: CancellationToken,
+) {
     match tokio::time::timeout(WRITER_FLUSH_TIMEOUT, &mut writer_task).await {
         Ok(Ok(WriterEnd::Drained)) => {
             // The writer sent FIN. Discard what the peer still sends until it closes too, for
@@ -756,4 +765,35 @@ async fn discard_until_eof(read_half: &mut tokio::net::tcp::OwnedReadHalf) {
     use tokio::io::AsyncReadExt as _;
     let mut scrap = [0u8; 1024];
     while let Ok(1..) = read_half.read(&mut scrap).await {}
+}
+
+#[cfg(test)]
+mod idle_state {
+    use super::*;
+
+    /// Every idle connection holds its connection and writer futures at their largest state:
+    /// paths taken rarely (closing, pings, errors, writes) are boxed so they do not make every
+    /// connection pay for them. W2 measures the result; this keeps it from creeping back.
+    #[tokio::test]
+    async fn an_idle_connection_keeps_its_futures_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_embedded::EmbeddedStore::open(dir.path(), Default::default()).unwrap();
+        let shared = Arc::new(Shared {
+            logic: Logic::new(store, logic::LogicConfig::default()),
+            hub: Hub::with_limits(1 << 20, 16),
+            tokens: TokenKey::new(vec![7u8; 40]),
+            config: GatewayConfig::default(),
+        });
+        let conn = connection(server_side, shared, CancellationToken::new());
+        let (_read, write) = client.into_split();
+        let outbox = Arc::new(Outbox::new(1024, 1 << 20, 4 << 20));
+        let kill = CancellationToken::new();
+        let writer = writer(write, outbox, 1 << 20, Duration::from_secs(1), kill.clone(), kill);
+        let (conn_bytes, writer_bytes) = (size_of_val(&conn), size_of_val(&writer));
+        assert!(conn_bytes <= 1_200, "connection future: {conn_bytes} bytes");
+        assert!(writer_bytes <= 480, "writer future: {writer_bytes} bytes");
+    }
 }
