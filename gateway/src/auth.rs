@@ -170,7 +170,7 @@ impl TokenKey {
             .decode(signature)
             .map_err(|_| TokenError::Invalid("signature is not base64url"))?;
         let mut mac = self.mac();
-        mac.update(token[..header_bytes_len(token)].as_bytes());
+        mac.update(&token.as_bytes()[..header_bytes_len(token)]);
         mac.verify_slice(&signature)
             .map_err(|_| TokenError::Invalid("signature does not verify"))?;
         let payload = URL_SAFE_NO_PAD

@@ -149,6 +149,7 @@ fn main() -> anyhow::Result<()> {
     // token secret) is for its own user only: files 0600, directories 0700.
     // SAFETY: umask takes no pointers and cannot fail; it runs before any thread starts.
     #[cfg(unix)]
+    #[allow(unsafe_code)]
     unsafe {
         umask(0o077);
     }
@@ -246,6 +247,7 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(unsafe_code)]
 unsafe extern "C" {
     /// POSIX: sets the file mode creation mask and returns the previous one.
     #[cfg(unix)]
@@ -265,7 +267,10 @@ async fn return_freed_memory() {
     loop {
         tick.tick().await;
         // SAFETY: mi_collect takes no pointers and may be called from any thread at any time.
-        unsafe { mi_collect(false) };
+        #[allow(unsafe_code)]
+        unsafe {
+            mi_collect(false)
+        };
     }
 }
 

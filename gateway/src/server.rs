@@ -561,7 +561,7 @@ async fn connection<S: TimelineStore>(
     ));
     let close = CancellationToken::new();
     let kill_writer = CancellationToken::new();
-    let mut writer_task = tokio::spawn(writer(
+    let writer_task = tokio::spawn(writer(
         write_half,
         tx.clone(),
         shared.config.max_frame_bytes,
@@ -777,7 +777,9 @@ mod idle_state {
     #[tokio::test]
     async fn an_idle_connection_keeps_its_futures_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (server_side, _) = listener.accept().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = store_embedded::EmbeddedStore::open(dir.path(), Default::default()).unwrap();
@@ -791,7 +793,14 @@ mod idle_state {
         let (_read, write) = client.into_split();
         let outbox = Arc::new(Outbox::new(1024, 1 << 20, 4 << 20));
         let kill = CancellationToken::new();
-        let writer = writer(write, outbox, 1 << 20, Duration::from_secs(1), kill.clone(), kill);
+        let writer = writer(
+            write,
+            outbox,
+            1 << 20,
+            Duration::from_secs(1),
+            kill.clone(),
+            kill,
+        );
         let (conn_bytes, writer_bytes) = (size_of_val(&conn), size_of_val(&writer));
         assert!(conn_bytes <= 1_200, "connection future: {conn_bytes} bytes");
         assert!(writer_bytes <= 480, "writer future: {writer_bytes} bytes");

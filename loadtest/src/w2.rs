@@ -324,7 +324,9 @@ async fn hold(
     }
 }
 
-/// One running part, in a task or in a child process.
+/// One running part, in a task or in a child process. A bench has a handful of parts, so the
+/// size difference between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Part {
     Task {
         ready: oneshot::Receiver<PartReady>,

@@ -203,7 +203,7 @@ impl ClientHandle {
             .windows(2)
             .all(|w| w[0].seq == 0 || w[0].seq == w[1].seq + 1);
         let reaches_start = local.last().is_some_and(|m| m.seq == 1);
-        if local.len() >= limit as usize && contiguous || reaches_start && contiguous {
+        if (local.len() >= limit as usize || reaches_start) && contiguous {
             return Ok(local);
         }
         let request = pb::HistoryReq {

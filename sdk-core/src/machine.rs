@@ -1092,7 +1092,7 @@ impl<S: LocalStore> Client<S> {
     fn on_sync_answer(&mut self, body: Body, now: Instant) {
         let response = match body {
             Body::SyncResp(response) => response,
-            Body::Error(_) | _ => {
+            _ => {
                 // Retry through a reconnect rather than spin on a failing request.
                 self.fail_connection(now, Duration::ZERO);
                 return;

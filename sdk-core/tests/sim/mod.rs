@@ -479,7 +479,7 @@ impl World {
                                 frames.push(frame);
                             }
                             for frame in frames {
-                                self.to_server(old, frame);
+                                self.send_to_server(old, frame);
                             }
                             self.client_drops(old);
                         }
@@ -499,14 +499,11 @@ impl World {
                 events.push(event);
             }
             progressed |= !frames.is_empty() || !events.is_empty();
-            match self.devices[device].link {
-                Some(link) => {
-                    for frame in frames {
-                        self.to_server(link, frame);
-                    }
+            // Frames for a connection that no longer exists are void.
+            if let Some(link) = self.devices[device].link {
+                for frame in frames {
+                    self.send_to_server(link, frame);
                 }
-                // Frames for a connection that no longer exists are void.
-                None => {}
             }
             for event in events {
                 self.on_event(device, event)?;
@@ -597,7 +594,7 @@ impl World {
         false
     }
 
-    fn to_server(&mut self, conn: ConnId, frame: Frame) {
+    fn send_to_server(&mut self, conn: ConnId, frame: Frame) {
         self.stats.frames += 1;
         if self.conns[&conn].lost_to_server || self.maybe_drop_link(conn) {
             return;
@@ -610,7 +607,7 @@ impl World {
         self.schedule(at, Ev::ToServer { conn, frame });
     }
 
-    fn to_client(&mut self, conn: ConnId, frame: Frame) {
+    fn send_to_client(&mut self, conn: ConnId, frame: Frame) {
         self.stats.frames += 1;
         if self.conns[&conn].lost_to_client || self.maybe_drop_link(conn) {
             return;
@@ -626,7 +623,7 @@ impl World {
     fn server_outputs(&mut self, out: Vec<Out>) {
         for o in out {
             match o {
-                Out::Frame(conn, frame) => self.to_client(conn, frame),
+                Out::Frame(conn, frame) => self.send_to_client(conn, frame),
                 Out::Close(conn) => self.server_drops(conn),
             }
         }
@@ -857,7 +854,7 @@ impl World {
                     retry_after_ms,
                     ..Default::default()
                 };
-                self.to_client(conn, Frame::push(kick));
+                self.send_to_client(conn, Frame::push(kick));
                 self.server_drops(conn);
                 self.conns
                     .get_mut(&conn)
