@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenKey;
 use crate::hub::Hub;
+use crate::server;
 use crate::server::{GatewayConfig, Shared, serve};
-use crate::session::SessionConfig;
+use crate::session::{self, SessionConfig};
 
 /// Everything a single-process server needs.
 #[derive(Clone, Debug)]
@@ -79,22 +80,22 @@ impl ServerOptions {
             listen,
             data_dir,
             tokens,
-            heartbeat: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(5),
-            rate_limit: 200,
-            max_message_bytes: 64 * 1024,
+            heartbeat: Duration::from_secs(session::DEFAULT_HEARTBEAT_SECS),
+            handshake_timeout: Duration::from_secs(session::DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+            rate_limit: session::DEFAULT_RATE_PER_SEC,
+            max_message_bytes: logic::DEFAULT_MAX_MESSAGE_BYTES,
             max_frame_bytes: im_protocol::DEFAULT_MAX_BODY,
-            max_group_members: 1000,
-            recall_window: Duration::from_secs(600),
-            max_connections: 100_000,
+            max_group_members: logic::DEFAULT_MAX_GROUP_MEMBERS,
+            recall_window: Duration::from_secs(logic::DEFAULT_RECALL_WINDOW_SECS),
+            max_connections: server::DEFAULT_MAX_CONNECTIONS,
             max_connections_per_user: crate::hub::DEFAULT_MAX_CONNECTIONS_PER_USER,
-            outbound_queue_bytes: im_protocol::DEFAULT_MAX_BODY,
+            outbound_queue_bytes: server::DEFAULT_OUTBOUND_QUEUE_BYTES,
             min_free_disk_bytes: store_embedded::DEFAULT_MIN_FREE_BYTES,
             fanout_bytes_per_sec: logic::DEFAULT_FANOUT_BYTES_PER_SEC,
             fanout_burst_bytes: logic::DEFAULT_FANOUT_BURST_BYTES,
             inbox_retention_entries: DEFAULT_INBOX_RETENTION_ENTRIES,
             inbox_retention_age: Duration::from_secs(DEFAULT_INBOX_RETENTION_DAYS * 24 * 3600),
-            slow_client_timeout: Duration::from_secs(15),
+            slow_client_timeout: Duration::from_secs(server::DEFAULT_SLOW_CLIENT_TIMEOUT_SECS),
             socket_send_buffer_bytes: DEFAULT_SOCKET_SEND_BUFFER,
         }
     }
@@ -190,8 +191,9 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
             max_group_members: options.max_group_members,
             write_fanout_limit: options.max_group_members,
             recall_window_ms: options.recall_window.as_millis() as u64,
-            // Half a frame: room for the response's other fields and protobuf framing.
-            page_bytes: options.max_frame_bytes.min(im_protocol::ABSOLUTE_MAX_BODY) / 2,
+            page_bytes: im_protocol::page_budget(
+                options.max_frame_bytes.min(im_protocol::ABSOLUTE_MAX_BODY),
+            ),
             fanout_bytes_per_sec: options.fanout_bytes_per_sec,
             fanout_burst_bytes: options.fanout_burst_bytes,
             ..LogicConfig::default()
@@ -285,11 +287,10 @@ async fn sweep_retention(store: EmbeddedStore, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        match store.sweep_inbox_retention(now_ms).await {
+        match store
+            .sweep_inbox_retention(im_protocol::unix_time_ms())
+            .await
+        {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "inbox entries past the retention age trimmed"),
             Err(e) => tracing::warn!(error = %e, "inbox retention sweep failed"),

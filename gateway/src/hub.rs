@@ -89,7 +89,7 @@ impl Default for Hub {
             users: DashMap::new(),
             next_id: AtomicU64::new(0),
             connections: AtomicU64::new(0),
-            push_bytes: im_protocol::DEFAULT_MAX_BODY / 2,
+            push_bytes: im_protocol::page_budget(im_protocol::DEFAULT_MAX_BODY),
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
         }
     }
@@ -110,7 +110,7 @@ impl Hub {
     /// most `max_connections_per_user` connections per user (at least 1).
     pub fn with_limits(max_frame_bytes: usize, max_connections_per_user: usize) -> Arc<Hub> {
         Arc::new(Hub {
-            push_bytes: max_frame_bytes / 2,
+            push_bytes: im_protocol::page_budget(max_frame_bytes),
             max_connections_per_user: max_connections_per_user.max(1),
             ..Hub::default()
         })

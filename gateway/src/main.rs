@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gateway::app::{self, ServerOptions};
 use gateway::auth::{Claims, TokenKey, default_secret_file, load_or_create_secret};
+use gateway::{hub, server, session};
 
 // The store writer and the codecs allocate many small buffers; glibc malloc spent a third of
 // the server's CPU on them in a W1 profile.
@@ -47,43 +48,43 @@ struct ServeArgs {
     #[arg(long, env = "IM_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// Heartbeat interval announced to clients, in seconds; the idle timeout is three of them.
-    #[arg(long, env = "IM_HEARTBEAT_SECS", default_value_t = 30)]
+    #[arg(long, env = "IM_HEARTBEAT_SECS", default_value_t = session::DEFAULT_HEARTBEAT_SECS)]
     heartbeat_secs: u64,
     /// Seconds a new connection has to authenticate.
-    #[arg(long, env = "IM_HANDSHAKE_TIMEOUT_SECS", default_value_t = 5)]
+    #[arg(long, env = "IM_HANDSHAKE_TIMEOUT_SECS", default_value_t = session::DEFAULT_HANDSHAKE_TIMEOUT_SECS)]
     handshake_timeout_secs: u64,
     /// Requests per second one connection may send (0 = unlimited); the burst is twice this.
-    #[arg(long, env = "IM_RATE_LIMIT", default_value_t = 200)]
+    #[arg(long, env = "IM_RATE_LIMIT", default_value_t = session::DEFAULT_RATE_PER_SEC)]
     rate_limit: u32,
     /// Largest message content in bytes.
-    #[arg(long, env = "IM_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "IM_MAX_MESSAGE_BYTES", default_value_t = logic::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
     /// Largest frame body in bytes.
-    #[arg(long, env = "IM_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "IM_MAX_FRAME_BYTES", default_value_t = im_protocol::DEFAULT_MAX_BODY)]
     max_frame_bytes: usize,
     /// Largest group (members, owner included); groups use write fan-out up to this size.
-    #[arg(long, env = "IM_MAX_GROUP_MEMBERS", default_value_t = 1000)]
+    #[arg(long, env = "IM_MAX_GROUP_MEMBERS", default_value_t = logic::DEFAULT_MAX_GROUP_MEMBERS)]
     max_group_members: u32,
     /// Seconds after sending during which a sender may recall a message.
-    #[arg(long, env = "IM_RECALL_WINDOW_SECS", default_value_t = 600)]
+    #[arg(long, env = "IM_RECALL_WINDOW_SECS", default_value_t = logic::DEFAULT_RECALL_WINDOW_SECS)]
     recall_window_secs: u64,
     /// Most concurrent connections.
-    #[arg(long, env = "IM_MAX_CONNECTIONS", default_value_t = 100_000)]
+    #[arg(long, env = "IM_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Most live connections of one user (each of another device); more are refused with
     /// TOO_MANY_CONNECTIONS.
-    #[arg(long, env = "IM_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    #[arg(long, env = "IM_MAX_CONNECTIONS_PER_USER", default_value_t = hub::DEFAULT_MAX_CONNECTIONS_PER_USER)]
     max_connections_per_user: usize,
     /// Bytes of outbound frames queued for one connection before it counts as too slow.
-    #[arg(long, env = "IM_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "IM_OUTBOUND_QUEUE_BYTES", default_value_t = server::DEFAULT_OUTBOUND_QUEUE_BYTES)]
     outbound_queue_bytes: usize,
     /// Seconds a connection may leave its outbound data unread before it is closed (its
     /// requests are not read meanwhile). Fractions allowed.
-    #[arg(long, env = "IM_SLOW_CLIENT_TIMEOUT_SECS", default_value_t = 15.0)]
+    #[arg(long, env = "IM_SLOW_CLIENT_TIMEOUT_SECS", default_value_t = server::DEFAULT_SLOW_CLIENT_TIMEOUT_SECS as f64)]
     slow_client_timeout_secs: f64,
     /// Kernel send buffer of each client socket in bytes (0 = kernel autotuning, which lets
     /// a peer that does not read pin up to 4 MiB of kernel memory).
-    #[arg(long, env = "IM_SOCKET_SEND_BUFFER_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "IM_SOCKET_SEND_BUFFER_BYTES", default_value_t = app::DEFAULT_SOCKET_SEND_BUFFER)]
     socket_send_buffer_bytes: u32,
     /// Refuse writes (retryable UNAVAILABLE) while the data directory's filesystem has less
     /// free space than this many bytes; reads keep working, writes resume by themselves once
@@ -191,7 +192,9 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
+                        // fjall logs every journal and table it touches at INFO: operators want
+                        // the server's own lines by default.
+                        .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
                 )
                 .with_writer(std::io::stderr)
                 .init();

@@ -5,6 +5,7 @@
 //! is queued into one socket write. Consecutive `SEND_REQ`s that arrived together go to the
 //! store as one batch, which keeps their order and lets the store group-commit them.
 
+use im_protocol::unix_time_ms as now_ms;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,16 +72,23 @@ pub struct GatewayConfig {
     pub slow_client_timeout: Duration,
 }
 
+/// Default of [`GatewayConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default of [`GatewayConfig::outbound_queue_bytes`].
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = im_protocol::DEFAULT_MAX_BODY;
+/// Default of [`GatewayConfig::slow_client_timeout`], in seconds.
+pub const DEFAULT_SLOW_CLIENT_TIMEOUT_SECS: u64 = 15;
+
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             session: SessionConfig::default(),
             max_frame_bytes: im_protocol::DEFAULT_MAX_BODY,
             compression_threshold: 8 * 1024,
-            max_connections: 100_000,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_user: crate::hub::DEFAULT_MAX_CONNECTIONS_PER_USER,
-            outbound_queue_bytes: im_protocol::DEFAULT_MAX_BODY,
-            slow_client_timeout: Duration::from_secs(15),
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            slow_client_timeout: Duration::from_secs(DEFAULT_SLOW_CLIENT_TIMEOUT_SECS),
         }
     }
 }
@@ -275,13 +283,6 @@ async fn write_with_progress(
         }
     }
     true
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct Conn<S> {

@@ -7,6 +7,13 @@ use std::time::{Duration, Instant};
 use im_protocol::pb::{ErrorCode, Op};
 use im_protocol::{Direction, Flags, Frame, OpInfo};
 
+/// Default heartbeat interval announced to clients, in seconds; the idle timeout is three.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
+/// Default time a new connection has to authenticate, in seconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 5;
+/// Default sustained frames per second per connection; the burst is twice this.
+pub const DEFAULT_RATE_PER_SEC: u32 = 200;
+
 /// Connection-level timing and limits.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
@@ -25,11 +32,11 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
-            handshake_timeout: Duration::from_secs(5),
-            heartbeat_interval: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(90),
-            rate_per_sec: 200,
-            rate_burst: 400,
+            handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+            heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
+            idle_timeout: Duration::from_secs(3 * DEFAULT_HEARTBEAT_SECS),
+            rate_per_sec: DEFAULT_RATE_PER_SEC,
+            rate_burst: 2 * DEFAULT_RATE_PER_SEC,
         }
     }
 }

@@ -340,12 +340,7 @@ macro_rules! progress {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use im_protocol::unix_time_ms as now_ms;
 
 /// Sends `SendReq`s from one connection with at most `window` unacknowledged, and waits for
 /// every ack. Used to pre-load inboxes and conversations. Returns (acked, errors).

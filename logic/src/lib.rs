@@ -8,6 +8,7 @@
 
 use im_protocol::ids::{self, ConversationRef};
 use im_protocol::pb::{self, send_req::Target};
+use im_protocol::unix_time_ms as now_ms;
 use im_protocol::{Body, ErrorCodeExt as _};
 pub mod fanout_budget;
 
@@ -57,6 +58,13 @@ pub struct LogicConfig {
     pub fanout_burst_bytes: u64,
 }
 
+/// Default of [`LogicConfig::max_message_bytes`].
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default of [`LogicConfig::max_group_members`] (and of the write fan-out limit).
+pub const DEFAULT_MAX_GROUP_MEMBERS: u32 = 1000;
+/// Default of [`LogicConfig::recall_window_ms`], in seconds.
+pub const DEFAULT_RECALL_WINDOW_SECS: u64 = 600;
+
 /// Default of [`LogicConfig::fanout_bytes_per_sec`]: about eight messages a second to a group
 /// of a thousand, hundreds a second to one person.
 pub const DEFAULT_FANOUT_BYTES_PER_SEC: u64 = 1 << 20;
@@ -66,10 +74,10 @@ pub const DEFAULT_FANOUT_BURST_BYTES: u64 = 4 << 20;
 impl Default for LogicConfig {
     fn default() -> Self {
         LogicConfig {
-            max_message_bytes: 64 * 1024,
-            max_group_members: 1000,
-            write_fanout_limit: 1000,
-            recall_window_ms: 10 * 60 * 1000,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_group_members: DEFAULT_MAX_GROUP_MEMBERS,
+            write_fanout_limit: DEFAULT_MAX_GROUP_MEMBERS,
+            recall_window_ms: DEFAULT_RECALL_WINDOW_SECS * 1000,
             sync_default: 200,
             sync_max: 1000,
             history_default: 50,
@@ -78,7 +86,7 @@ impl Default for LogicConfig {
             conversations_max: 500,
             members_default: 500,
             members_max: 1000,
-            page_bytes: im_protocol::DEFAULT_MAX_BODY / 2,
+            page_bytes: im_protocol::page_budget(im_protocol::DEFAULT_MAX_BODY),
             fanout_bytes_per_sec: DEFAULT_FANOUT_BYTES_PER_SEC,
             fanout_burst_bytes: DEFAULT_FANOUT_BURST_BYTES,
         }
@@ -262,13 +270,6 @@ fn check_page(limit: u32, default: u32, max: u32, what: &str) -> Result<u32, pb:
         )),
         n => Ok(n),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl<S: TimelineStore> Logic<S> {

@@ -40,6 +40,22 @@ pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 /// No deployment may configure a larger body limit than this: 16 MiB.
 pub const ABSOLUTE_MAX_BODY: usize = 16 << 20;
 
+/// The bytes of entries or messages one response may carry when bodies are limited to
+/// `max_body`: half of it, leaving room for the response's other fields and protobuf framing.
+/// Sync and history pages and pushes are cut to it, so a response always fits in a frame.
+pub const fn page_budget(max_body: usize) -> usize {
+    max_body / 2
+}
+
+/// The current time as Unix milliseconds (0 if the clock is before 1970): the time base of
+/// every `*_ms` field of the protocol.
+pub fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Who may send a frame type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {

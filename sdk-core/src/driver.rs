@@ -2,11 +2,12 @@
 //! sleeps until the machine's next timeout and carries commands in and events out; every
 //! decision is the machine's.
 
+use im_protocol::unix_time_ms as now_ms;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures::StreamExt as _;
@@ -284,13 +285,6 @@ pub fn start<S: LocalStore>(
         },
         events_rx,
     ))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct Link {
