@@ -442,8 +442,8 @@ impl<S: TimelineStore> Conn<S> {
                 return false;
             }
         }
-        let head = match self.shared.logic.store().inbox_head(&user).await {
-            Ok(head) => head,
+        let inbox = match self.shared.logic.inbox_position(&user).await {
+            Ok(inbox) => inbox,
             Err(e) => {
                 self.shared.hub.unregister(&user, self.conn_id);
                 tracing::warn!(error = %e, "handshake: reading the inbox head failed");
@@ -478,8 +478,8 @@ impl<S: TimelineStore> Conn<S> {
             idle_timeout_ms: config.session.idle_timeout.as_millis() as u32,
             max_frame_bytes: config.max_frame_bytes as u32,
             max_message_bytes: self.shared.logic.config().max_message_bytes as u32,
-            inbox_head_seq: head,
-            inbox_epoch: self.shared.logic.store().inbox_epoch(),
+            inbox_head_seq: inbox.head_seq,
+            inbox_epoch: inbox.epoch,
             session_id: format!("c{}", self.conn_id),
             compression: if zstd {
                 pb::Compression::Zstd as i32
@@ -666,21 +666,26 @@ async fn connection<S: TimelineStore>(
                         }
                     };
                     // The head lets a client notice a push it never got (SPEC §8).
-                    let head = match &conn.caller {
-                        Some(caller) => {
-                            Box::pin(conn.shared.logic.store().inbox_head(&caller.user))
-                                .await
-                                .unwrap_or(0)
-                        }
-                        None => 0,
+                    // Unknown (0, "not reported") when the store cannot say right now.
+                    let inbox = match &conn.caller {
+                        Some(caller) => Box::pin(conn.shared.logic.inbox_position(&caller.user))
+                            .await
+                            .unwrap_or(logic::InboxPosition {
+                                head_seq: 0,
+                                epoch: 0,
+                            }),
+                        None => logic::InboxPosition {
+                            head_seq: 0,
+                            epoch: 0,
+                        },
                     };
                     Box::pin(conn.send(Frame::new(
                         frame.request_id,
                         pb::Pong {
                             client_time_ms: ping.client_time_ms,
                             server_time_ms: now_ms(),
-                            inbox_head_seq: head,
-                            inbox_epoch: conn.shared.logic.store().inbox_epoch(),
+                            inbox_head_seq: inbox.head_seq,
+                            inbox_epoch: inbox.epoch,
                         },
                     )))
                     .await;

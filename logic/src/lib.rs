@@ -93,6 +93,15 @@ impl Default for LogicConfig {
     }
 }
 
+/// Where a user's inbox stands, as the handshake and pongs report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboxPosition {
+    /// The highest inbox seq.
+    pub head_seq: u64,
+    /// The inbox epoch (see `TimelineStore::inbox_epoch`).
+    pub epoch: u64,
+}
+
 /// The authenticated user and device a request comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
@@ -283,9 +292,13 @@ impl<S: TimelineStore> Logic<S> {
         }
     }
 
-    /// The store underneath (for the gateway's handshake: inbox head).
-    pub fn store(&self) -> &S {
-        &self.store
+    /// What a connection needs to know about `user`'s inbox: its head now, and the epoch its
+    /// seqs belong to (SPEC §7, §8.2, §10.8). Asked at the handshake and on every ping.
+    pub async fn inbox_position(&self, user: &str) -> Result<InboxPosition, StoreError> {
+        Ok(InboxPosition {
+            head_seq: self.store.inbox_head(user).await?,
+            epoch: self.store.inbox_epoch(),
+        })
     }
 
     /// The limits in force.
