@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures::{SinkExt as _, StreamExt as _};
-use gateway::auth::{Claims, TokenKey};
 use hdrhistogram::Histogram;
+use im_auth::{Claims, TokenKey};
 use im_protocol::pb;
 use im_protocol::{Body, Frame, FrameCodec};
 use serde::{Deserialize, Serialize};

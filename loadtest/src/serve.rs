@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gateway::app::{self, ServerOptions};
-use gateway::auth::TokenKey;
+use im_auth::TokenKey;
 
 /// Starts the server and serves until Ctrl-C.
 pub async fn serve(

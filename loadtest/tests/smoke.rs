@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use gateway::app::{self, RunningServer, ServerOptions};
-use gateway::auth::TokenKey;
+use im_auth::TokenKey;
 use loadtest::common::Target;
 use loadtest::{relay, w1, w2, w3, w4, w5};
 
