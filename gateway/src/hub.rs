@@ -9,31 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::outbox::{Outbox, PushError};
+use crate::outbox::{Outbound, Outbox, PushError};
 use dashmap::DashMap;
 use im_protocol::{Frame, pb};
 use timeline_store::Delivery;
 use tokio_util::sync::CancellationToken;
-
-/// What the connection's writer task sends.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A frame to encode and send.
-    Frame(Frame),
-    /// Compress bodies of at least this many bytes from now on (after the handshake).
-    Compress(usize),
-}
-
-impl Outbound {
-    /// What the item counts for against the outbound queue's byte bound: the frame as it
-    /// will be written (before compression, which only makes it smaller).
-    pub fn queued_bytes(&self) -> usize {
-        match self {
-            Outbound::Frame(frame) => im_protocol::HEADER_LEN + frame.body.len(),
-            Outbound::Compress(_) => 0,
-        }
-    }
-}
 
 /// The outcome of [`Hub::register`].
 #[derive(Debug)]

@@ -18,7 +18,27 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use crate::hub::Outbound;
+use im_protocol::Frame;
+
+/// What the connection's writer task sends.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame to encode and send.
+    Frame(Frame),
+    /// Compress bodies of at least this many bytes from now on (after the handshake).
+    Compress(usize),
+}
+
+impl Outbound {
+    /// What the item counts for against the outbound queue's byte bound: the frame as it
+    /// will be written (before compression, which only makes it smaller).
+    pub fn queued_bytes(&self) -> usize {
+        match self {
+            Outbound::Frame(frame) => im_protocol::HEADER_LEN + frame.body.len(),
+            Outbound::Compress(_) => 0,
+        }
+    }
+}
 
 /// Why a frame was not queued.
 #[derive(Debug, PartialEq, Eq)]

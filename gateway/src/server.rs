@@ -25,8 +25,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::auth::TokenKey;
-use crate::hub::{ConnHandle, Hub, Outbound, Registration};
-use crate::outbox::Outbox;
+use crate::hub::{ConnHandle, Hub, Registration};
+use crate::outbox::{Outbound, Outbox};
 use crate::session::{Phase, Session, SessionConfig, Verdict};
 
 /// Body limit before authentication: a handshake is small, and unauthenticated peers must not
