@@ -141,7 +141,13 @@ pub async fn serve<S: TimelineStore>(
         };
         let shared = shared.clone();
         let stop = connections_stop.clone();
-        let span = tracing::debug_span!("conn", %peer);
+        // user and device are recorded once the handshake names them.
+        let span = tracing::debug_span!(
+            "conn",
+            %peer,
+            user = tracing::field::Empty,
+            device = tracing::field::Empty
+        );
         let fut = async move {
             let _permit = permit;
             connection(stream, shared, stop).await;
@@ -492,7 +498,10 @@ impl<S: TimelineStore> Conn<S> {
                 0
             },
         };
-        tracing::debug!(%user, %device, "authenticated");
+        let span = tracing::Span::current();
+        span.record("user", user.as_str());
+        span.record("device", device.as_str());
+        tracing::debug!("authenticated");
         self.session.authenticated(user.clone(), device.clone());
         self.caller = Some(Caller { user, device });
         self.send(Frame::new(frame.request_id, response)).await
@@ -500,11 +509,27 @@ impl<S: TimelineStore> Conn<S> {
 
     /// Runs a batch of consecutive sends and answers each.
     async fn send_batch(&self, batch: Vec<(u32, pb::SendReq)>) {
+        let span = tracing::debug_span!("send_batch", sends = batch.len());
+        self.send_batch_in_span(batch).instrument(span).await
+    }
+
+    async fn send_batch_in_span(&self, batch: Vec<(u32, pb::SendReq)>) {
         let Some(caller) = &self.caller else { return };
         let (ids, requests): (Vec<u32>, Vec<pb::SendReq>) = batch.into_iter().unzip();
         let (replies, effects) = self.shared.logic.send_batch(caller, requests).await;
         // Ack the senders first, then push: the ack is what the sender is waiting on.
         for (request_id, reply) in ids.into_iter().zip(replies) {
+            match &reply {
+                Ok(ack) => tracing::debug!(
+                    request_id,
+                    client_msg_id = %ack.client_msg_id,
+                    conversation_id = %ack.conversation_id,
+                    seq = ack.conversation_seq,
+                    duplicate = ack.duplicate,
+                    "send acked"
+                ),
+                Err(error) => tracing::debug!(request_id, code = error.code, "send refused"),
+            }
             let frame = match reply {
                 Ok(ack) => Frame::new(request_id, ack),
                 Err(error) => Frame::new(request_id, error),
@@ -521,6 +546,12 @@ impl<S: TimelineStore> Conn<S> {
     }
 
     async fn request(&self, frame: &Frame) {
+        let op = frame.known_op().map_or("unknown", |op| op.as_str_name());
+        let span = tracing::debug_span!("request", op, request_id = frame.request_id);
+        self.request_in_span(frame).instrument(span).await
+    }
+
+    async fn request_in_span(&self, frame: &Frame) {
         let Some(caller) = &self.caller else { return };
         let body = match frame.decode_body() {
             Ok(body) => body,
@@ -540,6 +571,7 @@ impl<S: TimelineStore> Conn<S> {
                 self.send(Frame::new(frame.request_id, error)).await;
             }
         }
+        tracing::debug!(deliveries = effects.deliveries.len(), "answered");
         self.apply(effects);
     }
 }

@@ -446,10 +446,21 @@ impl EmbeddedStore {
         // Shared with every run of the job: an answer dropped unused (its drain was run again)
         // must not drop the channel.
         let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
+        // The writer thread runs the job inside the request's span, so the request's trail
+        // continues into the store.
+        let span = tracing::Span::current();
         let job: Job = Box::new(move |ctx: &mut WriteCtx<'_, '_>| {
+            let _entered = span.enter();
             let result = run(ctx);
+            tracing::trace!("store operation staged in the group commit");
             let reply = Arc::clone(&reply);
+            let span = span.clone();
             let finish: Finish = Box::new(move |outcome: Result<(), DrainFailure>| {
+                let _entered = span.enter();
+                match &outcome {
+                    Ok(()) => tracing::debug!("stored durably"),
+                    Err(failure) => tracing::debug!(reason = %failure.reason, "not stored"),
+                }
                 let sender = reply.lock().ok().and_then(|mut slot| slot.take());
                 if let Some(sender) = sender {
                     let _ = sender.send(outcome.map(|()| result));
