@@ -6,11 +6,25 @@
 //! [`Logic::handle`] with the authenticated [`Caller`] and gets back responses plus
 //! [`Effects`] (deliveries to push, typing events to relay).
 
+use im_protocol::Body;
 use im_protocol::ids::{self, ConversationRef};
 use im_protocol::pb::{self, send_req::Target};
 use im_protocol::unix_time_ms as now_ms;
-use im_protocol::{Body, ErrorCodeExt as _};
+mod errors;
 pub mod fanout_budget;
+mod pages;
+mod validate;
+
+pub use errors::{
+    MAX_ERROR_TEXT_BYTES, STORAGE_FAILURE_RETRY_AFTER_MS, STORAGE_FULL_RETRY_AFTER_MS,
+};
+use errors::{error, store_error};
+pub use pages::{fit_in_bytes, sync_response};
+pub use validate::{
+    MAX_CLIENT_REQUEST_ID_LEN, MAX_CONVERSATION_ID_LEN, MAX_CURSOR_LEN, MAX_DELETE_SEQS,
+    MAX_GROUP_NAME_LEN,
+};
+use validate::{check_page, check_request_fields};
 
 use fanout_budget::FanoutBudget;
 use timeline_store::{
@@ -137,148 +151,6 @@ pub struct Logic<S> {
     store: S,
     config: LogicConfig,
     fanout: FanoutBudget,
-}
-
-/// Longest error text sent to a client: texts may quote a piece of the request (an id, a
-/// cursor) and must not echo back whatever size the client sent.
-pub const MAX_ERROR_TEXT_BYTES: usize = 160;
-
-fn error(code: pb::ErrorCode, message: impl Into<String>) -> pb::Error {
-    let mut message = message.into();
-    if message.len() > MAX_ERROR_TEXT_BYTES {
-        let mut end = MAX_ERROR_TEXT_BYTES - 3;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str("...");
-    }
-    code.to_error(message)
-}
-
-/// How long a client should wait before retrying a write refused for a full disk: freeing
-/// space is an operator's job, not a matter of milliseconds.
-pub const STORAGE_FULL_RETRY_AFTER_MS: u32 = 5_000;
-/// How long a client should wait before retrying after another storage failure.
-pub const STORAGE_FAILURE_RETRY_AFTER_MS: u32 = 1_000;
-
-fn store_error(e: StoreError) -> pb::Error {
-    let with_retry = |mut error: pb::Error, ms: u32| {
-        error.retry_after_ms = ms;
-        error
-    };
-    match e {
-        StoreError::Full => with_retry(
-            error(
-                pb::ErrorCode::Unavailable,
-                "the server's storage is full; retry later",
-            ),
-            STORAGE_FULL_RETRY_AFTER_MS,
-        ),
-        // Engine details are for the operator's log, not for clients.
-        StoreError::Backend(detail) | StoreError::Unavailable(detail) => {
-            tracing::warn!(%detail, "storage failure answered as UNAVAILABLE");
-            with_retry(
-                error(
-                    pb::ErrorCode::Unavailable,
-                    "storage temporarily unavailable; retry later",
-                ),
-                STORAGE_FAILURE_RETRY_AFTER_MS,
-            )
-        }
-        e => error(e.code(), e.to_string()),
-    }
-}
-
-/// Longest `client_request_id` (the same bound as a `client_msg_id`).
-pub const MAX_CLIENT_REQUEST_ID_LEN: usize = ids::MAX_CLIENT_MSG_ID_LEN;
-/// Longest page cursor a client may send back; the cursors this server hands out are shorter.
-pub const MAX_CURSOR_LEN: usize = 256;
-/// Longest conversation id: `d:` + two ids + `:`.
-pub const MAX_CONVERSATION_ID_LEN: usize = 2 * ids::MAX_ID_LEN + 3;
-/// Longest group name.
-pub const MAX_GROUP_NAME_LEN: usize = 256;
-/// Most seqs one `DeleteReq` may list (SPEC §13.7): each costs a lookup on the store's single
-/// writer, and one request should not hold it for long.
-pub const MAX_DELETE_SEQS: usize = 1000;
-
-/// Checks the length (and, for ids, the form) of every string field of a request before any
-/// of it reaches the store, where ids and cursors become keys. A request that fails here gets
-/// `INVALID_ARGUMENT` and touches nothing.
-fn check_request_fields(body: &Body) -> Result<(), pb::Error> {
-    let invalid = |m: String| error(pb::ErrorCode::InvalidArgument, m);
-    let id = |value: &str, what: &'static str| {
-        ids::validate_id(value, what).map_err(|e| invalid(e.to_string()))
-    };
-    let conversation = |value: &str| {
-        if value.len() > MAX_CONVERSATION_ID_LEN {
-            Err(invalid(format!(
-                "conversation_id is above {MAX_CONVERSATION_ID_LEN} bytes"
-            )))
-        } else {
-            ConversationRef::parse(value)
-                .map(|_| ())
-                .map_err(|e| invalid(e.to_string()))
-        }
-    };
-    let cursor = |value: &str| {
-        if value.len() > MAX_CURSOR_LEN {
-            Err(invalid(format!(
-                "cursor is above {MAX_CURSOR_LEN} bytes: not one this server handed out"
-            )))
-        } else {
-            Ok(())
-        }
-    };
-    let members = |values: &[String]| values.iter().try_for_each(|m| id(m, "member"));
-    match body {
-        Body::Typing(r) => conversation(&r.conversation_id),
-        Body::HistoryReq(r) => conversation(&r.conversation_id),
-        Body::ReadMarkerReq(r) => conversation(&r.conversation_id),
-        Body::RecallReq(r) => conversation(&r.conversation_id),
-        Body::DeleteReq(r) => conversation(&r.conversation_id),
-        Body::ConversationsReq(r) => cursor(&r.cursor),
-        Body::GroupCreateReq(r) => {
-            members(&r.members)?;
-            if r.name.len() > MAX_GROUP_NAME_LEN {
-                return Err(invalid(format!(
-                    "group name is above {MAX_GROUP_NAME_LEN} bytes"
-                )));
-            }
-            if r.client_request_id.len() > MAX_CLIENT_REQUEST_ID_LEN {
-                return Err(invalid(format!(
-                    "client_request_id is above {MAX_CLIENT_REQUEST_ID_LEN} bytes"
-                )));
-            }
-            Ok(())
-        }
-        Body::GroupAddMembersReq(r) => {
-            id(&r.group_id, "group_id")?;
-            members(&r.members)
-        }
-        Body::GroupRemoveMembersReq(r) => {
-            id(&r.group_id, "group_id")?;
-            members(&r.members)
-        }
-        Body::GroupJoinReq(r) => id(&r.group_id, "group_id"),
-        Body::GroupLeaveReq(r) => id(&r.group_id, "group_id"),
-        Body::GroupMembersReq(r) => {
-            id(&r.group_id, "group_id")?;
-            cursor(&r.cursor)
-        }
-        _ => Ok(()),
-    }
-}
-
-fn check_page(limit: u32, default: u32, max: u32, what: &str) -> Result<u32, pb::Error> {
-    match limit {
-        0 => Ok(default),
-        n if n > max => Err(error(
-            pb::ErrorCode::PageTooLarge,
-            format!("{what} limit {n} is above the maximum of {max}"),
-        )),
-        n => Ok(n),
-    }
 }
 
 impl<S: TimelineStore> Logic<S> {
@@ -863,165 +735,5 @@ impl<S: TimelineStore> Logic<S> {
             peer_read_seq: state.peer_read_seq,
             updated_ms: state.updated_ms,
         }
-    }
-}
-
-/// Shortens `items` so their encoded size stays within `budget` bytes, keeping at least one
-/// (a single message is bounded by the message size limit, far below a frame). Returns whether
-/// anything was cut.
-pub fn fit_in_bytes<T: im_protocol::ProstMessage>(items: &mut Vec<T>, budget: usize) -> bool {
-    let mut used = 0usize;
-    for (index, item) in items.iter().enumerate() {
-        // Field tag and length prefix of each repeated element: at most 1 + 5 bytes.
-        used += item.encoded_len() + 6;
-        if used > budget && index > 0 {
-            items.truncate(index);
-            return true;
-        }
-    }
-    false
-}
-
-/// Builds a `SyncResp` for a request `[from, to]` (to = 0: up to the head) from an inbox page,
-/// naming every requested seq that is not returned and never will be (trimmed) or does not exist
-/// yet, so a client never waits for a seq.
-pub fn sync_response(from: u64, to: u64, page: timeline_store::InboxPage) -> pb::SyncResp {
-    let mut missing = Vec::new();
-    if from < page.oldest_seq {
-        let trimmed_to = (page.oldest_seq - 1).min(if to == 0 { u64::MAX } else { to });
-        missing.push(pb::SeqRange {
-            from_seq: from,
-            to_seq: trimmed_to,
-            reason: pb::SeqRangeReason::Trimmed as i32,
-        });
-    }
-    if to > page.head_seq {
-        missing.push(pb::SeqRange {
-            from_seq: from.max(page.head_seq + 1),
-            to_seq: to,
-            reason: pb::SeqRangeReason::NotYet as i32,
-        });
-    }
-    let end = if to == 0 {
-        page.head_seq
-    } else {
-        to.min(page.head_seq)
-    };
-    let next_seq = page
-        .entries
-        .last()
-        .map(|e| e.inbox_seq + 1)
-        .unwrap_or_else(|| from.max(page.oldest_seq).min(end + 1).max(from));
-    pb::SyncResp {
-        has_more: next_seq <= end,
-        next_seq,
-        head_seq: page.head_seq,
-        entries: page.entries,
-        missing,
-        inbox_epoch: 0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use timeline_store::InboxPage;
-
-    fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<pb::InboxEntry> {
-        range
-            .map(|inbox_seq| pb::InboxEntry {
-                inbox_seq,
-                body: None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn pages_are_cut_by_bytes_but_never_to_nothing() {
-        let big = |seq| pb::InboxEntry {
-            inbox_seq: seq,
-            body: Some(pb::inbox_entry::Body::Message(pb::Message {
-                content: vec![7; 60_000],
-                ..Default::default()
-            })),
-        };
-        let mut entries: Vec<_> = (1..=40).map(big).collect();
-        assert!(fit_in_bytes(&mut entries, 512 * 1024));
-        assert_eq!(entries.len(), 8);
-        let mut one = vec![big(1)];
-        assert!(!fit_in_bytes(&mut one, 10));
-        assert_eq!(one.len(), 1);
-        let page = InboxPage {
-            entries,
-            head_seq: 40,
-            oldest_seq: 1,
-        };
-        let resp = sync_response(1, 0, page);
-        assert!(resp.has_more);
-        assert_eq!(resp.next_seq, 9);
-    }
-
-    #[test]
-    fn a_full_page_below_the_head_has_more() {
-        let page = InboxPage {
-            entries: entries(1..=3),
-            head_seq: 10,
-            oldest_seq: 1,
-        };
-        let resp = sync_response(1, 0, page);
-        assert!(resp.has_more);
-        assert_eq!(resp.next_seq, 4);
-        assert!(resp.missing.is_empty());
-    }
-
-    #[test]
-    fn seqs_above_the_head_are_reported_not_yet() {
-        let page = InboxPage {
-            entries: entries(5..=6),
-            head_seq: 6,
-            oldest_seq: 1,
-        };
-        let resp = sync_response(5, 9, page);
-        assert!(!resp.has_more);
-        assert_eq!(resp.next_seq, 7);
-        assert_eq!(
-            resp.missing,
-            vec![pb::SeqRange {
-                from_seq: 7,
-                to_seq: 9,
-                reason: pb::SeqRangeReason::NotYet as i32
-            }]
-        );
-    }
-
-    #[test]
-    fn trimmed_seqs_are_reported_so_the_client_skips_them() {
-        let page = InboxPage {
-            entries: entries(4..=5),
-            head_seq: 5,
-            oldest_seq: 4,
-        };
-        let resp = sync_response(1, 0, page);
-        assert_eq!(
-            resp.missing,
-            vec![pb::SeqRange {
-                from_seq: 1,
-                to_seq: 3,
-                reason: pb::SeqRangeReason::Trimmed as i32
-            }]
-        );
-        assert!(!resp.has_more);
-    }
-
-    #[test]
-    fn a_request_past_the_head_of_an_empty_inbox_returns_nothing_and_does_not_loop() {
-        let page = InboxPage {
-            entries: vec![],
-            head_seq: 0,
-            oldest_seq: 1,
-        };
-        let resp = sync_response(1, 0, page);
-        assert!(!resp.has_more);
-        assert_eq!(resp.next_seq, 1);
     }
 }
