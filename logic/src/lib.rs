@@ -12,6 +12,7 @@ use im_protocol::pb::{self, send_req::Target};
 use im_protocol::unix_time_ms as now_ms;
 mod errors;
 pub mod fanout_budget;
+mod groups;
 mod pages;
 mod validate;
 
@@ -27,9 +28,7 @@ pub use validate::{
 use validate::{check_page, check_request_fields};
 
 use fanout_budget::FanoutBudget;
-use timeline_store::{
-    ConversationState, Delivery, NewGroup, NewMessage, StoreError, TimelineStore,
-};
+use timeline_store::{ConversationState, Delivery, NewMessage, StoreError, TimelineStore};
 
 /// Limits and policies of the business tier.
 #[derive(Clone, Debug)]
@@ -558,123 +557,12 @@ impl<S: TimelineStore> Logic<S> {
                 effects.deliveries = deliveries;
                 Ok(Some(Body::DeleteResp(pb::DeleteResp { deleted })))
             }
-            Body::GroupCreateReq(request) => {
-                let mut members = Vec::with_capacity(request.members.len());
-                for member in request.members {
-                    ids::validate_id(&member, "member")
-                        .map_err(|e| error(pb::ErrorCode::InvalidArgument, e.to_string()))?;
-                    members.push(member);
-                }
-                let change = self
-                    .store
-                    .create_group(NewGroup {
-                        name: request.name,
-                        owner: caller.user.clone(),
-                        members,
-                        open: request.open,
-                        client_request_id: request.client_request_id,
-                        max_members: self.max_members(),
-                        now_ms: now,
-                    })
-                    .await
-                    .map_err(store_error)?;
-                effects.deliveries = change.deliveries;
-                Ok(Some(Body::GroupCreateResp(pb::GroupCreateResp {
-                    group: Some(change.group),
-                })))
-            }
-            Body::GroupAddMembersReq(request) => {
-                for member in &request.members {
-                    ids::validate_id(member, "member")
-                        .map_err(|e| error(pb::ErrorCode::InvalidArgument, e.to_string()))?;
-                }
-                let change = self
-                    .store
-                    .add_members(
-                        &request.group_id,
-                        &caller.user,
-                        &request.members,
-                        self.max_members(),
-                        now,
-                    )
-                    .await
-                    .map_err(store_error)?;
-                effects.deliveries = change.deliveries;
-                Ok(Some(Body::GroupAddMembersResp(pb::GroupAddMembersResp {
-                    group: Some(change.group),
-                    added: change.changed,
-                })))
-            }
-            Body::GroupRemoveMembersReq(request) => {
-                let change = self
-                    .store
-                    .remove_members(&request.group_id, &caller.user, &request.members, now)
-                    .await
-                    .map_err(store_error)?;
-                effects.deliveries = change.deliveries;
-                Ok(Some(Body::GroupRemoveMembersResp(
-                    pb::GroupRemoveMembersResp {
-                        group: Some(change.group),
-                        removed: change.changed,
-                    },
-                )))
-            }
-            Body::GroupJoinReq(request) => {
-                let change = self
-                    .store
-                    .join_group(&request.group_id, &caller.user, self.max_members(), now)
-                    .await
-                    .map_err(store_error)?;
-                effects.deliveries = change.deliveries;
-                Ok(Some(Body::GroupJoinResp(pb::GroupJoinResp {
-                    group: Some(change.group),
-                })))
-            }
-            Body::GroupLeaveReq(request) => {
-                let change = self
-                    .store
-                    .leave_group(&request.group_id, &caller.user, now)
-                    .await
-                    .map_err(store_error)?;
-                effects.deliveries = change.deliveries;
-                Ok(Some(Body::GroupLeaveResp(pb::GroupLeaveResp {
-                    group_id: request.group_id,
-                })))
-            }
-            Body::GroupMembersReq(request) => {
-                let limit = check_page(
-                    request.limit,
-                    self.config.members_default,
-                    self.config.members_max,
-                    "members",
-                )?;
-                if !self
-                    .store
-                    .is_member(&request.group_id, &caller.user)
-                    .await
-                    .map_err(store_error)?
-                {
-                    return Err(error(
-                        pb::ErrorCode::Forbidden,
-                        "only members may list a group's members",
-                    ));
-                }
-                let group = self
-                    .store
-                    .group(&request.group_id)
-                    .await
-                    .map_err(store_error)?;
-                let (members, next_cursor) = self
-                    .store
-                    .group_members(&request.group_id, limit, &request.cursor)
-                    .await
-                    .map_err(store_error)?;
-                Ok(Some(Body::GroupMembersResp(pb::GroupMembersResp {
-                    group: Some(group),
-                    members,
-                    next_cursor,
-                })))
-            }
+            body @ (Body::GroupCreateReq(_)
+            | Body::GroupAddMembersReq(_)
+            | Body::GroupRemoveMembersReq(_)
+            | Body::GroupJoinReq(_)
+            | Body::GroupLeaveReq(_)
+            | Body::GroupMembersReq(_)) => self.group_request(caller, body, now, effects).await,
             other => Err(error(
                 pb::ErrorCode::WrongDirection,
                 format!("{:?} is not a request the logic tier handles", other.op()),

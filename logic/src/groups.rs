@@ -1,0 +1,144 @@
+//! Group requests: create, add, remove, join, leave, list members (SPEC §13.8).
+
+use im_protocol::pb;
+use im_protocol::{Body, ids};
+use timeline_store::{NewGroup, TimelineStore};
+
+use crate::errors::{error, store_error};
+use crate::validate::check_page;
+use crate::{Caller, Effects, Logic, Reply};
+
+impl<S: TimelineStore> Logic<S> {
+    /// Runs one group request; `dispatch` sends every group op here.
+    pub(crate) async fn group_request(
+        &self,
+        caller: &Caller,
+        body: Body,
+        now: u64,
+        effects: &mut Effects,
+    ) -> Reply {
+        match body {
+            Body::GroupCreateReq(request) => {
+                let mut members = Vec::with_capacity(request.members.len());
+                for member in request.members {
+                    ids::validate_id(&member, "member")
+                        .map_err(|e| error(pb::ErrorCode::InvalidArgument, e.to_string()))?;
+                    members.push(member);
+                }
+                let change = self
+                    .store
+                    .create_group(NewGroup {
+                        name: request.name,
+                        owner: caller.user.clone(),
+                        members,
+                        open: request.open,
+                        client_request_id: request.client_request_id,
+                        max_members: self.max_members(),
+                        now_ms: now,
+                    })
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = change.deliveries;
+                Ok(Some(Body::GroupCreateResp(pb::GroupCreateResp {
+                    group: Some(change.group),
+                })))
+            }
+            Body::GroupAddMembersReq(request) => {
+                for member in &request.members {
+                    ids::validate_id(member, "member")
+                        .map_err(|e| error(pb::ErrorCode::InvalidArgument, e.to_string()))?;
+                }
+                let change = self
+                    .store
+                    .add_members(
+                        &request.group_id,
+                        &caller.user,
+                        &request.members,
+                        self.max_members(),
+                        now,
+                    )
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = change.deliveries;
+                Ok(Some(Body::GroupAddMembersResp(pb::GroupAddMembersResp {
+                    group: Some(change.group),
+                    added: change.changed,
+                })))
+            }
+            Body::GroupRemoveMembersReq(request) => {
+                let change = self
+                    .store
+                    .remove_members(&request.group_id, &caller.user, &request.members, now)
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = change.deliveries;
+                Ok(Some(Body::GroupRemoveMembersResp(
+                    pb::GroupRemoveMembersResp {
+                        group: Some(change.group),
+                        removed: change.changed,
+                    },
+                )))
+            }
+            Body::GroupJoinReq(request) => {
+                let change = self
+                    .store
+                    .join_group(&request.group_id, &caller.user, self.max_members(), now)
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = change.deliveries;
+                Ok(Some(Body::GroupJoinResp(pb::GroupJoinResp {
+                    group: Some(change.group),
+                })))
+            }
+            Body::GroupLeaveReq(request) => {
+                let change = self
+                    .store
+                    .leave_group(&request.group_id, &caller.user, now)
+                    .await
+                    .map_err(store_error)?;
+                effects.deliveries = change.deliveries;
+                Ok(Some(Body::GroupLeaveResp(pb::GroupLeaveResp {
+                    group_id: request.group_id,
+                })))
+            }
+            Body::GroupMembersReq(request) => {
+                let limit = check_page(
+                    request.limit,
+                    self.config.members_default,
+                    self.config.members_max,
+                    "members",
+                )?;
+                if !self
+                    .store
+                    .is_member(&request.group_id, &caller.user)
+                    .await
+                    .map_err(store_error)?
+                {
+                    return Err(error(
+                        pb::ErrorCode::Forbidden,
+                        "only members may list a group's members",
+                    ));
+                }
+                let group = self
+                    .store
+                    .group(&request.group_id)
+                    .await
+                    .map_err(store_error)?;
+                let (members, next_cursor) = self
+                    .store
+                    .group_members(&request.group_id, limit, &request.cursor)
+                    .await
+                    .map_err(store_error)?;
+                Ok(Some(Body::GroupMembersResp(pb::GroupMembersResp {
+                    group: Some(group),
+                    members,
+                    next_cursor,
+                })))
+            }
+            other => Err(error(
+                pb::ErrorCode::WrongDirection,
+                format!("{:?} is not a group request", other.op()),
+            )),
+        }
+    }
+}
