@@ -10,10 +10,12 @@ use im_protocol::Body;
 use im_protocol::ids::{self, ConversationRef};
 use im_protocol::pb::{self, send_req::Target};
 use im_protocol::unix_time_ms as now_ms;
+mod changes;
 mod errors;
 pub mod fanout_budget;
 mod groups;
 mod pages;
+mod reads;
 mod validate;
 
 pub use errors::{
@@ -425,137 +427,11 @@ impl<S: TimelineStore> Logic<S> {
                 .sync(caller, request)
                 .await
                 .map(|r| Some(Body::SyncResp(r))),
-            Body::HistoryReq(request) => {
-                let limit = check_page(
-                    request.limit,
-                    self.config.history_default,
-                    self.config.history_max,
-                    "history",
-                )?;
-                self.authorize(caller, &request.conversation_id).await?;
-                let direction =
-                    pb::HistoryDirection::try_from(request.direction).map_err(|_| {
-                        error(pb::ErrorCode::InvalidArgument, "unknown history direction")
-                    })?;
-                // Ask for one more than the page to learn whether more exist.
-                let page = self
-                    .store
-                    .read_history_as(
-                        &caller.user,
-                        &request.conversation_id,
-                        request.anchor_seq,
-                        direction,
-                        limit + 1,
-                    )
-                    .await
-                    .map_err(store_error)?;
-                let mut messages = page.messages;
-                let mut has_more = messages.len() > limit as usize;
-                messages.truncate(limit as usize);
-                has_more |= fit_in_bytes(&mut messages, self.config.page_bytes);
-                Ok(Some(Body::HistoryResp(pb::HistoryResp {
-                    conversation_id: request.conversation_id,
-                    messages,
-                    has_more,
-                    last_seq: page.last_seq,
-                })))
+            body @ (Body::HistoryReq(_) | Body::ConversationsReq(_)) => {
+                self.read_request(caller, body).await
             }
-            Body::ConversationsReq(request) => {
-                let limit = check_page(
-                    request.limit,
-                    self.config.conversations_default,
-                    self.config.conversations_max,
-                    "conversations",
-                )?;
-                let (states, next_cursor) = self
-                    .store
-                    .conversations(&caller.user, limit, &request.cursor)
-                    .await
-                    .map_err(store_error)?;
-                let mut conversations = Vec::with_capacity(states.len());
-                for state in states {
-                    conversations.push(self.summary(state).await);
-                }
-                let mut next_cursor = next_cursor;
-                if fit_in_bytes(&mut conversations, self.config.page_bytes) {
-                    // Previews of large messages: a shorter page, whose cursor only the store
-                    // can name, so ask it again for exactly that many.
-                    let kept = conversations.len() as u32;
-                    next_cursor = self
-                        .store
-                        .conversations(&caller.user, kept, &request.cursor)
-                        .await
-                        .map_err(store_error)?
-                        .1;
-                }
-                Ok(Some(Body::ConversationsResp(pb::ConversationsResp {
-                    conversations,
-                    next_cursor,
-                })))
-            }
-            Body::ReadMarkerReq(request) => {
-                let conversation = self.authorize(caller, &request.conversation_id).await?;
-                let receipt_to = conversation
-                    .peer_of(&caller.user)
-                    .filter(|peer| *peer != caller.user);
-                let (state, deliveries) = self
-                    .store
-                    .mark_read(
-                        &caller.user,
-                        &request.conversation_id,
-                        request.read_seq,
-                        receipt_to,
-                        now,
-                    )
-                    .await
-                    .map_err(store_error)?;
-                effects.deliveries = deliveries;
-                Ok(Some(Body::ReadMarkerResp(pb::ReadMarkerResp {
-                    conversation_id: state.conversation_id,
-                    read_seq: state.read_seq,
-                    unread_count: state.unread_count,
-                })))
-            }
-            Body::RecallReq(request) => {
-                let conversation = self.authorize(caller, &request.conversation_id).await?;
-                let recipients = self.participants(&conversation).await?;
-                let (event, deliveries) = self
-                    .store
-                    .recall(
-                        &request.conversation_id,
-                        request.conversation_seq,
-                        &caller.user,
-                        &recipients,
-                        self.config.recall_window_ms,
-                        now,
-                    )
-                    .await
-                    .map_err(store_error)?;
-                effects.deliveries = deliveries;
-                Ok(Some(Body::RecallResp(pb::RecallResp {
-                    event: Some(event),
-                })))
-            }
-            Body::DeleteReq(request) => {
-                if request.conversation_seqs.len() > MAX_DELETE_SEQS {
-                    return Err(error(
-                        pb::ErrorCode::InvalidArgument,
-                        format!("a delete lists at most {MAX_DELETE_SEQS} conversation_seqs"),
-                    ));
-                }
-                self.authorize(caller, &request.conversation_id).await?;
-                let (deleted, deliveries) = self
-                    .store
-                    .delete_messages(
-                        &caller.user,
-                        &request.conversation_id,
-                        &request.conversation_seqs,
-                        now,
-                    )
-                    .await
-                    .map_err(store_error)?;
-                effects.deliveries = deliveries;
-                Ok(Some(Body::DeleteResp(pb::DeleteResp { deleted })))
+            body @ (Body::ReadMarkerReq(_) | Body::RecallReq(_) | Body::DeleteReq(_)) => {
+                self.change_request(caller, body, now, effects).await
             }
             body @ (Body::GroupCreateReq(_)
             | Body::GroupAddMembersReq(_)
