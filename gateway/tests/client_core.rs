@@ -7,53 +7,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use im_protocol::ids::direct_conversation_id;
-use sdk_core::driver::{self, ClientHandle};
-use sdk_core::memory::MemoryStore;
-use sdk_core::{ClientConfig, ConnectionState, Event, LocalMessage, Recipient, SendState};
+use sdk_core::{ConnectionState, Event, LocalMessage, Recipient, SendState};
 use support::*;
 use tokio::sync::mpsc;
-
-fn config(user: &str, device: &str) -> ClientConfig {
-    let mut config = ClientConfig::new(user, device);
-    // Short backoff so the restart test does not wait out production delays.
-    config.backoff_base = Duration::from_millis(50);
-    config.backoff_cap = Duration::from_millis(500);
-    config.seed = 7;
-    config
-}
-
-fn start_client(
-    server: &Server,
-    user: &str,
-    device: &str,
-) -> (ClientHandle, mpsc::Receiver<Event>) {
-    driver::start(
-        server.addr,
-        server.token(user, device),
-        config(user, device),
-        MemoryStore::new(),
-        None,
-    )
-    .expect("client starts")
-}
-
-/// Waits for an event matching `pick`.
-async fn wait_for<T>(
-    events: &mut mpsc::Receiver<Event>,
-    what: &str,
-    mut pick: impl FnMut(&Event) -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let event = tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-            .unwrap_or_else(|| panic!("client stopped while waiting for {what}"));
-        if let Some(found) = pick(&event) {
-            return found;
-        }
-    }
-}
 
 #[tokio::test]
 async fn two_client_cores_chat_through_the_server() {

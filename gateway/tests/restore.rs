@@ -6,42 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use sdk_core::driver::{self, ClientHandle};
-use sdk_core::memory::MemoryStore;
-use sdk_core::{ClientConfig, Event};
+use sdk_core::Event;
 use support::*;
-use tokio::sync::mpsc;
-
-fn start_client(server: &Server, user: &str) -> (ClientHandle, mpsc::Receiver<Event>) {
-    let mut config = ClientConfig::new(user, "phone");
-    config.backoff_base = Duration::from_millis(50);
-    config.backoff_cap = Duration::from_millis(500);
-    driver::start(
-        server.addr,
-        server.token(user, "phone"),
-        config,
-        MemoryStore::new(),
-        None,
-    )
-    .expect("client starts")
-}
-
-async fn wait_for<T>(
-    events: &mut mpsc::Receiver<Event>,
-    what: &str,
-    mut pick: impl FnMut(&Event) -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let event = tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-            .unwrap_or_else(|| panic!("client stopped while waiting for {what}"));
-        if let Some(found) = pick(&event) {
-            return found;
-        }
-    }
-}
 
 #[tokio::test]
 async fn a_client_follows_a_server_whose_store_was_replaced() {
@@ -49,7 +15,7 @@ async fn a_client_follows_a_server_whose_store_was_replaced() {
     let d2 = tempfile::tempdir().unwrap();
     let mut server = Server::start(d1.path(), &[]);
 
-    let (bob, mut bob_events) = start_client(&server, "bob");
+    let (bob, mut bob_events) = start_client(&server, "bob", "phone");
     let mut alice = Client::connect(&server, "alice", "phone").await;
     for i in 0..3 {
         alice
@@ -121,7 +87,7 @@ async fn a_client_follows_a_server_whose_store_was_replaced() {
 async fn renewing_the_epoch_after_a_restore_makes_clients_resync() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
-    let (bob, mut bob_events) = start_client(&server, "bob");
+    let (bob, mut bob_events) = start_client(&server, "bob", "phone");
     let mut alice = Client::connect(&server, "alice", "phone").await;
     for i in 0..3 {
         alice

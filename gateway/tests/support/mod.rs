@@ -377,3 +377,52 @@ pub fn messages(entries: &[pb::InboxEntry]) -> Vec<pb::Message> {
 pub fn text(message: &pb::Message) -> String {
     String::from_utf8_lossy(&message.content).into_owned()
 }
+
+// ----- the client core (sdk-core's driver) against the server -----
+
+/// A client core configuration with short reconnect backoff, so tests that restart the server
+/// do not wait out production delays.
+pub fn config(user: &str, device: &str) -> sdk_core::ClientConfig {
+    let mut config = sdk_core::ClientConfig::new(user, device);
+    config.backoff_base = Duration::from_millis(50);
+    config.backoff_cap = Duration::from_millis(500);
+    config.seed = 7;
+    config
+}
+
+/// Starts a client core for `user` on `device` with an in-memory local store.
+pub fn start_client(
+    server: &Server,
+    user: &str,
+    device: &str,
+) -> (
+    sdk_core::driver::ClientHandle,
+    tokio::sync::mpsc::Receiver<sdk_core::Event>,
+) {
+    sdk_core::driver::start(
+        server.addr,
+        server.token(user, device),
+        config(user, device),
+        sdk_core::memory::MemoryStore::new(),
+        None,
+    )
+    .expect("client starts")
+}
+
+/// Waits for an event of the client core matching `pick`.
+pub async fn wait_for<T>(
+    events: &mut tokio::sync::mpsc::Receiver<sdk_core::Event>,
+    what: &str,
+    mut pick: impl FnMut(&sdk_core::Event) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap_or_else(|| panic!("client stopped while waiting for {what}"));
+        if let Some(found) = pick(&event) {
+            return found;
+        }
+    }
+}

@@ -33,6 +33,17 @@ async fn imcli(home: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A server in this process on a free port, its data under `dir`.
+async fn start_server(dir: &Path) -> app::RunningServer {
+    app::start(ServerOptions::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("srv"),
+        TokenKey::new(SECRET),
+    ))
+    .await
+    .unwrap()
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -40,13 +51,7 @@ fn stdout(output: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newcomer_chats_creates_a_group_and_reads_with_imcli() {
     let dir = tempfile::tempdir().unwrap();
-    let server = app::start(ServerOptions::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("srv"),
-        TokenKey::new(SECRET),
-    ))
-    .await
-    .unwrap();
+    let server = start_server(dir.path()).await;
     let addr = server.addr.to_string();
     let home = dir.path();
     let (alice, bob) = (token("alice", 600), token("bob", 600));
@@ -143,13 +148,7 @@ async fn a_newcomer_chats_creates_a_group_and_reads_with_imcli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_addresses_tokens_and_arguments_exit_with_clear_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = app::start(ServerOptions::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("srv"),
-        TokenKey::new(SECRET),
-    ))
-    .await
-    .unwrap();
+    let server = start_server(dir.path()).await;
     let addr = server.addr.to_string();
     let home = dir.path();
     let alice = token("alice", 600);
@@ -222,13 +221,7 @@ async fn follow_in_one_terminal_survives_commands_in_another() {
     use std::process::Stdio;
 
     let dir = tempfile::tempdir().unwrap();
-    let server = app::start(ServerOptions::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("srv"),
-        TokenKey::new(SECRET),
-    ))
-    .await
-    .unwrap();
+    let server = start_server(dir.path()).await;
     let addr = server.addr.to_string();
     let home = dir.path();
     let (alice, bob) = (token("alice", 600), token("bob", 600));
