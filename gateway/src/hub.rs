@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::outbox::{Outbound, Outbox, PushError};
 use dashmap::DashMap;
 use im_protocol::{Frame, pb};
-use timeline_store::Delivery;
+use logic_api::{Delivery, InboxPosition};
 use tokio_util::sync::CancellationToken;
 
 /// The outcome of [`Hub::register`].
@@ -47,10 +47,21 @@ pub struct ConnHandle {
     pub close: CancellationToken,
 }
 
+/// One online user on this hub.
+#[derive(Debug, Default)]
+struct OnlineUser {
+    conns: Vec<ConnHandle>,
+    /// The highest inbox seq seen for the user: the head their session opened with, raised by
+    /// every delivery pushed here. Pongs report it, so a ping costs no store read.
+    inbox_head: u64,
+    /// The inbox epoch, once a session of the user opened.
+    inbox_epoch: Option<u64>,
+}
+
 /// Online users → their connections.
 #[derive(Debug)]
 pub struct Hub {
-    users: DashMap<String, Vec<ConnHandle>>,
+    users: DashMap<String, OnlineUser>,
     next_id: AtomicU64,
     connections: AtomicU64,
     /// Most entry bytes in one `Push` frame.
@@ -114,7 +125,8 @@ impl Hub {
     /// A new device beyond the per-user limit is refused; a reconnecting device (replacing its
     /// own older connection) never is.
     pub fn register(&self, user: &str, handle: ConnHandle) -> Registration {
-        let mut entry = self.users.entry(user.to_owned()).or_default();
+        let mut online = self.users.entry(user.to_owned()).or_default();
+        let entry = &mut online.conns;
         if entry
             .iter()
             .any(|c| c.device == handle.device && c.id > handle.id)
@@ -140,16 +152,16 @@ impl Hub {
     /// Forgets a connection (no-op when it was already replaced).
     pub fn unregister(&self, user: &str, conn_id: u64) {
         let mut removed = false;
-        self.users.remove_if_mut(user, |_, conns| {
-            let before = conns.len();
-            conns.retain(|c| c.id != conn_id);
-            removed = conns.len() != before;
-            conns.is_empty()
+        self.users.remove_if_mut(user, |_, online| {
+            let before = online.conns.len();
+            online.conns.retain(|c| c.id != conn_id);
+            removed = online.conns.len() != before;
+            online.conns.is_empty()
         });
-        if !removed && let Some(mut conns) = self.users.get_mut(user) {
-            let before = conns.len();
-            conns.retain(|c| c.id != conn_id);
-            removed = conns.len() != before;
+        if !removed && let Some(mut online) = self.users.get_mut(user) {
+            let before = online.conns.len();
+            online.conns.retain(|c| c.id != conn_id);
+            removed = online.conns.len() != before;
         }
         if removed {
             self.connections.fetch_sub(1, Ordering::Relaxed);
@@ -177,12 +189,14 @@ impl Hub {
                 .push(delivery.entry);
         }
         for (user, entries) in by_user {
-            let Some(conns) = self.users.get(&user) else {
+            let Some(mut online) = self.users.get_mut(&user) else {
                 continue;
             };
+            let newest = entries.iter().map(|e| e.inbox_seq).max().unwrap_or(0);
+            online.inbox_head = online.inbox_head.max(newest);
             let skip = except.filter(|(u, _)| *u == user).map(|(_, id)| id);
             for push in push_frames(entries, self.push_bytes) {
-                for conn in conns.iter().filter(|c| Some(c.id) != skip) {
+                for conn in online.conns.iter().filter(|c| Some(c.id) != skip) {
                     send_or_close(conn, push.clone());
                 }
             }
@@ -193,10 +207,10 @@ impl Hub {
     /// is full, since it is ephemeral.
     pub fn relay_typing(&self, recipients: &[String], event: &pb::TypingEvent) {
         for user in recipients {
-            let Some(conns) = self.users.get(user) else {
+            let Some(online) = self.users.get(user) else {
                 continue;
             };
-            for conn in conns.iter() {
+            for conn in online.conns.iter() {
                 let _ = conn
                     .tx
                     .try_push(Outbound::Frame(Frame::push(event.clone())));
@@ -206,7 +220,41 @@ impl Hub {
 
     /// Every connection, for shutdown.
     pub fn all(&self) -> Vec<ConnHandle> {
-        self.users.iter().flat_map(|e| e.value().clone()).collect()
+        self.users
+            .iter()
+            .flat_map(|e| e.value().conns.clone())
+            .collect()
+    }
+
+    /// Whether `user` has a connection on this hub.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// Records where `user`'s inbox stood when one of their sessions opened (the head only
+    /// ever rises: a delivery pushed meanwhile may already have raised it). No-op when the user
+    /// has no connection here.
+    pub fn note_inbox(&self, user: &str, position: InboxPosition) {
+        if let Some(mut online) = self.users.get_mut(user) {
+            online.inbox_head = online.inbox_head.max(position.head_seq);
+            online.inbox_epoch = Some(position.epoch);
+        }
+    }
+
+    /// Where `user`'s inbox stands as far as this hub knows: the head their session opened
+    /// with or the newest entry pushed here since, whichever is higher. Unknown when no
+    /// session of the user is open here.
+    pub fn inbox_position(&self, user: &str) -> InboxPosition {
+        match self.users.get(user) {
+            Some(online) => match online.inbox_epoch {
+                Some(epoch) => InboxPosition {
+                    head_seq: online.inbox_head,
+                    epoch,
+                },
+                None => InboxPosition::UNKNOWN,
+            },
+            None => InboxPosition::UNKNOWN,
+        }
     }
 }
 

@@ -1,9 +1,10 @@
-//! The TCP listener and the connection tasks.
+//! The accept loops and the connection tasks, over any transport.
 //!
 //! Each connection is two tasks: this one reads frames, asks the [`Session`] what they may be,
 //! and calls the logic tier; a writer task drains a bounded outbound queue, coalescing whatever
-//! is queued into one socket write. Consecutive `SEND_REQ`s that arrived together go to the
-//! store as one batch, which keeps their order and lets the store group-commit them.
+//! is queued into one write. Consecutive `SEND_REQ`s that arrived together go to the logic tier
+//! as one batch, which keeps their order and lets the store group-commit them. What a request
+//! changed for other connections goes to the [`PushRouter`].
 
 use im_protocol::unix_time_ms as now_ms;
 use std::sync::Arc;
@@ -13,11 +14,8 @@ use bytes::BytesMut;
 use futures::{FutureExt as _, StreamExt as _};
 use im_protocol::pb::{self, ErrorCode};
 use im_protocol::{Body, ErrorCodeExt as _, Frame, FrameCodec};
-use logic::{Caller, Effects, Logic};
-use timeline_store::TimelineStore;
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use logic_api::{Caller, Effects, LogicApi};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::Semaphore;
 use tokio_util::codec::{Encoder as _, FramedRead};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +25,9 @@ use tracing::Instrument as _;
 use crate::auth::TokenKey;
 use crate::hub::{ConnHandle, Hub, Registration};
 use crate::outbox::{Outbound, Outbox};
-use crate::session::{Phase, Session, SessionConfig, Verdict};
+use crate::router::{Origin, PushRouter};
+use crate::session::{Announced, Phase, Refusal, Session, SessionConfig, Verdict};
+use crate::transport::{Acceptor, ByteStream};
 
 /// Body limit before authentication: a handshake is small, and unauthenticated peers must not
 /// make us buffer much.
@@ -94,86 +94,132 @@ impl Default for GatewayConfig {
 }
 
 /// Everything a connection task needs.
-pub struct Shared<S> {
+pub struct Shared<L> {
     /// The business tier.
-    pub logic: Logic<S>,
-    /// Online users.
+    pub logic: L,
+    /// This gateway's online connections.
     pub hub: Arc<Hub>,
+    /// Gets pushes to users wherever they are connected (in one process: `hub` itself).
+    pub router: Arc<dyn PushRouter>,
     /// Verifies tokens.
     pub tokens: TokenKey,
     /// Limits.
     pub config: GatewayConfig,
 }
 
-/// Accepts connections on `listener` until `shutdown` is cancelled, then tells every client to
-/// reconnect and waits (bounded) for the connection tasks to finish.
-pub async fn serve<S: TimelineStore>(
-    listener: TcpListener,
-    shared: Arc<Shared<S>>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let tracker = TaskTracker::new();
-    // Connections stop on their own token, cancelled only after they were sent the shutdown
-    // kick: stopping them on `shutdown` itself raced the kick and lost it.
-    let connections_stop = CancellationToken::new();
-    let permits = Arc::new(Semaphore::new(shared.config.max_connections));
-    let mut accept_backoff = Duration::from_millis(5);
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => {
-                    accept_backoff = Duration::from_millis(5);
-                    pair
+/// A gateway: serves connections from any number of transports, one [`Gateway::serve`] per
+/// acceptor, and closes them all on [`Gateway::drain`].
+pub struct Gateway<L> {
+    shared: Arc<Shared<L>>,
+    tracker: TaskTracker,
+    /// Connections stop on their own token, cancelled only after they were sent the shutdown
+    /// kick: stopping them on the accept loops' token raced the kick and lost it.
+    connections_stop: CancellationToken,
+    permits: Arc<Semaphore>,
+}
+
+impl<L: LogicApi> Gateway<L> {
+    /// A gateway with no transport yet.
+    pub fn new(shared: Shared<L>) -> Arc<Gateway<L>> {
+        let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+        Arc::new(Gateway {
+            shared: Arc::new(shared),
+            tracker: TaskTracker::new(),
+            connections_stop: CancellationToken::new(),
+            permits,
+        })
+    }
+
+    /// This gateway's online connections.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.shared.hub
+    }
+
+    /// Accepts connections from `acceptor` until `shutdown` is cancelled. The connection limit
+    /// is shared by every transport.
+    pub async fn serve<A: Acceptor>(&self, mut acceptor: A, shutdown: CancellationToken) {
+        let mut accept_backoff = Duration::from_millis(5);
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = self.permits.clone().acquire_owned() => {
+                    permit.expect("semaphore is never closed")
                 }
-                Err(e) => {
-                    // Usually EMFILE: wait instead of spinning, then try again.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(accept_backoff).await;
-                    accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
-                    continue;
+            };
+            let (incoming, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = acceptor.accept() => match accepted {
+                    Ok(pair) => {
+                        accept_backoff = Duration::from_millis(5);
+                        pair
+                    }
+                    Err(e) => {
+                        // Usually EMFILE: wait instead of spinning, then try again.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(accept_backoff).await;
+                        accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+            };
+            let establishing = acceptor.establish(incoming);
+            let shared = self.shared.clone();
+            let stop = self.connections_stop.clone();
+            // user and device are recorded once the handshake names them.
+            let span = tracing::debug_span!(
+                "conn",
+                %peer,
+                user = tracing::field::Empty,
+                device = tracing::field::Empty
+            );
+            let fut = async move {
+                let _permit = permit;
+                let deadline = shared.config.session.handshake_timeout;
+                match tokio::time::timeout(deadline, establishing).await {
+                    Ok(Ok(stream)) => connection(stream, shared, stop).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "transport setup failed"),
+                    Err(_elapsed) => tracing::debug!("transport setup timed out"),
                 }
-            },
-        };
-        let shared = shared.clone();
-        let stop = connections_stop.clone();
-        // user and device are recorded once the handshake names them.
+            }
+            .instrument(span);
+            self.tracker.spawn(fut);
+        }
+    }
+
+    /// Serves one already established stream (a transport that is not an acceptor: a test's
+    /// in-memory pipe, a stream handed over by another component).
+    pub fn serve_stream<S: ByteStream>(&self, stream: S, peer: &str) {
         let span = tracing::debug_span!(
             "conn",
             %peer,
             user = tracing::field::Empty,
             device = tracing::field::Empty
         );
-        let fut = async move {
-            let _permit = permit;
-            connection(stream, shared, stop).await;
+        let fut = connection(stream, self.shared.clone(), self.connections_stop.clone());
+        self.tracker.spawn(fut.instrument(span));
+    }
+
+    /// Tells every client to reconnect (elsewhere, or here later) and waits, at most five
+    /// seconds, for the connection tasks to finish. Stop the accept loops first.
+    pub async fn drain(&self) {
+        for conn in self.shared.hub.all() {
+            let kick = pb::Kick {
+                reason: pb::KickReason::ServerShutdown as i32,
+                message: "server is shutting down".into(),
+                redirect_addr: String::new(),
+                retry_after_ms: 1000,
+            };
+            let _ = conn.tx.try_push(Outbound::Frame(Frame::push(kick)));
         }
-        .instrument(span);
-        tracker.spawn(fut);
+        self.connections_stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after 5 s; stopping anyway");
+        }
     }
-    drop(listener);
-    for conn in shared.hub.all() {
-        let kick = pb::Kick {
-            reason: pb::KickReason::ServerShutdown as i32,
-            message: "server is shutting down".into(),
-            redirect_addr: String::new(),
-            retry_after_ms: 1000,
-        };
-        let _ = conn.tx.try_push(Outbound::Frame(Frame::push(kick)));
-    }
-    connections_stop.cancel();
-    tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after 5 s; stopping anyway");
-    }
-    Ok(())
 }
 
 /// How the writer task ended.
@@ -192,8 +238,8 @@ enum WriterEnd {
 /// writer then gives up, marks the connection closed and resets the socket (linger 0), so the
 /// kernel does not keep trying to deliver megabytes to a peer that will not read them. `kill`
 /// does the same on the connection's request (it is ending and will not wait any longer).
-async fn writer(
-    mut socket: OwnedWriteHalf,
+async fn writer<S: ByteStream>(
+    mut socket: S::WriteHalf,
     outbox: Arc<Outbox>,
     max_body: usize,
     stall_timeout: Duration,
@@ -252,10 +298,7 @@ async fn writer(
         WriterEnd::Abandoned => {
             outbox.close_and_discard();
             close.cancel();
-            // Reset instead of a graceful close: the unsent bytes are dropped at once rather
-            // than kept in the kernel for a peer that does not read.
-            #[allow(deprecated)]
-            let _ = socket.as_ref().set_linger(Some(Duration::ZERO));
+            S::abandon(&mut socket);
         }
     }
     end
@@ -264,7 +307,7 @@ async fn writer(
 /// Writes all of `buf`, giving up (false) when the socket fails, when one write call makes no
 /// progress for `stall_timeout`, or when `kill` is cancelled.
 async fn write_with_progress(
-    socket: &mut OwnedWriteHalf,
+    socket: &mut (impl AsyncWrite + Unpin),
     mut buf: &[u8],
     stall_timeout: Duration,
     kill: &CancellationToken,
@@ -291,8 +334,8 @@ async fn write_with_progress(
     true
 }
 
-struct Conn<S> {
-    shared: Arc<Shared<S>>,
+struct Conn<L> {
+    shared: Arc<Shared<L>>,
     session: Session,
     tx: Arc<Outbox>,
     close: CancellationToken,
@@ -300,7 +343,7 @@ struct Conn<S> {
     caller: Option<Caller>,
 }
 
-impl<S: TimelineStore> Conn<S> {
+impl<L: LogicApi> Conn<L> {
     /// Queues an answer, waiting (bounded) for room: while it waits, the connection reads no
     /// further requests. A connection whose queue stays full for the slow-client timeout, or
     /// that is closed meanwhile, is given up on (false).
@@ -335,11 +378,16 @@ impl<S: TimelineStore> Conn<S> {
         self.send(Frame::new(request_id, error)).await;
     }
 
+    async fn refuse(&self, request_id: u32, refusal: Refusal) {
+        self.send_error(request_id, refusal.code, refusal.message, 0)
+            .await;
+    }
+
     fn apply(&self, effects: Effects) {
-        self.shared.hub.deliver(effects.deliveries);
+        self.shared.router.deliver(effects.deliveries, None);
         if let Some(typing) = effects.typing {
             self.shared
-                .hub
+                .router
                 .relay_typing(&typing.recipients, &typing.event);
         }
     }
@@ -347,67 +395,22 @@ impl<S: TimelineStore> Conn<S> {
     /// Verifies the handshake; on success registers the connection, kicking an older one of the
     /// same device, and answers. Returns false when the connection must close.
     async fn handshake(&mut self, frame: &Frame, framed_codec: &mut FrameCodec) -> bool {
-        let request = match frame.decode_body() {
-            Ok(Body::HandshakeReq(request)) => request,
-            Ok(_) | Err(_) => {
-                // Not a closing code (SPEC §5): the client may send a corrected handshake.
-                self.send_error(
-                    frame.request_id,
-                    ErrorCode::BadBody,
-                    "HANDSHAKE_REQ body does not decode",
-                    0,
-                )
-                .await;
-                return true;
-            }
-        };
-        let now_secs = now_ms() / 1000;
-        let claims = match self.shared.tokens.verify(&request.token, now_secs) {
-            Ok(claims) => claims,
-            Err(e) => {
-                self.send_error(frame.request_id, e.code(), e.to_string(), 0)
-                    .await;
-                return false;
-            }
-        };
-        if let Err(e) = im_protocol::ids::validate_id(&request.device_id, "device_id") {
-            self.send_error(
-                frame.request_id,
-                ErrorCode::InvalidArgument,
-                e.to_string(),
-                0,
-            )
-            .await;
-            return true;
-        }
-        if claims
-            .dev
-            .as_deref()
-            .is_some_and(|dev| dev != request.device_id)
-        {
-            self.send_error(
-                frame.request_id,
-                ErrorCode::DeviceMismatch,
-                "the handshake's device_id differs from the token's device",
-                0,
-            )
-            .await;
-            return false;
-        }
-        if request.protocol_version == 0 {
-            self.send_error(
-                frame.request_id,
-                ErrorCode::UnsupportedVersion,
-                "protocol_version 0 is not a revision",
-                0,
-            )
-            .await;
-            return false;
-        }
-        let user = claims.sub;
-        let device = request.device_id.clone();
-        // Register for pushes before reading the inbox head: an entry committed in between is
-        // then either pushed or below the head the client syncs to, never neither.
+        let handshake =
+            match self
+                .session
+                .check_handshake(frame, &self.shared.tokens, now_ms() / 1000)
+            {
+                Ok(handshake) => handshake,
+                Err(refusal) => {
+                    let close = refusal.close;
+                    self.refuse(frame.request_id, refusal).await;
+                    return !close;
+                }
+            };
+        let (user, device) = (handshake.user.clone(), handshake.device.clone());
+        // Register for pushes before the session opens (and reads the inbox head): an entry
+        // committed in between is then either pushed or below the head the client syncs to,
+        // never neither.
         let registration = self.shared.hub.register(
             &user,
             ConnHandle {
@@ -448,62 +451,43 @@ impl<S: TimelineStore> Conn<S> {
                 return false;
             }
         }
-        let inbox = match self.shared.logic.inbox_position(&user).await {
-            Ok(inbox) => inbox,
-            Err(e) => {
+        let caller = Caller {
+            user: user.clone(),
+            device: device.clone(),
+        };
+        let info = match self.shared.logic.open_session(&caller).await {
+            Ok(info) => info,
+            Err(error) => {
                 self.shared.hub.unregister(&user, self.conn_id);
-                tracing::warn!(error = %e, "handshake: reading the inbox head failed");
-                self.send_error(
-                    frame.request_id,
-                    e.code(),
-                    "storage temporarily unavailable; retry later",
-                    1_000,
-                )
-                .await;
+                self.send(Frame::new(frame.request_id, error)).await;
                 return false;
             }
         };
-        let zstd = request
-            .accept_compression
-            .contains(&(pb::Compression::Zstd as i32));
+        self.shared.hub.note_inbox(&user, info.inbox);
         let config = &self.shared.config;
         framed_codec.set_max_body(config.max_frame_bytes);
-        framed_codec.accept_compressed(zstd);
-        if zstd {
+        framed_codec.accept_compressed(handshake.zstd);
+        if handshake.zstd {
             let _ = self
                 .tx
                 .push(Outbound::Compress(config.compression_threshold))
                 .await;
         }
-        let response = pb::HandshakeResp {
-            user_id: user.clone(),
-            device_id: device.clone(),
-            protocol_version: request.protocol_version.min(im_protocol::PROTOCOL_REVISION),
-            server_time_ms: now_ms(),
-            heartbeat_interval_ms: config.session.heartbeat_interval.as_millis() as u32,
-            idle_timeout_ms: config.session.idle_timeout.as_millis() as u32,
-            max_frame_bytes: config.max_frame_bytes as u32,
-            max_message_bytes: self.shared.logic.config().max_message_bytes as u32,
-            inbox_head_seq: inbox.head_seq,
-            inbox_epoch: inbox.epoch,
-            session_id: format!("c{}", self.conn_id),
-            compression: if zstd {
-                pb::Compression::Zstd as i32
-            } else {
-                pb::Compression::None as i32
+        let response = self.session.accept_handshake(
+            &handshake,
+            info,
+            Announced {
+                max_frame_bytes: config.max_frame_bytes,
+                compression_threshold: config.compression_threshold,
             },
-            compression_threshold_bytes: if zstd {
-                config.compression_threshold as u32
-            } else {
-                0
-            },
-        };
+            format!("c{}", self.conn_id),
+            now_ms(),
+        );
         let span = tracing::Span::current();
         span.record("user", user.as_str());
         span.record("device", device.as_str());
         tracing::debug!("authenticated");
-        self.session.authenticated(user.clone(), device.clone());
-        self.caller = Some(Caller { user, device });
+        self.caller = Some(caller);
         self.send(Frame::new(frame.request_id, response)).await
     }
 
@@ -540,9 +524,13 @@ impl<S: TimelineStore> Conn<S> {
         }
         // Every delivery of a send batch is a message entry; the sender's own entries reach
         // this connection through the acks above.
-        self.shared
-            .hub
-            .deliver_except(effects.deliveries, Some((&caller.user, self.conn_id)));
+        self.shared.router.deliver(
+            effects.deliveries,
+            Some(Origin {
+                user: &caller.user,
+                conn_id: self.conn_id,
+            }),
+        );
     }
 
     async fn request(&self, frame: &Frame) {
@@ -577,13 +565,12 @@ impl<S: TimelineStore> Conn<S> {
 }
 
 /// Serves one connection until it closes.
-async fn connection<S: TimelineStore>(
-    stream: TcpStream,
-    shared: Arc<Shared<S>>,
+async fn connection<L: LogicApi, S: ByteStream>(
+    stream: S,
+    shared: Arc<Shared<L>>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
+    let (read_half, write_half) = stream.split();
     let tx = Arc::new(Outbox::new(
         OUTBOUND_QUEUE_ITEMS,
         shared.config.outbound_queue_bytes,
@@ -594,7 +581,7 @@ async fn connection<S: TimelineStore>(
     ));
     let close = CancellationToken::new();
     let kill_writer = CancellationToken::new();
-    let writer_task = tokio::spawn(writer(
+    let writer_task = tokio::spawn(writer::<S>(
         write_half,
         tx.clone(),
         shared.config.max_frame_bytes,
@@ -684,43 +671,19 @@ async fn connection<S: TimelineStore>(
                     }
                 }
                 Verdict::Ping => {
-                    let ping = match frame.decode_body() {
-                        Ok(Body::Ping(ping)) => ping,
-                        _ => {
-                            Box::pin(conn.send_error(
-                                frame.request_id,
-                                ErrorCode::BadBody,
-                                "PING body does not decode",
-                                0,
-                            ))
-                            .await;
-                            continue;
+                    // Known without a store read: the hub follows the head of every user
+                    // connected to it.
+                    let inbox = match &conn.caller {
+                        Some(caller) => conn.shared.hub.inbox_position(&caller.user),
+                        None => logic_api::InboxPosition::UNKNOWN,
+                    };
+                    let answer = match conn.session.pong(&frame, inbox, now_ms()) {
+                        Ok(pong) => Frame::new(frame.request_id, pong),
+                        Err(refusal) => {
+                            Frame::new(frame.request_id, refusal.code.to_error(refusal.message))
                         }
                     };
-                    // The head lets a client notice a push it never got (SPEC §8).
-                    // Unknown (0, "not reported") when the store cannot say right now.
-                    let inbox = match &conn.caller {
-                        Some(caller) => Box::pin(conn.shared.logic.inbox_position(&caller.user))
-                            .await
-                            .unwrap_or(logic::InboxPosition {
-                                head_seq: 0,
-                                epoch: 0,
-                            }),
-                        None => logic::InboxPosition {
-                            head_seq: 0,
-                            epoch: 0,
-                        },
-                    };
-                    Box::pin(conn.send(Frame::new(
-                        frame.request_id,
-                        pb::Pong {
-                            client_time_ms: ping.client_time_ms,
-                            server_time_ms: now_ms(),
-                            inbox_head_seq: inbox.head_seq,
-                            inbox_epoch: inbox.epoch,
-                        },
-                    )))
-                    .await;
+                    Box::pin(conn.send(answer)).await;
                 }
                 Verdict::Goodbye => break 'conn,
                 Verdict::Request(_) => Box::pin(conn.request(&frame)).await,
@@ -780,7 +743,7 @@ async fn connection<S: TimelineStore>(
 
 /// The end of a connection: waits (bounded) for the writer to flush, then lingers reading.
 async fn finish(
-    mut read_half: tokio::net::tcp::OwnedReadHalf,
+    mut read_half: impl AsyncRead + Unpin,
     mut writer_task: tokio::task::JoinHandle<WriterEnd>,
     kill_writer: CancellationToken,
 ) {
@@ -799,7 +762,7 @@ async fn finish(
 }
 
 /// Reads and drops input until the peer closes its side (or the socket fails).
-async fn discard_until_eof(read_half: &mut tokio::net::tcp::OwnedReadHalf) {
+async fn discard_until_eof(read_half: &mut (impl AsyncRead + Unpin)) {
     use tokio::io::AsyncReadExt as _;
     let mut scrap = [0u8; 1024];
     while let Ok(1..) = read_half.read(&mut scrap).await {}
@@ -808,10 +771,36 @@ async fn discard_until_eof(read_half: &mut tokio::net::tcp::OwnedReadHalf) {
 #[cfg(test)]
 mod idle_state {
     use super::*;
+    use logic_api::{Reply, SendReply, SessionInfo};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A logic tier whose futures are large: if any of its calls were awaited inline in the
+    /// connection future instead of boxed, every idle connection would carry its state.
+    struct HeavyLogic;
+
+    async fn heavy<T>(value: T) -> T {
+        let scratch = [7u8; 8192];
+        tokio::task::yield_now().await;
+        std::hint::black_box(&scratch);
+        value
+    }
+
+    impl LogicApi for HeavyLogic {
+        async fn open_session(&self, _: &Caller) -> Result<SessionInfo, pb::Error> {
+            heavy(Err(pb::Error::default())).await
+        }
+        async fn send_batch(&self, _: &Caller, _: Vec<pb::SendReq>) -> (Vec<SendReply>, Effects) {
+            heavy((Vec::new(), Effects::default())).await
+        }
+        async fn handle(&self, _: &Caller, _: Body) -> (Reply, Effects) {
+            heavy((Ok(None), Effects::default())).await
+        }
+    }
 
     /// Every idle connection holds its connection and writer futures at their largest state:
-    /// paths taken rarely (closing, pings, errors, writes) are boxed so they do not make every
-    /// connection pay for them. W2 measures the result; this keeps it from creeping back.
+    /// paths taken rarely (closing, pings, errors, writes, every call into the logic tier) are
+    /// boxed so they do not make every connection pay for them. W2 measures the result; this
+    /// keeps it from creeping back.
     #[tokio::test]
     async fn an_idle_connection_keeps_its_futures_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -819,11 +808,11 @@ mod idle_state {
             .await
             .unwrap();
         let (server_side, _) = listener.accept().await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_embedded::EmbeddedStore::open(dir.path(), Default::default()).unwrap();
+        let hub = Hub::with_limits(1 << 20, 16);
         let shared = Arc::new(Shared {
-            logic: Logic::new(store, logic::LogicConfig::default()),
-            hub: Hub::with_limits(1 << 20, 16),
+            logic: HeavyLogic,
+            router: hub.clone(),
+            hub,
             tokens: TokenKey::new(vec![7u8; 40]),
             config: GatewayConfig::default(),
         });
@@ -831,7 +820,7 @@ mod idle_state {
         let (_read, write) = client.into_split();
         let outbox = Arc::new(Outbox::new(1024, 1 << 20, 4 << 20));
         let kill = CancellationToken::new();
-        let writer = writer(
+        let writer = writer::<TcpStream>(
             write,
             outbox,
             1 << 20,

@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use im_protocol::pb::{ErrorCode, Op};
-use im_protocol::{Direction, Flags, Frame, OpInfo};
+use im_auth::TokenKey;
+use im_protocol::pb::{self, ErrorCode, Op};
+use im_protocol::{Body, Direction, Flags, Frame, OpInfo};
+use logic_api::{InboxPosition, SessionInfo};
 
 /// Default heartbeat interval announced to clients, in seconds; the idle timeout is three.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
@@ -91,6 +93,48 @@ fn reject(code: ErrorCode, message: impl Into<String>, close: bool) -> Verdict {
         close,
         connection_level: false,
     }
+}
+
+/// A frame refused by the connection-level rules: answered with an error under the frame's
+/// request id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The error code.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: String,
+    /// Close the connection after sending the error.
+    pub close: bool,
+}
+
+fn refusal(code: ErrorCode, message: impl Into<String>, close: bool) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+        close,
+    }
+}
+
+/// A handshake that passed every check: who the connection belongs to and what it negotiated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    /// The user the token names.
+    pub user: String,
+    /// The device the handshake names (and the token, when it binds one).
+    pub device: String,
+    /// The protocol revision both sides speak.
+    pub protocol_version: u32,
+    /// The client accepts zstd-compressed bodies.
+    pub zstd: bool,
+}
+
+/// Gateway-wide settings the handshake answer announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announced {
+    /// Largest frame body after authentication.
+    pub max_frame_bytes: usize,
+    /// Bodies at least this large are compressed for clients that accept zstd.
+    pub compression_threshold: usize,
 }
 
 /// A token bucket: `rate` tokens per second up to `burst`.
@@ -240,6 +284,120 @@ impl Session {
             (_, Op::Goodbye) => Verdict::Goodbye,
             (_, op) => Verdict::Request(op),
         }
+    }
+
+    /// Checks a `HANDSHAKE_REQ` (SPEC §6) at `now_secs` (Unix seconds): the body decodes, the
+    /// token verifies, the device id is valid and matches the token's, the revision is one.
+    /// A body that does not decode or an invalid device id may be corrected on the same
+    /// connection; any other refusal closes it.
+    pub fn check_handshake(
+        &self,
+        frame: &Frame,
+        tokens: &TokenKey,
+        now_secs: u64,
+    ) -> Result<Handshake, Refusal> {
+        let request = match frame.decode_body() {
+            Ok(Body::HandshakeReq(request)) => request,
+            // Not a closing code (SPEC §5): the client may send a corrected handshake.
+            Ok(_) | Err(_) => {
+                return Err(refusal(
+                    ErrorCode::BadBody,
+                    "HANDSHAKE_REQ body does not decode",
+                    false,
+                ));
+            }
+        };
+        let claims = tokens
+            .verify(&request.token, now_secs)
+            .map_err(|e| refusal(e.code(), e.to_string(), true))?;
+        if let Err(e) = im_protocol::ids::validate_id(&request.device_id, "device_id") {
+            return Err(refusal(ErrorCode::InvalidArgument, e.to_string(), false));
+        }
+        if claims
+            .dev
+            .as_deref()
+            .is_some_and(|dev| dev != request.device_id)
+        {
+            return Err(refusal(
+                ErrorCode::DeviceMismatch,
+                "the handshake's device_id differs from the token's device",
+                true,
+            ));
+        }
+        if request.protocol_version == 0 {
+            return Err(refusal(
+                ErrorCode::UnsupportedVersion,
+                "protocol_version 0 is not a revision",
+                true,
+            ));
+        }
+        Ok(Handshake {
+            user: claims.sub,
+            device: request.device_id,
+            protocol_version: request.protocol_version.min(im_protocol::PROTOCOL_REVISION),
+            zstd: request
+                .accept_compression
+                .contains(&(pb::Compression::Zstd as i32)),
+        })
+    }
+
+    /// The handshake succeeded: the connection now belongs to the handshake's user and device,
+    /// and this is its answer (SPEC §6). `info` is what the logic tier said about the session.
+    pub fn accept_handshake(
+        &mut self,
+        handshake: &Handshake,
+        info: SessionInfo,
+        announced: Announced,
+        session_id: String,
+        now_ms: u64,
+    ) -> pb::HandshakeResp {
+        self.authenticated(handshake.user.clone(), handshake.device.clone());
+        let (compression, threshold) = if handshake.zstd {
+            (
+                pb::Compression::Zstd,
+                announced.compression_threshold as u32,
+            )
+        } else {
+            (pb::Compression::None, 0)
+        };
+        pb::HandshakeResp {
+            user_id: handshake.user.clone(),
+            device_id: handshake.device.clone(),
+            protocol_version: handshake.protocol_version,
+            server_time_ms: now_ms,
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            idle_timeout_ms: self.config.idle_timeout.as_millis() as u32,
+            max_frame_bytes: announced.max_frame_bytes as u32,
+            max_message_bytes: info.max_message_bytes,
+            inbox_head_seq: info.inbox.head_seq,
+            inbox_epoch: info.inbox.epoch,
+            session_id,
+            compression: compression as i32,
+            compression_threshold_bytes: threshold,
+        }
+    }
+
+    /// The answer to a `PING` (SPEC §8): the client's time echoed, the server's time, and the
+    /// inbox head (which lets a client notice a push it never got; `UNKNOWN` when not known).
+    pub fn pong(
+        &self,
+        frame: &Frame,
+        inbox: InboxPosition,
+        now_ms: u64,
+    ) -> Result<pb::Pong, Refusal> {
+        let Ok(Body::Ping(ping)) = frame.decode_body() else {
+            return Err(refusal(
+                ErrorCode::BadBody,
+                "PING body does not decode",
+                false,
+            ));
+        };
+        Ok(pb::Pong {
+            client_time_ms: ping.client_time_ms,
+            server_time_ms: now_ms,
+            inbox_head_seq: inbox.head_seq,
+            inbox_epoch: inbox.epoch,
+        })
     }
 
     /// When the connection must be checked next: the handshake deadline or the idle deadline.

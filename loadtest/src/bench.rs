@@ -3,7 +3,7 @@
 //! process so its CPU and memory are its own; prints our figures as ratios to the relay's.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -37,8 +37,11 @@ pub struct BenchConfig {
     pub group_messages: usize,
     /// Rounds (relay, ours, relay, ours, …); medians are reported.
     pub rounds: usize,
-    /// The loadtest binary that serves (`relay` / `serve`) and runs W2 workers.
+    /// The loadtest binary that serves the relay and runs W2 workers (default: this one).
     pub exe: Option<PathBuf>,
+    /// The server binary measured (default: `im-server` next to the loadtest binary, which
+    /// is where `cargo build --release -p im-server -p loadtest` puts it).
+    pub server_exe: Option<PathBuf>,
 }
 
 /// The figures of one system.
@@ -70,7 +73,7 @@ struct ServerChild {
     pid: u32,
 }
 
-async fn spawn_server(exe: &PathBuf, args: &[String]) -> anyhow::Result<ServerChild> {
+async fn spawn_server(exe: &Path, args: &[String]) -> anyhow::Result<ServerChild> {
     let mut child = tokio::process::Command::new(exe)
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -96,16 +99,22 @@ async fn spawn_server(exe: &PathBuf, args: &[String]) -> anyhow::Result<ServerCh
 
 async fn run_system(
     config: &BenchConfig,
-    exe: &PathBuf,
+    exe: &Path,
+    server_exe: &Path,
     args: Vec<String>,
     secret: &str,
     figures: &mut Figures,
 ) -> anyhow::Result<()> {
-    let mut server = spawn_server(exe, &args).await?;
+    let mut server = spawn_server(server_exe, &args).await?;
     let mut target = Target::local(server.addr, secret);
     target.server_pid = Some(server.pid);
     let round = figures.w1.len();
-    progress!("bench: {} on {} (pid {})", args[0], server.addr, server.pid);
+    progress!(
+        "bench: {} on {} (pid {})",
+        server_exe.display(),
+        server.addr,
+        server.pid
+    );
     let w1_config = w1::W1Config {
         pairs: config.pairs,
         window: 64,
@@ -127,7 +136,7 @@ async fn run_system(
             sources_per_process: 4,
             hold: config.hold,
             prefix: format!("b{round}w2"),
-            worker_exe: Some(exe.clone()),
+            worker_exe: Some(exe.to_path_buf()),
         };
         figures.w2.push(w2::run(&target, &w2_config).await?);
     }
@@ -162,6 +171,15 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchResult> {
         Some(exe) => exe.clone(),
         None => std::env::current_exe()?,
     };
+    let server_exe = match &config.server_exe {
+        Some(exe) => exe.clone(),
+        None => exe.with_file_name(format!("im-server{}", std::env::consts::EXE_SUFFIX)),
+    };
+    anyhow::ensure!(
+        server_exe.exists(),
+        "no server binary at {} (build it with `cargo build --release -p im-server`, or pass --server-exe)",
+        server_exe.display()
+    );
     let secret = format!(
         "loadtest-bench-secret-{}-{}",
         crate::common::now_ms(),
@@ -171,10 +189,15 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchResult> {
     for round in 0..config.rounds.max(1) {
         progress!("bench round {}", round + 1);
         let relay_args = vec!["relay".to_string(), "--listen".into(), "127.0.0.1:0".into()];
-        run_system(config, &exe, relay_args, &secret, &mut result.relay).await?;
+        run_system(config, &exe, &exe, relay_args, &secret, &mut result.relay).await?;
         let dir = tempfile::tempdir()?;
+        // The load tester measures capacity: per-connection and per-sender policies are off,
+        // as they are for the other systems it is compared with.
         let serve_args = vec![
-            "serve".to_string(),
+            "--rate-limit".to_string(),
+            "0".into(),
+            "--fanout-bytes-per-sec".into(),
+            "0".into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--data-dir".into(),
@@ -184,7 +207,15 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<BenchResult> {
             "--max-group-members".into(),
             (config.group + 1).max(1000).to_string(),
         ];
-        run_system(config, &exe, serve_args, &secret, &mut result.ours).await?;
+        run_system(
+            config,
+            &exe,
+            &server_exe,
+            serve_args,
+            &secret,
+            &mut result.ours,
+        )
+        .await?;
     }
     Ok(result)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::common::{Target, write_json};
-use crate::{bench, relay, serve, w1, w2, w3, w4, w5};
+use crate::{bench, relay, w1, w2, w3, w4, w5};
 
 /// Load generator for the IM protocol.
 #[derive(Parser, Debug)]
@@ -193,6 +193,9 @@ enum Command {
         /// Write both systems' results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// The server binary to measure (default: `im-server` next to this binary).
+        #[arg(long)]
+        server_exe: Option<PathBuf>,
     },
     /// A W2 client process (used by `w2`; prints JSON lines, reads go/stop on stdin).
     #[command(hide = true)]
@@ -202,20 +205,6 @@ enum Command {
         /// The part's JSON spec.
         #[arg(long)]
         spec: String,
-    },
-    /// Our server in this process (used by `bench`).
-    #[command(hide = true)]
-    Serve {
-        #[arg(long)]
-        listen: SocketAddr,
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
-        secret: String,
-        #[arg(long, default_value_t = 30)]
-        heartbeat_secs: u64,
-        #[arg(long, default_value_t = 1000)]
-        max_group_members: u32,
     },
 }
 
@@ -376,6 +365,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             group_messages,
             rounds,
             json,
+            server_exe,
         } => {
             let config = bench::BenchConfig {
                 pairs,
@@ -389,6 +379,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 group_messages,
                 rounds,
                 exe: None,
+                server_exe,
             };
             let result = bench::run(&config).await?;
             print!("{}", result.table());
@@ -398,21 +389,5 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             "w2" => w2::worker_main(serde_json::from_str(&spec)?).await,
             other => anyhow::bail!("no worker for {other}"),
         },
-        Command::Serve {
-            listen,
-            data_dir,
-            secret,
-            heartbeat_secs,
-            max_group_members,
-        } => {
-            serve::serve(
-                listen,
-                data_dir,
-                &secret,
-                secs(heartbeat_secs),
-                max_group_members,
-            )
-            .await
-        }
     }
 }

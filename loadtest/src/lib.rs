@@ -7,7 +7,6 @@ pub mod bench;
 pub mod cli;
 pub mod common;
 pub mod relay;
-pub mod serve;
 pub mod w1;
 pub mod w2;
 pub mod w3;

@@ -2,7 +2,7 @@
 
 use clap::Parser as _;
 
-// Same allocator as the `gateway` binary, so that the relay and `serve` compare fairly.
+// Same allocator as the `im-server` binary, so that the relay and our server compare fairly.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

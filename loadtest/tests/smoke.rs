@@ -1,12 +1,12 @@
 //! Smoke tests: every workload at small scale against a real server started in this process
-//! (`gateway::app::start` on 127.0.0.1:0 with a temporary data directory), and W1/W3 against
+//! (`im_server::app::start` on 127.0.0.1:0 with a temporary data directory), and W1/W3 against
 //! the bare relay. They prove the workloads complete and that every message sent arrived
 //! (exact counts), not how fast anything is.
 
 use std::time::Duration;
 
-use gateway::app::{self, RunningServer, ServerOptions};
 use im_auth::TokenKey;
+use im_server::app::{self, RunningServer, ServerOptions};
 use loadtest::common::Target;
 use loadtest::{relay, w1, w2, w3, w4, w5};
 

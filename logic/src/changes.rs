@@ -34,7 +34,7 @@ impl<S: TimelineStore> Logic<S> {
                     )
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = deliveries;
+                effects.deliveries = crate::deliveries(deliveries);
                 Ok(Some(Body::ReadMarkerResp(pb::ReadMarkerResp {
                     conversation_id: state.conversation_id,
                     read_seq: state.read_seq,
@@ -56,7 +56,7 @@ impl<S: TimelineStore> Logic<S> {
                     )
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = deliveries;
+                effects.deliveries = crate::deliveries(deliveries);
                 Ok(Some(Body::RecallResp(pb::RecallResp {
                     event: Some(event),
                 })))
@@ -79,7 +79,7 @@ impl<S: TimelineStore> Logic<S> {
                     )
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = deliveries;
+                effects.deliveries = crate::deliveries(deliveries);
                 Ok(Some(Body::DeleteResp(pb::DeleteResp { deleted })))
             }
             other => Err(error(

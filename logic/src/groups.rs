@@ -38,7 +38,7 @@ impl<S: TimelineStore> Logic<S> {
                     })
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = change.deliveries;
+                effects.deliveries = crate::deliveries(change.deliveries);
                 Ok(Some(Body::GroupCreateResp(pb::GroupCreateResp {
                     group: Some(change.group),
                 })))
@@ -59,7 +59,7 @@ impl<S: TimelineStore> Logic<S> {
                     )
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = change.deliveries;
+                effects.deliveries = crate::deliveries(change.deliveries);
                 Ok(Some(Body::GroupAddMembersResp(pb::GroupAddMembersResp {
                     group: Some(change.group),
                     added: change.changed,
@@ -71,7 +71,7 @@ impl<S: TimelineStore> Logic<S> {
                     .remove_members(&request.group_id, &caller.user, &request.members, now)
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = change.deliveries;
+                effects.deliveries = crate::deliveries(change.deliveries);
                 Ok(Some(Body::GroupRemoveMembersResp(
                     pb::GroupRemoveMembersResp {
                         group: Some(change.group),
@@ -85,7 +85,7 @@ impl<S: TimelineStore> Logic<S> {
                     .join_group(&request.group_id, &caller.user, self.max_members(), now)
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = change.deliveries;
+                effects.deliveries = crate::deliveries(change.deliveries);
                 Ok(Some(Body::GroupJoinResp(pb::GroupJoinResp {
                     group: Some(change.group),
                 })))
@@ -96,7 +96,7 @@ impl<S: TimelineStore> Logic<S> {
                     .leave_group(&request.group_id, &caller.user, now)
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = change.deliveries;
+                effects.deliveries = crate::deliveries(change.deliveries);
                 Ok(Some(Body::GroupLeaveResp(pb::GroupLeaveResp {
                     group_id: request.group_id,
                 })))

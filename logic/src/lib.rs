@@ -30,7 +30,7 @@ pub use validate::{
 use validate::{check_page, check_request_fields};
 
 use fanout_budget::FanoutBudget;
-use timeline_store::{ConversationState, Delivery, NewMessage, StoreError, TimelineStore};
+use timeline_store::{ConversationState, NewMessage, StoreError, TimelineStore};
 
 /// Limits and policies of the business tier.
 #[derive(Clone, Debug)]
@@ -108,44 +108,20 @@ impl Default for LogicConfig {
     }
 }
 
-/// Where a user's inbox stands, as the handshake and pongs report it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InboxPosition {
-    /// The highest inbox seq.
-    pub head_seq: u64,
-    /// The inbox epoch (see `TimelineStore::inbox_epoch`).
-    pub epoch: u64,
-}
+pub use logic_api::{
+    Caller, Delivery, Effects, InboxPosition, LogicApi, Reply, SendReply, SessionInfo, TypingRelay,
+};
 
-/// The authenticated user and device a request comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller {
-    /// User id from the verified token.
-    pub user: String,
-    /// Device id from the handshake.
-    pub device: String,
+/// The store's deliveries as the types that cross to the gateway.
+pub(crate) fn deliveries(appended: Vec<timeline_store::Delivery>) -> Vec<Delivery> {
+    appended
+        .into_iter()
+        .map(|d| Delivery {
+            user: d.user,
+            entry: d.entry,
+        })
+        .collect()
 }
-
-/// A typing indicator to relay to the online devices of `recipients`; never stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TypingRelay {
-    /// Users whose online devices get the event (the typist excluded).
-    pub recipients: Vec<String>,
-    /// The event.
-    pub event: pb::TypingEvent,
-}
-
-/// What a request changed that other connections must hear about.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Effects {
-    /// Inbox entries to push to the users' online devices, in commit order.
-    pub deliveries: Vec<Delivery>,
-    /// A typing indicator to relay.
-    pub typing: Option<TypingRelay>,
-}
-
-/// The answer to one request: a response body, or a protocol error.
-pub type Reply = Result<Option<Body>, pb::Error>;
 
 /// The business tier over a store.
 pub struct Logic<S> {
@@ -185,7 +161,7 @@ impl<S: TimelineStore> Logic<S> {
         &self,
         caller: &Caller,
         requests: Vec<pb::SendReq>,
-    ) -> (Vec<Result<pb::SendAck, pb::Error>>, Effects) {
+    ) -> (Vec<SendReply>, Effects) {
         let now = now_ms();
         let mut replies: Vec<Option<Result<pb::SendAck, pb::Error>>> =
             Vec::with_capacity(requests.len());
@@ -234,7 +210,7 @@ impl<S: TimelineStore> Logic<S> {
                             duplicate: committed.duplicate,
                             sender_inbox_seq: committed.sender_inbox_seq,
                         };
-                        effects.deliveries.extend(committed.deliveries);
+                        effects.deliveries.extend(deliveries(committed.deliveries));
                         Ok(ack)
                     }
                     Err(e) => Err(store_error(e)),
@@ -499,5 +475,34 @@ impl<S: TimelineStore> Logic<S> {
             peer_read_seq: state.peer_read_seq,
             updated_ms: state.updated_ms,
         }
+    }
+}
+
+impl<S: TimelineStore> LogicApi for Logic<S> {
+    async fn open_session(&self, caller: &Caller) -> Result<SessionInfo, pb::Error> {
+        match self.inbox_position(&caller.user).await {
+            Ok(inbox) => Ok(SessionInfo {
+                inbox,
+                max_message_bytes: u32::try_from(self.config.max_message_bytes).unwrap_or(u32::MAX),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "handshake: reading the inbox head failed");
+                let mut refused = error(e.code(), "storage temporarily unavailable; retry later");
+                refused.retry_after_ms = STORAGE_FAILURE_RETRY_AFTER_MS;
+                Err(refused)
+            }
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        caller: &Caller,
+        requests: Vec<pb::SendReq>,
+    ) -> (Vec<SendReply>, Effects) {
+        Logic::send_batch(self, caller, requests).await
+    }
+
+    async fn handle(&self, caller: &Caller, body: Body) -> (Reply, Effects) {
+        Logic::handle(self, caller, body).await
     }
 }

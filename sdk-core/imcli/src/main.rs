@@ -30,7 +30,7 @@ struct Cli {
     /// Server address, host:port.
     #[arg(long, env = "IM_SERVER", default_value = "127.0.0.1:8080")]
     server: String,
-    /// Token (from your app server, or `gateway token --user NAME`).
+    /// Token (from your app server, or `im-server token --user NAME`).
     #[arg(long, env = "IM_TOKEN")]
     token: String,
     /// Device id (default: the token's device, else the first of cli-1, cli-2, … that no

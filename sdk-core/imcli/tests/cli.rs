@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use gateway::app::{self, ServerOptions};
-use gateway::auth::{Claims, TokenKey};
+use im_auth::{Claims, TokenKey};
+use im_server::app::{self, ServerOptions};
 
 const SECRET: &str = "cli-test-secret-8d2f6a0c4e1b9375";
 

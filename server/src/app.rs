@@ -1,9 +1,9 @@
-//! Assembles a single-process server: the embedded store, the logic tier and the gateway, on
-//! one listener. The `gateway` binary and in-process tests both start servers through here.
+//! Assembles a single-process server: the embedded store, the logic tier and the gateway, on a
+//! TCP listener (and an in-process transport for tests and embedders). The `im-server` binary,
+//! the load tester's tests and the server's tests all start servers through here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use logic::{Logic, LogicConfig};
@@ -12,11 +12,12 @@ use timeline_store::{InboxRetention, TimelineStore as _};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::TokenKey;
-use crate::hub::Hub;
-use crate::server;
-use crate::server::{GatewayConfig, Shared, serve};
-use crate::session::{self, SessionConfig};
+use gateway::auth::TokenKey;
+use gateway::hub::Hub;
+use gateway::server::{self, Gateway, GatewayConfig, Shared};
+use gateway::session::{self, SessionConfig};
+use gateway::transport::memory::{self, MemoryDialer};
+use gateway::transport::tcp::TcpAcceptor;
 
 /// Everything a single-process server needs.
 #[derive(Clone, Debug)]
@@ -88,7 +89,7 @@ impl ServerOptions {
             max_group_members: logic::DEFAULT_MAX_GROUP_MEMBERS,
             recall_window: Duration::from_secs(logic::DEFAULT_RECALL_WINDOW_SECS),
             max_connections: server::DEFAULT_MAX_CONNECTIONS,
-            max_connections_per_user: crate::hub::DEFAULT_MAX_CONNECTIONS_PER_USER,
+            max_connections_per_user: gateway::hub::DEFAULT_MAX_CONNECTIONS_PER_USER,
             outbound_queue_bytes: server::DEFAULT_OUTBOUND_QUEUE_BYTES,
             min_free_disk_bytes: store_embedded::DEFAULT_MIN_FREE_BYTES,
             fanout_bytes_per_sec: logic::DEFAULT_FANOUT_BYTES_PER_SEC,
@@ -105,21 +106,6 @@ impl ServerOptions {
 /// does not read, memory the server's own bounds would not see and bytes that hide a stalled
 /// peer from the slow-client check; 256 KiB still fills a 20 Mbit/s link at 100 ms RTT.
 pub const DEFAULT_SOCKET_SEND_BUFFER: u32 = 256 * 1024;
-
-/// Binds the client listener. Accepted sockets inherit its send buffer size.
-fn bind(addr: SocketAddr, send_buffer: u32) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    if send_buffer > 0 {
-        socket.set_send_buffer_size(send_buffer)?;
-    }
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
 
 /// Why a server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -148,13 +134,15 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     /// The token secret would let anyone forge tokens.
     #[error("token secret: {0}")]
-    WeakSecret(#[from] crate::auth::WeakSecret),
+    WeakSecret(#[from] gateway::auth::WeakSecret),
 }
 
 /// A started server.
 pub struct RunningServer {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
+    /// Opens in-process connections to the same gateway (no socket involved).
+    pub dialer: MemoryDialer,
     /// Cancel to shut down gracefully.
     pub shutdown: CancellationToken,
     /// Ends when the server has stopped and the store is closed.
@@ -215,17 +203,22 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         outbound_queue_bytes: options.outbound_queue_bytes,
         slow_client_timeout: options.slow_client_timeout.max(Duration::from_millis(100)),
     };
-    let listener = bind(options.listen, options.socket_send_buffer_bytes).map_err(|source| {
-        ServerError::Bind {
-            addr: options.listen,
-            source,
-        }
-    })?;
-    let addr = listener.local_addr()?;
+    let tcp =
+        TcpAcceptor::bind(options.listen, options.socket_send_buffer_bytes).map_err(|source| {
+            ServerError::Bind {
+                addr: options.listen,
+                source,
+            }
+        })?;
+    let addr = tcp.local_addr()?;
+    let (in_process, dialer) = memory::listener();
     let shutdown = CancellationToken::new();
-    let shared = Arc::new(Shared {
+    // One process holds every connection: its hub is the whole push router.
+    let hub = Hub::with_limits(config.max_frame_bytes, config.max_connections_per_user);
+    let gateway = Gateway::new(Shared {
         logic,
-        hub: Hub::with_limits(config.max_frame_bytes, config.max_connections_per_user),
+        router: hub.clone(),
+        hub,
         tokens: options.tokens,
         config,
     });
@@ -234,13 +227,18 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         tokio::spawn(sweep_retention(store.clone(), shutdown.clone()));
     }
     let task = tokio::spawn(async move {
-        serve(listener, shared, stop).await?;
+        tokio::join!(
+            gateway.serve(tcp, stop.clone()),
+            gateway.serve(in_process, stop.clone()),
+        );
+        gateway.drain().await;
         // Flush what the writer still holds; acked messages are durable already.
         store.close().await?;
         Ok(())
     });
     Ok(RunningServer {
         addr,
+        dialer,
         shutdown,
         task,
     })

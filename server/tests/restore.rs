@@ -103,7 +103,7 @@ async fn renewing_the_epoch_after_a_restore_makes_clients_resync() {
     }
     drop(alice);
     assert!(server.terminate());
-    let renewed = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+    let renewed = std::process::Command::new(env!("CARGO_BIN_EXE_im-server"))
         .arg("renew-inbox-epoch")
         .arg("--data-dir")
         .arg(dir.path())

@@ -139,7 +139,7 @@ fn spawn(data_dir: &Path, extra: &[String], env: &[(String, String)]) -> (Child,
     } else {
         &["--rate-limit", "0"]
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_im-server"))
         .args(["--secret", SECRET])
         .args(rate_limit)
         .arg("--data-dir")

@@ -13,7 +13,7 @@ use support::*;
 /// Runs the gateway binary to completion; one that is still running after 10 s (a server
 /// that started when it should have refused) is killed and reported as a success.
 fn gateway(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_im-server"))
         .args(args)
         .env_remove("IM_TOKEN_SECRET")
         .env_remove("IM_TOKEN_SECRET_FILE")

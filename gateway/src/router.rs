@@ -1,0 +1,87 @@
+//! Push routing: where the effects of a request go. A request is handled by the gateway its
+//! connection is on, but the users it concerns may be connected anywhere: the router takes
+//! the inbox entries and typing events of one request and gets them to the gateways (and so the
+//! devices) that hold those users.
+//!
+//! In one process the router is the local [`Hub`] itself. [`HubGroup`] routes between several
+//! hubs of one process, which is what the cluster's router does between gateway processes
+//! (there, through the user → gateway registry instead of asking each hub).
+
+use std::sync::Arc;
+
+use im_protocol::pb;
+use logic_api::Delivery;
+
+use crate::hub::Hub;
+
+/// A connection on this gateway that must not be pushed its user's entries: the sending
+/// connection gets its own message through the `SEND_ACK`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin<'a> {
+    /// The sender.
+    pub user: &'a str,
+    /// The sending connection's id on this gateway's hub.
+    pub conn_id: u64,
+}
+
+/// Gets effects to the devices of the users they concern, wherever those are connected.
+///
+/// Calls never wait for a slow device: each hub queues the pushes and closes connections whose
+/// queue is full (the device resyncs from its cursor), so routing is a quick, synchronous
+/// hand-off. Entries of one user keep the order they are given in (commit order).
+pub trait PushRouter: Send + Sync + 'static {
+    /// Pushes inbox entries to the online devices of their users, except `origin`.
+    fn deliver(&self, deliveries: Vec<Delivery>, origin: Option<Origin<'_>>);
+
+    /// Relays a typing indicator to the online devices of `recipients` (best effort).
+    fn relay_typing(&self, recipients: &[String], event: &pb::TypingEvent);
+}
+
+/// One process, one gateway: the hub holds every connection there is.
+impl PushRouter for Hub {
+    fn deliver(&self, deliveries: Vec<Delivery>, origin: Option<Origin<'_>>) {
+        self.deliver_except(deliveries, origin.map(|o| (o.user, o.conn_id)));
+    }
+
+    fn relay_typing(&self, recipients: &[String], event: &pb::TypingEvent) {
+        Hub::relay_typing(self, recipients, event);
+    }
+}
+
+/// The router of one gateway among several in one process: its own hub, where the origin
+/// connection is, and the other gateways' hubs.
+#[derive(Debug)]
+pub struct HubGroup {
+    local: Arc<Hub>,
+    others: Vec<Arc<Hub>>,
+}
+
+impl HubGroup {
+    /// The router of the gateway whose hub is `local`, reaching `others` as well.
+    pub fn new(local: Arc<Hub>, others: Vec<Arc<Hub>>) -> HubGroup {
+        HubGroup { local, others }
+    }
+}
+
+impl PushRouter for HubGroup {
+    fn deliver(&self, deliveries: Vec<Delivery>, origin: Option<Origin<'_>>) {
+        for hub in &self.others {
+            // Only the entries of users online there: the rest would be dropped by it anyway.
+            let theirs: Vec<Delivery> = deliveries
+                .iter()
+                .filter(|d| hub.is_online(&d.user))
+                .cloned()
+                .collect();
+            hub.deliver_except(theirs, None);
+        }
+        self.local
+            .deliver_except(deliveries, origin.map(|o| (o.user, o.conn_id)));
+    }
+
+    fn relay_typing(&self, recipients: &[String], event: &pb::TypingEvent) {
+        self.local.relay_typing(recipients, event);
+        for hub in &self.others {
+            hub.relay_typing(recipients, event);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The server's command line, shared by the binary and by tests that start a server in their
+//! own process with the same flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use gateway::auth::TokenKey;
+use gateway::{hub, server, session};
+
+use crate::app::{self, ServerOptions};
+
+/// A complete single-node IM server: accepts clients on TCP, stores every message durably in
+/// DATA_DIR before acknowledging it, and pushes to online devices.
+#[derive(Parser, Debug)]
+#[command(name = "im-server", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    /// What to do; none = serve.
+    pub command: Option<Command>,
+    #[command(flatten)]
+    /// Settings of every command.
+    pub common: Common,
+    #[command(flatten)]
+    /// Settings of the server.
+    pub serve: ServeArgs,
+}
+
+/// Settings every command reads: where the data and the token secret are.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// Directory for the message store and the generated token secret.
+    #[arg(long, env = "IM_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+    /// Shared token secret (HS256). Default: read DATA_DIR/token.secret, created on first use.
+    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true, global = true)]
+    pub secret: Option<String>,
+    /// File holding the token secret, instead of DATA_DIR/token.secret.
+    #[arg(long, env = "IM_TOKEN_SECRET_FILE", global = true)]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// The server's settings.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to accept plain-TCP clients on.
+    #[arg(long, env = "IM_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Heartbeat interval announced to clients, in seconds; the idle timeout is three of them.
+    #[arg(long, env = "IM_HEARTBEAT_SECS", default_value_t = session::DEFAULT_HEARTBEAT_SECS)]
+    pub heartbeat_secs: u64,
+    /// Seconds a new connection has to authenticate.
+    #[arg(long, env = "IM_HANDSHAKE_TIMEOUT_SECS", default_value_t = session::DEFAULT_HANDSHAKE_TIMEOUT_SECS)]
+    pub handshake_timeout_secs: u64,
+    /// Requests per second one connection may send (0 = unlimited); the burst is twice this.
+    #[arg(long, env = "IM_RATE_LIMIT", default_value_t = session::DEFAULT_RATE_PER_SEC)]
+    pub rate_limit: u32,
+    /// Largest message content in bytes.
+    #[arg(long, env = "IM_MAX_MESSAGE_BYTES", default_value_t = logic::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// Largest frame body in bytes.
+    #[arg(long, env = "IM_MAX_FRAME_BYTES", default_value_t = im_protocol::DEFAULT_MAX_BODY)]
+    pub max_frame_bytes: usize,
+    /// Largest group (members, owner included); groups use write fan-out up to this size.
+    #[arg(long, env = "IM_MAX_GROUP_MEMBERS", default_value_t = logic::DEFAULT_MAX_GROUP_MEMBERS)]
+    pub max_group_members: u32,
+    /// Seconds after sending during which a sender may recall a message.
+    #[arg(long, env = "IM_RECALL_WINDOW_SECS", default_value_t = logic::DEFAULT_RECALL_WINDOW_SECS)]
+    pub recall_window_secs: u64,
+    /// Most concurrent connections.
+    #[arg(long, env = "IM_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Most live connections of one user (each of another device); more are refused with
+    /// TOO_MANY_CONNECTIONS.
+    #[arg(long, env = "IM_MAX_CONNECTIONS_PER_USER", default_value_t = hub::DEFAULT_MAX_CONNECTIONS_PER_USER)]
+    pub max_connections_per_user: usize,
+    /// Bytes of outbound frames queued for one connection before it counts as too slow.
+    #[arg(long, env = "IM_OUTBOUND_QUEUE_BYTES", default_value_t = server::DEFAULT_OUTBOUND_QUEUE_BYTES)]
+    pub outbound_queue_bytes: usize,
+    /// Seconds a connection may leave its outbound data unread before it is closed (its
+    /// requests are not read meanwhile). Fractions allowed.
+    #[arg(long, env = "IM_SLOW_CLIENT_TIMEOUT_SECS", default_value_t = server::DEFAULT_SLOW_CLIENT_TIMEOUT_SECS as f64)]
+    pub slow_client_timeout_secs: f64,
+    /// Kernel send buffer of each client socket in bytes (0 = kernel autotuning, which lets
+    /// a peer that does not read pin up to 4 MiB of kernel memory).
+    #[arg(long, env = "IM_SOCKET_SEND_BUFFER_BYTES", default_value_t = app::DEFAULT_SOCKET_SEND_BUFFER)]
+    pub socket_send_buffer_bytes: u32,
+    /// Refuse writes (retryable UNAVAILABLE) while the data directory's filesystem has less
+    /// free space than this many bytes; reads keep working, writes resume by themselves once
+    /// space is freed (0 = no threshold).
+    #[arg(long, env = "IM_MIN_FREE_DISK_BYTES", default_value_t = store_embedded::DEFAULT_MIN_FREE_BYTES)]
+    pub min_free_disk_bytes: u64,
+    /// Storage bytes per second one sender's messages may write: the content once plus 128
+    /// bytes per recipient (0 = unlimited). Above it sends get RATE_LIMITED.
+    #[arg(long, env = "IM_FANOUT_BYTES_PER_SEC", default_value_t = logic::DEFAULT_FANOUT_BYTES_PER_SEC)]
+    pub fanout_bytes_per_sec: u64,
+    /// Burst of the per-sender storage budget, in bytes.
+    #[arg(long, env = "IM_FANOUT_BURST_BYTES", default_value_t = logic::DEFAULT_FANOUT_BURST_BYTES)]
+    pub fanout_burst_bytes: u64,
+    /// Most entries kept per user inbox; older ones are trimmed, and a device syncing from
+    /// below them gets a TRIMMED range (0 = no limit).
+    #[arg(long, env = "IM_INBOX_RETENTION_ENTRIES", default_value_t = app::DEFAULT_INBOX_RETENTION_ENTRIES)]
+    pub inbox_retention_entries: u64,
+    /// Days inbox entries are kept (0 = forever). History is not affected.
+    #[arg(long, env = "IM_INBOX_RETENTION_DAYS", default_value_t = app::DEFAULT_INBOX_RETENTION_DAYS)]
+    pub inbox_retention_days: u64,
+}
+
+/// Commands besides serving.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Give the store in DATA_DIR a new inbox epoch, after restoring it from a backup (with
+    /// the server stopped): every client then resets and resyncs instead of trusting seqs it
+    /// saw before the restore.
+    RenewInboxEpoch,
+    /// Print a token for USER signed with the server's secret (for development and tests).
+    Token {
+        /// User id.
+        #[arg(long)]
+        user: String,
+        /// Device id the token is bound to; omitted = any device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Lifetime in seconds from now. Zero or negative values mint an already-expired token,
+        /// for testing how clients handle TOKEN_EXPIRED.
+        #[arg(long, default_value_t = 7 * 24 * 3600, allow_negative_numbers = true, conflicts_with = "expires_at")]
+        ttl_secs: i64,
+        /// Absolute expiry in Unix seconds, instead of --ttl-secs.
+        #[arg(long)]
+        expires_at: Option<u64>,
+    },
+}
+
+impl ServeArgs {
+    /// The server's options: these settings, the store in `data_dir`, tokens checked with
+    /// `tokens`. Fails only for a slow-client timeout that is not a number of seconds.
+    pub fn options(
+        &self,
+        data_dir: PathBuf,
+        tokens: TokenKey,
+    ) -> Result<ServerOptions, std::time::TryFromFloatSecsError> {
+        Ok(ServerOptions {
+            heartbeat: Duration::from_secs(self.heartbeat_secs),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+            rate_limit: self.rate_limit,
+            max_message_bytes: self.max_message_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            max_group_members: self.max_group_members,
+            recall_window: Duration::from_secs(self.recall_window_secs),
+            max_connections: self.max_connections,
+            max_connections_per_user: self.max_connections_per_user,
+            outbound_queue_bytes: self.outbound_queue_bytes,
+            slow_client_timeout: Duration::try_from_secs_f64(self.slow_client_timeout_secs)?,
+            socket_send_buffer_bytes: self.socket_send_buffer_bytes,
+            min_free_disk_bytes: self.min_free_disk_bytes,
+            fanout_bytes_per_sec: self.fanout_bytes_per_sec,
+            fanout_burst_bytes: self.fanout_burst_bytes,
+            inbox_retention_entries: self.inbox_retention_entries,
+            inbox_retention_age: Duration::from_secs(
+                self.inbox_retention_days.saturating_mul(24 * 3600),
+            ),
+            ..ServerOptions::new(self.listen, data_dir, tokens)
+        })
+    }
+}
