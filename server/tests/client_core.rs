@@ -104,7 +104,7 @@ async fn messages_queued_offline_are_delivered_once_after_connecting() {
 #[tokio::test]
 async fn clients_keep_sending_through_a_server_sigkill_and_restart_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &[]);
+    let mut server = Server::start_process(dir.path(), &[]);
     let (alice, mut alice_events) = start_client(&server, "alice", "phone");
     let (bob, mut bob_events) = start_client(&server, "bob", "laptop");
     wait_for(&mut alice_events, "alice synced", |e| {

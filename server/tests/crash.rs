@@ -10,7 +10,7 @@ use support::*;
 #[tokio::test]
 async fn every_acked_message_survives_sigkill_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &[]);
+    let mut server = Server::start_process(dir.path(), &[]);
     let mut alice = Client::connect(&server, "alice", "phone").await;
 
     // Pipeline sends (64 in flight) and kill the server while acks are streaming back.
@@ -106,7 +106,7 @@ async fn every_acked_message_survives_sigkill_exactly_once() {
 #[tokio::test]
 async fn sigterm_tells_clients_to_reconnect_and_stops_cleanly_keeping_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &[]);
+    let mut server = Server::start_process(dir.path(), &[]);
     let mut alice = Client::connect(&server, "alice", "phone").await;
     let ack = alice
         .send_text(to_user("bob"), "before", "before the restart")

@@ -26,7 +26,7 @@ fn modes_under(dir: &Path, out: &mut Vec<(String, u32, bool)>) {
 async fn the_data_directory_and_every_file_in_it_are_private() {
     let parent = tempfile::tempdir().unwrap();
     let data = parent.path().join("data");
-    let mut server = Server::start(&data, &[]);
+    let mut server = Server::start_process(&data, &[]);
     let mut alice = Client::connect(&server, "alice", "phone").await;
     alice
         .send_text(to_user("bob"), "m1", "a secret")

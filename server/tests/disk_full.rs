@@ -328,7 +328,7 @@ fn disk_used(path: &Path) -> usize {
 async fn the_fanout_byte_budget_stops_a_sender_flooding_a_big_group() {
     let dir = tempfile::tempdir().unwrap();
     // Default budget.
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start_process(dir.path(), &[]);
     let mut alice = Client::connect(&server, "alice", "phone").await;
     let members: Vec<String> = (1..1000).map(|i| format!("member{i:04}")).collect();
     let group = match alice

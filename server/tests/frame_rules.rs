@@ -14,7 +14,7 @@ use im_protocol::frame::FrameHeader;
 use im_protocol::{Body, Flags, Frame, FrameCodec, pb};
 use support::*;
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpStream;
+
 use tokio_util::codec::{Encoder as _, FramedRead};
 
 fn encode(frames: &[Frame]) -> BytesMut {
@@ -74,7 +74,7 @@ impl Transcript {
 }
 
 /// Reads frames until the server closes (or `limit` frames arrived).
-async fn read_until_close(stream: TcpStream, limit: usize) -> Transcript {
+async fn read_until_close(stream: RawStream, limit: usize) -> Transcript {
     let mut framed = FramedRead::new(stream, FrameCodec::default());
     let mut frames = Vec::new();
     while frames.len() < limit {
@@ -110,7 +110,7 @@ async fn pings_unknown_ops_and_handshakes_are_rate_limited_like_every_frame() {
         ("unknown op 999", raw_frame(999, 0, 2, &[])),
     ];
     for (name, one) in kinds {
-        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let mut stream = server.connect_raw().await;
         let mut burst = encode(&[handshake(&server, "alice", name.split(' ').next().unwrap())]);
         for _ in 0..1_000 {
             burst.extend_from_slice(&one);
@@ -130,7 +130,7 @@ async fn pings_unknown_ops_and_handshakes_are_rate_limited_like_every_frame() {
     }
 
     // Before authentication too: handshakes that fail without closing cost tokens.
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut stream = server.connect_raw().await;
     let mut burst = BytesMut::new();
     for _ in 0..1_000 {
         burst.extend_from_slice(&raw_frame(pb::Op::HandshakeReq as u16, 0, 1, &[0xff, 0xff]));
@@ -153,7 +153,7 @@ async fn pings_unknown_ops_and_handshakes_are_rate_limited_like_every_frame() {
 async fn an_unknown_op_as_the_first_frame_is_not_authenticated_and_closes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut stream = server.connect_raw().await;
     let mut bytes = raw_frame(999, 0, 5, &[]);
     // A handshake right behind it must not be processed: the connection is closing.
     bytes.extend_from_slice(&encode(&[handshake(&server, "alice", "phone")]));
@@ -196,7 +196,7 @@ async fn a_client_frame_with_the_push_flag_is_a_bad_frame_under_request_id_0() {
 async fn a_handshake_whose_body_does_not_decode_may_be_retried() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut stream = server.connect_raw().await;
     stream
         .write_all(&raw_frame(pb::Op::HandshakeReq as u16, 0, 1, &[0x0a, 0xff]))
         .await
@@ -236,7 +236,7 @@ async fn valid_then_broken(
     valid: Frame,
     broken_header: FrameHeader,
 ) -> Transcript {
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut stream = server.connect_raw().await;
     let mut bytes = encode(&[handshake(server, "alice", "phone"), valid]);
     broken_header.write(&mut bytes);
     bytes.extend_from_slice(&vec![0x5a; TRAILING_GARBAGE]);

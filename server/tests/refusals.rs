@@ -8,18 +8,18 @@ use im_protocol::frame::FrameHeader;
 use im_protocol::{Body, Frame, FrameCodec, pb};
 use support::*;
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpStream;
+
 use tokio_util::codec::Framed;
 
 async fn refused(server: &Server, token: &str, device: &str) -> pb::ErrorCode {
-    match Client::try_connect(server.addr, token, device).await {
+    match Client::try_connect(&server, token, device).await {
         Ok(_) => panic!("handshake accepted"),
         Err(e) => pb::ErrorCode::try_from(e.code).unwrap(),
     }
 }
 
 /// Reads until the server closes, returning the error it sent (if any).
-async fn error_then_close(stream: TcpStream) -> Option<pb::Error> {
+async fn error_then_close(stream: RawStream) -> Option<pb::Error> {
     let mut framed = Framed::new(stream, FrameCodec::default());
     let mut error = None;
     loop {
@@ -76,7 +76,7 @@ async fn forged_expired_missing_and_mismatched_tokens_are_refused() {
 async fn requests_before_authentication_are_refused_and_the_connection_closed() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let stream = server.connect_raw().await;
     let mut framed = Framed::new(stream, FrameCodec::default());
     framed
         .send(Frame::new(1, pb::SyncReq::default()))
@@ -94,7 +94,7 @@ async fn garbage_bytes_get_an_error_and_close_only_that_connection() {
     let server = Server::start(dir.path(), &[]);
     let mut bystander = Client::connect(&server, "bob", "phone").await;
 
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut stream = server.connect_raw().await;
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -103,7 +103,7 @@ async fn garbage_bytes_get_an_error_and_close_only_that_connection() {
     assert_eq!(error.code, pb::ErrorCode::UnsupportedVersion as i32);
 
     // A header announcing a huge body is refused without the server waiting for the body.
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut stream = server.connect_raw().await;
     let mut header = BytesMut::new();
     FrameHeader {
         body_len: 512 * 1024 * 1024,
@@ -118,7 +118,7 @@ async fn garbage_bytes_get_an_error_and_close_only_that_connection() {
     assert_eq!(error.code, pb::ErrorCode::FrameTooLarge as i32);
 
     // A reserved flag bit.
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut stream = server.connect_raw().await;
     let mut header = BytesMut::new();
     FrameHeader {
         body_len: 0,
@@ -229,7 +229,7 @@ async fn oversized_messages_and_pages_get_clear_errors() {
 async fn a_client_that_never_authenticates_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--handshake-timeout-secs", "1"]);
-    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let stream = server.connect_raw().await;
     let error = error_then_close(stream).await.expect("an error frame");
     assert_eq!(error.code, pb::ErrorCode::HandshakeTimeout as i32);
 }

@@ -13,7 +13,7 @@ use support::*;
 async fn a_client_follows_a_server_whose_store_was_replaced() {
     let d1 = tempfile::tempdir().unwrap();
     let d2 = tempfile::tempdir().unwrap();
-    let mut server = Server::start(d1.path(), &[]);
+    let mut server = Server::start_process(d1.path(), &[]);
 
     let (bob, mut bob_events) = start_client(&server, "bob", "phone");
     let mut alice = Client::connect(&server, "alice", "phone").await;
@@ -86,7 +86,7 @@ async fn a_client_follows_a_server_whose_store_was_replaced() {
 #[tokio::test]
 async fn renewing_the_epoch_after_a_restore_makes_clients_resync() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &[]);
+    let mut server = Server::start_process(dir.path(), &[]);
     let (bob, mut bob_events) = start_client(&server, "bob", "phone");
     let mut alice = Client::connect(&server, "alice", "phone").await;
     for i in 0..3 {

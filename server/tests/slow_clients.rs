@@ -27,7 +27,7 @@ const SLOW_TIMEOUT_SECS: u64 = 2;
 const CLOSED_WITHIN: Duration = Duration::from_secs(SLOW_TIMEOUT_SECS + 2 + 6);
 
 fn start_server(dir: &std::path::Path) -> Server {
-    Server::start(
+    Server::start_process(
         dir,
         &[
             "--outbound-queue-bytes",
@@ -264,7 +264,7 @@ async fn devices_that_never_read_their_pushes_are_closed_and_cost_bounded_memory
     // Fifty devices of one user: the pushes to them are many, the messages stored few, so
     // the server's memory measured here is the connections' (a group of fifty members would
     // measure mostly the store's write buffers).
-    let server = Server::start(
+    let server = Server::start_process(
         dir.path(),
         &[
             "--outbound-queue-bytes",
@@ -334,12 +334,12 @@ async fn devices_that_never_read_their_pushes_are_closed_and_cost_bounded_memory
 #[tokio::test]
 async fn a_user_cannot_open_more_connections_than_the_limit_but_a_device_can_reconnect() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--max-connections-per-user", "3"]);
+    let server = Server::start_process(dir.path(), &["--max-connections-per-user", "3"]);
     let mut held = Vec::new();
     for device in ["d1", "d2", "d3"] {
         held.push(Client::connect(&server, "mallory", device).await);
     }
-    let refused = Client::try_connect(server.addr, &server.token("mallory", "d4"), "d4")
+    let refused = Client::try_connect(&server, &server.token("mallory", "d4"), "d4")
         .await
         .err()
         .expect("a fourth device is refused");

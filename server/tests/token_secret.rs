@@ -126,7 +126,7 @@ fn mint(args: &[&str]) -> String {
 #[tokio::test]
 async fn gateway_token_mints_expired_tokens_for_tests() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start_process(dir.path(), &[]);
     let code = |e: pb::Error| pb::ErrorCode::try_from(e.code).unwrap();
     for args in [
         vec!["--ttl-secs", "-3600"],
@@ -134,7 +134,7 @@ async fn gateway_token_mints_expired_tokens_for_tests() {
         vec!["--expires-at", "1000000000"],
     ] {
         let token = mint(&args);
-        match Client::try_connect(server.addr, &token, "phone").await {
+        match Client::try_connect(&server, &token, "phone").await {
             Ok(_) => panic!("{args:?}: an expired token was accepted"),
             Err(e) => assert_eq!(code(e), pb::ErrorCode::TokenExpired, "{args:?}"),
         }
@@ -142,7 +142,7 @@ async fn gateway_token_mints_expired_tokens_for_tests() {
     let future = (now_secs() + 3600).to_string();
     let token = mint(&["--expires-at", &future]);
     assert!(
-        Client::try_connect(server.addr, &token, "phone")
+        Client::try_connect(&server, &token, "phone")
             .await
             .is_ok()
     );

@@ -1,5 +1,10 @@
-//! Test harness: the real `gateway` binary as a child process on 127.0.0.1, and a minimal
+//! Test harness: the real `im-server` binary as a child process on 127.0.0.1, and a minimal
 //! protocol client over a real TCP socket.
+//!
+//! With `IM_TEST_TRANSPORT=memory`, servers started with [`Server::start`] run in the test's
+//! process instead and every connection to them is an in-memory byte stream: the same suite
+//! then checks the gateway's connection handling over a transport other than TCP. Tests that
+//! kill, restart or measure the process use [`Server::start_process`], which always spawns.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -11,17 +16,50 @@ use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
 use gateway::auth::{Claims, TokenKey};
+use gateway::transport::memory::MemoryDialer;
 use im_protocol::pb::{self, send_req::Target};
 use im_protocol::{Body, Frame, FrameCodec};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
+
+/// Any ordered byte stream to a server.
+pub trait TestStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> TestStream for T {}
+/// A connection to a server, over whichever transport the suite runs on.
+pub type RawStream = Box<dyn TestStream>;
+
+/// Whether this run serves its servers over in-memory streams (`IM_TEST_TRANSPORT=memory`).
+pub fn memory_transport() -> bool {
+    std::env::var("IM_TEST_TRANSPORT").is_ok_and(|t| t == "memory")
+}
+
+/// How a server runs.
+enum Running {
+    /// The `im-server` binary.
+    Process(Child),
+    /// In this process, on a runtime of its own (so it keeps serving whatever the test's
+    /// runtime does), reached through its in-memory transport.
+    InProcess {
+        runtime: Option<tokio::runtime::Runtime>,
+        dialer: MemoryDialer,
+        shutdown: tokio_util::sync::CancellationToken,
+        task: Option<tokio::task::JoinHandle<Result<(), im_server::app::ServerError>>>,
+    },
+}
+
+/// Runs `f` on a thread of its own: a test's async code may not block its runtime's thread on
+/// another runtime.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(f).join().expect("no panic"))
+}
 
 pub const SECRET: &str = "integration-test-secret-6f1c2a9e4b7d3058";
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A running server process.
+/// A running server.
 pub struct Server {
-    child: Child,
+    running: Running,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     extra: Vec<String>,
@@ -29,9 +67,74 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server on a fresh port with its store in `data_dir`.
+    /// Starts a server with its store in `data_dir`: a process on a fresh port, or, with
+    /// `IM_TEST_TRANSPORT=memory`, in this process behind in-memory streams.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        if memory_transport() {
+            Server::start_in_process(data_dir, extra)
+        } else {
+            Server::start_process(data_dir, extra)
+        }
+    }
+
+    /// Starts the `im-server` binary on a fresh port, whatever the transport of this run.
+    pub fn start_process(data_dir: &Path, extra: &[&str]) -> Server {
         Server::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Starts a server in this process with the binary's flags, reached over in-memory
+    /// streams.
+    pub fn start_in_process(data_dir: &Path, extra: &[&str]) -> Server {
+        use clap::Parser as _;
+        let data = data_dir.display().to_string();
+        let mut args = vec!["im-server", "--listen", "127.0.0.1:0", "--data-dir", &data];
+        if !extra.contains(&"--rate-limit") {
+            args.extend(["--rate-limit", "0"]);
+        }
+        args.extend(extra);
+        let cli = im_server::cli::Cli::try_parse_from(&args).expect("valid server flags");
+        let options = cli
+            .serve
+            .options(data_dir.to_owned(), TokenKey::new(SECRET))
+            .expect("valid server options");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime for the server");
+        let running = off_runtime(|| runtime.block_on(im_server::app::start(options)))
+            .expect("server starts");
+        Server {
+            addr: running.addr,
+            running: Running::InProcess {
+                dialer: running.dialer,
+                shutdown: running.shutdown,
+                task: Some(running.task),
+                runtime: Some(runtime),
+            },
+            data_dir: data_dir.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Opens a connection to the server over this run's transport.
+    pub async fn connect_raw(&self) -> RawStream {
+        match &self.running {
+            Running::Process(_) => Box::new(TcpStream::connect(self.addr).await.expect("connect")),
+            Running::InProcess { dialer, .. } => {
+                Box::new(dialer.dial().await.expect("the server is listening"))
+            }
+        }
+    }
+
+    fn child(&mut self) -> &mut Child {
+        match &mut self.running {
+            Running::Process(child) => child,
+            Running::InProcess { .. } => {
+                panic!("this test needs a server process: start it with Server::start_process")
+            }
+        }
     }
 
     /// Like [`Server::start`], with settings also given as `IM_*` environment variables.
@@ -49,7 +152,7 @@ impl Server {
             .collect();
         let (child, addr) = spawn(data_dir, &extra, &env);
         Server {
-            child,
+            running: Running::Process(child),
             addr,
             data_dir: data_dir.to_owned(),
             extra,
@@ -59,25 +162,47 @@ impl Server {
 
     /// The server's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.running {
+            Running::Process(child) => child.id(),
+            Running::InProcess { .. } => std::process::id(),
+        }
     }
 
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
-        self.child.kill().expect("kill -9 the server");
-        self.child.wait().expect("reap the server");
+        let child = self.child();
+        child.kill().expect("kill -9 the server");
+        child.wait().expect("reap the server");
     }
 
     /// SIGTERM, then waits for the process to exit; returns whether it exited successfully.
+    /// In process: the same graceful shutdown, then waits for the server task.
     pub fn terminate(&mut self) -> bool {
+        if let Running::InProcess {
+            runtime,
+            shutdown,
+            task,
+            ..
+        } = &mut self.running
+        {
+            shutdown.cancel();
+            let (Some(runtime), Some(task)) = (runtime.take(), task.take()) else {
+                panic!("the server was stopped already");
+            };
+            return off_runtime(move || {
+                let stopped = runtime.block_on(task);
+                runtime.shutdown_timeout(Duration::from_secs(5));
+                matches!(stopped, Ok(Ok(())))
+            });
+        }
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.child().id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+            if let Some(status) = self.child().try_wait().expect("wait for the server") {
                 return status.success();
             }
             assert!(
@@ -95,10 +220,19 @@ impl Server {
         self.restart();
     }
 
-    /// Starts the server again on the same data directory and port.
+    /// Starts the server again on the same data directory and port (in process: the same
+    /// data directory, after [`Server::terminate`]).
     pub fn restart(&mut self) {
+        if let Running::InProcess { .. } = self.running {
+            let extra: Vec<String> = self.extra.clone();
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let restarted = Server::start_in_process(&self.data_dir, &extra);
+            // Swap in the new server; the stopped one is dropped with the old state.
+            *self = restarted;
+            return;
+        }
         let (child, addr) = spawn(&self.data_dir, &self.extra, &self.env);
-        self.child = child;
+        self.running = Running::Process(child);
         self.addr = addr;
     }
 
@@ -110,8 +244,21 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.running {
+            Running::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // Like a kill: the test is over, nothing needs to be flushed.
+            Running::InProcess {
+                runtime, shutdown, ..
+            } => {
+                shutdown.cancel();
+                if let Some(runtime) = runtime.take() {
+                    runtime.shutdown_background();
+                }
+            }
+        }
     }
 }
 
@@ -168,9 +315,9 @@ fn spawn(data_dir: &Path, extra: &[String], env: &[(String, String)]) -> (Child,
     (child, addr)
 }
 
-/// A protocol client over one TCP connection.
+/// A protocol client over one connection.
 pub struct Client {
-    framed: Framed<TcpStream, FrameCodec>,
+    framed: Framed<RawStream, FrameCodec>,
     next_request: u32,
     pub pushes: VecDeque<Frame>,
     pub hello: pb::HandshakeResp,
@@ -180,7 +327,7 @@ impl Client {
     /// Connects and authenticates; panics unless the handshake succeeds.
     pub async fn connect(server: &Server, user: &str, device: &str) -> Client {
         let token = server.token(user, device);
-        match Client::try_connect(server.addr, &token, device).await {
+        match Client::try_connect(server, &token, device).await {
             Ok(client) => client,
             Err(e) => panic!("handshake failed: {e:?}"),
         }
@@ -188,11 +335,19 @@ impl Client {
 
     /// Connects and sends a handshake; returns the error frame's body on refusal.
     pub async fn try_connect(
-        addr: SocketAddr,
+        server: &Server,
         token: &str,
         device: &str,
     ) -> Result<Client, pb::Error> {
-        let stream = TcpStream::connect(addr).await.expect("connect");
+        Client::try_handshake(server.connect_raw().await, token, device).await
+    }
+
+    /// Sends a handshake over `stream`; returns the error frame's body on refusal.
+    pub async fn try_handshake(
+        stream: RawStream,
+        token: &str,
+        device: &str,
+    ) -> Result<Client, pb::Error> {
         let mut framed = Framed::new(stream, FrameCodec::default());
         let hello = pb::HandshakeReq {
             token: token.into(),
