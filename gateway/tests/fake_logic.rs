@@ -217,7 +217,10 @@ async fn the_handshake_answer_carries_what_the_logic_tier_said_about_the_session
     let Body::HandshakeResp(hello) = answer else {
         panic!("{answer:?}")
     };
-    assert_eq!((hello.user_id.as_str(), hello.device_id.as_str()), ("alice", "phone"));
+    assert_eq!(
+        (hello.user_id.as_str(), hello.device_id.as_str()),
+        ("alice", "phone")
+    );
     assert_eq!((hello.inbox_head_seq, hello.inbox_epoch), (0, 42));
     assert_eq!(hello.max_message_bytes, 777);
     assert_eq!(fixture.logic.sessions_opened.load(Ordering::Relaxed), 1);
@@ -231,7 +234,9 @@ async fn a_send_is_acked_to_its_connection_and_pushed_to_every_other_device_conc
     let (mut bob, _) = Conn::open(&fixture, "bob", "phone").await;
 
     let ack = alice_phone.request(send("bob", "m1")).await;
-    let Body::SendAck(ack) = ack else { panic!("{ack:?}") };
+    let Body::SendAck(ack) = ack else {
+        panic!("{ack:?}")
+    };
     assert_eq!(ack.sender_inbox_seq, 1);
 
     let to_bob = bob.next_push().await;

@@ -141,9 +141,5 @@ async fn gateway_token_mints_expired_tokens_for_tests() {
     }
     let future = (now_secs() + 3600).to_string();
     let token = mint(&["--expires-at", &future]);
-    assert!(
-        Client::try_connect(&server, &token, "phone")
-            .await
-            .is_ok()
-    );
+    assert!(Client::try_connect(&server, &token, "phone").await.is_ok());
 }
