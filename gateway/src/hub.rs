@@ -411,4 +411,40 @@ mod tests {
         ));
         assert_eq!(hub.connection_count(), 3);
     }
+
+    #[test]
+    fn the_inbox_head_of_an_online_user_follows_the_session_and_the_pushes() {
+        let hub = Hub::new();
+        let (phone, _) = handle(1, "phone");
+        assert_eq!(hub.inbox_position("alice"), InboxPosition::UNKNOWN);
+        hub.register("alice", phone);
+        // A push that lands between registration and the session's head read counts too.
+        let entry = |seq| Delivery {
+            user: "alice".into(),
+            entry: pb::InboxEntry {
+                inbox_seq: seq,
+                body: None,
+            },
+        };
+        hub.deliver(vec![entry(8)]);
+        assert_eq!(hub.inbox_position("alice"), InboxPosition::UNKNOWN);
+        hub.note_inbox(
+            "alice",
+            InboxPosition {
+                head_seq: 7,
+                epoch: 3,
+            },
+        );
+        assert_eq!(
+            hub.inbox_position("alice"),
+            InboxPosition {
+                head_seq: 8,
+                epoch: 3
+            }
+        );
+        hub.deliver(vec![entry(9), entry(10)]);
+        assert_eq!(hub.inbox_position("alice").head_seq, 10);
+        hub.unregister("alice", 1);
+        assert_eq!(hub.inbox_position("alice"), InboxPosition::UNKNOWN);
+    }
 }

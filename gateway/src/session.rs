@@ -616,4 +616,158 @@ mod tests {
             }
         ));
     }
+
+    mod handshake {
+        use super::*;
+        use im_auth::Claims;
+
+        const NOW: u64 = 1_800_000_000;
+
+        fn key() -> TokenKey {
+            TokenKey::new("session-test-secret-0123456789abcdef")
+        }
+
+        fn token(device: Option<&str>, exp: u64) -> String {
+            key().sign(&Claims {
+                sub: "alice".into(),
+                dev: device.map(Into::into),
+                plt: None,
+                exp,
+                iat: None,
+            })
+        }
+
+        fn hello(token: String, device: &str, version: u32) -> Frame {
+            frame(pb::HandshakeReq {
+                token,
+                device_id: device.into(),
+                protocol_version: version,
+                accept_compression: vec![pb::Compression::Zstd as i32],
+                ..Default::default()
+            })
+        }
+
+        fn refused(result: Result<Handshake, Refusal>) -> (ErrorCode, bool) {
+            let refusal = result.expect_err("refused");
+            (refusal.code, refusal.close)
+        }
+
+        #[test]
+        fn a_valid_handshake_names_the_user_and_negotiates_revision_and_compression() {
+            let s = Session::new(SessionConfig::default(), Instant::now());
+            let ok = s
+                .check_handshake(
+                    &hello(token(Some("phone"), NOW + 60), "phone", 9),
+                    &key(),
+                    NOW,
+                )
+                .expect("accepted");
+            assert_eq!(
+                ok,
+                Handshake {
+                    user: "alice".into(),
+                    device: "phone".into(),
+                    protocol_version: im_protocol::PROTOCOL_REVISION,
+                    zstd: true,
+                }
+            );
+        }
+
+        #[test]
+        fn a_body_that_does_not_decode_or_a_bad_device_id_may_be_corrected() {
+            let s = Session::new(SessionConfig::default(), Instant::now());
+            let garbage = Frame {
+                body: vec![0xff; 8].into(),
+                ..hello(String::new(), "phone", 1)
+            };
+            assert_eq!(
+                refused(s.check_handshake(&garbage, &key(), NOW)),
+                (ErrorCode::BadBody, false)
+            );
+            let bad_device = hello(token(None, NOW + 60), "no spaces allowed", 1);
+            assert_eq!(
+                refused(s.check_handshake(&bad_device, &key(), NOW)),
+                (ErrorCode::InvalidArgument, false)
+            );
+        }
+
+        #[test]
+        fn expired_tokens_other_devices_and_revision_0_close_the_connection() {
+            let s = Session::new(SessionConfig::default(), Instant::now());
+            let expired = hello(token(Some("phone"), NOW - 1), "phone", 1);
+            assert_eq!(
+                refused(s.check_handshake(&expired, &key(), NOW)),
+                (ErrorCode::TokenExpired, true)
+            );
+            let elsewhere = hello(token(Some("laptop"), NOW + 60), "phone", 1);
+            assert_eq!(
+                refused(s.check_handshake(&elsewhere, &key(), NOW)),
+                (ErrorCode::DeviceMismatch, true)
+            );
+            let revision_0 = hello(token(None, NOW + 60), "phone", 0);
+            assert_eq!(
+                refused(s.check_handshake(&revision_0, &key(), NOW)),
+                (ErrorCode::UnsupportedVersion, true)
+            );
+        }
+
+        #[test]
+        fn the_answer_carries_the_session_info_and_the_connection_is_then_active() {
+            let t0 = Instant::now();
+            let mut s = Session::new(SessionConfig::default(), t0);
+            let ok = s
+                .check_handshake(&hello(token(None, NOW + 60), "phone", 1), &key(), NOW)
+                .unwrap();
+            let info = SessionInfo {
+                inbox: InboxPosition {
+                    head_seq: 12,
+                    epoch: 5,
+                },
+                max_message_bytes: 1000,
+            };
+            let announced = Announced {
+                max_frame_bytes: 1 << 20,
+                compression_threshold: 8192,
+            };
+            let answer = s.accept_handshake(&ok, info, announced, "c1".into(), 99);
+            assert_eq!((answer.inbox_head_seq, answer.inbox_epoch), (12, 5));
+            assert_eq!(answer.compression_threshold_bytes, 8192);
+            assert_eq!(answer.heartbeat_interval_ms, 30_000);
+            assert_eq!(answer.idle_timeout_ms, 90_000);
+            assert!(matches!(s.phase(), Phase::Active { user, .. } if user == "alice"));
+            assert_eq!(
+                s.on_frame(&frame(pb::SyncReq::default()), t0),
+                Verdict::Request(Op::SyncReq)
+            );
+        }
+
+        #[test]
+        fn a_ping_is_answered_with_the_head_given_and_a_broken_one_is_refused() {
+            let s = active(Instant::now());
+            let head = InboxPosition {
+                head_seq: 3,
+                epoch: 8,
+            };
+            let pong = s
+                .pong(&frame(pb::Ping { client_time_ms: 11 }), head, 20)
+                .unwrap();
+            assert_eq!(
+                (
+                    pong.client_time_ms,
+                    pong.server_time_ms,
+                    pong.inbox_head_seq,
+                    pong.inbox_epoch
+                ),
+                (11, 20, 3, 8)
+            );
+            let broken = Frame {
+                body: vec![0xff; 4].into(),
+                ..frame(pb::Ping::default())
+            };
+            assert_eq!(
+                s.pong(&broken, head, 20).map_err(|r| (r.code, r.close)),
+                Err((ErrorCode::BadBody, false))
+            );
+        }
+    }
 }
