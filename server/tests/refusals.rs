@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio_util::codec::Framed;
 
 async fn refused(server: &Server, token: &str, device: &str) -> pb::ErrorCode {
-    match Client::try_connect(&server, token, device).await {
+    match Client::try_connect(server, token, device).await {
         Ok(_) => panic!("handshake accepted"),
         Err(e) => pb::ErrorCode::try_from(e.code).unwrap(),
     }
