@@ -15,6 +15,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod transport;
+mod writer;
 
 /// Tokens live in their own crate, shared with the load tester and the tests; re-exported here
 /// so `gateway::auth` keeps naming them.
