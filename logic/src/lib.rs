@@ -123,23 +123,48 @@ pub(crate) fn deliveries(appended: Vec<timeline_store::Delivery>) -> Vec<Deliver
         .collect()
 }
 
+/// Where the business tier reads the time: message timestamps, recall windows, the fan-out
+/// budget. The system clock in a server; a simulated one in deterministic tests.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in Unix milliseconds.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
 /// The business tier over a store.
 pub struct Logic<S> {
     store: S,
     config: LogicConfig,
     fanout: FanoutBudget,
+    clock: std::sync::Arc<dyn Clock>,
 }
 
 impl<S: TimelineStore> Logic<S> {
-    /// The business tier over `store`.
+    /// The business tier over `store`, on the system clock.
     pub fn new(store: S, config: LogicConfig) -> Logic<S> {
+        Logic::with_clock(store, config, std::sync::Arc::new(SystemClock))
+    }
+
+    /// The business tier over `store`, reading the time from `clock`.
+    pub fn with_clock(store: S, config: LogicConfig, clock: std::sync::Arc<dyn Clock>) -> Logic<S> {
         let fanout = FanoutBudget::new(config.fanout_bytes_per_sec, config.fanout_burst_bytes);
         Logic {
             store,
             config,
             fanout,
+            clock,
         }
     }
+
 
     /// What a connection needs to know about `user`'s inbox: its head now, and the epoch its
     /// seqs belong to (SPEC §7, §8.2, §10.8). Asked at the handshake and on every ping.
@@ -162,7 +187,7 @@ impl<S: TimelineStore> Logic<S> {
         caller: &Caller,
         requests: Vec<pb::SendReq>,
     ) -> (Vec<SendReply>, Effects) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut replies: Vec<Option<Result<pb::SendAck, pb::Error>>> =
             Vec::with_capacity(requests.len());
         let mut to_commit = Vec::new();
@@ -349,7 +374,7 @@ impl<S: TimelineStore> Logic<S> {
     }
 
     async fn dispatch(&self, caller: &Caller, body: Body, effects: &mut Effects) -> Reply {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         check_request_fields(&body)?;
         match body {
             Body::SendReq(request) => {
