@@ -16,7 +16,7 @@ use timeline_store::{
     ConversationState, HistoryPage, InboxPage, InboxRetention, StoreError, StoreResult,
 };
 
-use crate::Keyspaces;
+use crate::engine::Keyspaces;
 use crate::keys;
 use crate::records::{GroupRecord, InboxRecord, MemberRecord, StateRecord};
 

@@ -2,11 +2,12 @@
 //! (sync timelines with contiguous seqs), idempotency records, per-user conversation state
 //! (read markers, unread counts) and groups.
 //!
-//! Every backend (the embedded one, ScyllaDB later) implements [`TimelineStore`] and must pass
-//! the suite in [`conformance`]. The logic tier holds no state of its own: every rule that needs
-//! atomicity across several records (assigning seqs, fanning a message out to inboxes,
-//! deduplicating a resend, moving unread counts) is an operation of this interface, so each
-//! backend can make it atomic and durable in its own way.
+//! Every backend (the embedded one, the in-memory one, ScyllaDB later) implements
+//! [`TimelineStore`] and must pass the suite in the `conformance` module, built with the crate
+//! feature of that name (backends enable it in their `[dev-dependencies]`). The logic tier holds
+//! no state of its own: every rule that needs atomicity across several records (assigning seqs,
+//! fanning a message out to inboxes, deduplicating a resend, moving unread counts) is an
+//! operation of this interface, so each backend can make it atomic and durable in its own way.
 //!
 //! Durability contract: when a mutating method returns `Ok`, its effects are durable (on disk,
 //! or acknowledged by a storage quorum) and visible to every reader. Readers never observe an
@@ -16,6 +17,7 @@ use std::future::Future;
 
 use im_protocol::pb;
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 
 /// A user and one of their inbox entries, as appended by a mutation: the logic tier pushes these

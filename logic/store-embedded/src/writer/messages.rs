@@ -1,0 +1,140 @@
+//! Messages: committing a send (seqs, fan-out to inboxes, states, dedup) and answering a resend.
+
+use std::collections::BTreeSet;
+
+use im_protocol::pb::{self, inbox_entry::Body};
+use prost::Message as _;
+use timeline_store::{CommittedMessage, Delivery, NewMessage, StoreError, StoreResult};
+
+use super::{WriteCtx, check_id, corrupt, parse_conversation, peer_of};
+use crate::keys;
+use crate::records::{DedupRecord, InboxRecord, StateRecord, content_digest};
+
+impl WriteCtx<'_, '_> {
+    pub(crate) fn commit_messages(
+        &mut self,
+        messages: Vec<NewMessage>,
+    ) -> Vec<StoreResult<CommittedMessage>> {
+        messages
+            .into_iter()
+            .map(|message| self.commit_one(message))
+            .collect()
+    }
+
+    fn commit_one(&mut self, m: NewMessage) -> StoreResult<CommittedMessage> {
+        keys::check_part("client message id", &m.client_msg_id)?;
+        let conversation = parse_conversation(&m.conversation_id)?;
+        check_id(&m.sender_user, "sender user id")?;
+        let recipients: BTreeSet<&str> = m.recipients.iter().map(String::as_str).collect();
+        for user in &recipients {
+            check_id(user, "recipient user id")?;
+        }
+        let ks = self.ks;
+        let dedup_key = keys::pair_key(&m.sender_user, &m.client_msg_id);
+        if let Some(record) = self.get_decoded::<DedupRecord>(&ks.dedup, &dedup_key, "dedup")? {
+            return self.resend(&m, record);
+        }
+
+        let seq = self.conversation_head(&m.conversation_id)? + 1;
+        let message = pb::Message {
+            conversation_id: m.conversation_id.clone(),
+            kind: m.kind as i32,
+            sender_user: m.sender_user.clone(),
+            sender_device: m.sender_device.clone(),
+            server_msg_id: self.next_server_msg_id()?,
+            conversation_seq: seq,
+            server_time_ms: m.now_ms,
+            client_msg_id: m.client_msg_id.clone(),
+            content_type: m.content_type,
+            content: m.content,
+            recalled: false,
+            recalled_ms: 0,
+        };
+        let pointer = InboxRecord {
+            message_conversation_id: m.conversation_id.clone(),
+            message_seq: seq,
+            entry: None,
+            appended_ms: m.now_ms,
+        };
+        let mut deliveries = Vec::with_capacity(recipients.len());
+        let mut sender_inbox_seq = 0;
+        for user in recipients {
+            let inbox_seq = self.append_inbox(user, &pointer)?;
+            if user == m.sender_user {
+                sender_inbox_seq = inbox_seq;
+            }
+            let previous = self.state(user, &m.conversation_id)?;
+            let mut state = previous.unwrap_or_else(|| StateRecord {
+                conversation_id: m.conversation_id.clone(),
+                kind: conversation.kind() as i32,
+                peer: peer_of(&conversation, user),
+                ..StateRecord::default()
+            });
+            state.last_seq = seq;
+            state.updated_ms = state.updated_ms.max(m.now_ms);
+            if user != m.sender_user {
+                state.unread_count += 1;
+            }
+            self.put_state(user, &state);
+            deliveries.push(Delivery {
+                user: user.to_owned(),
+                entry: pb::InboxEntry {
+                    inbox_seq,
+                    body: Some(Body::Message(message.clone())),
+                },
+            });
+        }
+        let dedup = DedupRecord {
+            conversation_id: m.conversation_id.clone(),
+            conversation_seq: seq,
+            sender_inbox_seq,
+            content_type: message.content_type,
+            content_len: message.content.len() as u64,
+            content_digest: content_digest(&message.content),
+        };
+        self.put(&ks.dedup, dedup_key, dedup.encode_to_vec());
+        self.put(
+            &ks.timelines,
+            keys::seq_key(&m.conversation_id, seq),
+            message.encode_to_vec(),
+        );
+        self.caches
+            .conversation_heads
+            .insert(m.conversation_id, seq);
+        Ok(CommittedMessage {
+            message,
+            sender_inbox_seq,
+            deliveries,
+            duplicate: false,
+        })
+    }
+
+    /// A client msg id seen before: the original, or a conflict if this is another message.
+    fn resend(&mut self, m: &NewMessage, record: DedupRecord) -> StoreResult<CommittedMessage> {
+        let conflict = || StoreError::ClientMsgIdConflict(m.client_msg_id.clone());
+        if record.conversation_id != m.conversation_id {
+            return Err(conflict());
+        }
+        let ks = self.ks;
+        let key = keys::seq_key(&record.conversation_id, record.conversation_seq);
+        let original: pb::Message = self
+            .get_decoded(&ks.timelines, &key, "message")?
+            .ok_or_else(|| corrupt("dedup", "it names a message that does not exist"))?;
+        let same = if original.recalled {
+            record.content_type == m.content_type
+                && record.content_len == m.content.len() as u64
+                && record.content_digest == content_digest(&m.content)
+        } else {
+            original.content_type == m.content_type && original.content == m.content
+        };
+        if !same {
+            return Err(conflict());
+        }
+        Ok(CommittedMessage {
+            message: original,
+            sender_inbox_seq: record.sender_inbox_seq,
+            deliveries: Vec::new(),
+            duplicate: true,
+        })
+    }
+}
