@@ -165,7 +165,6 @@ impl<S: TimelineStore> Logic<S> {
         }
     }
 
-
     /// What a connection needs to know about `user`'s inbox: its head now, and the epoch its
     /// seqs belong to (SPEC §7, §8.2, §10.8). Asked at the handshake and on every ping.
     pub async fn inbox_position(&self, user: &str) -> Result<InboxPosition, StoreError> {

@@ -271,9 +271,8 @@ fn outbox_survives_an_app_restart_and_is_sent_once() {
     // exists only in the outbox on disk.
     world.server_crash(Duration::from_secs(20), 0.0);
     world.run_until(world.now + Duration::from_secs(1)).unwrap();
-    world
-        .send_now(alice, Recipient::Group("team".into()))
-        .unwrap();
+    let group = Recipient::Group(world.server.group_id().to_owned());
+    world.send_now(alice, group).unwrap();
     world.app_crash(alice, Duration::from_secs(2));
     let limit = world.now + Duration::from_secs(120);
     assert!(
@@ -373,9 +372,8 @@ fn reconnect_delays_are_jittered_and_bounded() {
 fn a_server_restart_loses_nothing_and_every_device_comes_back() {
     let mut world = settled_world(13, 3, 2);
     for device in 0..world.devices.len() {
-        world
-            .send_now(device, Recipient::Group("team".into()))
-            .unwrap();
+        let group = Recipient::Group(world.server.group_id().to_owned());
+        world.send_now(device, group).unwrap();
     }
     // Half the connections learn of the restart only through their heartbeats.
     world.server_crash(Duration::from_secs(15), 0.5);
@@ -420,9 +418,8 @@ fn an_intentional_disconnect_says_goodbye_before_closing() {
 fn a_server_restored_from_an_empty_backup_is_detected_and_every_device_resyncs() {
     let mut world = settled_world(17, 3, 2);
     for device in 0..world.devices.len() {
-        world
-            .send_now(device, Recipient::Group("team".into()))
-            .unwrap();
+        let group = Recipient::Group(world.server.group_id().to_owned());
+        world.send_now(device, group).unwrap();
     }
     let limit = world.now + Duration::from_secs(60);
     assert!(

@@ -25,7 +25,7 @@ use sdk_core::{
     Action, Client, ClientConfig, ConnectionState, Event, LocalStore as _, Recipient, SendState,
 };
 
-use server::{ConnId, EPOCH_MS, GROUP, Out, Server, ServerFaults};
+use server::{ConnId, EPOCH_MS, Out, Server, ServerFaults};
 
 /// The driver's connect timeout (`CONNECT_TIMEOUT` in `src/driver.rs`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -275,7 +275,7 @@ fn describe(frame: &Frame) -> String {
 }
 
 impl World {
-    /// `users` users with `devices_per_user` devices each, all members of [`GROUP`].
+    /// `users` users with `devices_per_user` devices each, all members of one group.
     pub fn new(
         seed: u64,
         users: usize,
@@ -308,12 +308,13 @@ impl World {
                 });
             }
         }
-        let mut server = Server::new(user_ids);
+        let base = Instant::now();
+        let mut server = Server::new(user_ids, base);
         server.faults = faults.server.clone();
         World {
             seed,
             rng,
-            base: Instant::now(),
+            base,
             now: Duration::ZERO,
             queue: BTreeMap::new(),
             next_event: 0,
@@ -404,7 +405,7 @@ impl World {
                 let at = Duration::from_millis(self.rng.random_range(0..until.as_millis() as u64));
                 let roll = self.rng.random_range(0..10);
                 let recipient = if roll < 3 {
-                    Recipient::Group(GROUP.into())
+                    Recipient::Group(self.server.group_id().to_owned())
                 } else if roll == 3 {
                     Recipient::User(self.devices[device].user.clone())
                 } else {
@@ -805,7 +806,7 @@ impl World {
         }
         d.incarnation += 1;
         d.background = false;
-        let token = format!("user:{}", d.user);
+        let token = server::token(&d.user);
         let mut client =
             Client::new(config, d.disk.clone(), now).map_err(|e| format!("{}: {e}", d.name))?;
         client.set_token(token, now);
@@ -1265,7 +1266,7 @@ impl World {
             };
             let cursor = client.cursor();
             let head = self.server.head(&d.user);
-            if epoch != 0 && epoch != self.server.inbox_epoch {
+            if epoch != 0 && epoch != self.server.inbox_epoch() {
                 // Still following the replaced server's numbering until it reconnects: its
                 // cursor counts in another inbox.
                 continue;
@@ -1285,7 +1286,7 @@ impl World {
             // The cursor never moves past an entry that was not applied (§10.3): every message
             // entry up to the cursor is in the store (each entry is checked once per device).
             if cursor > d.verified_to {
-                let inbox = &self.server.inboxes[&d.user];
+                let inbox = self.server.inbox(&d.user);
                 for entry in &inbox[d.verified_to as usize..cursor as usize] {
                     if let Some(pb::inbox_entry::Body::Message(m)) = &entry.body {
                         let stored = client
@@ -1383,7 +1384,8 @@ impl World {
     pub fn check_final(&self) -> Result<(), String> {
         // Every send call was stored exactly once and is Sent on its device at the server's seq.
         let mut by_key: BTreeMap<(String, String), usize> = BTreeMap::new();
-        for timeline in self.server.timelines.values() {
+        let timelines = self.server.timelines();
+        for timeline in timelines.values() {
             for m in timeline {
                 *by_key
                     .entry((m.sender_user.clone(), m.client_msg_id.clone()))
@@ -1441,7 +1443,7 @@ impl World {
         // Every device of every participant has every message of its conversations exactly
         // once, in seq order with no gaps, and nothing else.
         for d in &self.devices {
-            for (conversation_id, timeline) in &self.server.timelines {
+            for (conversation_id, timeline) in &timelines {
                 let party = self.server.participants(conversation_id).contains(&d.user);
                 let history = d
                     .store()

@@ -1,19 +1,37 @@
-//! The simulated server: the server side of SPEC.md (handshake, ping, send with dedup and
-//! fan-out, sync, delivery acks, read markers, pushes) as plain synchronous code over in-memory
-//! state. It is sans-IO like the client: the world hands it frames and the time, it answers with
-//! [`Out`] values the world turns into network traffic.
+//! The server of the simulation: the real one, sans IO. Each connection is the gateway's
+//! [`Session`] (frame rules, handshake checks, deadlines) registered in the gateway's [`Hub`]
+//! (duplicate logins, pushes, pong heads), and every request goes to the real [`Logic`] over the
+//! in-memory [`MemoryStore`], on a simulated clock. Only the connection tasks are replaced: the
+//! world hands this frames and the time, it answers with [`Out`] values the world turns into
+//! network traffic, draining each connection's outbound queue in connection order so a run
+//! replays exactly.
 //!
-//! Durable state (timelines, inboxes, dedup keys, markers) survives [`Server::restart`]; the
-//! sessions (which connection is online for whom) do not.
+//! On top of the real server sit the faults the spec allows a server (held, duplicated, lost
+//! and early pushes; a retryable `UNAVAILABLE` instead of executing a send or a sync), so the
+//! client is tested against every behaviour a conforming server may show, not only ours.
+//!
+//! Durable state (the store) survives [`Server::restart`]; the sessions do not.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
+use futures::executor::block_on;
+use gateway::auth::{Claims, TokenKey};
+use gateway::hub::{ConnHandle, Hub, Registration};
+use gateway::outbox::{Outbound, Outbox};
+use gateway::session::{Announced, Session, SessionConfig, Verdict};
 use im_protocol::ids::{self, ConversationRef};
-use im_protocol::pb::{self, ErrorCode};
+use im_protocol::pb::{self, ErrorCode, Op};
 use im_protocol::{Body, ErrorCodeExt as _, Frame};
+use logic::{Caller, Clock, Logic, LogicApi as _, LogicConfig};
 use rand::Rng as _;
 use rand::rngs::StdRng;
+use store_memory::MemoryStore;
+use timeline_store::{NewGroup, TimelineStore as _};
+use tokio_util::sync::CancellationToken;
 
 /// A connection's id, chosen by the world when the client starts connecting.
 pub type ConnId = u64;
@@ -26,10 +44,25 @@ pub const IDLE_TIMEOUT_MS: u32 = 90_000;
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 /// How long the server may hold back a push (the reorder fault) before flushing it.
 pub const MAX_HOLD: Duration = Duration::from_secs(2);
-/// The one static group of the simulation; every user is a member.
-pub const GROUP: &str = "team";
 /// Server clock at simulated time zero (Unix ms).
 pub const EPOCH_MS: u64 = 1_700_000_000_000;
+/// The token secret of the simulated deployment.
+const SECRET: &str = "simulation-token-secret-5d2c8e7a1b9f";
+/// Bytes a connection's outbound queue may hold: far more than a simulated burst, so the
+/// slow-client rule (which closes a connection whose queue is full) never fires by accident.
+const QUEUE_BYTES: usize = 64 << 20;
+
+/// A token for `user` that the simulated server accepts (any device, valid for a century of
+/// simulated time).
+pub fn token(user: &str) -> String {
+    TokenKey::new(SECRET).sign(&Claims {
+        sub: user.into(),
+        dev: None,
+        plt: None,
+        exp: EPOCH_MS / 1000 + 100 * 365 * 24 * 3600,
+        iat: None,
+    })
+}
 
 /// Server-side faults, each a probability per opportunity. All of them are allowed by the spec.
 #[derive(Clone, Debug, Default)]
@@ -60,26 +93,6 @@ pub enum Out {
     Close(ConnId),
 }
 
-/// A committed send, for dedup: the original ack and what it was sent with.
-struct StoredSend {
-    ack: pb::SendAck,
-    conversation_id: String,
-    content_type: u32,
-    content: Vec<u8>,
-}
-
-struct Session {
-    /// Accept order: "older connection" in the duplicate-login rule means accepted earlier.
-    accepted: u64,
-    accepted_at: Duration,
-    /// (user, device) once the handshake succeeded.
-    auth: Option<(String, String)>,
-    last_received: Duration,
-    /// Pushes held back by the reorder fault.
-    held: Vec<pb::InboxEntry>,
-    held_since: Option<Duration>,
-}
-
 /// Counters for the run summary.
 #[derive(Clone, Debug, Default)]
 pub struct ServerStats {
@@ -94,23 +107,48 @@ pub struct ServerStats {
     pub lost_pushes: u64,
 }
 
+/// The simulated time, read by the business tier.
+#[derive(Debug, Default)]
+struct SimClock(AtomicU64);
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One accepted connection.
+struct Conn {
+    session: Session,
+    /// Its id in the hub: grows in accept order, which the duplicate-login rule relies on.
+    hub_id: u64,
+    outbox: Arc<Outbox>,
+    /// Cancelled by the hub when the connection must close (kicked).
+    close: CancellationToken,
+    caller: Option<Caller>,
+    /// Pushes held back by the reorder fault.
+    held: Vec<pb::InboxEntry>,
+    held_since: Option<Duration>,
+}
+
+/// The durable part: what a restart keeps.
+struct Durable {
+    store: MemoryStore,
+    logic: Logic<MemoryStore>,
+    group_id: String,
+}
+
 /// The simulated server.
 pub struct Server {
-    /// The inbox epoch (SPEC §10.8): changes when the durable state is replaced.
-    pub inbox_epoch: u64,
-    /// Inbox per user: index `i` holds `inbox_seq` `i + 1`.
-    pub inboxes: BTreeMap<String, Vec<pb::InboxEntry>>,
-    /// Storage timeline per conversation: index `i` holds `conversation_seq` `i + 1`.
-    pub timelines: BTreeMap<String, Vec<pb::Message>>,
-    sends: BTreeMap<(String, String), StoredSend>,
-    next_server_msg_id: u64,
-    /// Delivery cursor per (user, device).
-    pub delivery: BTreeMap<(String, String), u64>,
-    read_markers: BTreeMap<(String, String), u64>,
-    /// Members of [`GROUP`], fixed at setup.
+    durable: Durable,
+    clock: Arc<SimClock>,
+    hub: Arc<Hub>,
+    tokens: TokenKey,
+    /// Simulated time zero as an `Instant`, for the session's deadlines.
+    base: Instant,
+    conns: BTreeMap<ConnId, Conn>,
+    /// The members of the one group of the simulation (every user).
     pub group_members: Vec<String>,
-    sessions: BTreeMap<ConnId, Session>,
-    accepts: u64,
     pub faults: ServerFaults,
     /// Things a correct client never makes the server see (bad frames, bad requests).
     pub violations: Vec<String>,
@@ -119,26 +157,45 @@ pub struct Server {
     pub stats: ServerStats,
 }
 
-fn error(code: ErrorCode, message: &str, retry_after_ms: u32) -> pb::Error {
-    let mut error = code.to_error(message);
-    error.retry_after_ms = retry_after_ms;
-    error
+/// A fresh store holding the group of `members`, with the business tier over it.
+fn durable(epoch: u64, members: &[String], clock: Arc<SimClock>) -> Durable {
+    let store = MemoryStore::new(epoch);
+    let (owner, others) = members.split_first().expect("at least one user");
+    let change = block_on(store.create_group(NewGroup {
+        name: "team".into(),
+        owner: owner.clone(),
+        members: others.to_vec(),
+        open: false,
+        client_request_id: String::new(),
+        max_members: 1000,
+        now_ms: EPOCH_MS,
+    }))
+    .expect("the group is created");
+    let config = LogicConfig {
+        // Capacity policies are not what the simulation is about.
+        fanout_bytes_per_sec: 0,
+        ..LogicConfig::default()
+    };
+    Durable {
+        logic: Logic::with_clock(store.clone(), config, clock),
+        store,
+        group_id: change.group.group_id,
+    }
 }
 
 impl Server {
-    /// A server with empty state and `group_members` in [`GROUP`].
-    pub fn new(group_members: Vec<String>) -> Server {
+    /// A server with empty state and one group of `group_members`.
+    pub fn new(group_members: Vec<String>, base: Instant) -> Server {
+        let clock = Arc::new(SimClock::default());
+        clock.0.store(EPOCH_MS, Ordering::Relaxed);
         Server {
-            inbox_epoch: 1,
-            inboxes: BTreeMap::new(),
-            timelines: BTreeMap::new(),
-            sends: BTreeMap::new(),
-            next_server_msg_id: 1,
-            delivery: BTreeMap::new(),
-            read_markers: BTreeMap::new(),
+            durable: durable(1, &group_members, clock.clone()),
+            clock,
+            hub: Hub::new(),
+            tokens: TokenKey::new(SECRET),
+            base,
+            conns: BTreeMap::new(),
             group_members,
-            sessions: BTreeMap::new(),
-            accepts: 0,
             faults: ServerFaults::default(),
             violations: Vec::new(),
             unavailable_sends: BTreeSet::new(),
@@ -146,22 +203,94 @@ impl Server {
         }
     }
 
+    /// The id of the simulation's group.
+    pub fn group_id(&self) -> &str {
+        &self.durable.group_id
+    }
+
+    /// The inbox epoch (SPEC §10.8): changes when the durable state is replaced.
+    pub fn inbox_epoch(&self) -> u64 {
+        self.durable.store.inbox_epoch()
+    }
+
     /// The user's inbox head.
     pub fn head(&self, user: &str) -> u64 {
-        self.inboxes.get(user).map_or(0, |inbox| inbox.len() as u64)
+        block_on(self.durable.store.inbox_head(user)).expect("memory store reads")
+    }
+
+    /// The user's whole inbox: index `i` holds `inbox_seq` `i + 1`.
+    pub fn inbox(&self, user: &str) -> Vec<pb::InboxEntry> {
+        let mut entries = Vec::new();
+        loop {
+            let from = entries.len() as u64 + 1;
+            let page = block_on(self.durable.store.read_inbox(user, from, 0, 1000))
+                .expect("memory store reads");
+            if page.entries.is_empty() {
+                return entries;
+            }
+            entries.extend(page.entries);
+        }
+    }
+
+    /// Every conversation's storage timeline: index `i` holds `conversation_seq` `i + 1`.
+    pub fn timelines(&self) -> BTreeMap<String, Vec<pb::Message>> {
+        let mut conversations = vec![ids::group_conversation_id(self.group_id())];
+        for a in &self.group_members {
+            for b in &self.group_members {
+                if a <= b {
+                    conversations.push(ids::direct_conversation_id(a, b));
+                }
+            }
+        }
+        let mut timelines = BTreeMap::new();
+        for conversation_id in conversations {
+            let mut messages: Vec<pb::Message> = Vec::new();
+            loop {
+                let after = messages.len() as u64;
+                let page = block_on(self.durable.store.read_history(
+                    &conversation_id,
+                    after,
+                    pb::HistoryDirection::Newer,
+                    200,
+                ))
+                .expect("memory store reads");
+                if page.messages.is_empty() {
+                    break;
+                }
+                messages.extend(page.messages);
+            }
+            if !messages.is_empty() {
+                timelines.insert(conversation_id, messages);
+            }
+        }
+        timelines
     }
 
     /// The committed message with this sender and client msg id, as (conversation, seq).
     pub fn find_send(&self, user: &str, client_msg_id: &str) -> Option<(String, u64)> {
-        self.sends
-            .get(&(user.to_owned(), client_msg_id.to_owned()))
-            .map(|s| (s.conversation_id.clone(), s.ack.conversation_seq))
+        self.timelines()
+            .into_iter()
+            .find_map(|(conversation_id, timeline)| {
+                timeline
+                    .iter()
+                    .find(|m| m.sender_user == user && m.client_msg_id == client_msg_id)
+                    .map(|m| (conversation_id.clone(), m.conversation_seq))
+            })
     }
 
     /// The message at (conversation, seq).
-    pub fn message(&self, conversation_id: &str, seq: u64) -> Option<&pb::Message> {
-        let index = usize::try_from(seq.checked_sub(1)?).ok()?;
-        self.timelines.get(conversation_id)?.get(index)
+    pub fn message(&self, conversation_id: &str, seq: u64) -> Option<pb::Message> {
+        let page = block_on(self.durable.store.read_history(
+            conversation_id,
+            seq.checked_sub(1)?,
+            pb::HistoryDirection::Newer,
+            1,
+        ))
+        .ok()?;
+        page.messages
+            .into_iter()
+            .next()
+            .filter(|m| m.conversation_seq == seq)
     }
 
     /// Users party to a conversation.
@@ -169,7 +298,7 @@ impl Server {
         match ConversationRef::parse(conversation_id) {
             Ok(ConversationRef::Direct { low, high }) if low == high => vec![low.to_owned()],
             Ok(ConversationRef::Direct { low, high }) => vec![low.to_owned(), high.to_owned()],
-            Ok(ConversationRef::Group { group_id }) if group_id == GROUP => {
+            Ok(ConversationRef::Group { group_id }) if group_id == self.group_id() => {
                 self.group_members.clone()
             }
             _ => Vec::new(),
@@ -178,19 +307,36 @@ impl Server {
 
     /// Whether any push is held back.
     pub fn holds_pushes(&self) -> bool {
-        self.sessions.values().any(|s| !s.held.is_empty())
+        self.conns.values().any(|c| !c.held.is_empty())
+    }
+
+    fn at(&self, now: Duration) -> Instant {
+        self.base + now
+    }
+
+    fn tick(&self, now: Duration) {
+        self.clock
+            .0
+            .store(EPOCH_MS + now.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// A transport connection was accepted.
     pub fn accept(&mut self, conn: ConnId, now: Duration) {
-        self.accepts += 1;
-        self.sessions.insert(
+        let config = SessionConfig {
+            handshake_timeout: HANDSHAKE_DEADLINE,
+            heartbeat_interval: Duration::from_millis(u64::from(HEARTBEAT_MS)),
+            idle_timeout: Duration::from_millis(u64::from(IDLE_TIMEOUT_MS)),
+            rate_per_sec: 0,
+            rate_burst: 0,
+        };
+        self.conns.insert(
             conn,
-            Session {
-                accepted: self.accepts,
-                accepted_at: now,
-                auth: None,
-                last_received: now,
+            Conn {
+                session: Session::new(config, self.at(now)),
+                hub_id: self.hub.next_conn_id(),
+                outbox: Arc::new(Outbox::new(1 << 20, QUEUE_BYTES, QUEUE_BYTES)),
+                close: CancellationToken::new(),
+                caller: None,
                 held: Vec::new(),
                 held_since: None,
             },
@@ -199,14 +345,24 @@ impl Server {
 
     /// The transport of `conn` closed (seen from the server).
     pub fn on_closed(&mut self, conn: ConnId) {
-        self.sessions.remove(&conn);
+        self.forget(conn);
+    }
+
+    fn forget(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.remove(&conn)
+            && let Some(caller) = &c.caller
+        {
+            self.hub.unregister(&caller.user, c.hub_id);
+        }
     }
 
     /// The process restarts: every session is gone; durable state stays. Returns the
     /// connections that were open.
     pub fn restart(&mut self) -> Vec<ConnId> {
-        let conns = self.sessions.keys().copied().collect();
-        self.sessions.clear();
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in &conns {
+            self.forget(*conn);
+        }
         conns
     }
 
@@ -215,27 +371,18 @@ impl Server {
     /// gone and the inbox epoch changes. Returns the connections that were open.
     pub fn restore_empty(&mut self) -> Vec<ConnId> {
         let conns = self.restart();
-        let members = std::mem::take(&mut self.group_members);
-        let epoch = self.inbox_epoch + 1;
-        let faults = self.faults.clone();
-        let stats = self.stats.clone();
-        *self = Server::new(members);
-        self.inbox_epoch = epoch;
-        self.faults = faults;
-        self.stats = stats;
+        let epoch = self.inbox_epoch() + 1;
+        self.durable = durable(epoch, &self.group_members, self.clock.clone());
         conns
     }
 
     /// When [`Server::on_timeout`] should run next.
     pub fn next_timeout(&self) -> Option<Duration> {
-        self.sessions
+        self.conns
             .values()
-            .flat_map(|s| {
-                let idle =
-                    Some(s.last_received + Duration::from_millis(u64::from(IDLE_TIMEOUT_MS)));
-                let deadline = s.auth.is_none().then(|| s.accepted_at + HANDSHAKE_DEADLINE);
-                let hold = s.held_since.map(|t| t + MAX_HOLD);
-                [idle, deadline, hold]
+            .flat_map(|c| {
+                let deadline = c.session.deadline().saturating_duration_since(self.base);
+                [Some(deadline), c.held_since.map(|t| t + MAX_HOLD)]
             })
             .flatten()
             .min()
@@ -243,45 +390,46 @@ impl Server {
 
     /// Idle timeouts, handshake deadlines, held pushes.
     pub fn on_timeout(&mut self, now: Duration, out: &mut Vec<Out>) {
-        let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
-        for conn in conns {
-            let Some(session) = self.sessions.get_mut(&conn) else {
-                continue;
-            };
-            if now >= session.last_received + Duration::from_millis(u64::from(IDLE_TIMEOUT_MS)) {
-                // Closed without an error frame (§8.2).
-                self.stats.idle_closes += 1;
-                self.close(conn, out);
-                continue;
-            }
-            if session.auth.is_none() && now >= session.accepted_at + HANDSHAKE_DEADLINE {
-                out.push(Out::Frame(
-                    conn,
-                    Frame::new(
-                        0,
-                        error(ErrorCode::HandshakeTimeout, "handshake deadline", 0),
-                    ),
-                ));
-                self.close(conn, out);
+        self.tick(now);
+        let at = self.at(now);
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in ids {
+            let c = self.conns.get_mut(&conn).expect("listed above");
+            if let Some((code, message)) = c.session.on_timer(at) {
+                // A silent client is gone or half-dead: an idle close sends nothing (§8.2); a
+                // missed handshake deadline is explained.
+                if code == ErrorCode::HandshakeTimeout {
+                    out.push(Out::Frame(conn, Frame::error(0, code, message)));
+                } else {
+                    self.stats.idle_closes += 1;
+                }
+                self.forget(conn);
+                out.push(Out::Close(conn));
                 continue;
             }
-            if session.held_since.is_some_and(|t| now >= t + MAX_HOLD) {
-                let held = std::mem::take(&mut session.held);
-                session.held_since = None;
+            if c.held_since.is_some_and(|t| now >= t + MAX_HOLD) {
+                let held = std::mem::take(&mut c.held);
+                c.held_since = None;
                 out.push(Out::Frame(conn, Frame::push(pb::Push { entries: held })));
             }
         }
     }
 
-    fn close(&mut self, conn: ConnId, out: &mut Vec<Out>) {
-        self.sessions.remove(&conn);
-        out.push(Out::Close(conn));
-    }
-
     fn violation(&mut self, conn: ConnId, what: String) {
-        let who = self.sessions.get(&conn).and_then(|s| s.auth.clone());
+        let who = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.caller.as_ref())
+            .map(|c| format!("{}/{}", c.user, c.device));
         self.violations
             .push(format!("conn {conn} ({who:?}): {what}"));
+    }
+
+    /// Queues `frame` on `conn`'s outbound queue, behind whatever is queued there.
+    fn answer(&self, conn: ConnId, frame: Frame) {
+        if let Some(c) = self.conns.get(&conn) {
+            let _ = c.outbox.try_push(Outbound::Frame(frame));
+        }
     }
 
     /// A frame from a client.
@@ -293,555 +441,312 @@ impl Server {
         rng: &mut StdRng,
         out: &mut Vec<Out>,
     ) {
-        let Some(session) = self.sessions.get_mut(&conn) else {
+        self.tick(now);
+        let at = self.at(now);
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        session.last_received = now;
-        let auth = session.auth.clone();
         let rid = frame.request_id;
-        if frame.is_push() || rid == 0 {
-            self.violation(
-                conn,
-                format!(
-                    "BAD_FRAME: op {} flags {:?} request id {rid}",
-                    frame.op, frame.flags
-                ),
-            );
-            out.push(Out::Frame(
-                conn,
-                Frame::error(0, ErrorCode::BadFrame, "push flag or request id 0"),
-            ));
-            self.close(conn, out);
-            return;
+        match c.session.on_frame(&frame, at) {
+            Verdict::Reject {
+                code,
+                message,
+                retry_after_ms,
+                close,
+                connection_level,
+            } => {
+                self.violation(conn, format!("{code:?} for op {}: {message}", frame.op));
+                let mut error = code.to_error(message);
+                error.retry_after_ms = retry_after_ms;
+                let rid = if connection_level { 0 } else { rid };
+                self.answer(conn, Frame::new(rid, error));
+                if close {
+                    self.drain(rng, now, out);
+                    self.forget(conn);
+                    out.push(Out::Close(conn));
+                    return;
+                }
+            }
+            Verdict::Handshake => self.handshake(conn, &frame, now, rng),
+            Verdict::Ping => {
+                let inbox = match &c.caller {
+                    Some(caller) => self.hub.inbox_position(&caller.user),
+                    None => logic::InboxPosition::UNKNOWN,
+                };
+                let answer = match c
+                    .session
+                    .pong(&frame, inbox, EPOCH_MS + now.as_millis() as u64)
+                {
+                    Ok(pong) => Frame::new(rid, pong),
+                    Err(refusal) => {
+                        let frame = Frame::error(rid, refusal.code, refusal.message.clone());
+                        self.violation(conn, format!("ping refused: {}", refusal.message));
+                        frame
+                    }
+                };
+                self.answer(conn, answer);
+            }
+            Verdict::Goodbye => {
+                self.drain(rng, now, out);
+                self.forget(conn);
+                out.push(Out::Close(conn));
+                return;
+            }
+            Verdict::Request(op) => self.request(conn, op, &frame, rng),
         }
+        self.drain(rng, now, out);
+    }
+
+    /// The handshake, as the gateway runs it: checks, registration (kicking an older
+    /// connection of the same device), the session opened by the business tier, the answer.
+    fn handshake(&mut self, conn: ConnId, frame: &Frame, now: Duration, rng: &mut StdRng) {
+        let now_ms = EPOCH_MS + now.as_millis() as u64;
+        let c = self.conns.get(&conn).expect("checked by the caller");
+        let handshake = match c
+            .session
+            .check_handshake(frame, &self.tokens, now_ms / 1000)
+        {
+            Ok(handshake) => handshake,
+            Err(refusal) => {
+                self.violation(conn, format!("handshake refused: {refusal:?}"));
+                let close = refusal.close;
+                self.answer(
+                    conn,
+                    Frame::error(frame.request_id, refusal.code, refusal.message),
+                );
+                if close {
+                    self.conns.get(&conn).expect("still open").close.cancel();
+                }
+                return;
+            }
+        };
+        let registration = self.hub.register(
+            &handshake.user,
+            ConnHandle {
+                id: c.hub_id,
+                device: handshake.device.clone(),
+                tx: c.outbox.clone(),
+                close: c.close.clone(),
+            },
+        );
+        let kick = || {
+            Frame::push(pb::Kick {
+                reason: pb::KickReason::LoggedInElsewhere as i32,
+                ..Default::default()
+            })
+        };
+        match registration {
+            Registration::Registered { replaced } => {
+                for old in replaced {
+                    self.stats.kicks += 1;
+                    let _ = old.tx.try_push(Outbound::Frame(kick()));
+                    old.close.cancel();
+                }
+            }
+            Registration::Superseded => {
+                self.stats.kicks += 1;
+                self.answer(conn, kick());
+                c.close.cancel();
+                return;
+            }
+            Registration::TooManyConnections { .. } => {
+                c.close.cancel();
+                self.violation(conn, "too many connections".into());
+                return;
+            }
+        }
+        let caller = Caller {
+            user: handshake.user.clone(),
+            device: handshake.device.clone(),
+        };
+        let info = match block_on(self.durable.logic.open_session(&caller)) {
+            Ok(info) => info,
+            Err(error) => panic!("the memory store cannot fail: {error:?}"),
+        };
+        self.hub.note_inbox(&caller.user, info.inbox);
+        let head = info.inbox.head_seq;
+        if head > 0 && rng.random_bool(self.faults.early_push) {
+            // Registered for pushes before the answer is written: a push may overtake it.
+            self.stats.early_pushes += 1;
+            let from = head.saturating_sub(rng.random_range(0..3)).max(1);
+            let page = block_on(self.durable.store.read_inbox(&caller.user, from, head, 10))
+                .expect("memory store reads");
+            self.answer(
+                conn,
+                Frame::push(pb::Push {
+                    entries: page.entries,
+                }),
+            );
+        }
+        let c = self.conns.get_mut(&conn).expect("still open");
+        let answer = c.session.accept_handshake(
+            &handshake,
+            info,
+            Announced {
+                max_frame_bytes: im_protocol::DEFAULT_MAX_BODY,
+                compression_threshold: 8192,
+            },
+            format!("s{conn}"),
+            now_ms,
+        );
+        c.caller = Some(caller);
+        let _ = c
+            .outbox
+            .try_push(Outbound::Frame(Frame::new(frame.request_id, answer)));
+    }
+
+    /// A request for the business tier, with the injected storage hiccups.
+    fn request(&mut self, conn: ConnId, op: Op, frame: &Frame, rng: &mut StdRng) {
+        let rid = frame.request_id;
+        let c = &self.conns[&conn];
+        let (caller, hub_id) = (c.caller.clone().expect("authenticated"), c.hub_id);
         let body = match frame.decode_body() {
             Ok(body) => body,
             Err(e) => {
-                self.violation(conn, format!("undecodable frame: {e}"));
-                out.push(Out::Frame(conn, Frame::error(rid, e.code(), e.to_string())));
+                self.violation(conn, format!("undecodable {op:?}: {e}"));
+                self.answer(conn, Frame::error(rid, e.code(), e.to_string()));
                 return;
             }
         };
-        let Some((user, device)) = auth else {
-            match body {
-                Body::HandshakeReq(request) => self.handshake(conn, rid, request, now, rng, out),
-                other => {
-                    self.violation(conn, format!("{other:?} before the handshake"));
-                    out.push(Out::Frame(
-                        conn,
-                        Frame::error(rid, ErrorCode::NotAuthenticated, "handshake first"),
-                    ));
-                    self.close(conn, out);
-                }
-            }
-            return;
+        let hiccup = match &body {
+            Body::SendReq(_) => self.faults.send_unavailable,
+            Body::SyncReq(_) => self.faults.sync_unavailable,
+            _ => 0.0,
         };
-        match body {
-            Body::HandshakeReq(_) => {
-                self.violation(conn, "second handshake".into());
-                out.push(Out::Frame(
-                    conn,
-                    Frame::error(rid, ErrorCode::AlreadyAuthenticated, "already"),
-                ));
-            }
-            Body::Ping(ping) => {
-                let pong = pb::Pong {
-                    client_time_ms: ping.client_time_ms,
-                    server_time_ms: EPOCH_MS + now.as_millis() as u64,
-                    inbox_head_seq: self.head(&user),
-                    inbox_epoch: self.inbox_epoch,
-                };
-                out.push(Out::Frame(conn, Frame::new(rid, pong)));
-            }
-            Body::Goodbye(_) => self.close(conn, out),
-            Body::SendReq(request) => self.send(conn, rid, &user, &device, request, now, rng, out),
-            Body::SyncReq(_) if rng.random_bool(self.faults.sync_unavailable) => {
-                self.stats.unavailable += 1;
-                let error = error(
-                    ErrorCode::Unavailable,
-                    "simulated storage hiccup",
-                    rng.random_range(0..2000),
-                );
-                out.push(Out::Frame(conn, Frame::new(rid, error)));
-            }
-            Body::SyncReq(request) => self.sync(conn, rid, &user, request, out),
-            Body::DeliveryAck(ack) => {
-                if ack.up_to_inbox_seq > self.head(&user) {
-                    self.violation(
-                        conn,
-                        format!(
-                            "delivery ack {} above head {}",
-                            ack.up_to_inbox_seq,
-                            self.head(&user)
-                        ),
-                    );
-                    out.push(Out::Frame(
-                        conn,
-                        Frame::error(rid, ErrorCode::InvalidArgument, "above head"),
-                    ));
-                } else {
-                    let cursor = self.delivery.entry((user, device)).or_default();
-                    *cursor = (*cursor).max(ack.up_to_inbox_seq);
-                }
-            }
-            Body::ConversationsReq(_) => {
-                // The simulation does not model the conversation list: an empty last page.
-                out.push(Out::Frame(
-                    conn,
-                    Frame::new(rid, pb::ConversationsResp::default()),
-                ));
-            }
-            Body::ReadMarkerReq(request) => {
-                self.read_marker(conn, rid, &user, request, now, rng, out)
-            }
-            Body::Typing(_) => {}
-            other => {
-                out.push(Out::Frame(
-                    conn,
-                    Frame::error(
-                        rid,
-                        ErrorCode::UnknownOp,
-                        format!("not simulated: {other:?}"),
-                    ),
-                ));
-            }
-        }
-    }
-
-    fn handshake(
-        &mut self,
-        conn: ConnId,
-        rid: u32,
-        request: pb::HandshakeReq,
-        now: Duration,
-        rng: &mut StdRng,
-        out: &mut Vec<Out>,
-    ) {
-        let Some(user) = request
-            .token
-            .strip_prefix("user:")
-            .filter(|u| ids::validate_id(u, "user").is_ok())
-        else {
-            self.violation(conn, format!("bad token {:?}", request.token));
-            out.push(Out::Frame(
-                conn,
-                Frame::error(rid, ErrorCode::TokenInvalid, "bad token"),
-            ));
-            self.close(conn, out);
-            return;
-        };
-        let user = user.to_owned();
-        let device = request.device_id.clone();
-        if ids::validate_id(&device, "device").is_err() {
-            self.violation(conn, format!("bad device id {device:?}"));
-            out.push(Out::Frame(
-                conn,
-                Frame::error(rid, ErrorCode::InvalidArgument, "device id"),
-            ));
-            return;
-        }
-        // Duplicate login: the older connection (by accept order) is kicked.
-        let accepted = self.sessions[&conn].accepted;
-        let same: Vec<(ConnId, u64)> = self
-            .sessions
-            .iter()
-            .filter(|(c, s)| {
-                **c != conn && s.auth.as_ref() == Some(&(user.clone(), device.clone()))
-            })
-            .map(|(c, s)| (*c, s.accepted))
-            .collect();
-        for (other, other_accepted) in same {
-            let victim = if other_accepted < accepted {
-                other
-            } else {
-                conn
-            };
-            self.stats.kicks += 1;
-            let kick = pb::Kick {
-                reason: pb::KickReason::LoggedInElsewhere as i32,
-                ..Default::default()
-            };
-            out.push(Out::Frame(victim, Frame::push(kick)));
-            self.close(victim, out);
-            if victim == conn {
-                return;
-            }
-        }
-        let session = self.sessions.get_mut(&conn).expect("checked above");
-        session.auth = Some((user.clone(), device.clone()));
-        let head = self.head(&user);
-        if head > 0 && rng.random_bool(self.faults.early_push) {
-            // Registered for pushes before the response is written: a push may overtake it.
-            self.stats.early_pushes += 1;
-            let from = head.saturating_sub(rng.random_range(0..3)).max(1);
-            let entries = self.inboxes[&user][(from - 1) as usize..].to_vec();
-            out.push(Out::Frame(conn, Frame::push(pb::Push { entries })));
-        }
-        let response = pb::HandshakeResp {
-            user_id: user,
-            device_id: device,
-            protocol_version: im_protocol::PROTOCOL_REVISION,
-            server_time_ms: EPOCH_MS + now.as_millis() as u64,
-            heartbeat_interval_ms: HEARTBEAT_MS,
-            idle_timeout_ms: IDLE_TIMEOUT_MS,
-            max_frame_bytes: im_protocol::DEFAULT_MAX_BODY as u32,
-            max_message_bytes: 65_536,
-            inbox_head_seq: head,
-            session_id: format!("s{conn}"),
-            compression: pb::Compression::None as i32,
-            compression_threshold_bytes: 8192,
-            inbox_epoch: self.inbox_epoch,
-        };
-        out.push(Out::Frame(conn, Frame::new(rid, response)));
-    }
-
-    fn append(&mut self, user: &str, body: pb::inbox_entry::Body) -> pb::InboxEntry {
-        let inbox = self.inboxes.entry(user.to_owned()).or_default();
-        let entry = pb::InboxEntry {
-            inbox_seq: inbox.len() as u64 + 1,
-            body: Some(body),
-        };
-        inbox.push(entry.clone());
-        entry
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &mut self,
-        conn: ConnId,
-        rid: u32,
-        user: &str,
-        device: &str,
-        request: pb::SendReq,
-        now: Duration,
-        rng: &mut StdRng,
-        out: &mut Vec<Out>,
-    ) {
-        let mut refuse = |server: &mut Server, code: ErrorCode, what: String| {
-            server.violation(conn, format!("send refused with {code:?}: {what}"));
-            out.push(Out::Frame(conn, Frame::error(rid, code, what)));
-        };
-        let (conversation_id, participants) = match &request.target {
-            Some(pb::send_req::Target::ToUser(peer)) if ids::validate_id(peer, "user").is_ok() => {
-                let conversation_id = ids::direct_conversation_id(user, peer);
-                let participants = self.participants(&conversation_id);
-                (conversation_id, participants)
-            }
-            Some(pb::send_req::Target::ToGroup(group)) if group == GROUP => {
-                if !self.group_members.iter().any(|m| m == user) {
-                    return refuse(self, ErrorCode::Forbidden, "not a member".into());
-                }
-                (
-                    ids::group_conversation_id(group),
-                    self.group_members.clone(),
-                )
-            }
-            other => {
-                return refuse(
-                    self,
-                    ErrorCode::InvalidArgument,
-                    format!("target {other:?}"),
-                );
-            }
-        };
-        if request.client_msg_id.is_empty()
-            || request.client_msg_id.len() > ids::MAX_CLIENT_MSG_ID_LEN
-        {
-            return refuse(self, ErrorCode::InvalidArgument, "client_msg_id".into());
-        }
-        let key = (user.to_owned(), request.client_msg_id.clone());
-        if let Some(stored) = self.sends.get(&key) {
-            if stored.conversation_id == conversation_id
-                && stored.content_type == request.content_type
-                && stored.content == request.content
-            {
-                self.stats.duplicate_sends += 1;
-                let ack = pb::SendAck {
-                    duplicate: true,
-                    ..stored.ack.clone()
-                };
-                out.push(Out::Frame(conn, Frame::new(rid, ack)));
-            } else {
-                refuse(
-                    self,
-                    ErrorCode::ClientMsgIdConflict,
-                    request.client_msg_id.clone(),
-                );
-            }
-            return;
-        }
-        if rng.random_bool(self.faults.send_unavailable) {
+        if rng.random_bool(hiccup) {
             self.stats.unavailable += 1;
-            self.unavailable_sends.insert(key);
-            let error = error(
-                ErrorCode::Unavailable,
-                "simulated storage hiccup",
-                rng.random_range(0..2000),
-            );
-            out.push(Out::Frame(conn, Frame::new(rid, error)));
+            if let Body::SendReq(send) = &body {
+                self.unavailable_sends
+                    .insert((caller.user.clone(), send.client_msg_id.clone()));
+            }
+            let mut error = ErrorCode::Unavailable.to_error("simulated storage hiccup");
+            error.retry_after_ms = rng.random_range(0..2000);
+            self.answer(conn, Frame::new(rid, error));
             return;
         }
-        // Store, then acknowledge, then push (§10.1).
-        let timeline = self.timelines.entry(conversation_id.clone()).or_default();
-        let message = pb::Message {
-            conversation_id: conversation_id.clone(),
-            sender_user: user.to_owned(),
-            sender_device: device.to_owned(),
-            server_msg_id: self.next_server_msg_id,
-            conversation_seq: timeline.len() as u64 + 1,
-            server_time_ms: EPOCH_MS + now.as_millis() as u64,
-            client_msg_id: request.client_msg_id.clone(),
-            content_type: request.content_type,
-            content: request.content.clone(),
-            recalled: false,
-            ..Default::default()
-        };
-        timeline.push(message.clone());
-        self.next_server_msg_id += 1;
-        self.stats.committed += 1;
-        let mut fanout = Vec::new();
-        let mut sender_inbox_seq = 0;
-        for participant in &participants {
-            let entry = self.append(participant, pb::inbox_entry::Body::Message(message.clone()));
-            if participant == user {
-                sender_inbox_seq = entry.inbox_seq;
+        let logic = &self.durable.logic;
+        let (reply, effects, own) = match body {
+            Body::SendReq(send) => {
+                let (mut replies, effects) = block_on(logic.send_batch(&caller, vec![send]));
+                let reply = replies.pop().expect("one reply per send");
+                if let Ok(ack) = &reply {
+                    if ack.duplicate {
+                        self.stats.duplicate_sends += 1;
+                    } else {
+                        self.stats.committed += 1;
+                    }
+                }
+                (reply.map(|ack| Some(Body::SendAck(ack))), effects, true)
             }
-            fanout.push((participant.clone(), entry));
-        }
-        let ack = pb::SendAck {
-            client_msg_id: request.client_msg_id.clone(),
-            conversation_id: conversation_id.clone(),
-            server_msg_id: message.server_msg_id,
-            conversation_seq: message.conversation_seq,
-            server_time_ms: message.server_time_ms,
-            duplicate: false,
-            sender_inbox_seq,
+            body => {
+                let (reply, effects) = block_on(logic.handle(&caller, body));
+                (reply, effects, false)
+            }
         };
-        self.sends.insert(
-            key,
-            StoredSend {
-                ack: ack.clone(),
-                conversation_id,
-                content_type: request.content_type,
-                content: request.content,
-            },
-        );
-        // A push may overtake the ack (§9).
-        let ack_first = rng.random_bool(0.5);
-        if ack_first {
-            out.push(Out::Frame(conn, Frame::new(rid, ack.clone())));
+        match reply {
+            Ok(Some(body)) => self.answer(conn, Frame::new(rid, body)),
+            Ok(None) => {}
+            Err(error) => {
+                let code = ErrorCode::try_from(error.code).unwrap_or(ErrorCode::Internal);
+                if !matches!(code, ErrorCode::Unavailable | ErrorCode::RateLimited) {
+                    self.violation(conn, format!("{op:?} refused: {error:?}"));
+                }
+                self.answer(conn, Frame::new(rid, error));
+            }
         }
-        for (participant, entry) in fanout {
-            // The sending connection is not pushed its own entry: the ack stands for it (§10.1).
-            let skip = (participant == user).then_some(conn);
-            self.push(&participant, vec![entry], skip, now, rng, out);
-        }
-        if !ack_first {
-            out.push(Out::Frame(conn, Frame::new(rid, ack)));
+        // A sending connection gets its own entry through the ack (§10.1).
+        let origin = own.then_some((caller.user.as_str(), hub_id));
+        self.hub.deliver_except(effects.deliveries, origin);
+        if let Some(typing) = effects.typing {
+            self.hub.relay_typing(&typing.recipients, &typing.event);
         }
     }
 
-    /// Pushes `entries` to every online connection of `user`, with the push faults.
-    fn push(
+    /// Moves what the hub and the answers queued into network output, connection by
+    /// connection in id order (the hub's own order is a hash map's), with the push faults.
+    fn drain(&mut self, rng: &mut StdRng, now: Duration, out: &mut Vec<Out>) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in ids {
+            let mut queued = VecDeque::new();
+            let c = &self.conns[&conn];
+            // Everything queued, in one take; nothing queued is "pending", not an error.
+            let _ = c.outbox.pop_some(&mut queued, usize::MAX).now_or_never();
+            for item in queued {
+                let Outbound::Frame(frame) = item else {
+                    continue;
+                };
+                match frame.decode_body() {
+                    Ok(Body::Push(push)) if frame.is_push() => {
+                        self.push_with_faults(conn, push.entries, rng, now, out)
+                    }
+                    _ => out.push(Out::Frame(conn, frame)),
+                }
+            }
+            if self.conns[&conn].close.is_cancelled() {
+                self.forget(conn);
+                out.push(Out::Close(conn));
+            }
+        }
+    }
+
+    /// One push to `conn`, as a conforming server may deliver it.
+    fn push_with_faults(
         &mut self,
-        user: &str,
+        conn: ConnId,
         entries: Vec<pb::InboxEntry>,
-        skip: Option<ConnId>,
-        now: Duration,
         rng: &mut StdRng,
+        now: Duration,
         out: &mut Vec<Out>,
     ) {
-        let conns: Vec<ConnId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.auth.as_ref().is_some_and(|(u, _)| u == user))
-            .map(|(c, _)| *c)
-            .filter(|c| Some(*c) != skip)
-            .collect();
-        for conn in conns {
-            let faults = self.faults.clone();
-            let session = self.sessions.get_mut(&conn).expect("listed above");
-            if rng.random_bool(faults.lose_push) {
-                self.stats.lost_pushes += 1;
-                continue;
-            }
-            if rng.random_bool(faults.hold_push) {
-                self.stats.held_pushes += 1;
-                session.held.extend(entries.iter().cloned());
-                session.held_since.get_or_insert(now);
-                continue;
-            }
+        let faults = self.faults.clone();
+        if rng.random_bool(faults.lose_push) {
+            self.stats.lost_pushes += 1;
+            return;
+        }
+        let c = self.conns.get_mut(&conn).expect("draining an open conn");
+        if rng.random_bool(faults.hold_push) {
+            self.stats.held_pushes += 1;
+            c.held.extend(entries);
+            c.held_since.get_or_insert(now);
+            return;
+        }
+        out.push(Out::Frame(
+            conn,
+            Frame::push(pb::Push {
+                entries: entries.clone(),
+            }),
+        ));
+        if !c.held.is_empty() {
+            // The held (older) entries follow the newer ones: out of seq order.
+            let held = std::mem::take(&mut c.held);
+            c.held_since = None;
+            out.push(Out::Frame(conn, Frame::push(pb::Push { entries: held })));
+        }
+        if rng.random_bool(faults.duplicate_push) {
+            self.stats.duplicate_pushes += 1;
             out.push(Out::Frame(
                 conn,
                 Frame::push(pb::Push {
                     entries: entries.clone(),
                 }),
             ));
-            if !session.held.is_empty() {
-                // The held (older) entries follow the newer ones: out of seq order.
-                let held = std::mem::take(&mut session.held);
-                session.held_since = None;
-                out.push(Out::Frame(conn, Frame::push(pb::Push { entries: held })));
-            }
-            if rng.random_bool(faults.duplicate_push) {
-                self.stats.duplicate_pushes += 1;
-                out.push(Out::Frame(
-                    conn,
-                    Frame::push(pb::Push {
-                        entries: entries.clone(),
-                    }),
-                ));
-            }
-            let first = entries.first().map_or(1, |e| e.inbox_seq);
-            if first > 1 && rng.random_bool(faults.repush_old) {
-                self.stats.duplicate_pushes += 1;
-                let from = rng.random_range(1..first);
-                let to = rng.random_range(from..first);
-                let old = self.inboxes[user][(from - 1) as usize..to as usize].to_vec();
-                out.push(Out::Frame(conn, Frame::push(pb::Push { entries: old })));
-            }
         }
-    }
-
-    fn sync(
-        &mut self,
-        conn: ConnId,
-        rid: u32,
-        user: &str,
-        request: pb::SyncReq,
-        out: &mut Vec<Out>,
-    ) {
-        let head = self.head(user);
-        let limit = if request.limit == 0 {
-            200
-        } else {
-            u64::from(request.limit)
-        };
-        if limit > 1000 {
-            self.violation(conn, format!("sync limit {limit}"));
+        let first = entries.first().map_or(1, |e| e.inbox_seq);
+        let user = c.caller.as_ref().map(|c| c.user.clone());
+        if first > 1
+            && let Some(user) = user
+            && rng.random_bool(faults.repush_old)
+        {
+            self.stats.duplicate_pushes += 1;
+            let from = rng.random_range(1..first);
+            let to = rng.random_range(from..first);
+            let page = block_on(self.durable.store.read_inbox(&user, from, to, 1000))
+                .expect("memory store reads");
             out.push(Out::Frame(
                 conn,
-                Frame::error(rid, ErrorCode::PageTooLarge, "limit"),
-            ));
-            return;
-        }
-        let from = request.from_seq.max(1);
-        let to = request.to_seq;
-        if to != 0 && to < from {
-            self.violation(conn, format!("sync to {to} < from {from}"));
-            out.push(Out::Frame(
-                conn,
-                Frame::error(rid, ErrorCode::InvalidArgument, "to_seq < from_seq"),
-            ));
-            return;
-        }
-        let hi = if to == 0 { head } else { to.min(head) };
-        let last = hi.min(from + limit - 1);
-        let (entries, has_more, next_seq) = if from <= last {
-            let entries = self.inboxes[user][(from - 1) as usize..last as usize].to_vec();
-            (entries, last < hi, last + 1)
-        } else {
-            (Vec::new(), false, from)
-        };
-        let mut missing = Vec::new();
-        if to > head {
-            missing.push(pb::SeqRange {
-                from_seq: from.max(head + 1),
-                to_seq: to,
-                reason: pb::SeqRangeReason::NotYet as i32,
-            });
-        }
-        let response = pb::SyncResp {
-            entries,
-            head_seq: head,
-            has_more,
-            next_seq,
-            missing,
-            inbox_epoch: self.inbox_epoch,
-        };
-        out.push(Out::Frame(conn, Frame::new(rid, response)));
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn read_marker(
-        &mut self,
-        conn: ConnId,
-        rid: u32,
-        user: &str,
-        request: pb::ReadMarkerReq,
-        now: Duration,
-        rng: &mut StdRng,
-        out: &mut Vec<Out>,
-    ) {
-        let participants = self.participants(&request.conversation_id);
-        if !participants.iter().any(|p| p == user) {
-            self.violation(conn, format!("read marker for {}", request.conversation_id));
-            out.push(Out::Frame(
-                conn,
-                Frame::error(rid, ErrorCode::Forbidden, "not a party"),
-            ));
-            return;
-        }
-        let conversation_id = request.conversation_id;
-        let timeline: &[pb::Message] = self
-            .timelines
-            .get(&conversation_id)
-            .map_or(&[], |t| t.as_slice());
-        let read_seq_wanted = request.read_seq.min(timeline.len() as u64);
-        let key = (user.to_owned(), conversation_id.clone());
-        let current = self.read_markers.get(&key).copied().unwrap_or(0);
-        let read_seq = current.max(read_seq_wanted);
-        let unread_count = timeline
-            .iter()
-            .filter(|m| m.sender_user != user && m.conversation_seq > read_seq)
-            .count() as u64;
-        if read_seq > current {
-            self.read_markers.insert(key, read_seq);
-            let marker = pb::ReadMarkerSync {
-                conversation_id: conversation_id.clone(),
-                read_seq,
-                unread_count,
-            };
-            let own = self.append(user, pb::inbox_entry::Body::ReadMarker(marker));
-            let peer = ConversationRef::parse(&conversation_id)
-                .ok()
-                .and_then(|c| c.peer_of(user).map(str::to_owned));
-            let receipt = peer.filter(|p| p != user).map(|peer| {
-                let receipt = pb::ReadReceipt {
-                    conversation_id: conversation_id.clone(),
-                    reader_user: user.to_owned(),
-                    read_seq,
-                    server_time_ms: EPOCH_MS + now.as_millis() as u64,
-                };
-                let entry = self.append(&peer, pb::inbox_entry::Body::ReadReceipt(receipt));
-                (peer, entry)
-            });
-            out.push(Out::Frame(
-                conn,
-                Frame::new(
-                    rid,
-                    pb::ReadMarkerResp {
-                        conversation_id,
-                        read_seq,
-                        unread_count,
-                    },
-                ),
-            ));
-            self.push(user, vec![own], None, now, rng, out);
-            if let Some((peer, entry)) = receipt {
-                self.push(&peer, vec![entry], None, now, rng, out);
-            }
-        } else {
-            out.push(Out::Frame(
-                conn,
-                Frame::new(
-                    rid,
-                    pb::ReadMarkerResp {
-                        conversation_id,
-                        read_seq,
-                        unread_count,
-                    },
-                ),
+                Frame::push(pb::Push {
+                    entries: page.entries,
+                }),
             ));
         }
     }
