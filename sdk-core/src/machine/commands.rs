@@ -6,12 +6,11 @@ use std::time::Instant;
 use im_protocol::{Body, Frame, ids, pb};
 use rand::Rng as _;
 
-use super::{
-    Action, Client, Event, Pending, PendingRequest, Phase, RequestError, RequestHandle, StopReason,
-};
+use super::{Action, Client, Event, Pending, PendingRequest, Phase, StopReason, convert};
 use crate::store::{
     LocalConversation, LocalMessage, LocalResult, LocalStore, OutboxItem, Recipient, SendState,
 };
+use crate::types::{Request, RequestError, RequestHandle};
 
 impl<S: LocalStore> Client<S> {
     /// Sets (or refreshes) the token; resumes connecting if the client stopped for the token.
@@ -241,24 +240,43 @@ impl<S: LocalStore> Client<S> {
         }
     }
 
-    /// Sends a request whose answer arrives as [`Event::Response`] with the returned handle.
-    /// Fails at once (through the event) when not connected.
-    pub fn request(&mut self, body: impl Into<Body>, now: Instant) -> RequestHandle {
+    /// Sends a request to the server; its answer comes from [`Client::poll_response`] with the
+    /// returned handle. Fails at once (through that same queue) when not connected: only sends
+    /// are kept for later.
+    pub fn request(&mut self, request: Request, now: Instant) -> RequestHandle {
+        if let Request::MarkRead {
+            conversation_id,
+            seq,
+        } = &request
+        {
+            self.mark_read_locally(conversation_id, *seq);
+        }
         let handle = self.next_handle;
         self.next_handle += 1;
         if self.connected() {
-            self.send_frame(body, Some(Pending::Request { handle }), now);
+            self.send_frame(
+                convert::request_body(request),
+                Some(Pending::Request { handle }),
+                now,
+            );
         } else {
-            self.events.push_back(Event::Response {
-                handle,
-                result: Err(RequestError::NotConnected),
-            });
+            self.responses
+                .push_back((handle, Err(RequestError::NotConnected)));
         }
         handle
     }
 
     /// Marks a conversation read up to `seq` (locally at once, then on the server).
     pub fn mark_read(&mut self, conversation_id: &str, seq: u64, now: Instant) -> RequestHandle {
+        let request = Request::MarkRead {
+            conversation_id: conversation_id.into(),
+            seq,
+        };
+        self.request(request, now)
+    }
+
+    /// The badge drops at once; the server's answer (or its inbox entry) corrects it after.
+    fn mark_read_locally(&mut self, conversation_id: &str, seq: u64) {
         if let Ok(Some(mut conversation)) = self.store.conversation(conversation_id)
             && seq > conversation.read_seq
         {
@@ -268,13 +286,6 @@ impl<S: LocalStore> Client<S> {
             }
             self.save_conversation(conversation);
         }
-        self.request(
-            pb::ReadMarkerReq {
-                conversation_id: conversation_id.into(),
-                read_seq: seq,
-            },
-            now,
-        )
     }
 
     /// Tells the peers this user is (or stopped) typing. Dropped when offline.

@@ -11,14 +11,16 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use im_protocol::pb::{self, ErrorCode};
-use im_protocol::{Body, Frame};
+use im_protocol::Frame;
+use im_protocol::pb;
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 
-use crate::store::{LocalConversation, LocalMessage, LocalResult, LocalStore, SendState};
+use crate::store::{LocalConversation, LocalMessage, LocalResult, LocalStore};
+use crate::types::{GroupEvent, Platform, RequestError, RequestHandle, Response, TypingEvent};
 
 mod commands;
+mod convert;
 mod outputs;
 mod receiving;
 mod transport;
@@ -31,7 +33,7 @@ pub struct ClientConfig {
     /// This device.
     pub device_id: String,
     /// Platform reported in the handshake.
-    pub platform: pb::Platform,
+    pub platform: Platform,
     /// Free text reported in the handshake.
     pub client_version: String,
     /// Inbox entries per sync page.
@@ -56,7 +58,7 @@ impl ClientConfig {
         ClientConfig {
             user_id: user_id.into(),
             device_id: device_id.into(),
-            platform: pb::Platform::Desktop,
+            platform: Platform::Desktop,
             client_version: concat!("sdk-core/", env!("CARGO_PKG_VERSION")).into(),
             sync_page: 200,
             max_send_attempts: 10,
@@ -109,20 +111,6 @@ pub enum Action {
     Disconnect,
 }
 
-/// A request's failure.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RequestError {
-    /// The server answered with an error.
-    Server(pb::Error),
-    /// Not connected (requests other than sends are not queued offline).
-    NotConnected,
-    /// The connection was lost before the answer.
-    ConnectionLost,
-}
-
-/// Identifies a request made through the client; its answer comes as [`Event::Response`].
-pub type RequestHandle = u64;
-
 /// What happened, for the app.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -165,16 +153,9 @@ pub enum Event {
         read_seq: u64,
     },
     /// Group membership or name changed.
-    GroupChanged(pb::GroupEvent),
+    GroupChanged(GroupEvent),
     /// Someone is (or stopped) typing.
-    Typing(pb::TypingEvent),
-    /// The answer to a request.
-    Response {
-        /// The handle returned when the request was made.
-        handle: RequestHandle,
-        /// The response body or the failure.
-        result: Result<Body, RequestError>,
-    },
+    Typing(TypingEvent),
     /// The local store failed; the client keeps running but the app should know.
     StoreError(String),
     /// The server's inbox is not the one the local state came from (restored from a backup,
@@ -251,24 +232,10 @@ pub struct Client<S> {
     transmit: VecDeque<Frame>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
+    responses: VecDeque<(RequestHandle, Result<Response, RequestError>)>,
     next_handle: RequestHandle,
-}
-
-/// A server message in the app's shape (stored by the server, so `Sent`).
-fn received_message(message: &pb::Message) -> LocalMessage {
-    LocalMessage {
-        local_id: 0,
-        conversation_id: message.conversation_id.clone(),
-        sender: message.sender_user.clone(),
-        client_msg_id: message.client_msg_id.clone(),
-        seq: message.conversation_seq,
-        server_msg_id: message.server_msg_id,
-        time_ms: message.server_time_ms,
-        content_type: message.content_type,
-        content: message.content.clone(),
-        state: SendState::Sent,
-        recalled: message.recalled,
-    }
+    /// Since when the driver has not been reading frames (the app is behind on events).
+    receiving_paused_since: Option<Instant>,
 }
 
 impl<S: LocalStore> Client<S> {
@@ -306,7 +273,9 @@ impl<S: LocalStore> Client<S> {
             transmit: VecDeque::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
+            responses: VecDeque::new(),
             next_handle: 1,
+            receiving_paused_since: None,
         })
     }
 
@@ -348,12 +317,4 @@ impl<S: LocalStore> Client<S> {
     fn connected(&self) -> bool {
         matches!(self.phase, Phase::Syncing | Phase::Online)
     }
-}
-
-/// A protocol error body as a readable line.
-pub fn describe(error: &pb::Error) -> String {
-    let code = ErrorCode::try_from(error.code)
-        .map(|c| c.as_str_name())
-        .unwrap_or("UNKNOWN");
-    format!("{code}: {}", error.message)
 }

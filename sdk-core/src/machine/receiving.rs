@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use im_protocol::ids::{self, ConversationRef};
 use im_protocol::{Body, pb};
 
-use super::{Client, Event, Pending, Phase, received_message};
+use super::convert::{self, received_message};
+use super::{Client, Event, Pending, Phase};
 use crate::store::{LocalConversation, LocalMessage, LocalResult, LocalStore};
 
 impl<S: LocalStore> Client<S> {
@@ -229,7 +230,8 @@ impl<S: LocalStore> Client<S> {
                     conversation.title = event.group_name.clone();
                     self.save_conversation(conversation);
                 }
-                self.events.push_back(Event::GroupChanged(event));
+                self.events
+                    .push_back(Event::GroupChanged(convert::group_event(event)));
                 Ok(())
             }
             Some(pb::inbox_entry::Body::Delete(delete)) => self

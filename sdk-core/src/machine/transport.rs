@@ -7,8 +7,9 @@ use im_protocol::pb::{self, ErrorCode};
 use im_protocol::{Body, ErrorCodeExt as _, Frame};
 use rand::Rng as _;
 
-use super::{Action, Client, Event, Pending, Phase, RequestError, StopReason, Timing};
+use super::{Action, Client, Event, Pending, Phase, StopReason, Timing, convert};
 use crate::store::LocalStore;
+use crate::types::RequestError;
 
 impl<S: LocalStore> Client<S> {
     /// The transport is open: authenticate.
@@ -23,7 +24,7 @@ impl<S: LocalStore> Client<S> {
         let hello = pb::HandshakeReq {
             token: self.token.clone().unwrap_or_default(),
             device_id: self.config.device_id.clone(),
-            platform: self.config.platform as i32,
+            platform: convert::platform(self.config.platform) as i32,
             client_version: self.config.client_version.clone(),
             protocol_version: im_protocol::PROTOCOL_REVISION,
             last_inbox_seq: self.cursor,
@@ -37,6 +38,34 @@ impl<S: LocalStore> Client<S> {
         // The handshake is bounded by the idle timeout until the server announces its own.
         self.timing.idle_timeout = self.config.request_timeout;
         self.send_frame(hello, Some(Pending::Handshake), now);
+    }
+
+    /// The driver stops reading frames (the app is behind on events and the driver holds the
+    /// server back through TCP instead of buffering without bound). Until
+    /// [`Client::resume_receiving`], the server's silence is ours, not the link's: no timeout
+    /// declares the link dead, and heartbeats keep going out so the server does not either.
+    pub fn pause_receiving(&mut self, now: Instant) {
+        self.receiving_paused_since.get_or_insert(now);
+    }
+
+    /// The driver reads frames again. The dead-link clocks (idle, pong and request timeouts)
+    /// resume where they stood: the time spent paused does not count against the link.
+    pub fn resume_receiving(&mut self, now: Instant) {
+        let Some(since) = self.receiving_paused_since.take() else {
+            return;
+        };
+        let paused = now.saturating_duration_since(since);
+        let shift = |t: Instant| (t + paused).min(now);
+        self.last_received = shift(self.last_received);
+        self.ping_sent = self.ping_sent.map(shift);
+        for pending in self.pending.values_mut() {
+            pending.sent_at = shift(pending.sent_at);
+        }
+    }
+
+    /// Whether the driver said it stopped reading frames ([`Client::pause_receiving`]).
+    pub fn receiving_paused(&self) -> bool {
+        self.receiving_paused_since.is_some()
     }
 
     /// The transport failed or closed (or could not be opened).
@@ -55,10 +84,8 @@ impl<S: LocalStore> Client<S> {
     pub(super) fn reset_connection(&mut self) {
         for (_, pending) in self.pending.drain() {
             if let Pending::Request { handle } = pending.kind {
-                self.events.push_back(Event::Response {
-                    handle,
-                    result: Err(RequestError::ConnectionLost),
-                });
+                self.responses
+                    .push_back((handle, Err(RequestError::ConnectionLost)));
             }
         }
         self.transmitted.clear();
@@ -102,6 +129,11 @@ impl<S: LocalStore> Client<S> {
     pub fn on_timeout(&mut self, now: Instant) {
         match self.phase {
             Phase::Waiting { at } if now >= at => self.start_connect(now),
+            Phase::Authenticating | Phase::Syncing | Phase::Online
+                if self.receiving_paused_since.is_some() =>
+            {
+                self.heartbeat_while_paused(now)
+            }
             Phase::Authenticating | Phase::Syncing | Phase::Online => {
                 let dead = now >= self.last_received + self.timing.idle_timeout
                     || self
@@ -119,6 +151,16 @@ impl<S: LocalStore> Client<S> {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn heartbeat_while_paused(&mut self, now: Instant) {
+        if self.connected() && now >= self.last_sent + self.heartbeat_interval() {
+            // The last pong may sit unread behind the frames the driver holds back, so do not
+            // wait for it: the server must keep hearing from us, or its idle timeout closes a
+            // link that is fine.
+            self.send_frame(pb::Ping::default(), None, now);
+            self.ping_sent.get_or_insert(now);
         }
     }
 
@@ -176,14 +218,8 @@ impl<S: LocalStore> Client<S> {
             Pending::Send { local_id } => self.on_send_answer(local_id, body, now),
             Pending::Sync => self.on_sync_answer(body, now),
             Pending::Request { handle } => {
-                let result = match body {
-                    Body::Error(e) => Err(RequestError::Server(e)),
-                    body => {
-                        self.absorb_response(&body);
-                        Ok(body)
-                    }
-                };
-                self.events.push_back(Event::Response { handle, result });
+                self.absorb_response(&body);
+                self.responses.push_back((handle, convert::response(body)));
             }
         }
     }
@@ -191,7 +227,9 @@ impl<S: LocalStore> Client<S> {
     fn on_push(&mut self, body: Body, now: Instant) {
         match body {
             Body::Push(push) => self.on_entries(push.entries, now),
-            Body::TypingEvent(event) => self.events.push_back(Event::Typing(event)),
+            Body::TypingEvent(event) => self
+                .events
+                .push_back(Event::Typing(convert::typing_event(event))),
             Body::Kick(kick) => {
                 let reason =
                     pb::KickReason::try_from(kick.reason).unwrap_or(pb::KickReason::Unspecified);
