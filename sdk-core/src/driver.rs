@@ -160,7 +160,7 @@ impl EventStream {
         self.events.blocking_recv()
     }
 
-    /// The next event if one is waiting.
+    /// The next event if one is waiting (`None` also once the client has stopped).
     pub fn try_recv(&mut self) -> Option<Event> {
         self.events.try_recv().ok()
     }
@@ -742,6 +742,8 @@ async fn run<S: LocalStore>(
         // Hold the server back while the app is behind on events, unless the app awaits an
         // answer: it comes behind the frames held back, and an app that awaits it before
         // reading on would otherwise wait forever.
+        // (A caller that gave up waiting no longer counts.)
+        waiting.retain(|_, reply| !reply.is_closed());
         let hold_back = events.blocked() && waiting.is_empty();
         let now = Instant::now();
         if hold_back {
