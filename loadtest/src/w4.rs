@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use im_protocol::pb::send_req::Target;
-use sdk_core::driver;
+use sdk_core::driver::{self, DriverOptions};
 use sdk_core::machine::{ClientConfig, ConnectionState, Event};
 use sdk_core::memory::MemoryStore;
 use serde::{Deserialize, Serialize};
@@ -198,11 +198,12 @@ pub async fn run(target: &common::Target, config: &W4Config) -> anyhow::Result<W
         let u = user(i);
         let token = common::token(&target.secret, &u);
         let (handle, events) = driver::start(
-            target.server,
+            target.server.into(),
             token,
             ClientConfig::new(u, "w4"),
             MemoryStore::new(),
-            None,
+            DriverOptions::default(),
+            &tokio::runtime::Handle::current(),
         )?;
         let (synced, attempts, backoffs, received) = (
             synced.clone(),

@@ -1,34 +1,90 @@
-//! The tokio driver: runs a [`Client`] state machine over a TCP connection. It only moves bytes,
-//! sleeps until the machine's next timeout and carries commands in and events out; every
-//! decision is the machine's.
+//! The tokio driver: runs a [`Client`] state machine over a byte stream from a [`Connector`].
+//! It only moves bytes, sleeps until the machine's next timeout and carries commands in and
+//! events out; every decision is the machine's.
+//!
+//! The app talks to it through a [`ClientHandle`] (typed methods, each answered in the client
+//! core's own types) and reads what happens from an [`EventStream`]. It runs on a tokio
+//! runtime the app passes ([`start`]) or on a small one of its own ([`start_with_own_runtime`],
+//! for apps without tokio: the handle's futures only wait on channels, so any executor, e.g.
+//! `futures::executor::block_on`, can drive them, and [`EventStream::blocking_recv`] reads
+//! events from a plain thread).
+//!
+//! # Backpressure
+//!
+//! Events go to a bounded queue ([`DriverOptions::event_capacity`]). When the app falls behind
+//! and the queue is full, the driver keeps the machine's further events in order and stops
+//! reading frames from the server, so the server is held back by TCP instead of the client
+//! buffering without bound. Everything else keeps running: timers, heartbeats, acks, the app's
+//! commands. The machine is told ([`Client::pause_receiving`]), so the unread pongs do not make
+//! it declare the link dead. Once the app has taken events again the driver hands over the held
+//! ones, in order, and reads on. Nothing is dropped. (A server closes a connection whose data
+//! stays unread for long, 15 s by default; then the client reconnects and syncs, and still
+//! nothing is lost.)
+//!
+//! One exception: the answer to a request comes in the same stream, behind the frames held
+//! back. While the app awaits one, the driver reads on (keeping the events in memory), so an
+//! app that awaits a request from its event loop cannot deadlock itself; what that holds is
+//! bounded by what the server had queued ahead of the answer.
 
-use im_protocol::unix_time_ms as now_ms;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures::StreamExt as _;
-use im_protocol::{Body, FrameCodec, pb};
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use futures::future::BoxFuture;
+use im_protocol::FrameCodec;
+use im_protocol::unix_time_ms as now_ms;
+use tokio::io::{AsyncWriteExt as _, ReadHalf, WriteHalf};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::codec::{Encoder as _, FramedRead};
 
-use crate::machine::{
-    Action, Client, ClientConfig, ConnectionState, Event, RequestError, RequestHandle, StopReason,
-};
+use crate::machine::{Action, Client, ClientConfig, ConnectionState, Event, StopReason};
 use crate::store::{LocalConversation, LocalMessage, LocalResult, LocalStore, Recipient};
+use crate::transport::{ByteStream, Connector, ServerAddress, TcpConnector};
+use crate::types::{
+    ConversationPage, GroupInfo, GroupMembersChange, GroupMembersPage, HistoryDirection,
+    HistoryPage, ReadMarker, Recall, Request, RequestError, RequestHandle, Response,
+};
 
-/// Asked for a fresh token when the server says the current one expired; `None` = give up.
-pub type TokenRefresher =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + Sync>;
+/// Asked for a fresh token when the server says the current one expired.
+///
+/// Synchronous on purpose (what uniffi callback interfaces want): the driver calls it on a
+/// blocking thread, so a slow refresh (a network call to the app's own server) never stalls
+/// the client.
+pub trait TokenRefresher: Send + Sync {
+    /// A fresh token, or `None` to give up (the client then stays stopped until
+    /// [`ClientHandle::set_token`]).
+    fn refresh(&self) -> Option<String>;
+}
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of the driver (the machine's are in [`ClientConfig`]).
+#[derive(Clone)]
+pub struct DriverOptions {
+    /// Opens the byte streams to the server (default: [`TcpConnector`]).
+    pub connector: Arc<dyn Connector>,
+    /// Asked for a fresh token when the current one expired (default: none; the client stops
+    /// with [`StopReason::TokenExpired`] until the app calls [`ClientHandle::set_token`]).
+    pub token_refresher: Option<Arc<dyn TokenRefresher>>,
+    /// Events the app may leave unread before the driver stops reading from the server (see
+    /// the module's "Backpressure").
+    pub event_capacity: usize,
+}
+
+impl Default for DriverOptions {
+    fn default() -> DriverOptions {
+        DriverOptions {
+            connector: Arc::new(TcpConnector),
+            token_refresher: None,
+            event_capacity: 4096,
+        }
+    }
+}
 
 enum Command {
     Send {
@@ -42,13 +98,8 @@ enum Command {
         reply: oneshot::Sender<LocalResult<bool>>,
     },
     Request {
-        body: Body,
-        reply: oneshot::Sender<Result<Body, RequestError>>,
-    },
-    MarkRead {
-        conversation_id: String,
-        seq: u64,
-        reply: oneshot::Sender<Result<Body, RequestError>>,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, RequestError>>,
     },
     Typing {
         conversation_id: String,
@@ -74,7 +125,7 @@ enum Command {
     },
 }
 
-/// Why a command could not reach the client task.
+/// Why a call on the [`ClientHandle`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// The client task has stopped.
@@ -83,15 +134,63 @@ pub enum DriverError {
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] crate::store::LocalStoreError),
-    /// The request failed.
-    #[error("request failed: {0:?}")]
-    Request(RequestError),
+    /// The request failed (the server refused it, or there was no connection to carry it).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The client's own runtime could not be started ([`start_with_own_runtime`]).
+    #[error("cannot start the client's runtime: {0}")]
+    Runtime(String),
 }
 
-/// The app's handle on a running client. Cheap to clone.
+/// The events of a running client, in the order they happened. Read them steadily: while the
+/// queue is full the client stops reading from the server (see the module's "Backpressure").
+pub struct EventStream {
+    events: mpsc::Receiver<Event>,
+}
+
+impl EventStream {
+    /// The next event; `None` once the client has stopped and every event was taken.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The next event, waiting on the calling thread (for apps without an async runtime). Must
+    /// not be called from inside an async task.
+    pub fn blocking_recv(&mut self) -> Option<Event> {
+        self.events.blocking_recv()
+    }
+
+    /// The next event if one is waiting (`None` also once the client has stopped).
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+}
+
+impl futures::Stream for EventStream {
+    type Item = Event;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Event>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+/// The app's handle on a running client. Cheap to clone; the client stops when the last clone
+/// is dropped (or on [`ClientHandle::shutdown`]).
 #[derive(Clone)]
 pub struct ClientHandle {
     commands: mpsc::Sender<Command>,
+}
+
+/// The answer was of another kind than the request's (the machine matches them by request id,
+/// so only a misbehaving server gets here).
+fn unexpected(response: Response) -> DriverError {
+    DriverError::Request(RequestError::UnexpectedResponse(format!(
+        "{} answer",
+        response.kind()
+    )))
 }
 
 impl ClientHandle {
@@ -105,6 +204,19 @@ impl ClientHandle {
             .await
             .map_err(|_| DriverError::Closed)?;
         rx.await.map_err(|_| DriverError::Closed)
+    }
+
+    async fn tell(&self, command: Command) -> Result<(), DriverError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| DriverError::Closed)
+    }
+
+    async fn request(&self, request: Request) -> Result<Response, DriverError> {
+        Ok(self
+            .call(|reply| Command::Request { request, reply })
+            .await??)
     }
 
     /// Queues a message; returns at once with the message in state `Sending`.
@@ -140,35 +252,59 @@ impl ClientHandle {
             .await??)
     }
 
-    /// Any request of the protocol (history, conversations, recall, groups...); its answer.
-    pub async fn request(&self, body: impl Into<Body>) -> Result<Body, DriverError> {
-        let body = body.into();
-        self.call(|reply| Command::Request { body, reply })
-            .await?
-            .map_err(DriverError::Request)
-    }
-
-    /// Marks a conversation read up to `seq`.
-    pub async fn mark_read(&self, conversation_id: &str, seq: u64) -> Result<Body, DriverError> {
-        let conversation_id = conversation_id.to_owned();
-        self.call(|reply| Command::MarkRead {
-            conversation_id,
+    /// Marks a conversation read up to `seq` (locally at once, then on the server); the
+    /// server's effective marker and unread count.
+    pub async fn mark_read(
+        &self,
+        conversation_id: &str,
+        seq: u64,
+    ) -> Result<ReadMarker, DriverError> {
+        let request = Request::MarkRead {
+            conversation_id: conversation_id.to_owned(),
             seq,
-            reply,
-        })
-        .await?
-        .map_err(DriverError::Request)
+        };
+        match self.request(request).await? {
+            Response::ReadMarker(marker) => Ok(marker),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Typing indicator (dropped when offline).
     pub async fn typing(&self, conversation_id: &str, typing: bool) -> Result<(), DriverError> {
-        self.commands
-            .send(Command::Typing {
-                conversation_id: conversation_id.to_owned(),
-                typing,
-            })
-            .await
-            .map_err(|_| DriverError::Closed)
+        self.tell(Command::Typing {
+            conversation_id: conversation_id.to_owned(),
+            typing,
+        })
+        .await
+    }
+
+    /// Recalls one of the user's own messages; every participant's copy becomes a "recalled"
+    /// placeholder.
+    pub async fn recall(&self, conversation_id: &str, seq: u64) -> Result<Recall, DriverError> {
+        let request = Request::Recall {
+            conversation_id: conversation_id.to_owned(),
+            seq,
+        };
+        match self.request(request).await? {
+            Response::Recalled(recall) => Ok(recall),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Hides messages for this user on all of their devices; how many were newly hidden.
+    pub async fn delete_for_me(
+        &self,
+        conversation_id: &str,
+        seqs: Vec<u64>,
+    ) -> Result<u64, DriverError> {
+        let request = Request::DeleteForMe {
+            conversation_id: conversation_id.to_owned(),
+            seqs,
+        };
+        match self.request(request).await? {
+            Response::Deleted(count) => Ok(count),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Locally stored messages, newest first.
@@ -207,18 +343,36 @@ impl ClientHandle {
         if (local.len() >= limit as usize || reaches_start) && contiguous {
             return Ok(local);
         }
-        let request = pb::HistoryReq {
-            conversation_id: conversation_id.to_owned(),
-            anchor_seq: before_seq,
-            direction: pb::HistoryDirection::Older as i32,
-            limit,
-        };
-        match self.request(request).await {
+        match self
+            .fetch_history(conversation_id, before_seq, HistoryDirection::Older, limit)
+            .await
+        {
             // The machine stored the page; read it back in the local shape.
             Ok(_) | Err(DriverError::Request(RequestError::NotConnected)) => {
                 self.local_history(conversation_id, before_seq, limit).await
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// One page of a conversation's history straight from the server (the messages are also
+    /// stored locally).
+    pub async fn fetch_history(
+        &self,
+        conversation_id: &str,
+        anchor_seq: u64,
+        direction: HistoryDirection,
+        limit: u32,
+    ) -> Result<HistoryPage, DriverError> {
+        let request = Request::History {
+            conversation_id: conversation_id.to_owned(),
+            anchor_seq,
+            direction,
+            limit,
+        };
+        match self.request(request).await? {
+            Response::History(page) => Ok(page),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -229,6 +383,124 @@ impl ClientHandle {
             .await??)
     }
 
+    /// One page of the conversation list straight from the server (the local list is updated
+    /// from it). `cursor` is empty for the first page, then the previous page's `next_cursor`.
+    pub async fn fetch_conversations(
+        &self,
+        limit: u32,
+        cursor: &str,
+    ) -> Result<ConversationPage, DriverError> {
+        let request = Request::Conversations {
+            limit,
+            cursor: cursor.to_owned(),
+        };
+        match self.request(request).await? {
+            Response::Conversations(page) => Ok(page),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates a group with this user as owner and `members` as the other initial members.
+    /// A non-empty `client_request_id` makes it safe to retry: the server returns the same
+    /// group.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: Vec<String>,
+        open: bool,
+        client_request_id: &str,
+    ) -> Result<GroupInfo, DriverError> {
+        let request = Request::CreateGroup {
+            name: name.to_owned(),
+            members,
+            open,
+            client_request_id: client_request_id.to_owned(),
+        };
+        match self.request(request).await? {
+            Response::GroupCreated(group) => Ok(group),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds members to a group; the change lists those who were not members before.
+    pub async fn add_group_members(
+        &self,
+        group_id: &str,
+        members: Vec<String>,
+    ) -> Result<GroupMembersChange, DriverError> {
+        let request = Request::AddGroupMembers {
+            group_id: group_id.to_owned(),
+            members,
+        };
+        match self.request(request).await? {
+            Response::GroupMembersAdded(change) => Ok(change),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes members from a group (owner only); the change lists those removed.
+    pub async fn remove_group_members(
+        &self,
+        group_id: &str,
+        members: Vec<String>,
+    ) -> Result<GroupMembersChange, DriverError> {
+        let request = Request::RemoveGroupMembers {
+            group_id: group_id.to_owned(),
+            members,
+        };
+        match self.request(request).await? {
+            Response::GroupMembersRemoved(change) => Ok(change),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Joins an open group.
+    pub async fn join_group(&self, group_id: &str) -> Result<GroupInfo, DriverError> {
+        let request = Request::JoinGroup {
+            group_id: group_id.to_owned(),
+        };
+        match self.request(request).await? {
+            Response::GroupJoined(group) => Ok(group),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Leaves a group.
+    pub async fn leave_group(&self, group_id: &str) -> Result<(), DriverError> {
+        let request = Request::LeaveGroup {
+            group_id: group_id.to_owned(),
+        };
+        match self.request(request).await? {
+            Response::GroupLeft(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of a group's members, ordered by user id, with the group's info. `limit` 0 =
+    /// the server's default; `cursor` is empty for the first page.
+    pub async fn group_members(
+        &self,
+        group_id: &str,
+        limit: u32,
+        cursor: &str,
+    ) -> Result<GroupMembersPage, DriverError> {
+        let request = Request::GroupMembers {
+            group_id: group_id.to_owned(),
+            limit,
+            cursor: cursor.to_owned(),
+        };
+        match self.request(request).await? {
+            Response::GroupMembers(page) => Ok(page),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A group's current info (members only). The protocol has no request of its own for it:
+    /// this asks for a one-member page of the member list, which carries the info.
+    pub async fn group_info(&self, group_id: &str) -> Result<GroupInfo, DriverError> {
+        Ok(self.group_members(group_id, 1, "").await?.group)
+    }
+
     /// The connection state and the inbox cursor.
     pub async fn state(&self) -> Result<(ConnectionState, u64), DriverError> {
         self.call(|reply| Command::State { reply }).await
@@ -236,82 +508,161 @@ impl ClientHandle {
 
     /// Replaces the token (e.g. after the app refreshed it).
     pub async fn set_token(&self, token: String) -> Result<(), DriverError> {
-        self.commands
-            .send(Command::SetToken(token))
-            .await
-            .map_err(|_| DriverError::Closed)
+        self.tell(Command::SetToken(token)).await
     }
 
     /// The device's network changed: reconnect now if waiting.
     pub async fn network_changed(&self) -> Result<(), DriverError> {
-        self.commands
-            .send(Command::NetworkChanged)
-            .await
-            .map_err(|_| DriverError::Closed)
+        self.tell(Command::NetworkChanged).await
     }
 
     /// The app moved to the background (true) or foreground (false).
     pub async fn set_background(&self, background: bool) -> Result<(), DriverError> {
-        self.commands
-            .send(Command::Background(background))
-            .await
-            .map_err(|_| DriverError::Closed)
+        self.tell(Command::Background(background)).await
     }
 
-    /// Says goodbye to the server and stops the client task.
+    /// Says goodbye to the server and stops the client task (and its own runtime, if it has
+    /// one).
     pub async fn shutdown(&self) -> Result<(), DriverError> {
         self.call(|reply| Command::Shutdown { reply }).await
     }
 }
 
-/// Starts a client for `server` with `token`; returns its handle and its event stream. The app
-/// must keep reading events (the stream is bounded; an unread stream pauses the client).
+/// Starts a client for `server` with `token` on `runtime` (the app's tokio runtime); returns
+/// its handle and its event stream.
 pub fn start<S: LocalStore>(
-    server: SocketAddr,
+    server: ServerAddress,
     token: String,
     config: ClientConfig,
     store: S,
-    refresher: Option<TokenRefresher>,
-) -> LocalResult<(ClientHandle, mpsc::Receiver<Event>)> {
+    options: DriverOptions,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(ClientHandle, EventStream), DriverError> {
+    let (task, handle, events) = prepare(server, token, config, store, options)?;
+    runtime.spawn(task);
+    Ok((handle, events))
+}
+
+/// Like [`start`], on a small runtime of the client's own (one thread), for apps that do not
+/// run tokio. The runtime stops with the client: on [`ClientHandle::shutdown`], or when the
+/// last handle is dropped.
+pub fn start_with_own_runtime<S: LocalStore>(
+    server: ServerAddress,
+    token: String,
+    config: ClientConfig,
+    store: S,
+    options: DriverOptions,
+) -> Result<(ClientHandle, EventStream), DriverError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("sdk-core-client")
+        .build()
+        .map_err(|e| DriverError::Runtime(e.to_string()))?;
+    let (task, handle, events) = prepare(server, token, config, store, options)?;
+    std::thread::Builder::new()
+        .name("sdk-core-client".into())
+        .spawn(move || {
+            runtime.block_on(task);
+            // A token refresh may still be running on a blocking thread; do not wait for the
+            // app's callback to return.
+            runtime.shutdown_background();
+        })
+        .map_err(|e| DriverError::Runtime(e.to_string()))?;
+    Ok((handle, events))
+}
+
+/// The client task, ready to be spawned, and the app's ends of its channels.
+fn prepare<S: LocalStore>(
+    server: ServerAddress,
+    token: String,
+    config: ClientConfig,
+    store: S,
+    options: DriverOptions,
+) -> Result<(BoxFuture<'static, ()>, ClientHandle, EventStream), DriverError> {
     let mut client = Client::new(config, store, Instant::now())?;
     client.set_token(token, Instant::now());
     client.connect(Instant::now());
     let (commands_tx, commands_rx) = mpsc::channel(256);
-    let (events_tx, events_rx) = mpsc::channel(4096);
-    tokio::spawn(run(client, server, commands_rx, events_tx, refresher));
+    let (events_tx, events_rx) = mpsc::channel(options.event_capacity.max(1));
+    let task = Box::pin(run(client, server, options, commands_rx, events_tx));
     Ok((
+        task,
         ClientHandle {
             commands: commands_tx,
         },
-        events_rx,
+        EventStream { events: events_rx },
     ))
 }
 
 struct Link {
-    reader: FramedRead<OwnedReadHalf, FrameCodec>,
-    writer: OwnedWriteHalf,
+    reader: FramedRead<ReadHalf<Box<dyn ByteStream>>, FrameCodec>,
+    writer: WriteHalf<Box<dyn ByteStream>>,
 }
 
-type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
-type Refreshing = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+type Connecting = BoxFuture<'static, std::io::Result<Box<dyn ByteStream>>>;
+
+/// Events for the app, on their way into its bounded queue.
+struct AppEvents {
+    queue: mpsc::Sender<Event>,
+    /// Events the queue had no room for, oldest first. While any wait here, the driver reads
+    /// no frames (backpressure).
+    held: VecDeque<Event>,
+}
+
+impl AppEvents {
+    /// Queues `event` behind any held ones (order is kept).
+    fn push(&mut self, event: Event) {
+        self.held.push_back(event);
+    }
+
+    /// Moves held events into the app's queue while it has room.
+    fn flush(&mut self) {
+        while let Some(event) = self.held.pop_front() {
+            match self.queue.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.held.push_front(event);
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    // Nobody listens any more: keep running for the handle's callers.
+                    self.held.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn blocked(&self) -> bool {
+        !self.held.is_empty()
+    }
+}
 
 async fn run<S: LocalStore>(
     mut client: Client<S>,
-    server: SocketAddr,
+    server: ServerAddress,
+    options: DriverOptions,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
-    refresher: Option<TokenRefresher>,
 ) {
+    let DriverOptions {
+        connector,
+        token_refresher,
+        ..
+    } = options;
+    let mut events = AppEvents {
+        queue: events,
+        held: VecDeque::new(),
+    };
     let mut link: Option<Link> = None;
     let mut connecting: Option<Connecting> = None;
-    let mut refreshing: Option<Refreshing> = None;
-    let mut waiting: std::collections::HashMap<
-        RequestHandle,
-        oneshot::Sender<Result<Body, RequestError>>,
-    > = std::collections::HashMap::new();
+    let mut refreshing: Option<JoinHandle<Option<String>>> = None;
+    let mut waiting: HashMap<RequestHandle, oneshot::Sender<Result<Response, RequestError>>> =
+        HashMap::new();
     let mut codec = FrameCodec::default();
     let mut out = BytesMut::new();
     let mut shutdown_reply: Option<oneshot::Sender<()>> = None;
+    let mut stopping = false;
 
     loop {
         // Carry out the machine's wishes.
@@ -319,8 +670,9 @@ async fn run<S: LocalStore>(
             match action {
                 Action::Connect => {
                     link = None;
+                    let attempt = connector.connect(&server);
                     connecting = Some(Box::pin(async move {
-                        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
+                        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
                             .await
                             .unwrap_or_else(|_| {
                                 Err(std::io::Error::new(
@@ -363,35 +715,52 @@ async fn run<S: LocalStore>(
             // Frames for a connection that no longer exists are void.
             while client.poll_transmit().is_some() {}
         }
-        while let Some(event) = client.poll_event() {
-            match event {
-                Event::Response { handle, result } => {
-                    if let Some(reply) = waiting.remove(&handle) {
-                        let _ = reply.send(result);
-                    }
-                }
-                event => {
-                    if let Event::State(ConnectionState::Stopped(StopReason::TokenExpired)) = &event
-                        && let Some(refresher) = &refresher
-                    {
-                        refreshing = Some(refresher());
-                    }
-                    if events.send(event).await.is_err() {
-                        // Nobody listens any more: keep running for the handle's callers.
-                    }
-                }
+        // Answers go to their callers whatever the app's event queue holds.
+        while let Some((handle, result)) = client.poll_response() {
+            if let Some(reply) = waiting.remove(&handle) {
+                let _ = reply.send(result);
             }
         }
+        while let Some(event) = client.poll_event() {
+            if let Event::State(ConnectionState::Stopped(StopReason::TokenExpired)) = &event
+                && let Some(refresher) = &token_refresher
+                && refreshing.is_none()
+            {
+                let refresher = refresher.clone();
+                refreshing = Some(tokio::task::spawn_blocking(move || refresher.refresh()));
+            }
+            events.push(event);
+        }
+        events.flush();
         if let Some(reply) = shutdown_reply.take() {
             let _ = reply.send(());
             return;
         }
+        if stopping {
+            return;
+        }
+        // Hold the server back while the app is behind on events, unless the app awaits an
+        // answer: it comes behind the frames held back, and an app that awaits it before
+        // reading on would otherwise wait forever.
+        // (A caller that gave up waiting no longer counts.)
+        waiting.retain(|_, reply| !reply.is_closed());
+        let hold_back = events.blocked() && waiting.is_empty();
+        let now = Instant::now();
+        if hold_back {
+            client.pause_receiving(now);
+        } else {
+            client.resume_receiving(now);
+        }
 
         let deadline = client.next_timeout().map(tokio::time::Instant::from_std);
+        let reading = link.is_some() && !hold_back;
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else {
+                    // Every handle is gone: nobody can use the client any more. Say goodbye
+                    // (the next turn of the loop writes it) and stop.
                     client.disconnect();
+                    stopping = true;
                     continue;
                 };
                 let now = Instant::now();
@@ -402,12 +771,8 @@ async fn run<S: LocalStore>(
                     Command::Retry { local_id, reply } => {
                         let _ = reply.send(client.retry(local_id, now));
                     }
-                    Command::Request { body, reply } => {
-                        let handle = client.request(body, now);
-                        waiting.insert(handle, reply);
-                    }
-                    Command::MarkRead { conversation_id, seq, reply } => {
-                        let handle = client.mark_read(&conversation_id, seq, now);
+                    Command::Request { request, reply } => {
+                        let handle = client.request(request, now);
                         waiting.insert(handle, reply);
                     }
                     Command::Typing { conversation_id, typing } => client.typing(&conversation_id, typing, now),
@@ -434,8 +799,7 @@ async fn run<S: LocalStore>(
                 let now = Instant::now();
                 match connected {
                     Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        let (r, w) = stream.into_split();
+                        let (r, w) = tokio::io::split(stream);
                         let mut read_codec = FrameCodec::default();
                         read_codec.accept_compressed(true);
                         link = Some(Link { reader: FramedRead::new(r, read_codec), writer: w });
@@ -447,7 +811,7 @@ async fn run<S: LocalStore>(
                     }
                 }
             }
-            frame = async { link.as_mut().expect("guarded").reader.next().await }, if link.is_some() => {
+            frame = async { link.as_mut().expect("guarded").reader.next().await }, if reading => {
                 let now = Instant::now();
                 match frame {
                     Some(Ok(frame)) => client.on_frame(frame, now),
@@ -462,9 +826,22 @@ async fn run<S: LocalStore>(
                     }
                 }
             }
+            permit = events.queue.reserve(), if events.blocked() => {
+                // The app took an event: hand over the oldest held one (the next turn of the
+                // loop moves the rest that fit, and reads again once none are held).
+                match permit {
+                    Ok(permit) => {
+                        if let Some(event) = events.held.pop_front() {
+                            permit.send(event);
+                        }
+                    }
+                    Err(_) => events.held.clear(),
+                }
+            }
             token = async { refreshing.as_mut().expect("guarded").await }, if refreshing.is_some() => {
                 refreshing = None;
-                if let Some(token) = token {
+                // A refresher that panicked gave no token: the client stays stopped.
+                if let Ok(Some(token)) = token {
                     client.set_token(token, Instant::now());
                 }
             }

@@ -148,15 +148,15 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> LocalResult<SqliteStore> {
-        Self::init(Connection::open(path)?)
+        sql(|| Self::init(Connection::open(path)?))
     }
 
     /// A store that lives only as long as the value (tests, ephemeral sessions).
     pub fn open_in_memory() -> LocalResult<SqliteStore> {
-        Self::init(Connection::open_in_memory()?)
+        sql(|| Self::init(Connection::open_in_memory()?))
     }
 
-    fn init(mut conn: Connection) -> LocalResult<SqliteStore> {
+    fn init(mut conn: Connection) -> SqlResult<SqliteStore> {
         // Another process (an app extension) may hold the file briefly.
         conn.busy_timeout(Duration::from_secs(5))?;
         let mode: String =
@@ -171,7 +171,7 @@ impl SqliteStore {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
         if version > SCHEMA_VERSION {
-            return Err(LocalStoreError::Corrupt(format!(
+            return Err(SqlFailure::corrupt(format!(
                 "database schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
             )));
         }
@@ -185,13 +185,13 @@ impl SqliteStore {
 
     /// A write transaction that takes the write lock at once, so it never fails half-way on
     /// upgrading a read lock.
-    fn write(&mut self) -> LocalResult<rusqlite::Transaction<'_>> {
+    fn write(&mut self) -> SqlResult<rusqlite::Transaction<'_>> {
         Ok(self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
-    fn meta(&self, key: &str) -> LocalResult<Option<u64>> {
+    fn meta(&self, key: &str) -> SqlResult<Option<u64>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
@@ -205,137 +205,154 @@ impl SqliteStore {
 
 impl LocalStore for SqliteStore {
     fn cursor(&self) -> LocalResult<u64> {
-        Ok(self.meta(META_CURSOR)?.unwrap_or(0))
+        sql(|| Ok(self.meta(META_CURSOR)?.unwrap_or(0)))
     }
 
     fn set_cursor(&mut self, seq: u64) -> LocalResult<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )?;
-        stmt.execute(params![META_CURSOR, seq])?;
-        Ok(())
+        sql(|| {
+            let mut stmt = self.conn.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?;
+            stmt.execute(params![META_CURSOR, seq])?;
+            Ok(())
+        })
     }
 
     fn inbox_epoch(&self) -> LocalResult<u64> {
-        Ok(self.meta(META_INBOX_EPOCH)?.unwrap_or(0))
+        sql(|| Ok(self.meta(META_INBOX_EPOCH)?.unwrap_or(0)))
     }
 
     fn set_inbox_epoch(&mut self, epoch: u64) -> LocalResult<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )?;
-        stmt.execute(params![META_INBOX_EPOCH, epoch])?;
-        Ok(())
+        sql(|| {
+            let mut stmt = self.conn.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?;
+            stmt.execute(params![META_INBOX_EPOCH, epoch])?;
+            Ok(())
+        })
     }
 
     fn reset_inbox(&mut self, epoch: u64) -> LocalResult<()> {
-        let tx = self.write()?;
-        tx.execute("DELETE FROM messages WHERE seq > 0", [])?;
-        tx.execute("DELETE FROM conversations", [])?;
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, 0) ON CONFLICT (key) DO UPDATE SET value = 0",
-            params![META_CURSOR],
-        )?;
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![META_INBOX_EPOCH, epoch],
-        )?;
-        tx.commit()?;
-        Ok(())
+        sql(|| {
+            let tx = self.write()?;
+            tx.execute("DELETE FROM messages WHERE seq > 0", [])?;
+            tx.execute("DELETE FROM conversations", [])?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, 0) ON CONFLICT (key) DO UPDATE SET value = 0",
+                params![META_CURSOR],
+            )?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![META_INBOX_EPOCH, epoch],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn next_local_id(&mut self) -> LocalResult<u64> {
-        // One statement: the increment and the read cannot be separated by a crash.
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO meta (key, value) VALUES (?1, 1) \
-             ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
-        )?;
-        let mut rows = stmt.query(params![META_LAST_LOCAL_ID])?;
-        let row = rows.next()?.ok_or_else(|| {
-            LocalStoreError::Corrupt("next local id: the upsert returned no row".into())
-        })?;
-        column(row, 0)
+        sql(|| {
+            // One statement: the increment and the read cannot be separated by a crash.
+            let mut stmt = self.conn.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, 1) \
+                 ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
+            )?;
+            let mut rows = stmt.query(params![META_LAST_LOCAL_ID])?;
+            let row = rows.next()?.ok_or_else(|| {
+                LocalStoreError::Corrupt("next local id: the upsert returned no row".into())
+            })?;
+            column(row, 0)
+        })
     }
 
     fn outbox_push(&mut self, item: &OutboxItem, message: &LocalMessage) -> LocalResult<()> {
-        let tx = self.write()?;
-        {
-            let (kind, recipient) = encode_recipient(&item.recipient);
-            let mut insert = tx.prepare_cached(concat!(
-                "INSERT OR REPLACE INTO outbox (",
-                outbox_columns!(),
-                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-            ))?;
-            insert.execute(params![
-                item.local_id,
-                kind,
-                recipient,
-                item.conversation_id,
-                item.client_msg_id,
-                item.content_type,
-                item.content,
-                item.created_ms,
-                item.attempts,
-                encode_state(item.state),
-            ])?;
-            // Pushing a local id again replaces its message, as it replaces the item.
-            let mut delete =
-                tx.prepare_cached("DELETE FROM messages WHERE local_id = ?1 AND seq = 0")?;
-            delete.execute(params![item.local_id])?;
-            // The item is the source of truth for the message's identity, so the ack (which
-            // finds the message through the item) can never miss it.
-            let message = LocalMessage {
-                local_id: item.local_id,
-                conversation_id: item.conversation_id.clone(),
-                client_msg_id: item.client_msg_id.clone(),
-                seq: 0,
-                state: SendState::Sending,
-                ..message.clone()
-            };
-            insert_message(&tx, &message)?;
-        }
-        tx.commit()?;
-        Ok(())
+        sql(|| {
+            let tx = self.write()?;
+            {
+                let (kind, recipient) = encode_recipient(&item.recipient);
+                let mut insert = tx.prepare_cached(concat!(
+                    "INSERT OR REPLACE INTO outbox (",
+                    outbox_columns!(),
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                ))?;
+                insert.execute(params![
+                    item.local_id,
+                    kind,
+                    recipient,
+                    item.conversation_id,
+                    item.client_msg_id,
+                    item.content_type,
+                    item.content,
+                    item.created_ms,
+                    item.attempts,
+                    encode_state(item.state),
+                ])?;
+                // Pushing a local id again replaces its message, as it replaces the item.
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM messages WHERE local_id = ?1 AND seq = 0")?;
+                delete.execute(params![item.local_id])?;
+                // The item is the source of truth for the message's identity, so the ack (which
+                // finds the message through the item) can never miss it.
+                let message = LocalMessage {
+                    local_id: item.local_id,
+                    conversation_id: item.conversation_id.clone(),
+                    client_msg_id: item.client_msg_id.clone(),
+                    seq: 0,
+                    state: SendState::Sending,
+                    ..message.clone()
+                };
+                insert_message(&tx, &message)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn outbox_pending(&self) -> LocalResult<Vec<OutboxItem>> {
-        let mut stmt = self.conn.prepare_cached(concat!(
-            "SELECT ",
-            outbox_columns!(),
-            " FROM outbox WHERE state = ?1 ORDER BY local_id"
-        ))?;
-        let mut rows = stmt.query(params![encode_state(SendState::Sending)])?;
-        let mut items = Vec::new();
-        while let Some(row) = rows.next()? {
-            items.push(read_outbox_item(row)?);
-        }
-        Ok(items)
+        sql(|| {
+            let mut stmt = self.conn.prepare_cached(concat!(
+                "SELECT ",
+                outbox_columns!(),
+                " FROM outbox WHERE state = ?1 ORDER BY local_id"
+            ))?;
+            let mut rows = stmt.query(params![encode_state(SendState::Sending)])?;
+            let mut items = Vec::new();
+            while let Some(row) = rows.next()? {
+                items.push(read_outbox_item(row)?);
+            }
+            Ok(items)
+        })
     }
 
     fn outbox_get(&self, local_id: u64) -> LocalResult<Option<OutboxItem>> {
-        let mut stmt = self.conn.prepare_cached(concat!(
-            "SELECT ",
-            outbox_columns!(),
-            " FROM outbox WHERE local_id = ?1"
-        ))?;
-        let mut rows = stmt.query(params![local_id])?;
-        rows.next()?.map(read_outbox_item).transpose()
+        sql(|| {
+            let mut stmt = self.conn.prepare_cached(concat!(
+                "SELECT ",
+                outbox_columns!(),
+                " FROM outbox WHERE local_id = ?1"
+            ))?;
+            let mut rows = stmt.query(params![local_id])?;
+            rows.next()?.map(read_outbox_item).transpose()
+        })
     }
 
     fn outbox_update(&mut self, local_id: u64, attempts: u32, state: SendState) -> LocalResult<()> {
-        let tx = self.write()?;
-        {
-            let mut item = tx.prepare_cached(
-                "UPDATE outbox SET attempts = ?2, state = ?3 WHERE local_id = ?1",
-            )?;
-            item.execute(params![local_id, attempts, encode_state(state)])?;
-            // Only a message still at seq 0: one the server already stored stays `Sent`.
-            let mut message = tx
-                .prepare_cached("UPDATE messages SET state = ?2 WHERE local_id = ?1 AND seq = 0")?;
-            message.execute(params![local_id, encode_state(state)])?;
-        }
-        tx.commit()?;
-        Ok(())
+        sql(|| {
+            let tx = self.write()?;
+            {
+                let mut item = tx.prepare_cached(
+                    "UPDATE outbox SET attempts = ?2, state = ?3 WHERE local_id = ?1",
+                )?;
+                item.execute(params![local_id, attempts, encode_state(state)])?;
+                // Only a message still at seq 0: one the server already stored stays `Sent`.
+                let mut message = tx.prepare_cached(
+                    "UPDATE messages SET state = ?2 WHERE local_id = ?1 AND seq = 0",
+                )?;
+                message.execute(params![local_id, encode_state(state)])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn outbox_acked(
@@ -345,198 +362,206 @@ impl LocalStore for SqliteStore {
         server_msg_id: u64,
         time_ms: u64,
     ) -> LocalResult<Option<LocalMessage>> {
-        let tx = self.write()?;
-        let updated = {
-            let mut find = tx.prepare_cached(
-                "SELECT local_id, conversation_id FROM outbox WHERE client_msg_id = ?1 ORDER BY local_id LIMIT 1",
-            )?;
-            let mut rows = find.query(params![client_msg_id])?;
-            let Some(row) = rows.next()? else {
-                return Ok(None);
-            };
-            let local_id: u64 = column(row, 0)?;
-            let conversation_id: String = column(row, 1)?;
-            drop(rows);
+        sql(|| {
+            let tx = self.write()?;
+            let updated = {
+                let mut find = tx.prepare_cached(
+                    "SELECT local_id, conversation_id FROM outbox WHERE client_msg_id = ?1 ORDER BY local_id LIMIT 1",
+                )?;
+                let mut rows = find.query(params![client_msg_id])?;
+                let Some(row) = rows.next()? else {
+                    return Ok(None);
+                };
+                let local_id: u64 = column(row, 0)?;
+                let conversation_id: String = column(row, 1)?;
+                drop(rows);
 
-            let mut remove = tx.prepare_cached("DELETE FROM outbox WHERE local_id = ?1")?;
-            remove.execute(params![local_id])?;
+                let mut remove = tx.prepare_cached("DELETE FROM outbox WHERE local_id = ?1")?;
+                remove.execute(params![local_id])?;
 
-            let own_unacked: Option<i64> = tx
-                .prepare_cached("SELECT id FROM messages WHERE local_id = ?1 AND seq = 0")?
-                .query_row(params![local_id], |row| row.get(0))
-                .optional()?;
-            let target = match own_unacked {
-                Some(own) => {
-                    let copy: Option<i64> = if seq == 0 {
-                        None
-                    } else {
-                        tx.prepare_cached(
-                            "SELECT id FROM messages WHERE conversation_id = ?1 AND seq = ?2 AND seq > 0",
-                        )?
-                        .query_row(params![conversation_id, seq], |row| row.get(0))
-                        .optional()?
-                    };
-                    match copy {
-                        Some(copy) => {
-                            // The server's copy is already stored at this seq: adopt it instead
-                            // of keeping a second row for the same message.
-                            tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
-                                .execute(params![own])?;
+                let own_unacked: Option<i64> = tx
+                    .prepare_cached("SELECT id FROM messages WHERE local_id = ?1 AND seq = 0")?
+                    .query_row(params![local_id], |row| row.get(0))
+                    .optional()?;
+                let target = match own_unacked {
+                    Some(own) => {
+                        let copy: Option<i64> = if seq == 0 {
+                            None
+                        } else {
                             tx.prepare_cached(
-                                "UPDATE messages SET local_id = ?2, server_msg_id = ?3, time_ms = ?4, state = ?5 \
-                                 WHERE id = ?1",
+                                "SELECT id FROM messages WHERE conversation_id = ?1 AND seq = ?2 AND seq > 0",
                             )?
-                            .execute(params![
-                                copy,
-                                local_id,
-                                opaque_to_sql(server_msg_id),
-                                time_ms,
-                                encode_state(SendState::Sent)
-                            ])?;
-                            Some(copy)
-                        }
-                        None => {
-                            tx.prepare_cached(
-                                "UPDATE messages SET seq = ?2, server_msg_id = ?3, time_ms = ?4, state = ?5 \
-                                 WHERE id = ?1",
-                            )?
-                            .execute(params![
-                                own,
-                                seq,
-                                opaque_to_sql(server_msg_id),
-                                time_ms,
-                                encode_state(SendState::Sent)
-                            ])?;
-                            Some(own)
+                            .query_row(params![conversation_id, seq], |row| row.get(0))
+                            .optional()?
+                        };
+                        match copy {
+                            Some(copy) => {
+                                // The server's copy is already stored at this seq: adopt it instead
+                                // of keeping a second row for the same message.
+                                tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+                                    .execute(params![own])?;
+                                tx.prepare_cached(
+                                    "UPDATE messages SET local_id = ?2, server_msg_id = ?3, time_ms = ?4, state = ?5 \
+                                     WHERE id = ?1",
+                                )?
+                                .execute(params![
+                                    copy,
+                                    local_id,
+                                    opaque_to_sql(server_msg_id),
+                                    time_ms,
+                                    encode_state(SendState::Sent)
+                                ])?;
+                                Some(copy)
+                            }
+                            None => {
+                                tx.prepare_cached(
+                                    "UPDATE messages SET seq = ?2, server_msg_id = ?3, time_ms = ?4, state = ?5 \
+                                     WHERE id = ?1",
+                                )?
+                                .execute(params![
+                                    own,
+                                    seq,
+                                    opaque_to_sql(server_msg_id),
+                                    time_ms,
+                                    encode_state(SendState::Sent)
+                                ])?;
+                                Some(own)
+                            }
                         }
                     }
-                }
-                None => {
-                    // Already moved to its seq by `put_message` (seen in the inbox first), or
-                    // deleted locally since, in which case there is nothing left to update.
-                    let moved: Option<i64> = tx
-                        .prepare_cached(
-                            "SELECT id FROM messages WHERE local_id = ?1 AND local_id > 0 AND conversation_id = ?2 \
-                             ORDER BY seq LIMIT 1",
-                        )?
-                        .query_row(params![local_id, conversation_id], |row| row.get(0))
-                        .optional()?;
-                    if let Some(moved) = moved {
-                        tx.prepare_cached(
-                            "UPDATE messages SET server_msg_id = ?2, time_ms = ?3, state = ?4 WHERE id = ?1",
-                        )?
-                        .execute(params![moved, opaque_to_sql(server_msg_id), time_ms, encode_state(SendState::Sent)])?;
+                    None => {
+                        // Already moved to its seq by `put_message` (seen in the inbox first), or
+                        // deleted locally since, in which case there is nothing left to update.
+                        let moved: Option<i64> = tx
+                            .prepare_cached(
+                                "SELECT id FROM messages WHERE local_id = ?1 AND local_id > 0 AND conversation_id = ?2 \
+                                 ORDER BY seq LIMIT 1",
+                            )?
+                            .query_row(params![local_id, conversation_id], |row| row.get(0))
+                            .optional()?;
+                        if let Some(moved) = moved {
+                            tx.prepare_cached(
+                                "UPDATE messages SET server_msg_id = ?2, time_ms = ?3, state = ?4 WHERE id = ?1",
+                            )?
+                            .execute(params![moved, opaque_to_sql(server_msg_id), time_ms, encode_state(SendState::Sent)])?;
+                        }
+                        moved
                     }
-                    moved
+                };
+                match target {
+                    Some(id) => {
+                        let mut read = tx.prepare_cached(concat!(
+                            "SELECT ",
+                            message_columns!(),
+                            " FROM messages WHERE id = ?1"
+                        ))?;
+                        let mut rows = read.query(params![id])?;
+                        rows.next()?.map(read_message).transpose()?
+                    }
+                    None => None,
                 }
             };
-            match target {
-                Some(id) => {
-                    let mut read = tx.prepare_cached(concat!(
-                        "SELECT ",
-                        message_columns!(),
-                        " FROM messages WHERE id = ?1"
-                    ))?;
-                    let mut rows = read.query(params![id])?;
-                    rows.next()?.map(read_message).transpose()?
-                }
-                None => None,
-            }
-        };
-        tx.commit()?;
-        Ok(updated)
+            tx.commit()?;
+            Ok(updated)
+        })
     }
 
     fn put_message(&mut self, message: &LocalMessage) -> LocalResult<bool> {
-        if message.seq == 0 {
-            // Every server message has a seq; seq 0 is reserved for own unacked messages.
-            return Ok(false);
-        }
-        let tx = self.write()?;
-        {
-            let exists = tx
-                .prepare_cached(
-                    "SELECT 1 FROM messages WHERE conversation_id = ?1 AND seq = ?2 AND seq > 0",
-                )?
-                .query_row(params![message.conversation_id, message.seq], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if exists {
+        sql(|| {
+            if message.seq == 0 {
+                // Every server message has a seq; seq 0 is reserved for own unacked messages.
                 return Ok(false);
             }
-            // Our own message seen in the inbox (or history) before its ack: move the local row
-            // to its seq rather than storing the message twice.
-            let own: Option<u64> = if message.client_msg_id.is_empty() {
-                None
-            } else {
-                let mut find = tx.prepare_cached(
-                    "SELECT local_id FROM messages \
-                     WHERE seq = 0 AND conversation_id = ?1 AND client_msg_id = ?2 AND sender = ?3 \
-                     ORDER BY local_id LIMIT 1",
-                )?;
-                let mut rows = find.query(params![
-                    message.conversation_id,
-                    message.client_msg_id,
-                    message.sender
-                ])?;
-                rows.next()?.map(|row| column(row, 0)).transpose()?
-            };
-            match own {
-                Some(local_id) => {
-                    tx.prepare_cached("DELETE FROM messages WHERE local_id = ?1 AND seq = 0")?
-                        .execute(params![local_id])?;
-                    insert_message(
-                        &tx,
-                        &LocalMessage {
-                            local_id,
-                            state: SendState::Sent,
-                            ..message.clone()
-                        },
-                    )?;
+            let tx = self.write()?;
+            {
+                let exists = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM messages WHERE conversation_id = ?1 AND seq = ?2 AND seq > 0",
+                    )?
+                    .query_row(params![message.conversation_id, message.seq], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                if exists {
+                    return Ok(false);
                 }
-                None => insert_message(&tx, message)?,
+                // Our own message seen in the inbox (or history) before its ack: move the local row
+                // to its seq rather than storing the message twice.
+                let own: Option<u64> = if message.client_msg_id.is_empty() {
+                    None
+                } else {
+                    let mut find = tx.prepare_cached(
+                        "SELECT local_id FROM messages \
+                         WHERE seq = 0 AND conversation_id = ?1 AND client_msg_id = ?2 AND sender = ?3 \
+                         ORDER BY local_id LIMIT 1",
+                    )?;
+                    let mut rows = find.query(params![
+                        message.conversation_id,
+                        message.client_msg_id,
+                        message.sender
+                    ])?;
+                    rows.next()?.map(|row| column(row, 0)).transpose()?
+                };
+                match own {
+                    Some(local_id) => {
+                        tx.prepare_cached("DELETE FROM messages WHERE local_id = ?1 AND seq = 0")?
+                            .execute(params![local_id])?;
+                        insert_message(
+                            &tx,
+                            &LocalMessage {
+                                local_id,
+                                state: SendState::Sent,
+                                ..message.clone()
+                            },
+                        )?;
+                    }
+                    None => insert_message(&tx, message)?,
+                }
             }
-        }
-        tx.commit()?;
-        Ok(true)
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     fn recall_message(&mut self, conversation_id: &str, seq: u64) -> LocalResult<bool> {
-        if seq == 0 {
-            return Ok(false);
-        }
-        let tx = self.write()?;
-        let recalled = {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE messages SET recalled = 1, content = X'' \
-                     WHERE conversation_id = ?1 AND seq = ?2 AND seq > 0",
+        sql(|| {
+            if seq == 0 {
+                return Ok(false);
+            }
+            let tx = self.write()?;
+            let recalled = {
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE messages SET recalled = 1, content = X'' \
+                         WHERE conversation_id = ?1 AND seq = ?2 AND seq > 0",
+                    )?
+                    .execute(params![conversation_id, seq])?;
+                // The preview must not keep what the sender took back.
+                tx.prepare_cached(
+                    "UPDATE conversations SET last_recalled = 1, last_content = X'' \
+                     WHERE conversation_id = ?1 AND last_msg_seq = ?2",
                 )?
                 .execute(params![conversation_id, seq])?;
-            // The preview must not keep what the sender took back.
-            tx.prepare_cached(
-                "UPDATE conversations SET last_recalled = 1, last_content = X'' \
-                 WHERE conversation_id = ?1 AND last_msg_seq = ?2",
-            )?
-            .execute(params![conversation_id, seq])?;
-            changed > 0
-        };
-        tx.commit()?;
-        Ok(recalled)
+                changed > 0
+            };
+            tx.commit()?;
+            Ok(recalled)
+        })
     }
 
     fn delete_messages(&mut self, conversation_id: &str, seqs: &[u64]) -> LocalResult<()> {
-        let tx = self.write()?;
-        {
-            let mut delete = tx.prepare_cached(
-                "DELETE FROM messages WHERE conversation_id = ?1 AND seq = ?2 AND seq > 0",
-            )?;
-            for &seq in seqs.iter().filter(|&&seq| seq != 0) {
-                delete.execute(params![conversation_id, seq])?;
+        sql(|| {
+            let tx = self.write()?;
+            {
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM messages WHERE conversation_id = ?1 AND seq = ?2 AND seq > 0",
+                )?;
+                for &seq in seqs.iter().filter(|&&seq| seq != 0) {
+                    delete.execute(params![conversation_id, seq])?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn history(
@@ -545,117 +570,127 @@ impl LocalStore for SqliteStore {
         before_seq: u64,
         limit: u32,
     ) -> LocalResult<Vec<LocalMessage>> {
-        let mut messages = Vec::new();
-        if limit == 0 {
-            return Ok(messages);
-        }
-        // Both reads see one snapshot even if another connection writes in between.
-        let tx = self.conn.unchecked_transaction()?;
-        if before_seq == 0 {
-            let mut unacked = tx.prepare_cached(concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM messages WHERE seq = 0 AND conversation_id = ?1 ORDER BY local_id DESC LIMIT ?2"
-            ))?;
-            let mut rows = unacked.query(params![conversation_id, limit])?;
-            while let Some(row) = rows.next()? {
-                messages.push(read_message(row)?);
+        sql(|| {
+            let mut messages = Vec::new();
+            if limit == 0 {
+                return Ok(messages);
             }
-        }
-        let remaining = u64::from(limit) - messages.len() as u64;
-        if remaining > 0 {
-            // Stored seqs never exceed i64::MAX, so that bound stands for "no bound".
-            let highest = if before_seq == 0 {
-                i64::MAX as u64
-            } else {
-                (before_seq - 1).min(i64::MAX as u64)
-            };
-            let mut acked = tx.prepare_cached(concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM messages WHERE conversation_id = ?1 AND seq > 0 AND seq <= ?2 ORDER BY seq DESC LIMIT ?3"
-            ))?;
-            let mut rows = acked.query(params![conversation_id, highest, remaining])?;
-            while let Some(row) = rows.next()? {
-                messages.push(read_message(row)?);
+            // Both reads see one snapshot even if another connection writes in between.
+            let tx = self.conn.unchecked_transaction()?;
+            if before_seq == 0 {
+                let mut unacked = tx.prepare_cached(concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE seq = 0 AND conversation_id = ?1 ORDER BY local_id DESC LIMIT ?2"
+                ))?;
+                let mut rows = unacked.query(params![conversation_id, limit])?;
+                while let Some(row) = rows.next()? {
+                    messages.push(read_message(row)?);
+                }
             }
-        }
-        tx.finish()?;
-        Ok(messages)
+            let remaining = u64::from(limit) - messages.len() as u64;
+            if remaining > 0 {
+                // Stored seqs never exceed i64::MAX, so that bound stands for "no bound".
+                let highest = if before_seq == 0 {
+                    i64::MAX as u64
+                } else {
+                    (before_seq - 1).min(i64::MAX as u64)
+                };
+                let mut acked = tx.prepare_cached(concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE conversation_id = ?1 AND seq > 0 AND seq <= ?2 ORDER BY seq DESC LIMIT ?3"
+                ))?;
+                let mut rows = acked.query(params![conversation_id, highest, remaining])?;
+                while let Some(row) = rows.next()? {
+                    messages.push(read_message(row)?);
+                }
+            }
+            tx.finish()?;
+            Ok(messages)
+        })
     }
 
     fn message(&self, conversation_id: &str, seq: u64) -> LocalResult<Option<LocalMessage>> {
-        if seq == 0 {
-            return Ok(None);
-        }
-        let mut stmt = self.conn.prepare_cached(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE conversation_id = ?1 AND seq = ?2 AND seq > 0"
-        ))?;
-        let mut rows = stmt.query(params![conversation_id, seq])?;
-        rows.next()?.map(read_message).transpose()
+        sql(|| {
+            if seq == 0 {
+                return Ok(None);
+            }
+            let mut stmt = self.conn.prepare_cached(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE conversation_id = ?1 AND seq = ?2 AND seq > 0"
+            ))?;
+            let mut rows = stmt.query(params![conversation_id, seq])?;
+            rows.next()?.map(read_message).transpose()
+        })
     }
 
     fn conversation(&self, conversation_id: &str) -> LocalResult<Option<LocalConversation>> {
-        let mut stmt = self.conn.prepare_cached(concat!(
-            "SELECT ",
-            conversation_columns!(),
-            " FROM conversations WHERE conversation_id = ?1"
-        ))?;
-        let mut rows = stmt.query(params![conversation_id])?;
-        rows.next()?.map(read_conversation).transpose()
+        sql(|| {
+            let mut stmt = self.conn.prepare_cached(concat!(
+                "SELECT ",
+                conversation_columns!(),
+                " FROM conversations WHERE conversation_id = ?1"
+            ))?;
+            let mut rows = stmt.query(params![conversation_id])?;
+            rows.next()?.map(read_conversation).transpose()
+        })
     }
 
     fn put_conversation(&mut self, conversation: &LocalConversation) -> LocalResult<()> {
-        let mut stmt = self.conn.prepare_cached(concat!(
-            "INSERT OR REPLACE INTO conversations (",
-            conversation_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
-        ))?;
-        let c = conversation;
-        let last = c.last_message.as_ref();
-        stmt.execute(params![
-            c.conversation_id,
-            c.peer,
-            c.title,
-            c.last_seq,
-            c.read_seq,
-            c.unread_count,
-            c.peer_read_seq,
-            c.updated_ms,
-            last.map(|m| m.local_id),
-            last.map(|m| &m.conversation_id),
-            last.map(|m| &m.sender),
-            last.map(|m| &m.client_msg_id),
-            last.map(|m| m.seq),
-            last.map(|m| opaque_to_sql(m.server_msg_id)),
-            last.map(|m| m.time_ms),
-            last.map(|m| m.content_type),
-            last.map(|m| &m.content),
-            last.map(|m| encode_state(m.state)),
-            last.map(|m| m.recalled),
-        ])?;
-        Ok(())
+        sql(|| {
+            let mut stmt = self.conn.prepare_cached(concat!(
+                "INSERT OR REPLACE INTO conversations (",
+                conversation_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+            ))?;
+            let c = conversation;
+            let last = c.last_message.as_ref();
+            stmt.execute(params![
+                c.conversation_id,
+                c.peer,
+                c.title,
+                c.last_seq,
+                c.read_seq,
+                c.unread_count,
+                c.peer_read_seq,
+                c.updated_ms,
+                last.map(|m| m.local_id),
+                last.map(|m| &m.conversation_id),
+                last.map(|m| &m.sender),
+                last.map(|m| &m.client_msg_id),
+                last.map(|m| m.seq),
+                last.map(|m| opaque_to_sql(m.server_msg_id)),
+                last.map(|m| m.time_ms),
+                last.map(|m| m.content_type),
+                last.map(|m| &m.content),
+                last.map(|m| encode_state(m.state)),
+                last.map(|m| m.recalled),
+            ])?;
+            Ok(())
+        })
     }
 
     fn conversations(&self) -> LocalResult<Vec<LocalConversation>> {
-        let mut stmt = self.conn.prepare_cached(concat!(
-            "SELECT ",
-            conversation_columns!(),
-            " FROM conversations ORDER BY updated_ms DESC, conversation_id"
-        ))?;
-        let mut rows = stmt.query([])?;
-        let mut conversations = Vec::new();
-        while let Some(row) = rows.next()? {
-            conversations.push(read_conversation(row)?);
-        }
-        Ok(conversations)
+        sql(|| {
+            let mut stmt = self.conn.prepare_cached(concat!(
+                "SELECT ",
+                conversation_columns!(),
+                " FROM conversations ORDER BY updated_ms DESC, conversation_id"
+            ))?;
+            let mut rows = stmt.query([])?;
+            let mut conversations = Vec::new();
+            while let Some(row) = rows.next()? {
+                conversations.push(read_conversation(row)?);
+            }
+            Ok(conversations)
+        })
     }
 }
 
 /// Inserts a full message row.
-fn insert_message(conn: &Connection, m: &LocalMessage) -> LocalResult<()> {
+fn insert_message(conn: &Connection, m: &LocalMessage) -> SqlResult<()> {
     let mut stmt = conn.prepare_cached(concat!(
         "INSERT INTO messages (",
         message_columns!(),
@@ -678,7 +713,7 @@ fn insert_message(conn: &Connection, m: &LocalMessage) -> LocalResult<()> {
 }
 
 /// Reads a row selected with [`message_columns!`].
-fn read_message(row: &Row<'_>) -> LocalResult<LocalMessage> {
+fn read_message(row: &Row<'_>) -> SqlResult<LocalMessage> {
     Ok(LocalMessage {
         local_id: column(row, 0)?,
         conversation_id: column(row, 1)?,
@@ -695,7 +730,7 @@ fn read_message(row: &Row<'_>) -> LocalResult<LocalMessage> {
 }
 
 /// Reads a row selected with [`outbox_columns!`].
-fn read_outbox_item(row: &Row<'_>) -> LocalResult<OutboxItem> {
+fn read_outbox_item(row: &Row<'_>) -> SqlResult<OutboxItem> {
     Ok(OutboxItem {
         local_id: column(row, 0)?,
         recipient: decode_recipient(column(row, 1)?, column(row, 2)?)?,
@@ -710,15 +745,15 @@ fn read_outbox_item(row: &Row<'_>) -> LocalResult<OutboxItem> {
 }
 
 /// Reads a row selected with [`conversation_columns!`].
-fn read_conversation(row: &Row<'_>) -> LocalResult<LocalConversation> {
+fn read_conversation(row: &Row<'_>) -> SqlResult<LocalConversation> {
     let conversation_id: String = column(row, 0)?;
     // The last message is either wholly present or wholly NULL; anything in between is damage.
     let last_message = match column::<Option<String>>(row, 9)? {
         None => None,
         Some(last_conversation_id) => {
-            let required = |idx: usize| -> LocalResult<rusqlite::types::Value> {
+            let required = |idx: usize| -> SqlResult<rusqlite::types::Value> {
                 match column::<rusqlite::types::Value>(row, idx)? {
-                    rusqlite::types::Value::Null => Err(LocalStoreError::Corrupt(format!(
+                    rusqlite::types::Value::Null => Err(SqlFailure::corrupt(format!(
                         "conversation {conversation_id}: last message column {idx} is NULL"
                     ))),
                     value => Ok(value),
@@ -757,16 +792,16 @@ fn read_conversation(row: &Row<'_>) -> LocalResult<LocalConversation> {
 
 /// One column, with any type or range mismatch reported as corruption (the schema only ever
 /// stores values that fit, so a mismatch means the file was damaged or edited).
-fn column<T: FromSql>(row: &Row<'_>, idx: usize) -> LocalResult<T> {
+fn column<T: FromSql>(row: &Row<'_>, idx: usize) -> SqlResult<T> {
     row.get(idx).map_err(|e| match e {
         rusqlite::Error::InvalidColumnType(..)
         | rusqlite::Error::FromSqlConversionFailure(..)
         | rusqlite::Error::IntegralValueOutOfRange(..)
         | rusqlite::Error::Utf8Error(..) => {
             let name = row.as_ref().column_name(idx).unwrap_or("?");
-            LocalStoreError::Corrupt(format!("column {name}: {e}"))
+            SqlFailure::corrupt(format!("column {name}: {e}"))
         }
-        other => LocalStoreError::Sqlite(other),
+        other => SqlFailure::Sql(other),
     })
 }
 
@@ -788,14 +823,12 @@ fn encode_state(state: SendState) -> i64 {
     }
 }
 
-fn decode_state(code: i64) -> LocalResult<SendState> {
+fn decode_state(code: i64) -> SqlResult<SendState> {
     match code {
         0 => Ok(SendState::Sending),
         1 => Ok(SendState::Sent),
         2 => Ok(SendState::Failed),
-        other => Err(LocalStoreError::Corrupt(format!(
-            "unknown send state {other}"
-        ))),
+        other => Err(SqlFailure::corrupt(format!("unknown send state {other}"))),
     }
 }
 
@@ -806,14 +839,65 @@ fn encode_recipient(recipient: &Recipient) -> (i64, &str) {
     }
 }
 
-fn decode_recipient(kind: i64, id: String) -> LocalResult<Recipient> {
+fn decode_recipient(kind: i64, id: String) -> SqlResult<Recipient> {
     match kind {
         0 => Ok(Recipient::User(id)),
         1 => Ok(Recipient::Group(id)),
-        other => Err(LocalStoreError::Corrupt(format!(
+        other => Err(SqlFailure::corrupt(format!(
             "unknown recipient kind {other}"
         ))),
     }
+}
+
+/// A failure inside this module: SQLite's own error, until it leaves through the public API as
+/// a [`LocalStoreError`] (see [`sql`]), so no `rusqlite` type reaches the store's interface.
+#[derive(Debug)]
+enum SqlFailure {
+    /// SQLite failed.
+    Sql(rusqlite::Error),
+    /// The store's own rules failed (a corrupt value).
+    Store(LocalStoreError),
+}
+
+impl SqlFailure {
+    fn corrupt(message: impl Into<String>) -> SqlFailure {
+        SqlFailure::Store(LocalStoreError::Corrupt(message.into()))
+    }
+}
+
+impl From<rusqlite::Error> for SqlFailure {
+    fn from(e: rusqlite::Error) -> SqlFailure {
+        SqlFailure::Sql(e)
+    }
+}
+
+impl From<LocalStoreError> for SqlFailure {
+    fn from(e: LocalStoreError) -> SqlFailure {
+        SqlFailure::Store(e)
+    }
+}
+
+/// The result of this module's internals.
+type SqlResult<T> = Result<T, SqlFailure>;
+
+/// Runs one operation of the public API, turning SQLite's errors into the store's own kinds.
+fn sql<T>(operation: impl FnOnce() -> SqlResult<T>) -> LocalResult<T> {
+    operation().map_err(|failure| match failure {
+        SqlFailure::Store(e) => e,
+        SqlFailure::Sql(e) => {
+            let message = e.to_string();
+            match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DiskFull) => LocalStoreError::DiskFull(message),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    LocalStoreError::Busy(message)
+                }
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                    LocalStoreError::Corrupt(message)
+                }
+                _ => LocalStoreError::Database(message),
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -821,7 +905,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn file_store_commits_with_full_sync_in_wal_mode() -> LocalResult<()> {
+    fn file_store_commits_with_full_sync_in_wal_mode() -> SqlResult<()> {
         let dir = tempfile::tempdir().map_err(|e| LocalStoreError::Corrupt(e.to_string()))?;
         let store = SqliteStore::open(&dir.path().join("client.sqlite"))?;
         // 2 = FULL: the WAL is synced on every commit, so a pushed outbox item survives a crash.

@@ -101,13 +101,24 @@ pub struct LocalConversation {
     pub updated_ms: u64,
 }
 
-/// Why the local store failed.
-#[derive(Debug, thiserror::Error)]
+/// Why the local store failed: the kind of failure, with the engine's own words for logs.
+/// Implementations map their engine's errors onto these kinds (SQLite's in `sqlite.rs`), so the
+/// interface does not depend on any storage engine.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LocalStoreError {
-    /// SQLite failed (disk full, corrupt file, locked).
+    /// The storage engine failed: an I/O error, a file that cannot be opened or written, a
+    /// statement that failed.
     #[error("local database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A stored value could not be read back.
+    Database(String),
+    /// The disk is full: nothing more can be stored until space is freed.
+    #[error("local database is out of disk space: {0}")]
+    DiskFull(String),
+    /// Another connection (an app extension, a second process) held the database for longer
+    /// than the store waits.
+    #[error("local database is busy: {0}")]
+    Busy(String),
+    /// A stored value could not be read back, or the file is damaged, not a database, or of a
+    /// newer schema.
     #[error("corrupt local record: {0}")]
     Corrupt(String),
 }

@@ -771,7 +771,7 @@ fn sqlite_store_keeps_everything_across_close_and_reopen() -> LocalResult<()> {
 }
 
 #[test]
-fn sqlite_store_file_uses_the_write_ahead_log() -> LocalResult<()> {
+fn sqlite_store_file_uses_the_write_ahead_log() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("client.sqlite");
     drop(SqliteStore::open(&path)?);
@@ -784,7 +784,7 @@ fn sqlite_store_file_uses_the_write_ahead_log() -> LocalResult<()> {
 }
 
 #[test]
-fn sqlite_store_reports_damaged_rows_as_corrupt() -> LocalResult<()> {
+fn sqlite_store_reports_damaged_rows_as_corrupt() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("client.sqlite");
     let mut store = SqliteStore::open(&path)?;
@@ -819,7 +819,7 @@ fn sqlite_store_reports_damaged_rows_as_corrupt() -> LocalResult<()> {
 }
 
 #[test]
-fn sqlite_store_refuses_a_file_from_a_newer_schema() -> LocalResult<()> {
+fn sqlite_store_refuses_a_file_from_a_newer_schema() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("client.sqlite");
     drop(SqliteStore::open(&path)?);

@@ -1,15 +1,32 @@
 //! The client core (sdk-core's tokio driver over its state machine) against the real server
-//! process, including a server SIGKILL and restart while clients are sending.
+//! process: a server SIGKILL and restart while clients are sending, an app that stops reading
+//! its events, token refresh, and every app request answered in the core's own types.
 
 mod support;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use im_protocol::ids::direct_conversation_id;
-use sdk_core::{ConnectionState, Event, LocalMessage, Recipient, SendState};
+use bytes::BytesMut;
+use futures::future::BoxFuture;
+use im_protocol::ids::{direct_conversation_id, group_conversation_id};
+use im_protocol::{FrameCodec, pb};
+use sdk_core::driver::{self, DriverError, DriverOptions, TokenRefresher};
+use sdk_core::memory::MemoryStore;
+use sdk_core::{
+    ByteStream, ConnectionState, Connector, Event, GroupEventKind, GroupRole, HistoryDirection,
+    LocalMessage, Recipient, RequestError, SendState, ServerAddress, StopReason, TcpConnector,
+    TypingEvent, error_code,
+};
 use support::*;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
+use tokio_util::codec::Decoder as _;
 
 #[tokio::test]
 async fn two_client_cores_chat_through_the_server() {
@@ -224,4 +241,428 @@ async fn an_oversized_message_fails_at_once_and_does_not_block_the_next() {
     })
     .await;
     assert_eq!(state, SendState::Sent);
+}
+
+/// What a [`RecordingConnector`] saw on the client's connections.
+#[derive(Default)]
+struct Recording {
+    connects: AtomicUsize,
+    bytes_read: AtomicU64,
+    /// When the client wrote each PING.
+    pings: Mutex<Vec<Instant>>,
+}
+
+impl Recording {
+    fn pings_since(&self, since: Instant) -> usize {
+        self.pings
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&t| t > since)
+            .count()
+    }
+}
+
+/// Plain TCP that records what passes: a connector plugged in from outside the client core.
+struct RecordingConnector(Arc<Recording>);
+
+impl Connector for RecordingConnector {
+    fn connect(
+        &self,
+        server: &ServerAddress,
+    ) -> BoxFuture<'static, io::Result<Box<dyn ByteStream>>> {
+        let recording = self.0.clone();
+        let tcp = TcpConnector.connect(server);
+        Box::pin(async move {
+            let inner = tcp.await?;
+            recording.connects.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Recorded {
+                inner,
+                recording,
+                codec: FrameCodec::default(),
+                written: BytesMut::new(),
+            }) as Box<dyn ByteStream>)
+        })
+    }
+}
+
+struct Recorded {
+    inner: Box<dyn ByteStream>,
+    recording: Arc<Recording>,
+    codec: FrameCodec,
+    /// Written bytes not yet decoded into whole frames.
+    written: BytesMut,
+}
+
+impl AsyncRead for Recorded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.recording.bytes_read.fetch_add(read, Ordering::SeqCst);
+        result
+    }
+}
+
+impl AsyncWrite for Recorded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            let this = &mut *self;
+            this.written.extend_from_slice(&buf[..n]);
+            while let Ok(Some(frame)) = this.codec.decode(&mut this.written) {
+                if frame.op == pb::Op::Ping as u16 {
+                    this.recording.pings.lock().unwrap().push(Instant::now());
+                }
+            }
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_app_that_stops_reading_events_holds_the_server_back_without_losing_the_link_or_a_message()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    // A 1 s heartbeat: the server closes a connection it has heard nothing from for 3 s.
+    let server = Server::start(dir.path(), &["--heartbeat-secs", "1"]);
+    let recording = Arc::new(Recording::default());
+    let mut bob_config = config("bob", "phone");
+    // Far shorter than the pause: were the unread pongs held against the link, it would drop.
+    bob_config.pong_timeout = Duration::from_secs(2);
+    let options = DriverOptions {
+        connector: Arc::new(RecordingConnector(recording.clone())),
+        event_capacity: 8,
+        ..DriverOptions::default()
+    };
+    let (bob, mut bob_events) = start_client_with(&server, "bob", "phone", bob_config, options);
+    wait_for(&mut bob_events, "bob synced", |e| {
+        matches!(e, Event::Synced { .. }).then_some(())
+    })
+    .await;
+    let mut alice = Client::connect(&server, "alice", "phone").await;
+
+    // Bob's app takes no events for about 6 s (six heartbeats, two idle timeouts, within the
+    // server's 15 s limit for unread data) while alice sends a message every 100 ms. Bob's
+    // queue of 8 is full after a few messages.
+    let total = 60;
+    let mut held_since = None;
+    for i in 0..total {
+        alice
+            .send_text(to_user("bob"), &format!("m{i}"), &format!("message {i}"))
+            .await
+            .unwrap();
+        if i == 15 {
+            held_since = Some((Instant::now(), recording.bytes_read.load(Ordering::SeqCst)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (held_since, read_then) = held_since.unwrap();
+
+    // Meanwhile the driver read nothing more from the server, kept its heartbeats going and
+    // still answered the app.
+    assert_eq!(
+        recording.bytes_read.load(Ordering::SeqCst),
+        read_then,
+        "the driver stopped reading while the app was behind"
+    );
+    let pings = recording.pings_since(held_since);
+    assert!(
+        pings >= 3,
+        "heartbeats went on: {pings} pings in {:?}",
+        held_since.elapsed()
+    );
+    let (state, _) = tokio::time::timeout(Duration::from_secs(1), bob.state())
+        .await
+        .expect("commands are handled while the server is held back")
+        .unwrap();
+    assert_eq!(state, ConnectionState::Online);
+
+    // The app reads again: every message, once, in order, on the same connection.
+    let mut texts = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while texts.len() < total {
+        let event = tokio::time::timeout_at(deadline, bob_events.recv())
+            .await
+            .expect("every message in time")
+            .expect("the client runs");
+        match event {
+            Event::MessageReceived(m) => {
+                texts.push(String::from_utf8_lossy(&m.content).into_owned())
+            }
+            Event::State(state) => panic!("the connection changed state: {state:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        texts,
+        (0..total)
+            .map(|i| format!("message {i}"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        recording.connects.load(Ordering::SeqCst),
+        1,
+        "neither side dropped the connection"
+    );
+    assert_eq!(
+        bob.state().await.unwrap(),
+        (ConnectionState::Online, total as u64)
+    );
+}
+
+#[tokio::test]
+async fn an_app_that_awaits_an_answer_while_behind_on_events_still_gets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let options = DriverOptions {
+        event_capacity: 2,
+        ..DriverOptions::default()
+    };
+    let (bob, mut bob_events) =
+        start_client_with(&server, "bob", "phone", config("bob", "phone"), options);
+    wait_for(&mut bob_events, "bob synced", |e| {
+        matches!(e, Event::Synced { .. }).then_some(())
+    })
+    .await;
+    let mut alice = Client::connect(&server, "alice", "phone").await;
+    for i in 0..20 {
+        alice
+            .send_text(to_user("bob"), &format!("m{i}"), &format!("message {i}"))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The answer is behind the pushes the driver holds back; an app awaiting it before it
+    // reads on must not wait forever.
+    let page = tokio::time::timeout(Duration::from_secs(10), bob.fetch_conversations(0, ""))
+        .await
+        .expect("the answer arrives although the app is behind")
+        .unwrap();
+    let [conversation] = page.conversations.as_slice() else {
+        panic!("one conversation: {page:?}")
+    };
+    assert_eq!((conversation.last_seq, conversation.unread_count), (20, 20));
+
+    let mut received = Vec::new();
+    while received.len() < 20 {
+        let m = wait_for(&mut bob_events, "the messages", |e| match e {
+            Event::MessageReceived(m) => Some(m.seq),
+            _ => None,
+        })
+        .await;
+        received.push(m);
+    }
+    assert_eq!(received, (1..=20).collect::<Vec<_>>());
+}
+
+/// The app's token source: hands out one fresh token.
+struct FreshToken(String);
+
+impl TokenRefresher for FreshToken {
+    fn refresh(&self) -> Option<String> {
+        Some(self.0.clone())
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_is_replaced_through_the_apps_refresher() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let expired = token_with("alice", Some("phone"), now_secs() - 60);
+    let options = DriverOptions {
+        token_refresher: Some(Arc::new(FreshToken(server.token("alice", "phone")))),
+        ..DriverOptions::default()
+    };
+    let (_alice, mut events) = driver::start(
+        server.addr.into(),
+        expired,
+        config("alice", "phone"),
+        MemoryStore::new(),
+        options,
+        &tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    wait_for(&mut events, "the expiry", |e| {
+        matches!(
+            e,
+            Event::State(ConnectionState::Stopped(StopReason::TokenExpired))
+        )
+        .then_some(())
+    })
+    .await;
+    wait_for(&mut events, "synced with the fresh token", |e| {
+        matches!(e, Event::Synced { .. }).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn app_requests_are_answered_in_the_cores_own_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (alice, mut alice_events) = start_client(&server, "alice", "phone");
+    let (bob, mut bob_events) = start_client(&server, "bob", "phone");
+    for events in [&mut alice_events, &mut bob_events] {
+        wait_for(events, "synced", |e| {
+            matches!(e, Event::Synced { .. }).then_some(())
+        })
+        .await;
+    }
+
+    // Groups.
+    let group = alice
+        .create_group("friends", vec!["bob".into()], false, "create-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            group.name.as_str(),
+            group.owner.as_str(),
+            group.member_count,
+            group.open
+        ),
+        ("friends", "alice", 2, false)
+    );
+    let created = wait_for(&mut bob_events, "the group event", |e| match e {
+        Event::GroupChanged(g) => Some(g.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (
+            created.kind,
+            created.actor.as_str(),
+            created.group_id.as_str()
+        ),
+        (GroupEventKind::Created, "alice", group.group_id.as_str())
+    );
+    let added = alice
+        .add_group_members(&group.group_id, vec!["carol".into(), "bob".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        (added.members, added.group.member_count),
+        (vec!["carol".to_string()], 3)
+    );
+    let page = alice.group_members(&group.group_id, 0, "").await.unwrap();
+    let members: Vec<(&str, GroupRole)> = page
+        .members
+        .iter()
+        .map(|m| (m.user_id.as_str(), m.role))
+        .collect();
+    assert_eq!(
+        members,
+        [
+            ("alice", GroupRole::Owner),
+            ("bob", GroupRole::Member),
+            ("carol", GroupRole::Member)
+        ]
+    );
+    assert_eq!(bob.group_info(&group.group_id).await.unwrap(), page.group);
+    let removed = alice
+        .remove_group_members(&group.group_id, vec!["carol".into()])
+        .await
+        .unwrap();
+    assert_eq!(removed.members, ["carol"]);
+    // A refusal carries the protocol's stable code.
+    match bob
+        .remove_group_members(&group.group_id, vec!["alice".into()])
+        .await
+    {
+        Err(DriverError::Request(RequestError::Server(e))) => {
+            assert_eq!((e.code, e.name()), (error_code::FORBIDDEN, "FORBIDDEN"))
+        }
+        other => panic!("a non-owner removing the owner: {other:?}"),
+    }
+
+    // Messages: typing, recall, server history, delete for me, read marker.
+    let conversation = group_conversation_id(&group.group_id);
+    alice.typing(&conversation, true).await.unwrap();
+    let typing = wait_for(&mut bob_events, "alice typing", |e| match e {
+        Event::Typing(t) => Some(t.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        typing,
+        TypingEvent {
+            conversation_id: conversation.clone(),
+            user_id: "alice".into(),
+            typing: true
+        }
+    );
+    let sent = alice
+        .send_text(Recipient::Group(group.group_id.clone()), "hello group")
+        .await
+        .unwrap();
+    let seq = wait_for(&mut alice_events, "the ack", |e| match e {
+        Event::MessageUpdated(m) if m.local_id == sent.local_id && m.state == SendState::Sent => {
+            Some(m.seq)
+        }
+        _ => None,
+    })
+    .await;
+    wait_for(&mut bob_events, "the message", |e| {
+        matches!(e, Event::MessageReceived(m) if m.seq == seq).then_some(())
+    })
+    .await;
+    let marker = bob.mark_read(&conversation, seq).await.unwrap();
+    assert_eq!((marker.read_seq, marker.unread_count), (seq, 0));
+    let recall = alice.recall(&conversation, seq).await.unwrap();
+    assert_eq!((recall.seq, recall.by_user.as_str()), (seq, "alice"));
+    wait_for(&mut bob_events, "the recall", |e| {
+        matches!(e, Event::MessageRecalled { seq: s, .. } if *s == seq).then_some(())
+    })
+    .await;
+    let history = bob
+        .fetch_history(&conversation, 0, HistoryDirection::Older, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        history
+            .messages
+            .iter()
+            .map(|m| (m.seq, m.recalled))
+            .collect::<Vec<_>>(),
+        [(seq, true)]
+    );
+    assert_eq!(
+        bob.delete_for_me(&conversation, vec![seq]).await.unwrap(),
+        1
+    );
+    let conversations = bob.fetch_conversations(0, "").await.unwrap();
+    assert!(
+        conversations
+            .conversations
+            .iter()
+            .any(|c| c.conversation_id == conversation && c.title == "friends"),
+        "{conversations:?}"
+    );
+
+    // Leaving, and a group that is not open.
+    bob.leave_group(&group.group_id).await.unwrap();
+    match bob.join_group(&group.group_id).await {
+        Err(DriverError::Request(RequestError::Server(e))) => {
+            assert_eq!(e.code, error_code::NOT_OPEN)
+        }
+        other => panic!("joining a closed group: {other:?}"),
+    }
 }

@@ -4,7 +4,6 @@
 //! Exit codes: 0 success, 2 bad arguments, 3 server unreachable, 4 token refused,
 //! 5 request refused or timed out, 1 anything else.
 
-use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,21 +12,18 @@ use anyhow::{Context as _, anyhow};
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use im_protocol::ids;
-use im_protocol::{Body, pb};
-use sdk_core::driver::{self, ClientHandle, DriverError};
-use sdk_core::machine::describe;
+use sdk_core::driver::{self, ClientHandle, DriverError, DriverOptions, EventStream};
 use sdk_core::sqlite::SqliteStore;
 use sdk_core::{
-    ClientConfig, ConnectionState, Event, LocalMessage, Recipient, RequestError, SendState,
-    StopReason,
+    ClientConfig, ConnectionState, Connector as _, Event, GroupEventKind, GroupInfo, GroupRole,
+    LocalMessage, Platform, Recipient, SendState, ServerAddress, StopReason, TcpConnector,
 };
 use serde_json::json;
-use tokio::sync::mpsc;
 
 #[derive(Parser, Debug)]
 #[command(name = "imcli", version, about = "Command-line IM client")]
 struct Cli {
-    /// Server address, host:port.
+    /// Server address: host:port (a host name or an IP address), or [IPv6]:port.
     #[arg(long, env = "IM_SERVER", default_value = "127.0.0.1:8080")]
     server: String,
     /// Token (from your app server, or `im-server token --user NAME`).
@@ -230,7 +226,7 @@ fn lease_device(user: &str) -> Result<(String, std::fs::File), Failure> {
 
 struct Session {
     handle: ClientHandle,
-    events: mpsc::Receiver<Event>,
+    events: EventStream,
     me: String,
     json: bool,
 }
@@ -248,26 +244,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     };
     ids::validate_id(&device, "device").map_err(|e| fail(2, anyhow!("--device: {e}")))?;
-    let server: SocketAddr = cli
+    let server: ServerAddress = cli
         .server
-        .to_socket_addrs()
-        .map_err(|e| {
-            fail(
-                3,
-                anyhow!("cannot resolve server address {:?}: {e}", cli.server),
-            )
-        })?
-        .next()
-        .ok_or_else(|| {
-            fail(
-                3,
-                anyhow!("server address {:?} resolves to nothing", cli.server),
-            )
-        })?;
+        .parse()
+        .map_err(|e| fail(2, anyhow!("--server: {e}")))?;
     // Probe once so an unreachable server is reported plainly instead of retried in silence.
     tokio::time::timeout(
         Duration::from_secs(cli.timeout),
-        tokio::net::TcpStream::connect(server),
+        TcpConnector.connect(&server),
     )
     .await
     .map_err(|_| fail(3, anyhow!("cannot reach server {server}: timed out")))?
@@ -280,10 +264,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let store = SqliteStore::open(&db)
         .with_context(|| format!("opening local database {}", db.display()))?;
     let mut config = ClientConfig::new(me.clone(), device);
-    config.platform = pb::Platform::Desktop;
+    config.platform = Platform::Desktop;
     config.client_version = concat!("imcli/", env!("CARGO_PKG_VERSION")).into();
-    let (handle, events) = driver::start(server, cli.token.clone(), config, store, None)
-        .with_context(|| format!("reading local database {}", db.display()))?;
+    let (handle, events) = driver::start(
+        server,
+        cli.token.clone(),
+        config,
+        store,
+        DriverOptions::default(),
+        &tokio::runtime::Handle::current(),
+    )
+    .with_context(|| format!("reading local database {}", db.display()))?;
     let mut session = Session {
         handle,
         events,
@@ -306,11 +297,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Recall { peer, seq } => {
             let conversation_id = conversation_of(&session.me, &peer)?;
             session
-                .request(pb::RecallReq {
-                    conversation_id,
-                    conversation_seq: seq,
-                })
+                .handle
+                .recall(&conversation_id, seq)
                 .await
+                .map_err(refused)
                 .map(|_| {
                     session.line(
                         json!({"type": "recalled", "peer": peer, "seq": seq}),
@@ -322,6 +312,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     };
     let _ = session.handle.shutdown().await;
     result
+}
+
+/// A request the server refused or that could not be made: exit code 5.
+fn refused(e: DriverError) -> Failure {
+    fail(5, anyhow!(e))
+}
+
+/// The protocol's number of a group event kind (`GroupEventKind` in messaging.proto), which
+/// `--json` output has always carried.
+fn kind_number(kind: GroupEventKind) -> i32 {
+    match kind {
+        GroupEventKind::Created => 1,
+        GroupEventKind::MembersAdded => 2,
+        GroupEventKind::MembersRemoved => 3,
+        GroupEventKind::MemberJoined => 4,
+        GroupEventKind::MemberLeft => 5,
+        GroupEventKind::Unknown(number) => number,
+    }
 }
 
 fn message_json(m: &LocalMessage) -> serde_json::Value {
@@ -384,17 +392,6 @@ impl Session {
         }
     }
 
-    async fn request(&self, body: impl Into<Body>) -> Result<Body, Failure> {
-        match self.handle.request(body).await {
-            Ok(Body::Error(e)) => Err(fail(5, anyhow!(describe(&e)))),
-            Ok(body) => Ok(body),
-            Err(DriverError::Request(RequestError::Server(e))) => {
-                Err(fail(5, anyhow!(describe(&e))))
-            }
-            Err(e) => Err(fail(5, anyhow!(e))),
-        }
-    }
-
     async fn send(&mut self, to: &str, text: &str, wait: Duration) -> Result<(), Failure> {
         let sent = self
             .handle
@@ -452,8 +449,8 @@ impl Session {
                     format!("[{}] {} {}", t.conversation_id, t.user_id, if t.typing { "is typing…" } else { "stopped typing" }),
                 ),
                 Event::GroupChanged(g) => self.line(
-                    json!({"type": "group", "group_id": g.group_id, "kind": g.kind, "actor": g.actor_user, "members": g.members}),
-                    format!("[g:{}] group changed by {}: {:?} {:?}", g.group_id, g.actor_user, pb::GroupEventKind::try_from(g.kind).unwrap_or_default(), g.members),
+                    json!({"type": "group", "group_id": g.group_id, "kind": kind_number(g.kind), "actor": g.actor, "members": g.members}),
+                    format!("[g:{}] group changed by {}: {:?} {:?}", g.group_id, g.actor, g.kind, g.members),
                 ),
                 Event::State(state)
                     if !self.json => {
@@ -500,7 +497,7 @@ impl Session {
             .history(&conversation_id, before, limit)
             .await
             .map_err(|e| match e {
-                DriverError::Request(RequestError::Server(e)) => fail(5, anyhow!(describe(&e))),
+                DriverError::Request(_) => refused(e),
                 e => fail(1, anyhow!(e)),
             })?;
         for m in &messages {
@@ -523,98 +520,76 @@ impl Session {
             .find(|c| c.conversation_id == conversation_id)
             .map(|c| c.last_seq)
             .unwrap_or(0);
-        match self.handle.mark_read(&conversation_id, last).await {
-            Ok(Body::ReadMarkerResp(r)) => {
-                self.line(
-                    json!({"type": "read_marker", "conversation_id": r.conversation_id, "read_seq": r.read_seq, "unread": r.unread_count}),
-                    format!("read {} up to #{} ({} unread)", r.conversation_id, r.read_seq, r.unread_count),
-                );
-                Ok(())
-            }
-            Ok(Body::Error(e)) | Err(DriverError::Request(RequestError::Server(e))) => {
-                Err(fail(5, anyhow!(describe(&e))))
-            }
-            Ok(other) => Err(fail(1, anyhow!("unexpected answer {other:?}"))),
-            Err(e) => Err(fail(5, anyhow!(e))),
-        }
+        let r = self
+            .handle
+            .mark_read(&conversation_id, last)
+            .await
+            .map_err(refused)?;
+        self.line(
+            json!({"type": "read_marker", "conversation_id": r.conversation_id, "read_seq": r.read_seq, "unread": r.unread_count}),
+            format!("read {} up to #{} ({} unread)", r.conversation_id, r.read_seq, r.unread_count),
+        );
+        Ok(())
     }
 
     async fn group(&self, command: GroupCmd) -> Result<(), Failure> {
         let group_id = |g: &str| g.strip_prefix("g:").unwrap_or(g).to_owned();
-        let print_group = |info: &Option<pb::GroupInfo>, verb: &str| {
-            if let Some(g) = info {
-                self.line(
-                    json!({"type": "group", "action": verb, "group_id": g.group_id, "name": g.name, "owner": g.owner, "member_count": g.member_count}),
-                    format!("{verb} group {} (g:{}), {} members", g.name, g.group_id, g.member_count),
-                );
-            }
+        let print_group = |g: &GroupInfo, verb: &str| {
+            self.line(
+                json!({"type": "group", "action": verb, "group_id": g.group_id, "name": g.name, "owner": g.owner, "member_count": g.member_count}),
+                format!("{verb} group {} (g:{}), {} members", g.name, g.group_id, g.member_count),
+            );
         };
         match command {
             GroupCmd::Create { name, members } => {
-                if let Body::GroupCreateResp(r) = self
-                    .request(pb::GroupCreateReq {
-                        name,
-                        members,
-                        open: false,
-                        client_request_id: String::new(),
-                    })
-                    .await?
-                {
-                    print_group(&r.group, "created");
-                }
+                let group = self
+                    .handle
+                    .create_group(&name, members, false, "")
+                    .await
+                    .map_err(refused)?;
+                print_group(&group, "created");
             }
             GroupCmd::Add { group, members } => {
-                if let Body::GroupAddMembersResp(r) = self
-                    .request(pb::GroupAddMembersReq {
-                        group_id: group_id(&group),
-                        members,
-                    })
-                    .await?
-                {
-                    print_group(&r.group, "added to");
-                }
+                let change = self
+                    .handle
+                    .add_group_members(&group_id(&group), members)
+                    .await
+                    .map_err(refused)?;
+                print_group(&change.group, "added to");
             }
             GroupCmd::Remove { group, members } => {
-                if let Body::GroupRemoveMembersResp(r) = self
-                    .request(pb::GroupRemoveMembersReq {
-                        group_id: group_id(&group),
-                        members,
-                    })
-                    .await?
-                {
-                    print_group(&r.group, "removed from");
-                }
+                let change = self
+                    .handle
+                    .remove_group_members(&group_id(&group), members)
+                    .await
+                    .map_err(refused)?;
+                print_group(&change.group, "removed from");
             }
             GroupCmd::Leave { group } => {
-                self.request(pb::GroupLeaveReq {
-                    group_id: group_id(&group),
-                })
-                .await?;
+                self.handle
+                    .leave_group(&group_id(&group))
+                    .await
+                    .map_err(refused)?;
                 self.line(
                     json!({"type": "left", "group_id": group_id(&group)}),
                     format!("left g:{}", group_id(&group)),
                 );
             }
             GroupCmd::Members { group } => {
-                if let Body::GroupMembersResp(r) = self
-                    .request(pb::GroupMembersReq {
-                        group_id: group_id(&group),
-                        limit: 0,
-                        cursor: String::new(),
-                    })
-                    .await?
-                {
-                    for m in r.members {
-                        let role = if m.role == pb::GroupRole::Owner as i32 {
-                            "owner"
-                        } else {
-                            "member"
-                        };
-                        self.line(
-                            json!({"type": "member", "user_id": m.user_id, "role": role}),
-                            format!("{} ({role})", m.user_id),
-                        );
-                    }
+                let page = self
+                    .handle
+                    .group_members(&group_id(&group), 0, "")
+                    .await
+                    .map_err(refused)?;
+                for m in page.members {
+                    let role = match m.role {
+                        GroupRole::Owner => "owner",
+                        GroupRole::Member => "member",
+                    };
+                    self.line(
+                        json!({"type": "member", "user_id": m.user_id, "role": role}),
+                        format!("{} ({role})", m.user_id),
+                    );
                 }
             }
         }

@@ -146,6 +146,29 @@ async fn a_newcomer_chats_creates_a_group_and_reads_with_imcli() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_may_be_named_by_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let by_name = format!("localhost:{}", server.addr.port());
+    let sent = imcli(
+        dir.path(),
+        &[
+            "--server",
+            &by_name,
+            "--token",
+            &token("alice", 600),
+            "--json",
+            "send",
+            "bob",
+            "hi by name",
+        ],
+    )
+    .await;
+    assert!(sent.status.success(), "{sent:?}");
+    server.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_addresses_tokens_and_arguments_exit_with_clear_codes() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path()).await;
@@ -165,6 +188,12 @@ async fn bad_addresses_tokens_and_arguments_exit_with_clear_codes() {
     .await;
     assert_eq!(unreachable.status.code(), Some(3), "{unreachable:?}");
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach server"));
+    let no_port = imcli(
+        home,
+        &["--server", "localhost", "--token", &alice, "conversations"],
+    )
+    .await;
+    assert_eq!(no_port.status.code(), Some(2), "{no_port:?}");
 
     let forged = TokenKey::new("wrong").sign(&Claims {
         sub: "alice".into(),

@@ -499,6 +499,7 @@ impl World {
             while let Some(event) = client.poll_event() {
                 events.push(event);
             }
+            while client.poll_response().is_some() {}
             progressed |= !frames.is_empty() || !events.is_empty();
             // Frames for a connection that no longer exists are void.
             if let Some(link) = self.devices[device].link {
@@ -705,10 +706,9 @@ impl World {
             }
             _ => {}
         }
-        // `Response` events of a lost connection come out in the machine's `HashMap` order,
-        // which differs between processes; nothing here depends on them, so they stay out of
-        // the trace (and its replay hash).
-        if self.trace != Trace::Off && !matches!(event, Event::Response { .. }) {
+        // Answers to requests come from `poll_response`, not as events (the pump drops them:
+        // nothing here depends on them, and a lost connection's come out in `HashMap` order).
+        if self.trace != Trace::Off {
             let text = match &event {
                 Event::ConversationUpdated(c) => format!(
                     "ConversationUpdated({} last {})",

@@ -545,28 +545,45 @@ pub fn config(user: &str, device: &str) -> sdk_core::ClientConfig {
     config
 }
 
-/// Starts a client core for `user` on `device` with an in-memory local store.
+/// Starts a client core for `user` on `device` with an in-memory local store, on the test's
+/// runtime.
 pub fn start_client(
     server: &Server,
     user: &str,
     device: &str,
-) -> (
-    sdk_core::driver::ClientHandle,
-    tokio::sync::mpsc::Receiver<sdk_core::Event>,
-) {
-    sdk_core::driver::start(
-        server.addr,
-        server.token(user, device),
+) -> (sdk_core::ClientHandle, sdk_core::EventStream) {
+    start_client_with(
+        server,
+        user,
+        device,
         config(user, device),
+        sdk_core::DriverOptions::default(),
+    )
+}
+
+/// Like [`start_client`], with the test's own configuration and driver options (a connector,
+/// the event queue's capacity).
+pub fn start_client_with(
+    server: &Server,
+    user: &str,
+    device: &str,
+    config: sdk_core::ClientConfig,
+    options: sdk_core::DriverOptions,
+) -> (sdk_core::ClientHandle, sdk_core::EventStream) {
+    sdk_core::driver::start(
+        server.addr.into(),
+        server.token(user, device),
+        config,
         sdk_core::memory::MemoryStore::new(),
-        None,
+        options,
+        &tokio::runtime::Handle::current(),
     )
     .expect("client starts")
 }
 
 /// Waits for an event of the client core matching `pick`.
 pub async fn wait_for<T>(
-    events: &mut tokio::sync::mpsc::Receiver<sdk_core::Event>,
+    events: &mut sdk_core::EventStream,
     what: &str,
     mut pick: impl FnMut(&sdk_core::Event) -> Option<T>,
 ) -> T {
