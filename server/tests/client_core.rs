@@ -20,8 +20,8 @@ use sdk_core::driver::{self, DriverError, DriverOptions, TokenRefresher};
 use sdk_core::memory::MemoryStore;
 use sdk_core::{
     ByteStream, ConnectionState, Connector, Event, GroupEventKind, GroupRole, HistoryDirection,
-    LocalMessage, Recipient, RequestError, SendState, ServerAddress, StopReason, TcpConnector,
-    TypingEvent, error_code,
+    LocalMessage, Recipient, RequestError, SendState, ServerAddress, StopReason, TypingEvent,
+    error_code,
 };
 use support::*;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -263,8 +263,9 @@ impl Recording {
     }
 }
 
-/// Plain TCP that records what passes: a connector plugged in from outside the client core.
-struct RecordingConnector(Arc<Recording>);
+/// Records what passes over another connector (TCP, or the in-memory transport): a connector
+/// plugged in from outside the client core.
+struct RecordingConnector(Arc<Recording>, Arc<dyn Connector>);
 
 impl Connector for RecordingConnector {
     fn connect(
@@ -272,9 +273,9 @@ impl Connector for RecordingConnector {
         server: &ServerAddress,
     ) -> BoxFuture<'static, io::Result<Box<dyn ByteStream>>> {
         let recording = self.0.clone();
-        let tcp = TcpConnector.connect(server);
+        let connecting = self.1.connect(server);
         Box::pin(async move {
-            let inner = tcp.await?;
+            let inner = connecting.await?;
             recording.connects.fetch_add(1, Ordering::SeqCst);
             Ok(Box::new(Recorded {
                 inner,
@@ -347,7 +348,7 @@ async fn an_app_that_stops_reading_events_holds_the_server_back_without_losing_t
     // Far shorter than the pause: were the unread pongs held against the link, it would drop.
     bob_config.pong_timeout = Duration::from_secs(2);
     let options = DriverOptions {
-        connector: Arc::new(RecordingConnector(recording.clone())),
+        connector: Arc::new(RecordingConnector(recording.clone(), server.connector())),
         event_capacity: 8,
         ..DriverOptions::default()
     };
@@ -432,6 +433,7 @@ async fn an_app_that_awaits_an_answer_while_behind_on_events_still_gets_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let options = DriverOptions {
+        connector: server.connector(),
         event_capacity: 2,
         ..DriverOptions::default()
     };
@@ -489,6 +491,7 @@ async fn an_expired_token_is_replaced_through_the_apps_refresher() {
     let expired = token_with("alice", Some("phone"), now_secs() - 60);
     let options = DriverOptions {
         token_refresher: Some(Arc::new(FreshToken(server.token("alice", "phone")))),
+        connector: server.connector(),
         ..DriverOptions::default()
     };
     let (_alice, mut events) = driver::start(

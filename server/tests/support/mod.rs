@@ -128,6 +128,17 @@ impl Server {
         }
     }
 
+    /// The client core's way to this server: TCP to a process, the in-memory transport to a
+    /// server in this process.
+    pub fn connector(&self) -> std::sync::Arc<dyn sdk_core::Connector> {
+        match &self.running {
+            Running::Process(_) => std::sync::Arc::new(sdk_core::TcpConnector),
+            Running::InProcess { dialer, .. } => {
+                std::sync::Arc::new(MemoryConnector(dialer.clone()))
+            }
+        }
+    }
+
     fn child(&mut self) -> &mut Child {
         match &mut self.running {
             Running::Process(child) => child,
@@ -313,6 +324,24 @@ fn spawn(data_dir: &Path, extra: &[String], env: &[(String, String)]) -> (Child,
         .parse()
         .expect("an address");
     (child, addr)
+}
+
+/// The client core's connector to an in-process server: every connection an in-memory stream.
+struct MemoryConnector(MemoryDialer);
+
+impl sdk_core::Connector for MemoryConnector {
+    fn connect(
+        &self,
+        _server: &sdk_core::ServerAddress,
+    ) -> futures::future::BoxFuture<'static, std::io::Result<Box<dyn sdk_core::ByteStream>>> {
+        let dialer = self.0.clone();
+        Box::pin(async move {
+            match dialer.dial().await {
+                Some(stream) => Ok(Box::new(stream) as Box<dyn sdk_core::ByteStream>),
+                None => Err(std::io::ErrorKind::ConnectionRefused.into()),
+            }
+        })
+    }
 }
 
 /// A protocol client over one connection.
@@ -552,13 +581,11 @@ pub fn start_client(
     user: &str,
     device: &str,
 ) -> (sdk_core::ClientHandle, sdk_core::EventStream) {
-    start_client_with(
-        server,
-        user,
-        device,
-        config(user, device),
-        sdk_core::DriverOptions::default(),
-    )
+    let options = sdk_core::DriverOptions {
+        connector: server.connector(),
+        ..sdk_core::DriverOptions::default()
+    };
+    start_client_with(server, user, device, config(user, device), options)
 }
 
 /// Like [`start_client`], with the test's own configuration and driver options (a connector,
