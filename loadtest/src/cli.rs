@@ -1,5 +1,5 @@
 //! The command line: one subcommand per workload, plus the relay, the bench and the hidden
-//! helpers (`worker`, `serve`). Every workload prints progress on stderr, a table on stdout and
+//! helpers (`worker`). Every workload prints progress on stderr, a table on stdout and
 //! writes its result object to `--json FILE`.
 
 use std::net::SocketAddr;
