@@ -1,8 +1,7 @@
 //! History pages, the conversation list, and delivery cursors.
 
-use timeline_store::{ConversationState, HistoryPage, StoreError, StoreResult};
-
 use im_protocol::pb;
+use timeline_store::{ConversationState, HistoryPage, StoreError, StoreResult};
 
 use crate::limits::{check_pair_key, check_part};
 use crate::state::State;

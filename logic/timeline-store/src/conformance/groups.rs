@@ -501,3 +501,60 @@ pub async fn groups_left_or_removed_from_leave_the_conversation_list<F: StoreFac
         "amy is back"
     );
 }
+
+/// A member who leaves and joins again counts as the newest member (the owner's successor is
+/// chosen among those who stayed longer), and starts with nothing unread: the messages sent
+/// while they were away never reached them.
+pub async fn a_member_who_rejoins_ranks_newest_and_starts_with_nothing_unread<F: StoreFactory>(
+    factory: &mut F,
+) {
+    let store = factory.open_fresh().await;
+    let gid = store
+        .create_group(new_group("olga", &["amy", "ben"], true, "", 10))
+        .await
+        .expect("create_group")
+        .group
+        .group_id;
+    let c = ids::group_conversation_id(&gid);
+    let everyone = strings(&["amy", "ben", "olga"]);
+    send(
+        &store,
+        to_group("olga", &gid, &everyone, "o1", "hi", T0 + 1),
+    )
+    .await;
+    store
+        .leave_group(&gid, "amy", T0 + 2)
+        .await
+        .expect("amy leaves");
+    let amy_head = head(&store, "amy").await;
+    let stayed = strings(&["ben", "olga"]);
+    send(&store, to_group("olga", &gid, &stayed, "o2", "hi", T0 + 3)).await;
+    send(&store, to_group("olga", &gid, &stayed, "o3", "hi", T0 + 4)).await;
+    assert_eq!(
+        head(&store, "amy").await,
+        amy_head,
+        "nothing reaches amy while she is away"
+    );
+
+    let back = store
+        .join_group(&gid, "amy", 10, T0 + 5)
+        .await
+        .expect("amy joins again");
+    assert_eq!(back.changed, strings(&["amy"]));
+    let amy = state(&store, "amy", &c).await;
+    assert_eq!(
+        (amy.last_seq, amy.read_seq, amy.unread_count),
+        (3, 3, 0),
+        "amy starts at the conversation's head with nothing unread"
+    );
+    assert_eq!(amy.updated_ms, T0 + 5);
+
+    let left = store
+        .leave_group(&gid, "olga", T0 + 6)
+        .await
+        .expect("the owner leaves");
+    assert_eq!(
+        left.group.owner, "ben",
+        "ben has been a member longer than amy, who rejoined"
+    );
+}

@@ -151,3 +151,42 @@ pub async fn conversations_are_listed_newest_first_with_cursor_paging<F: StoreFa
         None
     );
 }
+
+/// Conversations updated in the same millisecond are listed in conversation id order, and a
+/// cursor between two of them resumes exactly after the first: paging over ties loses none and
+/// repeats none.
+pub async fn conversations_updated_in_the_same_millisecond_page_in_id_order<F: StoreFactory>(
+    factory: &mut F,
+) {
+    let store = factory.open_fresh().await;
+    // One call, one time: all four states get the same updated_ms.
+    let results = store
+        .commit_messages(vec![
+            direct("alice", "p2", "a2", "x", T0),
+            direct("alice", "p0", "a0", "x", T0),
+            direct("alice", "p3", "a3", "x", T0),
+            direct("alice", "p1", "a1", "x", T0),
+        ])
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    send(&store, direct("p9", "alice", "late", "x", T0 + 1)).await;
+
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..10 {
+        let (page, next) = store
+            .conversations("alice", 1, &cursor)
+            .await
+            .expect("conversations");
+        listed.extend(page.into_iter().map(|s| s.peer));
+        if next.is_empty() {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(
+        listed,
+        vec!["p9", "p0", "p1", "p2", "p3"],
+        "newest first, then ties by conversation id, each once"
+    );
+}

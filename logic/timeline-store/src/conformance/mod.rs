@@ -16,7 +16,7 @@
 //! sleeps) and panics with a message that says what was expected.
 
 //! The checks live in one file per family (sends, read markers, recall and delete, inboxes,
-//! history and the conversation list, groups, restarts), with the helpers they share in
+//! history and the conversation list, groups, restarts, refused arguments), with the helpers they share in
 //! `helpers`; [`for_each_check!`](crate::for_each_check) lists them all.
 //!
 //! The suite is built only with the crate's `conformance` feature: backends enable it in their
@@ -30,6 +30,7 @@ use futures::FutureExt as _;
 
 use crate::{InboxRetention, TimelineStore};
 
+mod arguments;
 mod groups;
 mod helpers;
 mod history_and_lists;
@@ -39,6 +40,7 @@ mod recall_delete;
 mod restart;
 mod sends;
 
+pub use arguments::*;
 pub use groups::*;
 pub use history_and_lists::*;
 pub use inbox::*;
@@ -129,6 +131,12 @@ macro_rules! for_each_check {
             groups_left_or_removed_from_leave_the_conversation_list,
             the_inbox_epoch_is_kept_across_restarts_and_differs_per_store,
             everything_survives_a_restart_and_numbering_continues,
+            far_too_long_ids_and_cursors_are_refused_as_invalid_arguments,
+            malformed_ids_and_cursors_are_refused_as_invalid_arguments,
+            a_resend_after_a_recall_is_still_a_duplicate_or_a_conflict,
+            recalled_and_deleted_messages_count_as_unread_until_read,
+            conversations_updated_in_the_same_millisecond_page_in_id_order,
+            a_member_who_rejoins_ranks_newest_and_starts_with_nothing_unread,
         );
     };
 }

@@ -256,3 +256,61 @@ pub async fn mark_read_syncs_the_marker_and_sends_a_receipt<F: StoreFactory>(fac
         "no receipt, no peer marker change"
     );
 }
+
+/// Unread counts follow the seqs: a recalled message, and one the reader deleted for
+/// themself, still count as unread until the read marker passes them (recomputing the count
+/// on `mark_read` included).
+pub async fn recalled_and_deleted_messages_count_as_unread_until_read<F: StoreFactory>(
+    factory: &mut F,
+) {
+    let store = factory.open_fresh().await;
+    let c = "d:alice:bob";
+    for i in 1..=4u64 {
+        send(
+            &store,
+            direct("alice", "bob", &format!("a{i}"), "x", T0 + i),
+        )
+        .await;
+    }
+    store
+        .recall(c, 3, "alice", &strings(&["alice", "bob"]), 60_000, T0 + 10)
+        .await
+        .expect("recall");
+    store
+        .delete_messages("bob", c, &[4], T0 + 11)
+        .await
+        .expect("delete");
+    assert_eq!(
+        state(&store, "bob", c).await.unread_count,
+        4,
+        "neither the recall nor the delete changed the count"
+    );
+    let (s, deliveries) = store
+        .mark_read("bob", c, 1, None, T0 + 12)
+        .await
+        .expect("mark_read");
+    assert_eq!(
+        (s.read_seq, s.unread_count),
+        (1, 3),
+        "2, the recalled 3 and the deleted 4 are unread"
+    );
+    assert_eq!(
+        deliveries[0].entry.body,
+        Some(Body::ReadMarker(pb::ReadMarkerSync {
+            conversation_id: c.into(),
+            read_seq: 1,
+            unread_count: 3,
+        })),
+        "the synced count is the recomputed one"
+    );
+    assert_eq!(
+        s.last_message.map(|m| m.conversation_seq),
+        Some(3),
+        "the state mark_read returns shows the newest message bob did not delete"
+    );
+    let (s, _) = store
+        .mark_read("bob", c, 4, None, T0 + 13)
+        .await
+        .expect("mark_read");
+    assert_eq!((s.read_seq, s.unread_count), (4, 0));
+}

@@ -325,3 +325,60 @@ pub async fn delete_hides_messages_for_the_deleter_only<F: StoreFactory>(factory
         "a new message shows up again"
     );
 }
+
+/// A resend after a recall is still recognised: the same content is a duplicate (answered with
+/// the message as it is now, recalled and empty), other content is still a conflict, even
+/// though the stored content is gone.
+pub async fn a_resend_after_a_recall_is_still_a_duplicate_or_a_conflict<F: StoreFactory>(
+    factory: &mut F,
+) {
+    let store = factory.open_fresh().await;
+    let c = "d:alice:bob";
+    let original = send(&store, direct("alice", "bob", "a1", "secret", T0)).await;
+    store
+        .recall(c, 1, "alice", &strings(&["alice", "bob"]), 60_000, T0 + 10)
+        .await
+        .expect("recall");
+    let heads = (head(&store, "alice").await, head(&store, "bob").await);
+
+    let again = send(&store, direct("alice", "bob", "a1", "secret", T0 + 20)).await;
+    assert!(again.duplicate, "the same content is a resend");
+    assert!(again.deliveries.is_empty(), "a resend delivers nothing");
+    assert_eq!(again.sender_inbox_seq, original.sender_inbox_seq);
+    assert_eq!(
+        again.message,
+        pb::Message {
+            recalled: true,
+            recalled_ms: T0 + 10,
+            content: Vec::new(),
+            ..original.message
+        },
+        "the answer is the message as stored now: recalled"
+    );
+    let conflict = store
+        .commit_messages(vec![direct("alice", "bob", "a1", "sEcret", T0 + 21)])
+        .await;
+    assert!(
+        matches!(
+            conflict.as_slice(),
+            [Err(StoreError::ClientMsgIdConflict(_))]
+        ),
+        "other content under the same id: {conflict:?}"
+    );
+    let mut other_type = direct("alice", "bob", "a1", "secret", T0 + 22);
+    other_type.content_type = 7;
+    let conflict = store.commit_messages(vec![other_type]).await;
+    assert!(
+        matches!(
+            conflict.as_slice(),
+            [Err(StoreError::ClientMsgIdConflict(_))]
+        ),
+        "another content type under the same id: {conflict:?}"
+    );
+    assert_eq!(
+        (head(&store, "alice").await, head(&store, "bob").await),
+        heads,
+        "neither appended anything"
+    );
+    assert_eq!(history(&store, c).await.len(), 1);
+}
