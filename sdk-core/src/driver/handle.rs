@@ -4,6 +4,7 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, DriverError};
+use crate::machine::ConnectionState;
 use crate::store::{LocalConversation, LocalMessage, Recipient};
 use crate::types::{
     ConversationPage, GroupInfo, GroupMembersChange, GroupMembersPage, HistoryDirection,

@@ -48,10 +48,7 @@ mod handle;
 
 pub use handle::ClientHandle;
 
-use crate::types::{
-    ConversationPage, GroupInfo, GroupMembersChange, GroupMembersPage, HistoryDirection,
-    HistoryPage, ReadMarker, Recall, Request, RequestError, RequestHandle, Response,
-};
+use crate::types::{Request, RequestError, RequestHandle, Response};
 
 /// Asked for a fresh token when the server says the current one expired.
 ///
