@@ -29,6 +29,10 @@ pub struct Origin<'a> {
 /// Calls never wait for a slow device: each hub queues the pushes and closes connections whose
 /// queue is full (the device resyncs from its cursor), so routing is a quick, synchronous
 /// hand-off. Entries of one user keep the order they are given in (commit order).
+///
+/// A router must hand every entry to every gateway that holds the user, even one it expects to
+/// drop: the receiving hub raises the user's inbox head from it, and pongs report that head, so
+/// an entry lost between gateways would also hide itself from the client's missed-push check.
 pub trait PushRouter: Send + Sync + 'static {
     /// Pushes inbox entries to the online devices of their users, except `origin`.
     fn deliver(&self, deliveries: Vec<Delivery>, origin: Option<Origin<'_>>);
