@@ -1,5 +1,5 @@
-//! Deterministic simulation of the client core (`sdk_core::Client`) against a simulated server
-//! over a faulty simulated network. See `tests/sim/mod.rs` for what is modelled.
+//! Deterministic simulation of the client core (`sdk_core::Client`) against the real server run
+//! sans IO, over a faulty simulated network. See `tests/sim/mod.rs` for what is simulated.
 //!
 //! - `SIM_SEEDS=<n>`: how many seeds the randomized test runs (default [`DEFAULT_SEEDS`]).
 //! - `SIM_SEED=<n>`: run exactly that seed; with `SIM_TRACE=1` every step is printed.

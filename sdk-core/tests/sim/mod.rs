@@ -3,9 +3,11 @@
 //! plus an offset; nothing sleeps and no decision reads the real clock), and the same seed
 //! replays the same run.
 //!
-//! - [`server`]: the server side of the protocol.
+//! - [`server`]: the real server, sans IO (the gateway's session and hub, the business tier
+//!   over the in-memory store), with the faults the spec allows a server.
 //! - [`World`]: the devices (each a [`Client`] over a [`MemoryStore`]), the driver contract of
-//!   `src/driver.rs`, the network with its faults, app behaviour, and the invariants.
+//!   `src/driver/` (`driver.rs`), the network with its faults, app behaviour (`app.rs`), the
+//!   event loop (`run.rs`) and the invariants (`invariants.rs`).
 //! - [`script`]: a hand-driven single client for focused scenarios.
 
 #![allow(dead_code)]
