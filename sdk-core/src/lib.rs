@@ -47,6 +47,7 @@ pub use machine::{Action, Client, ClientConfig, ConnectionState, Event, StopReas
 pub use store::{
     LocalConversation, LocalMessage, LocalStore, LocalStoreError, Recipient, SendState,
 };
+pub use transport::tls::{TlsConnector, TlsTrust, TlsTrustError};
 pub use transport::{ByteStream, Connector, ServerAddress, TcpConnector};
 pub use types::{
     ConversationPage, GroupEvent, GroupEventKind, GroupInfo, GroupMember, GroupMembersChange,

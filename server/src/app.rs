@@ -18,6 +18,7 @@ use gateway::server::{self, Gateway, GatewayConfig, Shared};
 use gateway::session::{self, SessionConfig};
 use gateway::transport::memory::{self, MemoryDialer};
 use gateway::transport::tcp::TcpAcceptor;
+use gateway::transport::tls::{TlsAcceptor, TlsIdentity};
 
 /// Everything a single-process server needs.
 #[derive(Clone, Debug)]
@@ -65,6 +66,17 @@ pub struct ServerOptions {
     pub inbox_retention_entries: u64,
     /// Inbox entries older than this are trimmed (zero = kept forever).
     pub inbox_retention_age: Duration,
+    /// TLS clients, when set: where to listen and what to present.
+    pub tls: Option<TlsOptions>,
+}
+
+/// The TLS listener.
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    /// Address for TLS clients (443 in production).
+    pub listen: SocketAddr,
+    /// The certificate chain and key presented.
+    pub identity: TlsIdentity,
 }
 
 /// Default of [`ServerOptions::inbox_retention_entries`].
@@ -98,6 +110,7 @@ impl ServerOptions {
             inbox_retention_age: Duration::from_secs(DEFAULT_INBOX_RETENTION_DAYS * 24 * 3600),
             slow_client_timeout: Duration::from_secs(server::DEFAULT_SLOW_CLIENT_TIMEOUT_SECS),
             socket_send_buffer_bytes: DEFAULT_SOCKET_SEND_BUFFER,
+            tls: None,
         }
     }
 }
@@ -143,6 +156,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// Opens in-process connections to the same gateway (no socket involved).
     pub dialer: MemoryDialer,
+    /// The bound TLS address, when TLS is on.
+    pub tls_addr: Option<SocketAddr>,
     /// Cancel to shut down gracefully.
     pub shutdown: CancellationToken,
     /// Ends when the server has stopped and the store is closed.
@@ -211,6 +226,17 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
             }
         })?;
     let addr = tcp.local_addr()?;
+    let tls = match &options.tls {
+        Some(tls) => Some(
+            TlsAcceptor::bind(tls.listen, options.socket_send_buffer_bytes, &tls.identity)
+                .map_err(|source| ServerError::Bind {
+                    addr: tls.listen,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let tls_addr = tls.as_ref().map(|t| t.local_addr()).transpose()?;
     let (in_process, dialer) = memory::listener();
     let shutdown = CancellationToken::new();
     // One process holds every connection: its hub is the whole push router.
@@ -230,6 +256,11 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         tokio::join!(
             gateway.serve(tcp, stop.clone()),
             gateway.serve(in_process, stop.clone()),
+            async {
+                if let Some(tls) = tls {
+                    gateway.serve(tls, stop.clone()).await;
+                }
+            },
         );
         gateway.drain().await;
         // Flush what the writer still holds; acked messages are durable already.
@@ -239,6 +270,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     Ok(RunningServer {
         addr,
         dialer,
+        tls_addr,
         shutdown,
         task,
     })

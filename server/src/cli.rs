@@ -9,7 +9,52 @@ use clap::{Parser, Subcommand};
 use gateway::auth::TokenKey;
 use gateway::{hub, server, session};
 
-use crate::app::{self, ServerOptions};
+use gateway::transport::tls::{TlsError, TlsIdentity};
+
+use crate::app::{self, ServerOptions, TlsOptions};
+
+/// Why the settings do not make a server.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    /// The slow-client timeout is not a number of seconds.
+    #[error("--slow-client-timeout-secs must be a non-negative number of seconds")]
+    SlowClientTimeout,
+    /// The TLS certificate or key.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The development certificate could not be stored.
+    #[error("TLS development certificate: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes a self-signed certificate for `hosts` into `dir` (cert.pem, and key.pem readable by
+/// the owner only).
+pub fn write_dev_cert(dir: &std::path::Path, hosts: &[String]) -> Result<(), OptionsError> {
+    let pair = TlsIdentity::self_signed(hosts)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("cert.pem"), &pair.cert_pem)?;
+    let key = dir.join("key.pem");
+    std::fs::write(&key, &pair.key_pem)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// The development identity in `dir`, made on first use (for localhost and 127.0.0.1).
+fn dev_identity(dir: &std::path::Path) -> Result<TlsIdentity, OptionsError> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if !cert.exists() || !key.exists() {
+        write_dev_cert(dir, &["localhost".into(), "127.0.0.1".into()])?;
+        tracing::warn!(
+            cert = %cert.display(),
+            "TLS without --tls-cert: using a self-signed development certificate; clients must trust this file"
+        );
+    }
+    Ok(TlsIdentity::from_pem_files(&cert, &key)?)
+}
 
 /// A complete single-node IM server: accepts clients on TCP, stores every message durably in
 /// DATA_DIR before acknowledging it, and pushes to online devices.
@@ -105,6 +150,17 @@ pub struct ServeArgs {
     /// Days inbox entries are kept (0 = forever). History is not affected.
     #[arg(long, env = "IM_INBOX_RETENTION_DAYS", default_value_t = app::DEFAULT_INBOX_RETENTION_DAYS)]
     pub inbox_retention_days: u64,
+    /// Address to accept TLS clients on: 443 in production, an unprivileged port such as
+    /// 0.0.0.0:8443 for development. TLS is off unless this is given.
+    #[arg(long, env = "IM_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM file with the TLS certificate chain, leaf first. Without --tls-cert and --tls-key, a
+    /// self-signed pair for localhost is made once in DATA_DIR/tls/ (development only).
+    #[arg(long, env = "IM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the TLS private key.
+    #[arg(long, env = "IM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Commands besides serving.
@@ -114,6 +170,16 @@ pub enum Command {
     /// the server stopped): every client then resets and resyncs instead of trusting seqs it
     /// saw before the restore.
     RenewInboxEpoch,
+    /// Write a self-signed TLS certificate and key (cert.pem, key.pem) for development: start
+    /// the server with --tls-cert/--tls-key pointing at them, and have clients trust cert.pem.
+    DevCert {
+        /// Host names and IP addresses the certificate is for.
+        #[arg(long = "host", default_values_t = [String::from("localhost"), String::from("127.0.0.1")])]
+        hosts: Vec<String>,
+        /// Directory to write cert.pem and key.pem into.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a token for USER signed with the server's secret (for development and tests).
     Token {
         /// User id.
@@ -139,7 +205,17 @@ impl ServeArgs {
         &self,
         data_dir: PathBuf,
         tokens: TokenKey,
-    ) -> Result<ServerOptions, std::time::TryFromFloatSecsError> {
+    ) -> Result<ServerOptions, OptionsError> {
+        let tls = match self.tls_listen {
+            Some(listen) => Some(TlsOptions {
+                listen,
+                identity: match (&self.tls_cert, &self.tls_key) {
+                    (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key)?,
+                    _ => dev_identity(&data_dir.join("tls"))?,
+                },
+            }),
+            None => None,
+        };
         Ok(ServerOptions {
             heartbeat: Duration::from_secs(self.heartbeat_secs),
             handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
@@ -151,7 +227,8 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_connections_per_user: self.max_connections_per_user,
             outbound_queue_bytes: self.outbound_queue_bytes,
-            slow_client_timeout: Duration::try_from_secs_f64(self.slow_client_timeout_secs)?,
+            slow_client_timeout: Duration::try_from_secs_f64(self.slow_client_timeout_secs)
+                .map_err(|_| OptionsError::SlowClientTimeout)?,
             socket_send_buffer_bytes: self.socket_send_buffer_bytes,
             min_free_disk_bytes: self.min_free_disk_bytes,
             fanout_bytes_per_sec: self.fanout_bytes_per_sec,
@@ -160,6 +237,7 @@ impl ServeArgs {
             inbox_retention_age: Duration::from_secs(
                 self.inbox_retention_days.saturating_mul(24 * 3600),
             ),
+            tls,
             ..ServerOptions::new(self.listen, data_dir, tokens)
         })
     }

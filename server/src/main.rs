@@ -64,6 +64,12 @@ fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Some(Command::DevCert { hosts, out }) => {
+            im_server::cli::write_dev_cert(&out, &hosts)
+                .with_context(|| format!("writing a certificate into {}", out.display()))?;
+            println!("wrote {0}/cert.pem and {0}/key.pem", out.display());
+            Ok(())
+        }
         Some(Command::RenewInboxEpoch) => {
             let dir = cli.common.data_dir.join("store");
             let epoch = store_embedded::renew_inbox_epoch(&dir)
@@ -98,10 +104,13 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
     let tokens = secret(&common)?;
     let options = args
         .options(common.data_dir.clone(), tokens)
-        .context("--slow-client-timeout-secs must be a non-negative number of seconds")?;
+        .context("invalid settings")?;
     let server = app::start(options).await.context("starting the server")?;
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("listening on {}", server.addr);
+    if let Some(tls) = server.tls_addr {
+        println!("tls listening on {tls}");
+    }
     tracing::info!(addr = %server.addr, data_dir = %common.data_dir.display(), "server started");
     let shutdown = server.shutdown.clone();
     tokio::spawn(async move {

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub mod memory;
 pub mod tcp;
+pub mod tls;
 
 /// An ordered, reliable byte stream to one client, split into the halves the connection's
 /// reader and writer tasks own.

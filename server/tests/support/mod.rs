@@ -61,6 +61,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Server {
     running: Running,
     pub addr: SocketAddr,
+    /// The TLS listener's address, when started with `--tls-listen`.
+    pub tls_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     extra: Vec<String>,
     env: Vec<(String, String)>,
@@ -106,6 +108,7 @@ impl Server {
             .expect("server starts");
         Server {
             addr: running.addr,
+            tls_addr: running.tls_addr,
             running: Running::InProcess {
                 dialer: running.dialer,
                 shutdown: running.shutdown,
@@ -161,10 +164,11 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, addr) = spawn(data_dir, &extra, &env);
+        let (child, listening) = spawn(data_dir, &extra, &env);
         Server {
             running: Running::Process(child),
-            addr,
+            addr: listening.addr,
+            tls_addr: listening.tls,
             data_dir: data_dir.to_owned(),
             extra,
             env,
@@ -242,9 +246,10 @@ impl Server {
             *self = restarted;
             return;
         }
-        let (child, addr) = spawn(&self.data_dir, &self.extra, &self.env);
+        let (child, listening) = spawn(&self.data_dir, &self.extra, &self.env);
         self.running = Running::Process(child);
-        self.addr = addr;
+        self.addr = listening.addr;
+        self.tls_addr = listening.tls;
     }
 
     /// A valid token for `user` bound to `device`.
@@ -290,7 +295,7 @@ pub fn token_with(user: &str, device: Option<&str>, exp: u64) -> String {
     })
 }
 
-fn spawn(data_dir: &Path, extra: &[String], env: &[(String, String)]) -> (Child, SocketAddr) {
+fn spawn(data_dir: &Path, extra: &[String], env: &[(String, String)]) -> (Child, Listening) {
     // Tests pipeline hundreds of requests: no rate limit unless a test sets one.
     let rate_limit: &[&str] = if extra.iter().any(|a| a == "--rate-limit") {
         &[]
@@ -313,17 +318,31 @@ fn spawn(data_dir: &Path, extra: &[String], env: &[(String, String)]) -> (Child,
         .spawn()
         .expect("start the gateway binary");
     let stdout = child.stdout.take().expect("stdout piped");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("an address");
-    (child, addr)
+    let mut stdout = BufReader::new(stdout);
+    let mut read_addr = |prefix: &str| -> SocketAddr {
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("read the listening line");
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+            .parse()
+            .expect("an address")
+    };
+    // The binary prints one line per listener, plain TCP first.
+    let addr = read_addr("listening on ");
+    let tls = extra
+        .iter()
+        .any(|a| a == "--tls-listen")
+        .then(|| read_addr("tls listening on "));
+    (child, Listening { addr, tls })
+}
+
+/// Where a server process listens.
+struct Listening {
+    addr: SocketAddr,
+    tls: Option<SocketAddr>,
 }
 
 /// The client core's connector to an in-process server: every connection an in-memory stream.
@@ -624,4 +643,57 @@ pub async fn wait_for<T>(
             return found;
         }
     }
+}
+
+/// Starts a client core for `user` that reaches the server at `address` through `connector`
+/// (TLS to a host name, a transport other than this run's default).
+pub fn start_client_over(
+    server: &Server,
+    address: sdk_core::ServerAddress,
+    connector: std::sync::Arc<dyn sdk_core::Connector>,
+    user: &str,
+    device: &str,
+) -> (sdk_core::ClientHandle, sdk_core::EventStream) {
+    sdk_core::driver::start(
+        address,
+        server.token(user, device),
+        config(user, device),
+        sdk_core::memory::MemoryStore::new(),
+        sdk_core::DriverOptions {
+            connector,
+            ..sdk_core::DriverOptions::default()
+        },
+        &tokio::runtime::Handle::current(),
+    )
+    .expect("client starts")
+}
+
+/// Alice sends Bob a text through their client cores and Bob receives it: the scenario every
+/// transport test runs.
+pub async fn chat_once(
+    alice: &sdk_core::ClientHandle,
+    alice_events: &mut sdk_core::EventStream,
+    bob_events: &mut sdk_core::EventStream,
+    text: &str,
+) {
+    let sent = alice
+        .send_text(sdk_core::Recipient::User("bob".into()), text)
+        .await
+        .expect("the send is queued");
+    wait_for(alice_events, "the ack", |e| match e {
+        sdk_core::Event::MessageUpdated(m)
+            if m.local_id == sent.local_id && m.state == sdk_core::SendState::Sent =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    let received = wait_for(bob_events, "the message", |e| match e {
+        sdk_core::Event::MessageReceived(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(received.sender, "alice");
+    assert_eq!(String::from_utf8_lossy(&received.content), text);
 }

@@ -1,13 +1,16 @@
 //! How the driver reaches the server: a [`Connector`] opens [`ByteStream`]s to a
 //! [`ServerAddress`]. The driver only needs an ordered, reliable byte stream, so TLS (which needs
 //! the host name for SNI), QUIC streams or an in-memory pipe in tests plug in here without the
-//! driver or the state machine changing. [`TcpConnector`] is the default.
+//! driver or the state machine changing. [`TcpConnector`] is the default; [`tls::TlsConnector`]
+//! verifies the server's certificate for the host name dialled.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
 use futures::future::BoxFuture;
+
+pub mod tls;
 
 /// An ordered, reliable byte stream to the server (TCP today; TLS, QUIC streams later).
 pub trait ByteStream:
