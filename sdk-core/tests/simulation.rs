@@ -415,6 +415,59 @@ fn an_intentional_disconnect_says_goodbye_before_closing() {
 }
 
 #[test]
+fn moving_to_a_better_route_says_goodbye_and_connects_again_at_once() {
+    let mut s = Scripted::new("alice", "alice-phone", 3);
+    let sent = s.handshake(0);
+    let Some((sync_id, Body::SyncReq(_))) = sent.first().cloned() else {
+        panic!("expected a sync first: {sent:?}")
+    };
+    s.reply(sync_id, sync_resp(Vec::new(), 0, false));
+    // Online, the client refreshes its conversation list once; the move waits for the answer.
+    let Some((refresh_id, Body::ConversationsReq(_))) = s.sent().first().cloned() else {
+        panic!("expected the conversation list refresh")
+    };
+    let now = s.at();
+    assert!(!s.client.move_connection(now), "the refresh is awaited");
+    s.reply(refresh_id, pb::ConversationsResp::default());
+    assert_eq!(s.client.state(), ConnectionState::Online);
+
+    assert!(s.client.move_connection(now));
+    // Close this connection with a goodbye, then open the next one without a backoff.
+    assert_eq!(s.actions(), vec![Action::Disconnect, Action::Connect]);
+    let sent = s.sent();
+    assert!(
+        matches!(sent.as_slice(), [(_, Body::Goodbye(_))]),
+        "the old connection gets a goodbye, it got {sent:?}"
+    );
+    assert_eq!(s.client.state(), ConnectionState::Connecting);
+}
+
+#[test]
+fn a_session_does_not_move_while_the_app_awaits_an_answer() {
+    let mut s = Scripted::new("alice", "alice-phone", 3);
+    let sent = s.handshake(0);
+    let Some((sync_id, Body::SyncReq(_))) = sent.first().cloned() else {
+        panic!("expected a sync first: {sent:?}")
+    };
+    s.reply(sync_id, sync_resp(Vec::new(), 0, false));
+    s.sent();
+    let now = s.at();
+    s.client.request(
+        sdk_core::Request::Conversations {
+            limit: 0,
+            cursor: String::new(),
+        },
+        now,
+    );
+    s.sent();
+    assert!(
+        !s.client.move_connection(now),
+        "moving would fail the request with ConnectionLost"
+    );
+    assert!(s.actions().is_empty());
+}
+
+#[test]
 fn a_server_restored_from_an_empty_backup_is_detected_and_every_device_resyncs() {
     let mut world = settled_world(17, 3, 2);
     for device in 0..world.devices.len() {

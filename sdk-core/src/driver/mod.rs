@@ -306,6 +306,10 @@ async fn run<S: LocalStore>(
     };
     let mut link: Option<Link> = None;
     let mut connecting: Option<Connecting> = None;
+    // Resolves when the connector knows a better route than the current connection's; then
+    // the session moves as soon as the machine allows it (`move_wanted`).
+    let mut better_route: Option<BoxFuture<'static, ()>> = None;
+    let mut move_wanted = false;
     let mut refreshing: Option<JoinHandle<Option<String>>> = None;
     let mut waiting: HashMap<RequestHandle, oneshot::Sender<Result<Response, RequestError>>> =
         HashMap::new();
@@ -320,6 +324,8 @@ async fn run<S: LocalStore>(
             match action {
                 Action::Connect => {
                     link = None;
+                    better_route = None;
+                    move_wanted = false;
                     let attempt = connector.connect(&server);
                     connecting = Some(Box::pin(async move {
                         tokio::time::timeout(CONNECT_TIMEOUT, attempt)
@@ -401,6 +407,10 @@ async fn run<S: LocalStore>(
         } else {
             client.resume_receiving(now);
         }
+        if move_wanted && link.is_some() && client.move_connection(now) {
+            move_wanted = false;
+            continue;
+        }
 
         let deadline = client.next_timeout().map(tokio::time::Instant::from_std);
         let reading = link.is_some() && !hold_back;
@@ -453,6 +463,7 @@ async fn run<S: LocalStore>(
                         let mut read_codec = FrameCodec::default();
                         read_codec.accept_compressed(true);
                         link = Some(Link { reader: FramedRead::new(r, read_codec), writer: w });
+                        better_route = Some(connector.better_route());
                         client.on_connected(now);
                     }
                     Err(e) => {
@@ -475,6 +486,10 @@ async fn run<S: LocalStore>(
                         client.on_disconnected(now);
                     }
                 }
+            }
+            () = async { better_route.as_mut().expect("guarded").await }, if better_route.is_some() => {
+                better_route = None;
+                move_wanted = link.is_some();
             }
             permit = events.queue.reserve(), if events.blocked() => {
                 // The app took an event: hand over the oldest held one (the next turn of the

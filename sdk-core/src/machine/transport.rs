@@ -68,6 +68,30 @@ impl<S: LocalStore> Client<S> {
         self.receiving_paused_since.is_some()
     }
 
+    /// A better transport than the current connection's is reachable (QUIC again after a
+    /// fallback to the HTTP tunnel, say): close this connection with a goodbye and connect again
+    /// at once. Only done while online with no app request awaiting an answer, so no caller sees
+    /// a `ConnectionLost` for it; unacknowledged sends stay in the outbox and go out again on the
+    /// new connection (the server drops duplicates by client message id). Returns whether the
+    /// move started; if not, ask again later.
+    pub fn move_connection(&mut self, now: Instant) -> bool {
+        let awaited = self
+            .pending
+            .values()
+            .any(|p| matches!(p.kind, Pending::Request { .. }));
+        if self.phase != Phase::Online || awaited || self.receiving_paused() {
+            return false;
+        }
+        self.reset_connection();
+        let id = self.request_id();
+        self.transmit
+            .push_back(Frame::new(id, pb::Goodbye { logout: false }));
+        self.actions.push_back(Action::Disconnect);
+        self.attempt = 0;
+        self.start_connect(now);
+        true
+    }
+
     /// The transport failed or closed (or could not be opened).
     pub fn on_disconnected(&mut self, now: Instant) {
         if matches!(

@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use futures::future::BoxFuture;
 
+pub mod fallback;
 pub mod tls;
 
 /// An ordered, reliable byte stream to the server (TCP today; TLS, QUIC streams later).
@@ -26,6 +27,14 @@ pub trait Connector: Send + Sync + 'static {
         &self,
         server: &ServerAddress,
     ) -> BoxFuture<'static, std::io::Result<Box<dyn ByteStream>>>;
+
+    /// Resolves when a better way to the server than the last stream's has become reachable
+    /// (the connector found QUIC working again while the session runs over the HTTP tunnel,
+    /// say). The driver asks after each connect and, when this resolves, moves the session to a
+    /// new connection as soon as nothing awaits an answer. The default never resolves.
+    fn better_route(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// Where the server is: a host name (or IP literal) and a port.

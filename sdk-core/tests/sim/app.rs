@@ -339,8 +339,15 @@ impl World {
                 }
                 3 => {
                     let now = self.at();
+                    // Either the app reports a network change, or the connector found a
+                    // better route and the session moves to a new connection.
+                    let moves = self.rng.random_bool(0.5);
                     if let Some(client) = self.devices[device].client.as_mut() {
-                        client.network_changed(now);
+                        if moves {
+                            client.move_connection(now);
+                        } else {
+                            client.network_changed(now);
+                        }
                         self.pump(device)?;
                     }
                 }
