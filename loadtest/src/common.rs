@@ -13,6 +13,7 @@ use im_auth::{Claims, TokenKey};
 use im_protocol::pb;
 use im_protocol::{Body, Frame, FrameCodec};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpSocket;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -34,7 +35,122 @@ pub struct Target {
     /// Write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// How connections reach the server.
+    #[command(flatten)]
+    pub dial: Dial,
 }
+
+/// The transport the load goes over.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    /// Plain TCP (the gateway's --listen port).
+    #[default]
+    Tcp,
+    /// TLS over TCP (the gateway's --tls-listen port).
+    Tls,
+}
+
+/// How to reach the server: the transport and, for TLS, whom to trust.
+#[derive(clap::Args, Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Dial {
+    /// Transport of every connection; --server is then that transport's address.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+    /// Name the server's certificate is checked against (TLS).
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// PEM certificate of the CA to trust (TLS), such as a development server's
+    /// DATA_DIR/tls/cert.pem. Without it, the public Web PKI roots.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl Dial {
+    /// Prepares connecting to `server` (reads the CA once).
+    pub fn dialer(&self, server: SocketAddr) -> anyhow::Result<Dialer> {
+        let tls = match self.transport {
+            Transport::Tcp => None,
+            Transport::Tls => {
+                let trust = match &self.ca_cert {
+                    Some(path) => {
+                        let pem = std::fs::read(path)
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        sdk_core::TlsTrust::pinned_ca_pem(&pem)
+                            .with_context(|| format!("{}", path.display()))?
+                    }
+                    None => sdk_core::TlsTrust::default(),
+                };
+                let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
+                    .with_context(|| format!("server name {:?}", self.server_name))?;
+                Some((
+                    tokio_rustls::TlsConnector::from(trust.client_config(&[])?),
+                    name,
+                ))
+            }
+        };
+        Ok(Dialer { server, tls })
+    }
+}
+
+/// Opens streams to the server over the chosen transport.
+#[derive(Clone)]
+pub struct Dialer {
+    server: SocketAddr,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl Dialer {
+    /// The server's address (for choosing source addresses).
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// Opens one stream, from `source` if given, and splits it.
+    async fn open(&self, source: Option<IpAddr>) -> anyhow::Result<(ReadStream, WriteStream)> {
+        let addr = self.server;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = source {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .with_context(|| format!("binding the client socket to {ip}"))?;
+        }
+        let stream = tokio::time::timeout(Duration::from_secs(20), socket.connect(addr))
+            .await
+            .with_context(|| format!("connecting to {addr}: timed out"))?
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        match &self.tls {
+            None => {
+                // The halves of a TCP stream need no lock between them.
+                let (r, w) = stream.into_split();
+                Ok((Box::new(r), Box::new(w)))
+            }
+            Some((tls, name)) => {
+                let stream = tokio::time::timeout(
+                    Duration::from_secs(20),
+                    tls.connect(name.clone(), stream),
+                )
+                .await
+                .context("TLS handshake timed out")?
+                .context("TLS handshake")?;
+                let (r, w) = tokio::io::split(stream);
+                Ok((Box::new(r), Box::new(w)))
+            }
+        }
+    }
+}
+
+/// The read half of a connection, whatever its transport.
+pub type ReadStream = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a connection, whatever its transport.
+pub type WriteStream = Box<dyn AsyncWrite + Send + Unpin>;
 
 impl Target {
     /// A loopback target without a PID or JSON output (tests, bench).
@@ -45,7 +161,13 @@ impl Target {
             allow_remote: false,
             server_pid: None,
             json: None,
+            dial: Dial::default(),
         }
+    }
+
+    /// Prepares connecting to the target.
+    pub fn dialer(&self) -> anyhow::Result<Dialer> {
+        self.dial.dialer(self.server)
     }
 
     /// Refuses a target outside loopback unless `--allow-remote`: a load test pointed at a
@@ -82,9 +204,9 @@ pub fn token(secret: &str, user: &str) -> String {
 }
 
 /// Read half of a raw protocol connection.
-pub type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>;
+pub type Reader = FramedRead<ReadStream, FrameCodec>;
 /// Write half of a raw protocol connection.
-pub type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>;
+pub type Writer = FramedWrite<WriteStream, FrameCodec>;
 
 /// An authenticated raw connection: no client core, every frame is the workload's own.
 pub struct Conn {
@@ -97,34 +219,19 @@ pub struct Conn {
 }
 
 /// Connects as `user` (device "load") and completes the handshake.
-pub async fn connect(addr: SocketAddr, secret: &str, user: &str) -> anyhow::Result<Conn> {
-    connect_from(addr, None, secret, user).await
+pub async fn connect(dialer: &Dialer, secret: &str, user: &str) -> anyhow::Result<Conn> {
+    connect_from(dialer, None, secret, user).await
 }
 
 /// Like [`connect`], but binds the client socket to `source` first, so that many connections
 /// can be spread over 127.0.0.x addresses (each source address has its own ephemeral ports).
 pub async fn connect_from(
-    addr: SocketAddr,
+    dialer: &Dialer,
     source: Option<IpAddr>,
     secret: &str,
     user: &str,
 ) -> anyhow::Result<Conn> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(ip) = source {
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .with_context(|| format!("binding the client socket to {ip}"))?;
-    }
-    let stream = tokio::time::timeout(Duration::from_secs(20), socket.connect(addr))
-        .await
-        .with_context(|| format!("connecting to {addr}: timed out"))?
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
+    let (r, w) = dialer.open(source).await?;
     let mut reader = FramedRead::new(r, FrameCodec::default());
     let mut writer = FramedWrite::new(w, FrameCodec::default());
     let hello = pb::HandshakeReq {

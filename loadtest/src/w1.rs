@@ -91,6 +91,7 @@ struct Counters {
 
 /// Runs W1 against `target`.
 pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W1Result> {
+    let dialer = target.dialer()?;
     if config.payload < 8 {
         bail!("--payload must be at least 8 bytes (the timestamp)");
     }
@@ -121,8 +122,8 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
     for i in 0..pairs {
         let sender_id = format!("{}-s{i}", config.prefix);
         let receiver_id = format!("{}-r{i}", config.prefix);
-        let rx = common::connect(target.server, &target.secret, &receiver_id).await?;
-        let tx = common::connect(target.server, &target.secret, &sender_id).await?;
+        let rx = common::connect(&dialer, &target.secret, &receiver_id).await?;
+        let tx = common::connect(&dialer, &target.secret, &sender_id).await?;
         let (mut rx_reader, mut rx_writer) = (rx.reader, rx.writer);
         let (mut tx_reader, mut tx_writer) = (tx.reader, tx.writer);
         let window_permits = Arc::new(Semaphore::new(window));

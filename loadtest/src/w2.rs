@@ -49,6 +49,8 @@ pub struct W2Config {
 pub struct PartSpec {
     /// Gateway.
     pub server: SocketAddr,
+    /// Its transport.
+    pub dial: common::Dial,
     /// Token secret.
     pub secret: String,
     /// User ids are `{prefix}-{first + i}`.
@@ -193,6 +195,17 @@ pub async fn run_part(
     ready: oneshot::Sender<PartReady>,
     stop: CancellationToken,
 ) -> PartDone {
+    let dialer = match spec.dial.dialer(spec.server) {
+        Ok(dialer) => dialer,
+        Err(e) => {
+            progress!("w2 part@{}: {e:#}", spec.first);
+            let _ = ready.send(PartReady {
+                failed: spec.count as u64,
+                ..PartReady::default()
+            });
+            return PartDone::default();
+        }
+    };
     go.await;
     let start = Instant::now();
     let pings = Arc::new(AtomicU64::new(0));
@@ -221,6 +234,7 @@ pub async fn run_part(
     let mut logins = futures::stream::iter(0..spec.count)
         .map(|i| {
             let spec = &spec;
+            let dialer = &dialer;
             async move {
                 let t = Instant::now();
                 let source = common::source_ip(
@@ -229,7 +243,7 @@ pub async fn run_part(
                     (i as u32) % spec.source_count.max(1),
                 );
                 let user = format!("{}-{}", spec.prefix, spec.first + i);
-                let conn = common::connect_from(spec.server, source, &spec.secret, &user).await;
+                let conn = common::connect_from(dialer, source, &spec.secret, &user).await;
                 (conn, t.elapsed())
             }
         })
@@ -419,6 +433,7 @@ pub async fn run(target: &common::Target, config: &W2Config) -> anyhow::Result<W
         let count = per.min(config.connections.saturating_sub(first));
         let spec = PartSpec {
             server: target.server,
+            dial: target.dial.clone(),
             secret: target.secret.clone(),
             prefix: format!("{}-{run}", config.prefix),
             first,

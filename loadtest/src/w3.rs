@@ -139,6 +139,7 @@ pub async fn request(
 
 /// Runs W3 against `target`.
 pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W3Result> {
+    let dialer = target.dialer()?;
     if config.payload < 12 {
         bail!("--payload must be at least 12 bytes (index and timestamp)");
     }
@@ -152,7 +153,7 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
 
     // The group: created with the first members, the rest added in chunks (bodies stay small).
     let setup_start = Instant::now();
-    let mut sender = common::connect(target.server, &target.secret, &sender_id).await?;
+    let mut sender = common::connect(&dialer, &target.secret, &sender_id).await?;
     let others: Vec<String> = (0..config.members - 1).map(user).collect();
     let mut chunks = others.chunks(500);
     let created = request(
@@ -194,7 +195,8 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
     let receivers: Vec<anyhow::Result<Conn>> = futures::stream::iter(0..online)
         .map(|i| {
             let u = user(i);
-            async move { common::connect(target.server, &target.secret, &u).await }
+            let dialer = &dialer;
+            async move { common::connect(dialer, &target.secret, &u).await }
         })
         .buffered(64)
         .collect()

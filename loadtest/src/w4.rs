@@ -117,6 +117,7 @@ impl W4Result {
 
 /// Runs W4 against `target`.
 pub async fn run(target: &common::Target, config: &W4Config) -> anyhow::Result<W4Result> {
+    let dialer = target.dialer()?;
     if config.clients > 18_000 {
         bail!("one process may open at most 20,000 files: at most 18,000 clients per run");
     }
@@ -136,10 +137,11 @@ pub async fn run(target: &common::Target, config: &W4Config) -> anyhow::Result<W
             .collect();
         let sender = format!("{}-{run}-sender{s}", config.prefix);
         let target = target.clone();
+        let dialer = dialer.clone();
         let (messages, window, payload) = (config.messages, config.send_window, config.payload);
         let acked = acked.clone();
         jobs.push(tokio::spawn(async move {
-            let mut conn = common::connect(target.server, &target.secret, &sender).await?;
+            let mut conn = common::connect(&dialer, &target.secret, &sender).await?;
             let order =
                 (0..messages).flat_map(move |_| targets.clone().into_iter().map(Target::ToUser));
             common::send_pipelined(

@@ -93,6 +93,7 @@ impl W5Result {
 
 /// Runs W5 against `target`.
 pub async fn run(target: &common::Target, config: &W5Config) -> anyhow::Result<W5Result> {
+    let dialer = target.dialer()?;
     if config.page == 0 || config.page > 200 {
         bail!("--page must be 1..=200");
     }
@@ -104,7 +105,7 @@ pub async fn run(target: &common::Target, config: &W5Config) -> anyhow::Result<W
     } else {
         format!("d:{b}:{a}")
     };
-    let mut writer = common::connect(target.server, &target.secret, &a).await?;
+    let mut writer = common::connect(&dialer, &target.secret, &a).await?;
     let preload_start = Instant::now();
     let (preload_acked, preload_errors) = common::send_pipelined(
         &mut writer,
@@ -119,7 +120,7 @@ pub async fn run(target: &common::Target, config: &W5Config) -> anyhow::Result<W
     let preload_secs = preload_start.elapsed().as_secs_f64();
     progress!("W5: {preload_acked} messages pre-loaded in {preload_secs:.2} s");
 
-    let mut reader = common::connect(target.server, &target.secret, &b).await?;
+    let mut reader = common::connect(&dialer, &target.secret, &b).await?;
     let mut h = common::histogram();
     let mut errors = preload_errors;
     let mut per_round = Vec::new();
