@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
@@ -15,8 +16,9 @@ use im_protocol::ids;
 use sdk_core::driver::{self, ClientHandle, DriverError, DriverOptions, EventStream};
 use sdk_core::sqlite::SqliteStore;
 use sdk_core::{
-    ClientConfig, ConnectionState, Connector as _, Event, GroupEventKind, GroupInfo, GroupRole,
+    ClientConfig, ConnectionState, Connector, Event, GroupEventKind, GroupInfo, GroupRole,
     LocalMessage, Platform, Recipient, SendState, ServerAddress, StopReason, TcpConnector,
+    TlsConnector, TlsTrust,
 };
 use serde_json::json;
 
@@ -43,8 +45,43 @@ struct Cli {
     /// Seconds to wait for the server before giving up.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// How to reach the server: plain TCP (the server's --listen port) or TLS (its
+    /// --tls-listen port; the certificate must name the --server host).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    transport: Transport,
+    /// PEM file of a CA to trust for TLS instead of the public Web PKI roots, such as a
+    /// development server's DATA_DIR/tls/cert.pem.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Transport {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP, the certificate verified.
+    Tls,
+}
+
+/// The connector for `--transport` and `--ca-cert`.
+fn connector(cli: &Cli) -> Result<Arc<dyn Connector>, Failure> {
+    let trust = match &cli.ca_cert {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| fail(2, anyhow!("--ca-cert {}: {e}", path.display())))?;
+            TlsTrust::pinned_ca_pem(&pem)
+                .map_err(|e| fail(2, anyhow!("--ca-cert {}: {e}", path.display())))?
+        }
+        None => TlsTrust::default(),
+    };
+    Ok(match cli.transport {
+        Transport::Tcp => Arc::new(TcpConnector),
+        Transport::Tls => {
+            Arc::new(TlsConnector::new(&trust).map_err(|e| fail(2, anyhow!("--ca-cert: {e}")))?)
+        }
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -248,14 +285,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         .server
         .parse()
         .map_err(|e| fail(2, anyhow!("--server: {e}")))?;
+    let connector = connector(&cli)?;
     // Probe once so an unreachable server is reported plainly instead of retried in silence.
-    tokio::time::timeout(
-        Duration::from_secs(cli.timeout),
-        TcpConnector.connect(&server),
-    )
-    .await
-    .map_err(|_| fail(3, anyhow!("cannot reach server {server}: timed out")))?
-    .map_err(|e| fail(3, anyhow!("cannot reach server {server}: {e}")))?;
+    tokio::time::timeout(Duration::from_secs(cli.timeout), connector.connect(&server))
+        .await
+        .map_err(|_| fail(3, anyhow!("cannot reach server {server}: timed out")))?
+        .map_err(|e| fail(3, anyhow!("cannot reach server {server}: {e}")))?;
 
     let db = match &cli.db {
         Some(path) => path.clone(),
@@ -271,7 +306,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         cli.token.clone(),
         config,
         store,
-        DriverOptions::default(),
+        DriverOptions {
+            connector,
+            ..DriverOptions::default()
+        },
         &tokio::runtime::Handle::current(),
     )
     .with_context(|| format!("reading local database {}", db.display()))?;

@@ -169,6 +169,55 @@ async fn the_server_may_be_named_by_host_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_server_is_trusted_only_with_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    im_server::cli::write_dev_cert(&certs, &["localhost".into()]).unwrap();
+    let mut options = ServerOptions::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("srv"),
+        TokenKey::new(SECRET),
+    );
+    options.tls = Some(app::TlsOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        identity: gateway::transport::tls::TlsIdentity::from_pem_files(
+            &certs.join("cert.pem"),
+            &certs.join("key.pem"),
+        )
+        .unwrap(),
+    });
+    let server = app::start(options).await.unwrap();
+    let tls = format!("localhost:{}", server.tls_addr.unwrap().port());
+    let ca = certs.join("cert.pem").display().to_string();
+    let alice = token("alice", 600);
+    let base = ["--server", &tls, "--token", &alice, "--transport", "tls"];
+
+    let trusted = imcli(
+        dir.path(),
+        &[&base[..], &["--ca-cert", &ca, "send", "bob", "over TLS"]].concat(),
+    )
+    .await;
+    assert!(trusted.status.success(), "{trusted:?}");
+
+    // The public roots do not vouch for a self-signed certificate: unreachable, exit 3.
+    let untrusted = imcli(dir.path(), &[&base[..], &["send", "bob", "no"]].concat()).await;
+    assert_eq!(untrusted.status.code(), Some(3), "{untrusted:?}");
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+
+    // A CA file that holds no certificate is a bad argument, exit 2.
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    let empty = dir.path().join("empty.pem").display().to_string();
+    let bad = imcli(
+        dir.path(),
+        &[&base[..], &["--ca-cert", &empty, "send", "bob", "no"]].concat(),
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    server.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_addresses_tokens_and_arguments_exit_with_clear_codes() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path()).await;
