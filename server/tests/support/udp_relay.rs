@@ -20,7 +20,11 @@ pub struct UdpRelay {
 impl UdpRelay {
     /// Relays datagrams to `target`, starting blocked or not.
     pub async fn start(target: SocketAddr, blocked: bool) -> UdpRelay {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind the relay"));
+        let front = Arc::new(
+            UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind the relay"),
+        );
         let addr = front.local_addr().unwrap();
         let blocked = Arc::new(AtomicBool::new(blocked));
         let task = tokio::spawn(relay(front, target, blocked.clone()));
