@@ -175,6 +175,7 @@ impl<L: LogicApi> Gateway<L> {
                 let deadline = shared.config.session.handshake_timeout;
                 match tokio::time::timeout(deadline, establishing).await {
                     Ok(Ok(stream)) => connection(stream, shared, stop).await,
+                    Ok(Err(e)) if crate::transport::is_handed_off(&e) => {}
                     Ok(Err(e)) => tracing::debug!(error = %e, "transport setup failed"),
                     Err(_elapsed) => tracing::debug!("transport setup timed out"),
                 }
@@ -195,6 +196,29 @@ impl<L: LogicApi> Gateway<L> {
         );
         let fut = connection(stream, self.shared.clone(), self.connections_stop.clone());
         self.tracker.spawn(fut.instrument(span));
+    }
+
+    /// Serves one established stream if the connection limit allows (false when it does not):
+    /// for transports whose sessions are born outside an accept loop (the HTTP tunnel's).
+    pub fn try_serve_stream<S: ByteStream>(&self, stream: S, peer: &str) -> bool {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return false;
+        };
+        let span = tracing::debug_span!(
+            "conn",
+            %peer,
+            user = tracing::field::Empty,
+            device = tracing::field::Empty
+        );
+        let fut = connection(stream, self.shared.clone(), self.connections_stop.clone());
+        self.tracker.spawn(
+            async move {
+                let _permit = permit;
+                fut.await
+            }
+            .instrument(span),
+        );
+        true
     }
 
     /// Tells every client to reconnect (elsewhere, or here later) and waits, at most five
@@ -717,5 +741,13 @@ mod idle_state {
         let (conn_bytes, writer_bytes) = (size_of_val(&conn), size_of_val(&writer));
         assert!(conn_bytes <= 1_200, "connection future: {conn_bytes} bytes");
         assert!(writer_bytes <= 480, "writer future: {writer_bytes} bytes");
+    }
+}
+
+/// The HTTP tunnel's sessions are served by the gateway like any other connection, counted
+/// against the same connection limit.
+impl<L: LogicApi> crate::transport::http_tunnel::SessionHost for Gateway<L> {
+    fn try_serve(&self, stream: tokio::io::DuplexStream, peer: String) -> bool {
+        self.try_serve_stream(crate::transport::AnyStream(stream), &peer)
     }
 }

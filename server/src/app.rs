@@ -17,8 +17,9 @@ use gateway::hub::Hub;
 use gateway::server::{self, Gateway, GatewayConfig, Shared};
 use gateway::session::{self, SessionConfig};
 use gateway::transport::memory::{self, MemoryDialer};
-use gateway::transport::tcp::TcpAcceptor;
-use gateway::transport::tls::{TlsAcceptor, TlsIdentity};
+use gateway::transport::front_door::{FrontDoor, FrontDoorError};
+use gateway::transport::http_tunnel::{TunnelConfig, TunnelServer};
+use gateway::transport::tls::TlsIdentity;
 
 /// Everything a single-process server needs.
 #[derive(Clone, Debug)]
@@ -66,8 +67,11 @@ pub struct ServerOptions {
     pub inbox_retention_entries: u64,
     /// Inbox entries older than this are trimmed (zero = kept forever).
     pub inbox_retention_age: Duration,
-    /// TLS clients, when set: where to listen and what to present.
+    /// TLS clients, when set: where to listen and what to present. The plain port then takes
+    /// TLS clients too.
     pub tls: Option<TlsOptions>,
+    /// The HTTP tunnel (SPEC §18) on the plain and the TLS port, when set.
+    pub http_tunnel: Option<TunnelConfig>,
 }
 
 /// The TLS listener.
@@ -111,6 +115,7 @@ impl ServerOptions {
             slow_client_timeout: Duration::from_secs(server::DEFAULT_SLOW_CLIENT_TIMEOUT_SECS),
             socket_send_buffer_bytes: DEFAULT_SOCKET_SEND_BUFFER,
             tls: None,
+            http_tunnel: Some(TunnelConfig::default()),
         }
     }
 }
@@ -145,6 +150,9 @@ pub enum ServerError {
     /// Accepting failed for good.
     #[error("server I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate or key is unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] gateway::transport::tls::TlsError),
     /// The token secret would let anyone forge tokens.
     #[error("token secret: {0}")]
     WeakSecret(#[from] gateway::auth::WeakSecret),
@@ -218,25 +226,6 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         outbound_queue_bytes: options.outbound_queue_bytes,
         slow_client_timeout: options.slow_client_timeout.max(Duration::from_millis(100)),
     };
-    let tcp =
-        TcpAcceptor::bind(options.listen, options.socket_send_buffer_bytes).map_err(|source| {
-            ServerError::Bind {
-                addr: options.listen,
-                source,
-            }
-        })?;
-    let addr = tcp.local_addr()?;
-    let tls = match &options.tls {
-        Some(tls) => Some(
-            TlsAcceptor::bind(tls.listen, options.socket_send_buffer_bytes, &tls.identity)
-                .map_err(|source| ServerError::Bind {
-                    addr: tls.listen,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
-    let tls_addr = tls.as_ref().map(|t| t.local_addr()).transpose()?;
     let (in_process, dialer) = memory::listener();
     let shutdown = CancellationToken::new();
     // One process holds every connection: its hub is the whole push router.
@@ -248,13 +237,45 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         tokens: options.tokens,
         config,
     });
+    let tunnel = options
+        .http_tunnel
+        .clone()
+        .map(|tunnel_config| TunnelServer::new(tunnel_config, gateway.clone()));
+    let bind_error = |addr| {
+        move |e: FrontDoorError| match e {
+            FrontDoorError::Io(source) => ServerError::Bind { addr, source },
+            FrontDoorError::Tls(e) => ServerError::Tls(e),
+        }
+    };
+    let identity = options.tls.as_ref().map(|tls| &tls.identity);
+    let plain = FrontDoor::bind(
+        options.listen,
+        options.socket_send_buffer_bytes,
+        identity,
+        tunnel.clone(),
+    )
+    .map_err(bind_error(options.listen))?;
+    let addr = plain.local_addr()?;
+    let tls = match &options.tls {
+        Some(tls) => Some(
+            FrontDoor::bind_tls_only(
+                tls.listen,
+                options.socket_send_buffer_bytes,
+                &tls.identity,
+                tunnel.clone(),
+            )
+            .map_err(bind_error(tls.listen))?,
+        ),
+        None => None,
+    };
+    let tls_addr = tls.as_ref().map(|t| t.local_addr()).transpose()?;
     let stop = shutdown.clone();
     if !options.inbox_retention_age.is_zero() {
         tokio::spawn(sweep_retention(store.clone(), shutdown.clone()));
     }
     let task = tokio::spawn(async move {
         tokio::join!(
-            gateway.serve(tcp, stop.clone()),
+            gateway.serve(plain, stop.clone()),
             gateway.serve(in_process, stop.clone()),
             async {
                 if let Some(tls) = tls {
@@ -263,6 +284,9 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
             },
         );
         gateway.drain().await;
+        if let Some(tunnel) = tunnel {
+            tunnel.shutdown().await;
+        }
         // Flush what the writer still holds; acked messages are durable already.
         store.close().await?;
         Ok(())

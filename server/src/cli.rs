@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use gateway::auth::TokenKey;
 use gateway::{hub, server, session};
 
+use gateway::transport::http_tunnel::TunnelConfig;
 use gateway::transport::tls::{TlsError, TlsIdentity};
 
 use crate::app::{self, ServerOptions, TlsOptions};
@@ -161,6 +162,17 @@ pub struct ServeArgs {
     /// PEM file with the TLS private key.
     #[arg(long, env = "IM_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Turn off the HTTP tunnel (SPEC §18), which is otherwise served on the plain and the TLS
+    /// port for clients that can reach the server only through HTTP.
+    #[arg(long, env = "IM_NO_HTTP_TUNNEL")]
+    pub no_http_tunnel: bool,
+    /// Longest a tunnel's downstream poll is held open before it is answered empty, in seconds.
+    /// Keep it under the idle timeout of the HTTP proxies in the way.
+    #[arg(long, env = "IM_TUNNEL_POLL_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub tunnel_poll_secs: u64,
+    /// A tunnel with no request for this many seconds is closed.
+    #[arg(long, env = "IM_TUNNEL_IDLE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub tunnel_idle_secs: u64,
 }
 
 /// Commands besides serving.
@@ -238,6 +250,14 @@ impl ServeArgs {
                 self.inbox_retention_days.saturating_mul(24 * 3600),
             ),
             tls,
+            http_tunnel: (!self.no_http_tunnel).then(|| TunnelConfig {
+                poll_wait: Duration::from_secs(self.tunnel_poll_secs),
+                idle_timeout: Duration::from_secs(self.tunnel_idle_secs),
+                // An HTTP connection idles at most through one poll and the gap to the next.
+                connection_idle_timeout: Duration::from_secs(self.tunnel_poll_secs + 15),
+                max_http_connections: self.max_connections.saturating_mul(2),
+                ..TunnelConfig::default()
+            }),
             ..ServerOptions::new(self.listen, data_dir, tokens)
         })
     }

@@ -1,13 +1,16 @@
 //! Transports: where connections come from. The gateway serves any ordered, reliable byte
 //! stream; each transport is one [`Acceptor`] that yields such streams. Plain TCP is
-//! [`tcp::TcpAcceptor`]; [`memory`] serves in-process streams (tests, simulations). TLS, QUIC
-//! streams and the HTTP tunnel each add one acceptor file here, and nothing else changes.
+//! [`tcp::TcpAcceptor`]; [`memory`] serves in-process streams (tests, simulations). TLS
+//! ([`tls`]), QUIC streams and the HTTP tunnel ([`http_tunnel`]) plug in here; [`front_door`]
+//! serves native frames, TLS and HTTP on one port by the first byte each client sends.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub mod front_door;
+pub mod http_tunnel;
 pub mod memory;
 pub mod tcp;
 pub mod tls;
@@ -46,6 +49,28 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for AnyStrea
 /// Finishes setting up an accepted connection (a TLS handshake, say); see
 /// [`Acceptor::establish`].
 pub type Establishing<S> = Pin<Box<dyn Future<Output = std::io::Result<S>> + Send>>;
+
+/// What [`Acceptor::establish`] fails with when the connection was handed to something other
+/// than a session (an HTTP connection, to the tunnel): not an error, nothing to log.
+pub fn handed_off() -> std::io::Error {
+    std::io::Error::other(HandedOff)
+}
+
+/// Whether `error` is [`handed_off`].
+pub fn is_handed_off(error: &std::io::Error) -> bool {
+    error.get_ref().is_some_and(|e| e.is::<HandedOff>())
+}
+
+#[derive(Debug)]
+struct HandedOff;
+
+impl std::fmt::Display for HandedOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("handed to another server")
+    }
+}
+
+impl std::error::Error for HandedOff {}
 
 /// One transport's source of client connections.
 pub trait Acceptor: Send + 'static {
