@@ -47,6 +47,8 @@ pub use machine::{Action, Client, ClientConfig, ConnectionState, Event, StopReas
 pub use store::{
     LocalConversation, LocalMessage, LocalStore, LocalStoreError, Recipient, SendState,
 };
+pub use transport::http_tunnel::{HttpTunnelConnector, TunnelOptions};
+pub use transport::proxy::HttpProxyConnector;
 pub use transport::tls::{TlsConnector, TlsTrust, TlsTrustError};
 pub use transport::{ByteStream, Connector, ServerAddress, TcpConnector};
 pub use types::{

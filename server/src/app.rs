@@ -16,9 +16,9 @@ use gateway::auth::TokenKey;
 use gateway::hub::Hub;
 use gateway::server::{self, Gateway, GatewayConfig, Shared};
 use gateway::session::{self, SessionConfig};
-use gateway::transport::memory::{self, MemoryDialer};
 use gateway::transport::front_door::{FrontDoor, FrontDoorError};
 use gateway::transport::http_tunnel::{TunnelConfig, TunnelServer};
+use gateway::transport::memory::{self, MemoryDialer};
 use gateway::transport::tls::TlsIdentity;
 
 /// Everything a single-process server needs.

@@ -167,8 +167,9 @@ pub struct ServeArgs {
     #[arg(long, env = "IM_NO_HTTP_TUNNEL")]
     pub no_http_tunnel: bool,
     /// Longest a tunnel's downstream poll is held open before it is answered empty, in seconds.
-    /// Keep it under the idle timeout of the HTTP proxies in the way.
-    #[arg(long, env = "IM_TUNNEL_POLL_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=300))]
+    /// At most 30 (clients wait 40 s for an answer);
+    /// keep it under the idle timeout of the HTTP proxies in the way.
+    #[arg(long, env = "IM_TUNNEL_POLL_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=30))]
     pub tunnel_poll_secs: u64,
     /// A tunnel with no request for this many seconds is closed.
     #[arg(long, env = "IM_TUNNEL_IDLE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]

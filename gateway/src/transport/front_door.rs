@@ -113,7 +113,9 @@ pub enum FrontDoorError {
 }
 
 fn tls_acceptor(identity: &TlsIdentity) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
-    Ok(tokio_rustls::TlsAcceptor::from(identity.server_config(&[])?))
+    Ok(tokio_rustls::TlsAcceptor::from(
+        identity.server_config(&[])?,
+    ))
 }
 
 impl Acceptor for FrontDoor {

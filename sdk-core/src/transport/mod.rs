@@ -11,6 +11,8 @@ use std::str::FromStr;
 use futures::future::BoxFuture;
 
 pub mod fallback;
+pub mod http_tunnel;
+pub mod proxy;
 pub mod tls;
 
 /// An ordered, reliable byte stream to the server (TCP today; TLS, QUIC streams later).

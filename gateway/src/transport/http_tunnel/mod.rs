@@ -261,7 +261,13 @@ impl TunnelServer {
             return plain(StatusCode::NOT_FOUND, "not a tunnel path");
         };
         let offset = query_offset(request.uri().query());
-        match (rest.trim_end_matches('/').split('/').collect::<Vec<_>>().as_slice(), request.method()) {
+        match (
+            rest.trim_end_matches('/')
+                .split('/')
+                .collect::<Vec<_>>()
+                .as_slice(),
+            request.method(),
+        ) {
             ([""], &Method::POST) => self.open(peer),
             ([""], _) => not_allowed("POST"),
             (["", id], &Method::DELETE) => self.close(id),
@@ -347,8 +353,7 @@ impl TunnelServer {
         };
         let _active = self.enter(&tunnel);
         let body = Limited::new(body, self.config.max_upload_bytes);
-        let bytes = match tokio::time::timeout(self.config.request_timeout, body.collect()).await
-        {
+        let bytes = match tokio::time::timeout(self.config.request_timeout, body.collect()).await {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 return plain(

@@ -168,23 +168,23 @@ mod tests {
         let mut down = DownBuffer::new(100);
         assert_eq!(down.poll(0, 64), Ok(Poll::Wait));
         down.push(b"hello world");
-        assert_eq!(down.poll(0, 5), Ok(Poll::Data(Bytes::from_static(b"hello"))));
+        assert_eq!(
+            down.poll(0, 5),
+            Ok(Poll::Data(Bytes::from_static(b"hello")))
+        );
         // That answer never arrived: the client polls from 0 again and gets the same bytes.
-        assert_eq!(down.poll(0, 5), Ok(Poll::Data(Bytes::from_static(b"hello"))));
+        assert_eq!(
+            down.poll(0, 5),
+            Ok(Poll::Data(Bytes::from_static(b"hello")))
+        );
         // Now it has them.
         assert_eq!(
             down.poll(5, 64),
             Ok(Poll::Data(Bytes::from_static(b" world")))
         );
         assert_eq!(down.room(), 100 - 6);
-        assert_eq!(
-            down.poll(0, 64),
-            Err(OffsetError::Behind { kept_from: 5 })
-        );
-        assert_eq!(
-            down.poll(12, 64),
-            Err(OffsetError::Ahead { expected: 11 })
-        );
+        assert_eq!(down.poll(0, 64), Err(OffsetError::Behind { kept_from: 5 }));
+        assert_eq!(down.poll(12, 64), Err(OffsetError::Ahead { expected: 11 }));
         assert_eq!(down.poll(11, 64), Ok(Poll::Wait));
         assert_eq!(down.room(), 100);
     }
