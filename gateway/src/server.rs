@@ -678,6 +678,14 @@ async fn discard_until_eof(read_half: &mut (impl AsyncRead + Unpin)) {
     while let Ok(1..) = read_half.read(&mut scrap).await {}
 }
 
+/// The HTTP tunnel's sessions are served by the gateway like any other connection, counted
+/// against the same connection limit.
+impl<L: LogicApi> crate::transport::http_tunnel::SessionHost for Gateway<L> {
+    fn try_serve(&self, stream: tokio::io::DuplexStream, peer: String) -> bool {
+        self.try_serve_stream(crate::transport::AnyStream(stream), &peer)
+    }
+}
+
 #[cfg(test)]
 mod idle_state {
     use super::*;
@@ -741,13 +749,5 @@ mod idle_state {
         let (conn_bytes, writer_bytes) = (size_of_val(&conn), size_of_val(&writer));
         assert!(conn_bytes <= 1_200, "connection future: {conn_bytes} bytes");
         assert!(writer_bytes <= 480, "writer future: {writer_bytes} bytes");
-    }
-}
-
-/// The HTTP tunnel's sessions are served by the gateway like any other connection, counted
-/// against the same connection limit.
-impl<L: LogicApi> crate::transport::http_tunnel::SessionHost for Gateway<L> {
-    fn try_serve(&self, stream: tokio::io::DuplexStream, peer: String) -> bool {
-        self.try_serve_stream(crate::transport::AnyStream(stream), &peer)
     }
 }
