@@ -160,6 +160,8 @@ impl<L: LogicApi> Gateway<L> {
                     }
                 },
             };
+            // The handshake deadline counts from here, transport setup included.
+            let accepted = Instant::now();
             let establishing = acceptor.establish(incoming);
             let shared = self.shared.clone();
             let stop = self.connections_stop.clone();
@@ -174,7 +176,7 @@ impl<L: LogicApi> Gateway<L> {
                 let _permit = permit;
                 let deadline = shared.config.session.handshake_timeout;
                 match tokio::time::timeout(deadline, establishing).await {
-                    Ok(Ok(stream)) => connection(stream, shared, stop).await,
+                    Ok(Ok(stream)) => connection(stream, shared, stop, accepted).await,
                     Ok(Err(e)) if crate::transport::is_handed_off(&e) => {}
                     Ok(Err(e)) => tracing::debug!(error = %e, "transport setup failed"),
                     Err(_elapsed) => tracing::debug!("transport setup timed out"),
@@ -194,7 +196,12 @@ impl<L: LogicApi> Gateway<L> {
             user = tracing::field::Empty,
             device = tracing::field::Empty
         );
-        let fut = connection(stream, self.shared.clone(), self.connections_stop.clone());
+        let fut = connection(
+            stream,
+            self.shared.clone(),
+            self.connections_stop.clone(),
+            Instant::now(),
+        );
         self.tracker.spawn(fut.instrument(span));
     }
 
@@ -210,7 +217,12 @@ impl<L: LogicApi> Gateway<L> {
             user = tracing::field::Empty,
             device = tracing::field::Empty
         );
-        let fut = connection(stream, self.shared.clone(), self.connections_stop.clone());
+        let fut = connection(
+            stream,
+            self.shared.clone(),
+            self.connections_stop.clone(),
+            Instant::now(),
+        );
         self.tracker.spawn(
             async move {
                 let _permit = permit;
@@ -479,6 +491,7 @@ async fn connection<L: LogicApi, S: ByteStream>(
     stream: S,
     shared: Arc<Shared<L>>,
     shutdown: CancellationToken,
+    accepted: Instant,
 ) {
     let (read_half, write_half) = stream.split();
     let tx = Arc::new(Outbox::new(
@@ -502,7 +515,7 @@ async fn connection<L: LogicApi, S: ByteStream>(
     let mut framed = FramedRead::with_capacity(read_half, FrameCodec::new(PRE_AUTH_MAX_BODY), 256);
     let conn_id = shared.hub.next_conn_id();
     let mut conn = Conn {
-        session: Session::new(shared.config.session.clone(), Instant::now()),
+        session: Session::new(shared.config.session.clone(), accepted),
         shared,
         tx,
         close,
@@ -734,7 +747,12 @@ mod idle_state {
             tokens: TokenKey::new(vec![7u8; 40]),
             config: GatewayConfig::default(),
         });
-        let conn = connection(server_side, shared, CancellationToken::new());
+        let conn = connection(
+            server_side,
+            shared,
+            CancellationToken::new(),
+            Instant::now(),
+        );
         let (_read, write) = client.into_split();
         let outbox = Arc::new(Outbox::new(1024, 1 << 20, 4 << 20));
         let kill = CancellationToken::new();

@@ -48,6 +48,9 @@ pub enum Transport {
     Tcp,
     /// TLS over TCP (the gateway's --tls-listen port).
     Tls,
+    /// The HTTP tunnel over plain HTTP (SPEC §18; the gateway's --listen port): each
+    /// connection is a tunnel of two keep-alive HTTP connections.
+    Tunnel,
 }
 
 /// How to reach the server: the transport and, for TLS, whom to trust.
@@ -69,7 +72,7 @@ impl Dial {
     /// Prepares connecting to `server` (reads the CA once).
     pub fn dialer(&self, server: SocketAddr) -> anyhow::Result<Dialer> {
         let tls = match self.transport {
-            Transport::Tcp => None,
+            Transport::Tcp | Transport::Tunnel => None,
             Transport::Tls => {
                 let trust = match &self.ca_cert {
                     Some(path) => {
@@ -88,7 +91,11 @@ impl Dial {
                 ))
             }
         };
-        Ok(Dialer { server, tls })
+        Ok(Dialer {
+            server,
+            tls,
+            tunnel: self.transport == Transport::Tunnel,
+        })
     }
 }
 
@@ -100,6 +107,7 @@ pub struct Dialer {
         tokio_rustls::TlsConnector,
         rustls::pki_types::ServerName<'static>,
     )>,
+    tunnel: bool,
 }
 
 impl Dialer {
@@ -111,6 +119,18 @@ impl Dialer {
     /// Opens one stream, from `source` if given, and splits it.
     async fn open(&self, source: Option<IpAddr>) -> anyhow::Result<(ReadStream, WriteStream)> {
         let addr = self.server;
+        if self.tunnel {
+            use sdk_core::Connector as _;
+            let tunnel =
+                sdk_core::HttpTunnelConnector::direct(std::sync::Arc::new(sdk_core::TcpConnector));
+            let stream =
+                tokio::time::timeout(Duration::from_secs(20), tunnel.connect(&addr.into()))
+                    .await
+                    .with_context(|| format!("opening a tunnel to {addr}: timed out"))?
+                    .with_context(|| format!("opening a tunnel to {addr}"))?;
+            let (r, w) = tokio::io::split(stream);
+            return Ok((Box::new(r), Box::new(w)));
+        }
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {

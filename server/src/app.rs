@@ -230,6 +230,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     let shutdown = CancellationToken::new();
     // One process holds every connection: its hub is the whole push router.
     let hub = Hub::with_limits(config.max_frame_bytes, config.max_connections_per_user);
+    let gateway_handshake_timeout = config.session.handshake_timeout;
     let gateway = Gateway::new(Shared {
         logic,
         router: hub.clone(),
@@ -248,13 +249,17 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         }
     };
     let identity = options.tls.as_ref().map(|tls| &tls.identity);
+    // A silent client is served as frames shortly before its handshake deadline, so it is
+    // told HANDSHAKE_TIMEOUT like on any port.
+    let sniff_timeout = gateway_handshake_timeout.mul_f32(0.8);
     let plain = FrontDoor::bind(
         options.listen,
         options.socket_send_buffer_bytes,
         identity,
         tunnel.clone(),
     )
-    .map_err(bind_error(options.listen))?;
+    .map_err(bind_error(options.listen))?
+    .with_sniff_timeout(sniff_timeout);
     let addr = plain.local_addr()?;
     let tls = match &options.tls {
         Some(tls) => Some(
@@ -264,7 +269,8 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
                 &tls.identity,
                 tunnel.clone(),
             )
-            .map_err(bind_error(tls.listen))?,
+            .map_err(bind_error(tls.listen))?
+            .with_sniff_timeout(sniff_timeout),
         ),
         None => None,
     };

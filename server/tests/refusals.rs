@@ -94,9 +94,10 @@ async fn garbage_bytes_get_an_error_and_close_only_that_connection() {
     let server = Server::start(dir.path(), &[]);
     let mut bystander = Client::connect(&server, "bob", "phone").await;
 
+    // A frame header of an unknown layout version (frames start with 0x00, §1.2).
     let mut stream = server.connect_raw().await;
     stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"\x00\x00\x00\x00\x09\x00\x00\x03\x00\x00\x00\x01")
         .await
         .unwrap();
     let error = error_then_close(stream).await.expect("an error frame");

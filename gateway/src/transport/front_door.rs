@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf as _, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
@@ -49,7 +50,14 @@ pub struct FrontDoor {
     /// Only TLS is accepted on the outside (a 443 port: nothing crosses it in clear).
     tls_only: bool,
     tunnel: Option<Arc<TunnelServer>>,
+    /// How long to wait for a plain connection's first byte before serving it as frames
+    /// anyway, so a silent client still gets the session's HANDSHAKE_TIMEOUT (its deadline
+    /// counts from the accept) instead of being dropped by the setup deadline.
+    sniff_timeout: Duration,
 }
+
+/// Default of the wait for a first byte: under the default handshake deadline (5 s).
+pub const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_secs(4);
 
 impl std::fmt::Debug for FrontDoor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,6 +85,7 @@ impl FrontDoor {
             tls: identity.map(tls_acceptor).transpose()?,
             tls_only: false,
             tunnel,
+            sniff_timeout: DEFAULT_SNIFF_TIMEOUT,
         })
     }
 
@@ -92,7 +101,14 @@ impl FrontDoor {
             tls: Some(tls_acceptor(identity)?),
             tls_only: true,
             tunnel,
+            sniff_timeout: DEFAULT_SNIFF_TIMEOUT,
         })
+    }
+
+    /// Waits at most `timeout` for a first byte (keep it under the handshake deadline).
+    pub fn with_sniff_timeout(mut self, timeout: Duration) -> FrontDoor {
+        self.sniff_timeout = timeout;
+        self
     }
 
     /// The bound address (useful with port 0).
@@ -130,6 +146,7 @@ impl Acceptor for FrontDoor {
         let tls = self.tls.clone();
         let tls_only = self.tls_only;
         let tunnel = self.tunnel.clone();
+        let sniff_timeout = self.sniff_timeout;
         Box::pin(async move {
             let _ = stream.set_nodelay(true);
             let peer = stream
@@ -137,14 +154,22 @@ impl Acceptor for FrontDoor {
                 .map(|a| a.to_string())
                 .unwrap_or_default();
             let mut first = [0u8; 1];
-            if stream.peek(&mut first).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            match (Speaks::from_first_byte(first[0]), &tls) {
+            let speaks = match tokio::time::timeout(sniff_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(Ok(_)) => Speaks::from_first_byte(first[0]),
+                Ok(Err(e)) => return Err(e),
+                // Silent: the session's deadline deals with it (a TLS-only port just closes).
+                Err(_) => Speaks::Frames,
+            };
+            match (speaks, &tls) {
                 (Speaks::Tls, Some(tls)) => {
                     let mut inner = Rewind::new(tls.accept(stream).await?);
-                    let first = inner.peek_byte().await?;
-                    match (Speaks::from_first_byte(first), tunnel) {
+                    let inside = match tokio::time::timeout(sniff_timeout, inner.peek_byte()).await
+                    {
+                        Ok(first) => Speaks::from_first_byte(first?),
+                        Err(_) => Speaks::Frames,
+                    };
+                    match (inside, tunnel) {
                         (Speaks::Http, Some(tunnel)) => {
                             tunnel.serve_http(inner, peer);
                             Err(handed_off())
