@@ -17,8 +17,8 @@ use sdk_core::driver::{self, ClientHandle, DriverError, DriverOptions, EventStre
 use sdk_core::sqlite::SqliteStore;
 use sdk_core::{
     ClientConfig, ConnectionState, Connector, Event, GroupEventKind, GroupInfo, GroupRole,
-    LocalMessage, Platform, Recipient, SendState, ServerAddress, StopReason, TcpConnector,
-    TlsConnector, TlsTrust,
+    HttpProxyConnector, HttpTunnelConnector, LocalMessage, Platform, Recipient, SendState,
+    ServerAddress, StopReason, TcpConnector, TlsConnector, TlsTrust,
 };
 use serde_json::json;
 
@@ -45,14 +45,19 @@ struct Cli {
     /// Seconds to wait for the server before giving up.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
-    /// How to reach the server: plain TCP (the server's --listen port) or TLS (its
-    /// --tls-listen port; the certificate must name the --server host).
+    /// How to reach the server: plain TCP (the server's --listen port), TLS (its --tls-listen
+    /// port; the certificate must name the --server host), or the HTTP tunnel over HTTP
+    /// (`http`, the --listen port) or HTTPS (`https`, the --tls-listen port).
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     transport: Transport,
     /// PEM file of a CA to trust for TLS instead of the public Web PKI roots, such as a
     /// development server's DATA_DIR/tls/cert.pem.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
+    /// An HTTP proxy (host:port) to go through: CONNECT for tls and https, plain requests
+    /// for http. Not used with tcp.
+    #[arg(long)]
+    proxy: Option<ServerAddress>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -63,6 +68,10 @@ enum Transport {
     Tcp,
     /// TLS over TCP, the certificate verified.
     Tls,
+    /// The HTTP tunnel over plain HTTP.
+    Http,
+    /// The HTTP tunnel over HTTPS, the certificate verified.
+    Https,
 }
 
 /// The connector for `--transport` and `--ca-cert`.
@@ -76,11 +85,28 @@ fn connector(cli: &Cli) -> Result<Arc<dyn Connector>, Failure> {
         }
         None => TlsTrust::default(),
     };
-    Ok(match cli.transport {
-        Transport::Tcp => Arc::new(TcpConnector),
-        Transport::Tls => {
-            Arc::new(TlsConnector::new(&trust).map_err(|e| fail(2, anyhow!("--ca-cert: {e}")))?)
+    let tcp: Arc<dyn Connector> = match &cli.proxy {
+        Some(proxy) => Arc::new(HttpProxyConnector::new(proxy.clone())),
+        None => Arc::new(TcpConnector),
+    };
+    let tls = || -> Result<Arc<dyn Connector>, Failure> {
+        Ok(Arc::new(
+            TlsConnector::over(&trust, tcp.clone())
+                .map_err(|e| fail(2, anyhow!("--ca-cert: {e}")))?,
+        ))
+    };
+    Ok(match (cli.transport, &cli.proxy) {
+        (Transport::Tcp, Some(_)) => {
+            return Err(fail(
+                2,
+                anyhow!("--proxy needs --transport tls, http or https"),
+            ));
         }
+        (Transport::Tcp, None) => Arc::new(TcpConnector),
+        (Transport::Tls, _) => tls()?,
+        (Transport::Http, Some(proxy)) => Arc::new(HttpTunnelConnector::via_proxy(proxy.clone())),
+        (Transport::Http, None) => Arc::new(HttpTunnelConnector::direct(Arc::new(TcpConnector))),
+        (Transport::Https, _) => Arc::new(HttpTunnelConnector::direct(tls()?)),
     })
 }
 

@@ -217,6 +217,73 @@ async fn over_tls_the_server_is_trusted_only_with_its_certificate() {
     server.shutdown.cancel();
 }
 
+#[tokio::test]
+async fn over_the_http_tunnel_a_message_goes_and_a_proxy_without_a_tunnel_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ServerOptions::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("srv"),
+        TokenKey::new(SECRET),
+    );
+    let server = app::start(options).await.unwrap();
+    let addr = server.addr.to_string();
+    let alice = token("alice", 600);
+    let bob = token("bob", 600);
+    let sent = imcli(
+        dir.path(),
+        &[
+            "--server",
+            &addr,
+            "--token",
+            &alice,
+            "--transport",
+            "http",
+            "send",
+            "bob",
+            "over HTTP",
+        ],
+    )
+    .await;
+    assert!(sent.status.success(), "{sent:?}");
+    let history = imcli(
+        dir.path(),
+        &[
+            "--server",
+            &addr,
+            "--token",
+            &bob,
+            "--transport",
+            "http",
+            "history",
+            "alice",
+        ],
+    )
+    .await;
+    assert!(history.status.success(), "{history:?}");
+    assert!(
+        String::from_utf8_lossy(&history.stdout).contains("over HTTP"),
+        "{history:?}"
+    );
+    // A proxy with plain TCP is a contradiction: a bad argument.
+    let bad = imcli(
+        dir.path(),
+        &[
+            "--server",
+            &addr,
+            "--token",
+            &alice,
+            "--proxy",
+            "127.0.0.1:9",
+            "send",
+            "bob",
+            "no",
+        ],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    server.shutdown.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_addresses_tokens_and_arguments_exit_with_clear_codes() {
     let dir = tempfile::tempdir().unwrap();
