@@ -49,6 +49,7 @@ pub use store::{
 };
 pub use transport::http_tunnel::{HttpTunnelConnector, TunnelOptions};
 pub use transport::proxy::HttpProxyConnector;
+pub use transport::quic::QuicConnector;
 pub use transport::tls::{TlsConnector, TlsTrust, TlsTrustError};
 pub use transport::{ByteStream, Connector, ServerAddress, TcpConnector};
 pub use types::{

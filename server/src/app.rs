@@ -19,6 +19,7 @@ use gateway::session::{self, SessionConfig};
 use gateway::transport::front_door::{FrontDoor, FrontDoorError};
 use gateway::transport::http_tunnel::{TunnelConfig, TunnelServer};
 use gateway::transport::memory::{self, MemoryDialer};
+use gateway::transport::quic::{QuicAcceptor, QuicError};
 use gateway::transport::tls::TlsIdentity;
 
 /// Everything a single-process server needs.
@@ -70,6 +71,8 @@ pub struct ServerOptions {
     /// TLS clients, when set: where to listen and what to present. The plain port then takes
     /// TLS clients too.
     pub tls: Option<TlsOptions>,
+    /// QUIC on UDP at the TLS port's number, whenever TLS is on.
+    pub quic: bool,
     /// The HTTP tunnel (SPEC §18) on the plain and the TLS port, when set.
     pub http_tunnel: Option<TunnelConfig>,
 }
@@ -115,6 +118,7 @@ impl ServerOptions {
             slow_client_timeout: Duration::from_secs(server::DEFAULT_SLOW_CLIENT_TIMEOUT_SECS),
             socket_send_buffer_bytes: DEFAULT_SOCKET_SEND_BUFFER,
             tls: None,
+            quic: true,
             http_tunnel: Some(TunnelConfig::default()),
         }
     }
@@ -153,6 +157,9 @@ pub enum ServerError {
     /// The TLS certificate or key is unusable.
     #[error("tls: {0}")]
     Tls(#[from] gateway::transport::tls::TlsError),
+    /// QUIC could not be set up.
+    #[error("quic: {0}")]
+    Quic(gateway::transport::quic::QuicError),
     /// The token secret would let anyone forge tokens.
     #[error("token secret: {0}")]
     WeakSecret(#[from] gateway::auth::WeakSecret),
@@ -166,6 +173,8 @@ pub struct RunningServer {
     pub dialer: MemoryDialer,
     /// The bound TLS address, when TLS is on.
     pub tls_addr: Option<SocketAddr>,
+    /// The bound QUIC (UDP) address, when QUIC is on: the TLS port's number.
+    pub quic_addr: Option<SocketAddr>,
     /// Cancel to shut down gracefully.
     pub shutdown: CancellationToken,
     /// Ends when the server has stopped and the store is closed.
@@ -275,6 +284,26 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         None => None,
     };
     let tls_addr = tls.as_ref().map(|t| t.local_addr()).transpose()?;
+    let quic = match (&options.tls, tls_addr) {
+        (Some(tls), Some(tls_addr)) if options.quic => Some(
+            QuicAcceptor::bind(
+                tls_addr,
+                &tls.identity,
+                // Above the session's idle timeout, which is the one that decides.
+                heartbeat * 3 + Duration::from_secs(15),
+            )
+            .map_err(|e| match e {
+                QuicError::Io(source) => ServerError::Bind {
+                    addr: tls_addr,
+                    source,
+                },
+                other => ServerError::Quic(other),
+            })?,
+        ),
+        _ => None,
+    };
+    let quic_addr = quic.as_ref().map(|q| q.local_addr()).transpose()?;
+    let quic_endpoint = quic.as_ref().map(|q| q.endpoint());
     let stop = shutdown.clone();
     if !options.inbox_retention_age.is_zero() {
         tokio::spawn(sweep_retention(store.clone(), shutdown.clone()));
@@ -288,8 +317,17 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
                     gateway.serve(tls, stop.clone()).await;
                 }
             },
+            async {
+                if let Some(quic) = quic {
+                    gateway.serve(quic, stop.clone()).await;
+                }
+            },
         );
         gateway.drain().await;
+        if let Some(endpoint) = quic_endpoint {
+            endpoint.close(quinn::VarInt::from_u32(0), b"server shutdown");
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        }
         if let Some(tunnel) = tunnel {
             tunnel.shutdown().await;
         }
@@ -301,6 +339,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         addr,
         dialer,
         tls_addr,
+        quic_addr,
         shutdown,
         task,
     })

@@ -162,6 +162,9 @@ pub struct ServeArgs {
     /// PEM file with the TLS private key.
     #[arg(long, env = "IM_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Turn off QUIC, which is otherwise served on UDP at the --tls-listen port number.
+    #[arg(long, env = "IM_NO_QUIC")]
+    pub no_quic: bool,
     /// Turn off the HTTP tunnel (SPEC §18), which is otherwise served on the plain and the TLS
     /// port for clients that can reach the server only through HTTP.
     #[arg(long, env = "IM_NO_HTTP_TUNNEL")]
@@ -251,6 +254,7 @@ impl ServeArgs {
                 self.inbox_retention_days.saturating_mul(24 * 3600),
             ),
             tls,
+            quic: !self.no_quic,
             http_tunnel: (!self.no_http_tunnel).then(|| TunnelConfig {
                 poll_wait: Duration::from_secs(self.tunnel_poll_secs),
                 idle_timeout: Duration::from_secs(self.tunnel_idle_secs),

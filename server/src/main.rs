@@ -107,9 +107,19 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         .context("invalid settings")?;
     let server = app::start(options).await.context("starting the server")?;
     // Tests and scripts read this line to learn the port when listening on port 0.
-    println!("listening on {}", server.addr);
-    if let Some(tls) = server.tls_addr {
-        println!("tls listening on {tls}");
+    // Written without println!, which would panic (and stop the server) when nobody reads
+    // stdout any more.
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {}", server.addr);
+        if let Some(tls) = server.tls_addr {
+            let _ = writeln!(out, "tls listening on {tls}");
+        }
+        if let Some(quic) = server.quic_addr {
+            let _ = writeln!(out, "quic listening on {quic}");
+        }
+        let _ = out.flush();
     }
     tracing::info!(addr = %server.addr, data_dir = %common.data_dir.display(), "server started");
     let shutdown = server.shutdown.clone();

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub mod front_door;
 pub mod http_tunnel;
 pub mod memory;
+pub mod quic;
 pub mod tcp;
 pub mod tls;
 

@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 pub mod fallback;
 pub mod http_tunnel;
 pub mod proxy;
+pub mod quic;
 pub mod tls;
 
 /// An ordered, reliable byte stream to the server (TCP today; TLS, QUIC streams later).

@@ -23,6 +23,9 @@ pub enum TlsTrustError {
     /// Nothing would be trusted: no Web PKI roots and no CA.
     #[error("no trusted certificate authority: pin a CA or keep the Web PKI roots")]
     Empty,
+    /// The TLS configuration cannot serve this transport (QUIC needs TLS 1.3).
+    #[error("TLS configuration: {0}")]
+    Config(String),
 }
 
 /// Which certificate authorities a client trusts.

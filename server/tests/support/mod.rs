@@ -339,6 +339,10 @@ fn spawn(data_dir: &Path, extra: &[String], env: &[(String, String)]) -> (Child,
         .iter()
         .any(|a| a == "--tls-listen")
         .then(|| read_addr("tls listening on "));
+    if tls.is_some() && !extra.iter().any(|a| a == "--no-quic") {
+        // QUIC shares the TLS port's number; the line is read so the pipe stays drained.
+        let _quic = read_addr("quic listening on ");
+    }
     (child, Listening { addr, tls })
 }
 
