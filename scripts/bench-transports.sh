@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # W1 and W2 over each transport against one im-server (release build), each workload on a fresh
 # server process and data directory. Prints the load tester's summaries; see BENCHMARKS.md.
-#   ./scripts/bench-transports.sh [W2_CONNECTIONS]
+#   [TRANSPORTS="tcp tls quic tunnel"] ./scripts/bench-transports.sh [W2_CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 connections=${1:-15000}
@@ -22,14 +22,14 @@ run() { # transport workload args...
     local plain tls addr
     plain=$(sed -n 's/^listening on //p' "$work/out")
     tls=$(sed -n 's/^tls listening on //p' "$work/out")
-    case $transport in tls) addr=$tls ;; *) addr=$plain ;; esac
+    case $transport in tls|quic) addr=$tls ;; *) addr=$plain ;; esac
     echo "== $workload over $transport"
     ./target/release/loadtest "$workload" --server "$addr" --secret "$secret" --server-pid "$pid" \
         --transport "$transport" --ca-cert "$work/data/tls/cert.pem" "$@"
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-for transport in tcp tls tunnel; do
+for transport in ${TRANSPORTS:-tcp tls quic tunnel}; do
     run "$transport" w1 --pairs 100 --duration 10 --warmup 2
     run "$transport" w1 --pairs 100 --duration 10 --warmup 2 --rate 5000
     run "$transport" w2 --connections "$connections" --processes 4 --hold 10

@@ -48,6 +48,8 @@ pub enum Transport {
     Tcp,
     /// TLS over TCP (the gateway's --tls-listen port).
     Tls,
+    /// QUIC (UDP at the gateway's --tls-listen port number), one stream per connection.
+    Quic,
     /// The HTTP tunnel over plain HTTP (SPEC §18; the gateway's --listen port): each
     /// connection is a tunnel of two keep-alive HTTP connections.
     Tunnel,
@@ -59,7 +61,7 @@ pub struct Dial {
     /// Transport of every connection; --server is then that transport's address.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
-    /// Name the server's certificate is checked against (TLS).
+    /// Name the server's certificate is checked against (TLS; QUIC checks the --server IP).
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
     /// PEM certificate of the CA to trust (TLS), such as a development server's
@@ -71,18 +73,27 @@ pub struct Dial {
 impl Dial {
     /// Prepares connecting to `server` (reads the CA once).
     pub fn dialer(&self, server: SocketAddr) -> anyhow::Result<Dialer> {
+        let trust = || -> anyhow::Result<sdk_core::TlsTrust> {
+            Ok(match &self.ca_cert {
+                Some(path) => {
+                    let pem = std::fs::read(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    sdk_core::TlsTrust::pinned_ca_pem(&pem)
+                        .with_context(|| format!("{}", path.display()))?
+                }
+                None => sdk_core::TlsTrust::default(),
+            })
+        };
+        let quic = match self.transport {
+            Transport::Quic => Some(std::sync::Arc::new(
+                sdk_core::QuicConnector::new(&trust()?)?,
+            )),
+            _ => None,
+        };
         let tls = match self.transport {
-            Transport::Tcp | Transport::Tunnel => None,
+            Transport::Tcp | Transport::Tunnel | Transport::Quic => None,
             Transport::Tls => {
-                let trust = match &self.ca_cert {
-                    Some(path) => {
-                        let pem = std::fs::read(path)
-                            .with_context(|| format!("reading {}", path.display()))?;
-                        sdk_core::TlsTrust::pinned_ca_pem(&pem)
-                            .with_context(|| format!("{}", path.display()))?
-                    }
-                    None => sdk_core::TlsTrust::default(),
-                };
+                let trust = trust()?;
                 let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
                     .with_context(|| format!("server name {:?}", self.server_name))?;
                 Some((
@@ -95,6 +106,7 @@ impl Dial {
             server,
             tls,
             tunnel: self.transport == Transport::Tunnel,
+            quic,
         })
     }
 }
@@ -108,6 +120,7 @@ pub struct Dialer {
         rustls::pki_types::ServerName<'static>,
     )>,
     tunnel: bool,
+    quic: Option<std::sync::Arc<sdk_core::QuicConnector>>,
 }
 
 impl Dialer {
@@ -119,6 +132,17 @@ impl Dialer {
     /// Opens one stream, from `source` if given, and splits it.
     async fn open(&self, source: Option<IpAddr>) -> anyhow::Result<(ReadStream, WriteStream)> {
         let addr = self.server;
+        if let Some(quic) = &self.quic {
+            use sdk_core::Connector as _;
+            // The certificate is checked for the IP address dialled (not --server-name), which
+            // a development certificate names.
+            let stream = tokio::time::timeout(Duration::from_secs(20), quic.connect(&addr.into()))
+                .await
+                .with_context(|| format!("QUIC to {addr}: timed out"))?
+                .with_context(|| format!("QUIC to {addr}"))?;
+            let (r, w) = tokio::io::split(stream);
+            return Ok((Box::new(r), Box::new(w)));
+        }
         if self.tunnel {
             use sdk_core::Connector as _;
             let tunnel =
