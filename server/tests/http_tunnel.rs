@@ -158,6 +158,57 @@ async fn behind_a_proxy_that_passes_only_http_the_client_falls_back_to_the_tunne
     assert_eq!(proxy.connects.load(Ordering::SeqCst), 0);
 }
 
+/// The proxy cuts every connection mid-request, twice: the tunnel repeats what was lost on new
+/// connections by offset, and the session never notices (no reconnect, nothing twice).
+#[tokio::test]
+async fn a_tunnel_survives_its_http_connections_being_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_process(dir.path(), &[]);
+    let proxy = HttpProxy::start(false).await;
+    let (alice, mut alice_events) = start_client_over(
+        &server,
+        ServerAddress::from(server.addr),
+        Arc::new(HttpTunnelConnector::via_proxy(proxy.addr.into())),
+        "alice",
+        "laptop",
+    );
+    let (_bob, mut bob_events) = start_client(&server, "bob", "phone");
+    chat_once(&alice, &mut alice_events, &mut bob_events, "before the cut").await;
+    for round in 0..2 {
+        proxy.cut_all();
+        let text = format!("after cut {round}");
+        let sent = alice
+            .send_text(sdk_core::Recipient::User("bob".into()), &text)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let event = tokio::time::timeout_at(deadline, alice_events.recv())
+                .await
+                .expect("the ack in time")
+                .expect("the client runs");
+            match event {
+                sdk_core::Event::State(state) => {
+                    assert_eq!(state, sdk_core::ConnectionState::Online, "the session was lost");
+                }
+                sdk_core::Event::MessageUpdated(m)
+                    if m.local_id == sent.local_id && m.state == sdk_core::SendState::Sent =>
+                {
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let received = wait_for(&mut bob_events, "the message", |e| match e {
+            sdk_core::Event::MessageReceived(m) => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(String::from_utf8_lossy(&received.content), text);
+    }
+    assert!(proxy.plain_connections.load(Ordering::SeqCst) >= 4);
+}
+
 #[tokio::test]
 async fn a_proxy_that_allows_connect_carries_tls_end_to_end() {
     let dir = tempfile::tempdir().unwrap();

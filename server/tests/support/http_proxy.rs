@@ -18,6 +18,7 @@ pub struct HttpProxy {
     pub plain_connections: Arc<AtomicUsize>,
     /// CONNECTs granted.
     pub connects: Arc<AtomicUsize>,
+    relays: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -29,16 +30,29 @@ impl HttpProxy {
         let plain_connections = Arc::new(AtomicUsize::new(0));
         let connects = Arc::new(AtomicUsize::new(0));
         let (plain, granted) = (plain_connections.clone(), connects.clone());
+        let relays = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = relays.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(serve(client, allow_connect, plain.clone(), granted.clone()));
+                let relay =
+                    tokio::spawn(serve(client, allow_connect, plain.clone(), granted.clone()));
+                open.lock().unwrap().push(relay.abort_handle());
             }
         });
         HttpProxy {
             addr,
             plain_connections,
             connects,
+            relays,
             task,
+        }
+    }
+
+    /// Cuts every connection relayed so far, in the middle of whatever request it carried
+    /// (a proxy restarting, a NAT forgetting its mappings).
+    pub fn cut_all(&self) {
+        for relay in self.relays.lock().unwrap().drain(..) {
+            relay.abort();
         }
     }
 }
