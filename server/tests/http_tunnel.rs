@@ -189,7 +189,11 @@ async fn a_tunnel_survives_its_http_connections_being_cut() {
                 .expect("the client runs");
             match event {
                 sdk_core::Event::State(state) => {
-                    assert_eq!(state, sdk_core::ConnectionState::Online, "the session was lost");
+                    assert_eq!(
+                        state,
+                        sdk_core::ConnectionState::Online,
+                        "the session was lost"
+                    );
                 }
                 sdk_core::Event::MessageUpdated(m)
                     if m.local_id == sent.local_id && m.state == sdk_core::SendState::Sent =>

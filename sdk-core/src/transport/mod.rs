@@ -14,6 +14,7 @@ pub mod fallback;
 pub mod http_tunnel;
 pub mod proxy;
 pub mod quic;
+pub mod routes;
 pub mod tls;
 
 /// An ordered, reliable byte stream to the server (TCP today; TLS, QUIC streams later).
