@@ -187,3 +187,45 @@ async fn with_quic_off_no_quic_listener_is_announced() {
         "QUIC answered with --no-quic"
     );
 }
+
+/// UDP comes back (the user left the hotel Wi-Fi): the client, settled on TLS, finds QUIC
+/// reachable on its next probe and moves the session there, and the conversation goes on.
+#[tokio::test]
+async fn when_udp_comes_back_the_session_moves_up_to_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with_quic(dir.path());
+    let tls = server.tls_addr.unwrap();
+    let relay = UdpRelay::start(tls, true).await;
+    let trust = dev_trust(&server);
+    let routes = Arc::new(FallbackConnector::new(
+        vec![
+            Route::new("quic", Arc::new(QuicConnector::new(&trust).unwrap()))
+                .at(ServerAddress::new("127.0.0.1", relay.addr.port())),
+            Route::new("tls", Arc::new(TlsConnector::new(&trust).unwrap()))
+                .at(ServerAddress::new("127.0.0.1", tls.port())),
+        ],
+        FallbackOptions {
+            probe_interval: Duration::from_millis(500),
+            attempt_timeout: Duration::from_secs(2),
+            ..FallbackOptions::default()
+        },
+    ));
+    let (alice, mut alice_events) = start_client_over(
+        &server,
+        ServerAddress::new("127.0.0.1", tls.port()),
+        routes.clone(),
+        "alice",
+        "phone",
+    );
+    let (_bob, mut bob_events) = start_client(&server, "bob", "phone");
+    chat_once(&alice, &mut alice_events, &mut bob_events, "over TLS").await;
+    assert_eq!(routes.current_route().as_deref(), Some("tls"));
+
+    relay.set_blocked(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while routes.current_route().as_deref() != Some("quic") {
+        assert!(Instant::now() < deadline, "the session never moved to QUIC");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    chat_once(&alice, &mut alice_events, &mut bob_events, "over QUIC").await;
+}
