@@ -174,6 +174,10 @@ pub struct ServeArgs {
     /// keep it under the idle timeout of the HTTP proxies in the way.
     #[arg(long, env = "IM_TUNNEL_POLL_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=30))]
     pub tunnel_poll_secs: u64,
+    /// Seconds an HTTP client has to send a request's head, and then its body; a slower one is
+    /// cut off (the head) or answered 408 (the body).
+    #[arg(long, env = "IM_TUNNEL_REQUEST_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub tunnel_request_timeout_secs: u64,
     /// A tunnel with no request for this many seconds is closed.
     #[arg(long, env = "IM_TUNNEL_IDLE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub tunnel_idle_secs: u64,
@@ -258,6 +262,7 @@ impl ServeArgs {
             http_tunnel: (!self.no_http_tunnel).then(|| TunnelConfig {
                 poll_wait: Duration::from_secs(self.tunnel_poll_secs),
                 idle_timeout: Duration::from_secs(self.tunnel_idle_secs),
+                request_timeout: Duration::from_secs(self.tunnel_request_timeout_secs),
                 // An HTTP connection idles at most through one poll and the gap to the next.
                 connection_idle_timeout: Duration::from_secs(self.tunnel_poll_secs + 15),
                 max_http_connections: self.max_connections.saturating_mul(2),

@@ -365,6 +365,38 @@ async fn a_tunnel_nobody_polls_is_closed_after_the_idle_timeout() {
     assert_eq!(status, 404);
 }
 
+/// Slow or half-open HTTP requests hold nothing for long: a head that never ends is cut off,
+/// a body that never arrives is answered 408.
+#[tokio::test]
+async fn slow_requests_are_cut_off_at_the_request_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_process(dir.path(), &["--tunnel-request-timeout-secs", "1"]);
+    let mut slow_head = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow_head
+        .write_all(b"POST /im/v1/tunnel HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow_head.read_to_end(&mut answer))
+        .await
+        .expect("the server closed the connection")
+        .ok();
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+
+    let id = open_tunnel(server.addr).await;
+    let mut slow_body = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /im/v1/tunnel/{id}/up?offset=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc"
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), slow_body.read_exact(&mut answer))
+        .await
+        .expect("an answer before the body came")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 408");
+}
+
 #[tokio::test]
 async fn with_the_tunnel_off_http_is_not_answered() {
     let dir = tempfile::tempdir().unwrap();
