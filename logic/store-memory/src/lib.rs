@@ -25,7 +25,6 @@
 mod changes;
 mod groups;
 mod inbox;
-mod limits;
 mod messages;
 mod reads;
 mod state;
@@ -39,6 +38,9 @@ use timeline_store::{
 };
 
 use crate::state::State;
+
+/// The argument checks every backend shares.
+pub(crate) use timeline_store::limits;
 
 /// Inbox epochs are below 2^53, so that JavaScript clients hold them exactly (see
 /// [`TimelineStore::inbox_epoch`]).

@@ -260,12 +260,4 @@ pub(crate) fn missing(what: &str) -> StoreError {
     StoreError::Backend(format!("inconsistent memory store: {what}"))
 }
 
-/// FNV-1a, 64 bits: the embedded store's content digest, so that a resend after a recall is
-/// judged the same way by both stores.
-pub(crate) fn content_digest(content: &[u8]) -> u64 {
-    content
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-}
+pub(crate) use timeline_store::limits::content_digest;

@@ -19,6 +19,7 @@ use im_protocol::pb;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod limits;
 
 /// A user and one of their inbox entries, as appended by a mutation: the logic tier pushes these
 /// to the user's online devices.
