@@ -19,6 +19,8 @@ mod group;
 mod read;
 mod schema;
 mod send;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -100,6 +102,10 @@ pub(crate) struct Inner {
     /// Last known inbox heads: the first guess of an append's transaction (a wrong guess costs
     /// one more round trip, never a wrong seq). Bounded: cleared when it grows too big.
     heads: Mutex<HashMap<String, u64>>,
+    /// Test builds only: where the next send stops, between its conversation seq and its
+    /// fan-out, until released.
+    #[cfg(feature = "testing")]
+    pause: Mutex<Option<testing::SendPause>>,
     /// Last known conversation heads and last message times, the same way.
     conv_heads: Mutex<HashMap<String, (u64, u64)>>,
 }
@@ -129,6 +135,8 @@ impl CqlStore {
             ids: tokio::sync::Mutex::new((0, 0)),
             heads: Mutex::new(HashMap::new()),
             conv_heads: Mutex::new(HashMap::new()),
+            #[cfg(feature = "testing")]
+            pause: Mutex::new(None),
         };
         inner.epoch = inner.load_epoch().await?;
         Ok(CqlStore {
@@ -144,6 +152,18 @@ impl CqlStore {
     /// The inbox retention the store enforces.
     pub fn inbox_retention(&self) -> InboxRetention {
         self.inner.retention
+    }
+
+    /// Test builds only: the next send through this handle stops after it has its conversation
+    /// seq and before its fan-out (a logic node paused mid-send), until the returned pause is
+    /// released.
+    #[cfg(feature = "testing")]
+    pub fn pause_next_send(&self) -> testing::SendPauseHandle {
+        let (pause, handle) = testing::SendPause::new();
+        if let Ok(mut slot) = self.inner.pause.lock() {
+            *slot = Some(pause);
+        }
+        handle
     }
 }
 

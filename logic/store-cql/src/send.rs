@@ -149,6 +149,13 @@ impl Inner {
             })
             .await?;
         let seq = message.conversation_seq;
+        #[cfg(feature = "testing")]
+        {
+            let pause = self.pause.lock().ok().and_then(|mut slot| slot.take());
+            if let Some(pause) = pause {
+                pause.wait().await;
+            }
+        }
         self.session
             .execute_unpaged(
                 &self.st.own_put,
