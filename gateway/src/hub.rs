@@ -149,23 +149,68 @@ impl Hub {
         Registration::Registered { replaced }
     }
 
-    /// Forgets a connection (no-op when it was already replaced).
-    pub fn unregister(&self, user: &str, conn_id: u64) {
-        let mut removed = false;
+    /// Forgets a connection (no-op when it was already replaced). Returns the connection's
+    /// device when this was that device's last connection here: the device went offline on
+    /// this hub (a cluster's presence registry forgets it then, and not when a newer
+    /// connection of the device replaced this one).
+    pub fn unregister(&self, user: &str, conn_id: u64) -> Option<String> {
+        // (device, whether another connection of it is left)
+        let take = |online: &mut OnlineUser| -> Option<(String, bool)> {
+            let index = online.conns.iter().position(|c| c.id == conn_id)?;
+            let gone = online.conns.remove(index);
+            let left = online.conns.iter().any(|c| c.device == gone.device);
+            Some((gone.device, left))
+        };
+        let mut removed = None;
         self.users.remove_if_mut(user, |_, online| {
-            let before = online.conns.len();
-            online.conns.retain(|c| c.id != conn_id);
-            removed = online.conns.len() != before;
+            removed = take(online);
             online.conns.is_empty()
         });
-        if !removed && let Some(mut online) = self.users.get_mut(user) {
-            let before = online.conns.len();
-            online.conns.retain(|c| c.id != conn_id);
-            removed = online.conns.len() != before;
+        if removed.is_none()
+            && let Some(mut online) = self.users.get_mut(user)
+        {
+            removed = take(&mut online);
         }
-        if removed {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
+        let (device, left) = removed?;
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        (!left).then_some(device)
+    }
+
+    /// Closes the connections of one device of `user`, sending each `kick` first: the device
+    /// logged in on another gateway of the cluster.
+    pub fn kick_device(&self, user: &str, device: &str, kick: &Frame) {
+        let kicked: Vec<ConnHandle> = match self.users.get(user) {
+            Some(online) => online
+                .conns
+                .iter()
+                .filter(|c| c.device == device)
+                .cloned()
+                .collect(),
+            None => return,
+        };
+        for conn in kicked {
+            let _ = conn.tx.try_push(Outbound::Frame(kick.clone()));
+            conn.close.cancel();
         }
+    }
+
+    /// Every (user, device) with a connection here.
+    pub fn online_devices(&self) -> Vec<(String, String)> {
+        let mut devices: Vec<(String, String)> = self
+            .users
+            .iter()
+            .flat_map(|e| {
+                let user = e.key().clone();
+                e.value()
+                    .conns
+                    .iter()
+                    .map(move |c| (user.clone(), c.device.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        devices.sort();
+        devices.dedup();
+        devices
     }
 
     /// Pushes inbox entries to the online devices of their users, one `Push` frame per user

@@ -7,6 +7,8 @@
 //! hubs of one process, which is what the cluster's router does between gateway processes
 //! (there, through the user → gateway registry instead of asking each hub).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use im_protocol::pb;
@@ -39,6 +41,21 @@ pub trait PushRouter: Send + Sync + 'static {
 
     /// Relays a typing indicator to the online devices of `recipients` (best effort).
     fn relay_typing(&self, recipients: &[String], event: &pb::TypingEvent);
+
+    /// A device of `user` authenticated on this gateway (and is registered on its hub). The
+    /// gateway opens the session (and reads the inbox head) only after this completes, so a
+    /// router that tells other gateways where users are must have told them by then: an entry
+    /// committed after the head was read is then routed here. In one process: nothing to do.
+    fn connected<'a>(
+        &'a self,
+        _user: &'a str,
+        _device: &'a str,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// The last connection of a device of `user` on this gateway ended.
+    fn disconnected(&self, _user: &str, _device: &str) {}
 }
 
 /// One process, one gateway: the hub holds every connection there is.

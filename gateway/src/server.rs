@@ -356,6 +356,9 @@ impl<L: LogicApi> Conn<L> {
                     let _ = old.tx.try_push(Outbound::Frame(kick()));
                     old.close.cancel();
                 }
+                // Other gateways learn that the device is here (and drop an older connection
+                // of it) before the session reads the inbox head.
+                self.shared.router.connected(&user, &device).await;
             }
             Registration::Superseded => {
                 self.send(kick()).await;
@@ -380,7 +383,9 @@ impl<L: LogicApi> Conn<L> {
         let info = match self.shared.logic.open_session(&caller).await {
             Ok(info) => info,
             Err(error) => {
-                self.shared.hub.unregister(&user, self.conn_id);
+                if let Some(device) = self.shared.hub.unregister(&user, self.conn_id) {
+                    self.shared.router.disconnected(&user, &device);
+                }
                 self.send(Frame::new(frame.request_id, error)).await;
                 return false;
             }
@@ -644,8 +649,10 @@ async fn connection<L: LogicApi, S: ByteStream>(
     }
 
     conn.session.close();
-    if let Some(caller) = &conn.caller {
-        conn.shared.hub.unregister(&caller.user, conn.conn_id);
+    if let Some(caller) = &conn.caller
+        && let Some(device) = conn.shared.hub.unregister(&caller.user, conn.conn_id)
+    {
+        conn.shared.router.disconnected(&caller.user, &device);
     }
     if matches!(conn.session.phase(), Phase::Closed) {
         tracing::debug!("connection closed");
