@@ -1,19 +1,30 @@
-//! Assembles a single-process server: the embedded store, the logic tier and the gateway, on a
-//! TCP listener (and an in-process transport for tests and embedders). The `im-server` binary,
-//! the load tester's tests and the server's tests all start servers through here.
+//! Assembles a server process in one of its roles: everything in one process (the embedded
+//! store or a CQL cluster, the logic tier and the gateway, the default), a gateway alone (its
+//! logic tier on remote logic nodes, its pushes to other gateways through Redis), or a logic
+//! node. The `im-server` binary, the load tester's tests and the server's tests all start
+//! servers through here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use im_presence::{ClusterRouter, PresenceOptions};
 use logic::{Logic, LogicConfig};
+use logic_api::LogicApi;
+use logic_remote::{RemoteLogic, RemoteOptions};
+use store_cql::{CqlOptions, CqlStore};
 use store_embedded::{EmbeddedOptions, EmbeddedStore};
-use timeline_store::{InboxRetention, TimelineStore as _};
+use timeline_store::{InboxRetention, TimelineStore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use gateway::auth::TokenKey;
 use gateway::hub::Hub;
+use gateway::router::PushRouter;
 use gateway::server::{self, Gateway, GatewayConfig, Shared};
 use gateway::session::{self, SessionConfig};
 use gateway::transport::front_door::{FrontDoor, FrontDoorError};
@@ -75,6 +86,49 @@ pub struct ServerOptions {
     pub quic: bool,
     /// The HTTP tunnel (SPEC §18) on the plain and the TLS port, when set.
     pub http_tunnel: Option<TunnelConfig>,
+    /// What this process runs.
+    pub role: Role,
+    /// Where the logic tier keeps its data (roles `All` and `Logic`).
+    pub store: StoreChoice,
+    /// The cluster's presence registry and push routing between gateways (roles `All` and
+    /// `Gateway`); `None`: this gateway is the only one.
+    pub presence: Option<PresenceOptions>,
+    /// Deadline of one call to a logic node (role `Gateway`).
+    pub logic_attempt_timeout: Duration,
+}
+
+/// What a server process runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Gateway, logic tier and store in one process (the default).
+    All,
+    /// A gateway: client connections, with the logic tier on these logic nodes (`host:port`).
+    Gateway {
+        /// The logic nodes.
+        logic_nodes: Vec<String>,
+    },
+    /// A logic node: serves the logic API to gateways on `listen`.
+    Logic,
+}
+
+/// Where the logic tier keeps its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded store in `data_dir` (one process owns it).
+    Embedded,
+    /// A ScyllaDB or Cassandra cluster, shared by every logic node.
+    Cql(CqlSettings),
+}
+
+/// How to reach and lay out the CQL store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CqlSettings {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    /// The keyspace.
+    pub keyspace: String,
+    /// Its replication (a CQL map literal), used when creating it.
+    pub replication: String,
 }
 
 /// The TLS listener.
@@ -120,6 +174,10 @@ impl ServerOptions {
             tls: None,
             quic: true,
             http_tunnel: Some(TunnelConfig::default()),
+            role: Role::All,
+            store: StoreChoice::Embedded,
+            presence: None,
+            logic_attempt_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -163,6 +221,15 @@ pub enum ServerError {
     /// The token secret would let anyone forge tokens.
     #[error("token secret: {0}")]
     WeakSecret(#[from] gateway::auth::WeakSecret),
+    /// The CQL store could not be reached or set up.
+    #[error("CQL store: {0}")]
+    Cql(timeline_store::StoreError),
+    /// The presence registry could not be set up.
+    #[error("presence: {0}")]
+    Presence(#[from] im_presence::PresenceError),
+    /// This start function does not run this role.
+    #[error("{0}")]
+    Role(&'static str),
 }
 
 /// A started server.
@@ -181,9 +248,34 @@ pub struct RunningServer {
     pub task: JoinHandle<Result<(), ServerError>>,
 }
 
-/// Opens the store, binds the listener and starts serving in a background task.
-pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError> {
-    options.tokens.check_strength()?;
+/// What runs once the gateway has drained: closing the store.
+type Finish = Pin<Box<dyn Future<Output = Result<(), ServerError>> + Send>>;
+
+/// The logic tier's settings, from the server's.
+fn logic_config(options: &ServerOptions) -> LogicConfig {
+    LogicConfig {
+        max_message_bytes: options.max_message_bytes,
+        max_group_members: options.max_group_members,
+        write_fanout_limit: options.max_group_members,
+        recall_window_ms: options.recall_window.as_millis() as u64,
+        page_bytes: im_protocol::page_budget(
+            options.max_frame_bytes.min(im_protocol::ABSOLUTE_MAX_BODY),
+        ),
+        fanout_bytes_per_sec: options.fanout_bytes_per_sec,
+        fanout_burst_bytes: options.fanout_burst_bytes,
+        ..LogicConfig::default()
+    }
+}
+
+fn retention(options: &ServerOptions) -> InboxRetention {
+    InboxRetention {
+        max_entries: options.inbox_retention_entries,
+        max_age_ms: options.inbox_retention_age.as_millis() as u64,
+    }
+}
+
+/// Opens the embedded store in `data_dir`.
+fn open_embedded(options: &ServerOptions) -> Result<EmbeddedStore, ServerError> {
     let data_dir_error = |source| ServerError::DataDir {
         path: options.data_dir.clone(),
         source,
@@ -193,10 +285,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         &options.data_dir.join("store"),
         EmbeddedOptions {
             min_free_bytes: options.min_free_disk_bytes,
-            inbox_retention: InboxRetention {
-                max_entries: options.inbox_retention_entries,
-                max_age_ms: options.inbox_retention_age.as_millis() as u64,
-            },
+            inbox_retention: retention(options),
             ..EmbeddedOptions::default()
         },
     )?;
@@ -204,21 +293,126 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     // binary sets its umask so new files are private; this also covers files written before
     // that (an upgraded data directory) and servers embedded in other processes.
     make_private(&options.data_dir).map_err(data_dir_error)?;
-    let logic = Logic::new(
-        store.clone(),
-        LogicConfig {
-            max_message_bytes: options.max_message_bytes,
-            max_group_members: options.max_group_members,
-            write_fanout_limit: options.max_group_members,
-            recall_window_ms: options.recall_window.as_millis() as u64,
-            page_bytes: im_protocol::page_budget(
-                options.max_frame_bytes.min(im_protocol::ABSOLUTE_MAX_BODY),
-            ),
-            fanout_bytes_per_sec: options.fanout_bytes_per_sec,
-            fanout_burst_bytes: options.fanout_burst_bytes,
-            ..LogicConfig::default()
-        },
-    );
+    Ok(store)
+}
+
+/// Connects to the CQL store.
+async fn open_cql(options: &ServerOptions, cql: &CqlSettings) -> Result<CqlStore, ServerError> {
+    CqlStore::connect(CqlOptions {
+        nodes: cql.nodes.clone(),
+        keyspace: cql.keyspace.clone(),
+        replication: cql.replication.clone(),
+        retention: retention(options),
+        request_timeout: Duration::from_secs(10),
+    })
+    .await
+    .map_err(ServerError::Cql)
+}
+
+/// Opens the store, binds the listeners and starts serving in a background task (roles
+/// `All` and `Gateway`; a logic node starts with [`start_logic_node`]).
+pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError> {
+    options.tokens.check_strength()?;
+    let shutdown = CancellationToken::new();
+    match (options.role.clone(), options.store.clone()) {
+        (Role::Logic, _) => Err(ServerError::Role(
+            "a logic node starts with start_logic_node",
+        )),
+        (Role::Gateway { logic_nodes }, _) => {
+            let logic = RemoteLogic::new(RemoteOptions {
+                attempt_timeout: options.logic_attempt_timeout,
+                call_budget: options.logic_attempt_timeout * 3,
+                ..RemoteOptions::new(logic_nodes)
+            });
+            serve_gateway(options, logic, Box::pin(async { Ok(()) }), shutdown).await
+        }
+        (Role::All, StoreChoice::Embedded) => {
+            let store = open_embedded(&options)?;
+            let logic = Logic::new(store.clone(), logic_config(&options));
+            spawn_retention_sweeps(&options, store.clone(), &shutdown);
+            // Flush what the writer still holds; acked messages are durable already.
+            let finish: Finish = Box::pin(async move {
+                store.close().await?;
+                Ok(())
+            });
+            serve_gateway(options, logic, finish, shutdown).await
+        }
+        (Role::All, StoreChoice::Cql(cql)) => {
+            let store = open_cql(&options, &cql).await?;
+            let logic = Logic::new(store.clone(), logic_config(&options));
+            spawn_retention_sweeps(&options, store, &shutdown);
+            serve_gateway(options, logic, Box::pin(async { Ok(()) }), shutdown).await
+        }
+    }
+}
+
+/// A started logic node.
+pub struct RunningLogicNode {
+    /// The address gateways call.
+    pub addr: SocketAddr,
+    /// Cancel to shut down gracefully (calls in flight are answered).
+    pub shutdown: CancellationToken,
+    /// Ends when the node has stopped and its store is closed.
+    pub task: JoinHandle<Result<(), ServerError>>,
+}
+
+/// Opens the store and serves the logic API to gateways on `options.listen`.
+pub async fn start_logic_node(options: ServerOptions) -> Result<RunningLogicNode, ServerError> {
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = match options.store.clone() {
+        StoreChoice::Embedded => {
+            let store = open_embedded(&options)?;
+            spawn_retention_sweeps(&options, store.clone(), &shutdown);
+            let logic = Arc::new(Logic::new(store.clone(), logic_config(&options)));
+            tokio::spawn(async move {
+                logic_remote::serve(listener, logic, stop).await?;
+                store.close().await?;
+                Ok(())
+            })
+        }
+        StoreChoice::Cql(cql) => {
+            let store = open_cql(&options, &cql).await?;
+            spawn_retention_sweeps(&options, store.clone(), &shutdown);
+            let logic = Arc::new(Logic::new(store, logic_config(&options)));
+            tokio::spawn(async move {
+                logic_remote::serve(listener, logic, stop).await?;
+                Ok(())
+            })
+        }
+    };
+    Ok(RunningLogicNode {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
+fn spawn_retention_sweeps<S: TimelineStore>(
+    options: &ServerOptions,
+    store: S,
+    shutdown: &CancellationToken,
+) {
+    if !options.inbox_retention_age.is_zero() {
+        tokio::spawn(sweep_retention(store, shutdown.clone()));
+    }
+}
+
+/// Binds the client listeners and serves clients with `logic`; `finish` runs after the last
+/// connection closed.
+async fn serve_gateway<L: LogicApi>(
+    options: ServerOptions,
+    logic: L,
+    finish: Finish,
+    shutdown: CancellationToken,
+) -> Result<RunningServer, ServerError> {
     let heartbeat = options.heartbeat.max(Duration::from_secs(1));
     let config = GatewayConfig {
         session: SessionConfig {
@@ -236,13 +430,17 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         slow_client_timeout: options.slow_client_timeout.max(Duration::from_millis(100)),
     };
     let (in_process, dialer) = memory::listener();
-    let shutdown = CancellationToken::new();
-    // One process holds every connection: its hub is the whole push router.
     let hub = Hub::with_limits(config.max_frame_bytes, config.max_connections_per_user);
+    // The only gateway: its hub is the whole push router. One of several: the cluster router
+    // reaches the others through Redis.
+    let router: Arc<dyn PushRouter> = match options.presence.clone() {
+        Some(presence) => ClusterRouter::start(hub.clone(), presence, shutdown.clone())?,
+        None => hub.clone(),
+    };
     let gateway_handshake_timeout = config.session.handshake_timeout;
     let gateway = Gateway::new(Shared {
         logic,
-        router: hub.clone(),
+        router,
         hub,
         tokens: options.tokens,
         config,
@@ -305,9 +503,6 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     let quic_addr = quic.as_ref().map(|q| q.local_addr()).transpose()?;
     let quic_endpoint = quic.as_ref().map(|q| q.endpoint());
     let stop = shutdown.clone();
-    if !options.inbox_retention_age.is_zero() {
-        tokio::spawn(sweep_retention(store.clone(), shutdown.clone()));
-    }
     let task = tokio::spawn(async move {
         tokio::join!(
             gateway.serve(plain, stop.clone()),
@@ -331,9 +526,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         if let Some(tunnel) = tunnel {
             tunnel.shutdown().await;
         }
-        // Flush what the writer still holds; acked messages are durable already.
-        store.close().await?;
-        Ok(())
+        finish.await
     });
     Ok(RunningServer {
         addr,
@@ -378,7 +571,7 @@ fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// Trims inbox entries past the retention age, every ten minutes until shutdown: the age is
 /// counted in days, and each sweep seeks through every inbox.
-async fn sweep_retention(store: EmbeddedStore, shutdown: CancellationToken) {
+async fn sweep_retention<S: TimelineStore>(store: S, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(RETENTION_SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use gateway::auth::TokenKey;
+use im_presence::PresenceOptions;
 use gateway::{hub, server, session};
 
 use gateway::transport::http_tunnel::TunnelConfig;
 use gateway::transport::tls::{TlsError, TlsIdentity};
 
-use crate::app::{self, ServerOptions, TlsOptions};
+use crate::app::{self, CqlSettings, Role, ServerOptions, StoreChoice, TlsOptions};
 
 /// Why the settings do not make a server.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,32 @@ pub enum OptionsError {
     /// The development certificate could not be stored.
     #[error("TLS development certificate: {0}")]
     Io(#[from] std::io::Error),
+    /// A gateway without logic nodes.
+    #[error("--role gateway needs --logic-nodes HOST:PORT[,HOST:PORT...]")]
+    NoLogicNodes,
+    /// A CQL store without contact points.
+    #[error("--store cql needs --cql-nodes HOST:PORT[,HOST:PORT...]")]
+    NoCqlNodes,
+}
+
+/// What a server process runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleArg {
+    /// Gateway, logic tier and store in one process.
+    All,
+    /// Client connections only; the logic tier on --logic-nodes.
+    Gateway,
+    /// A logic node serving gateways on --listen.
+    Logic,
+}
+
+/// Where the logic tier keeps its data.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreArg {
+    /// On disk in DATA_DIR.
+    Embedded,
+    /// A ScyllaDB or Cassandra cluster (--cql-nodes).
+    Cql,
 }
 
 /// Writes a self-signed certificate for `hosts` into `dir` (cert.pem, and key.pem readable by
@@ -181,6 +208,37 @@ pub struct ServeArgs {
     /// A tunnel with no request for this many seconds is closed.
     #[arg(long, env = "IM_TUNNEL_IDLE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub tunnel_idle_secs: u64,
+    /// What this process runs: everything (the default), a gateway of a cluster, or a logic
+    /// node of a cluster (serving gateways on --listen).
+    #[arg(long, env = "IM_ROLE", value_enum, default_value_t = RoleArg::All)]
+    pub role: RoleArg,
+    /// The logic nodes a gateway calls (--role gateway), comma-separated HOST:PORT.
+    #[arg(long, env = "IM_LOGIC_NODES", value_delimiter = ',')]
+    pub logic_nodes: Vec<String>,
+    /// Milliseconds a gateway waits for one logic node before trying another.
+    #[arg(long, env = "IM_LOGIC_TIMEOUT_MS", default_value_t = 2000)]
+    pub logic_timeout_ms: u64,
+    /// Where messages are stored: `embedded` (DATA_DIR) or `cql` (a ScyllaDB or Cassandra
+    /// cluster, which several logic nodes can share).
+    #[arg(long, env = "IM_STORE", value_enum, default_value_t = StoreArg::Embedded)]
+    pub store: StoreArg,
+    /// CQL contact points, comma-separated HOST:PORT (--store cql).
+    #[arg(long, env = "IM_CQL_NODES", value_delimiter = ',')]
+    pub cql_nodes: Vec<String>,
+    /// The CQL keyspace (created if missing).
+    #[arg(long, env = "IM_CQL_KEYSPACE", default_value = "im")]
+    pub cql_keyspace: String,
+    /// The keyspace's replication, a CQL map, used when creating it. For a real cluster:
+    /// "{'class': 'NetworkTopologyStrategy', 'DC1': 3}".
+    #[arg(long, env = "IM_CQL_REPLICATION", default_value = "{'class': 'SimpleStrategy', 'replication_factor': 1}")]
+    pub cql_replication: String,
+    /// Redis for the cluster's presence registry and the pushes between gateways
+    /// (redis://HOST:PORT/). Without it, this gateway pushes only to its own connections.
+    #[arg(long, env = "IM_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// This gateway's id in the cluster; default: random at every start.
+    #[arg(long, env = "IM_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
 }
 
 /// Commands besides serving.
@@ -268,6 +326,32 @@ impl ServeArgs {
                 max_http_connections: self.max_connections.saturating_mul(2),
                 ..TunnelConfig::default()
             }),
+            role: match self.role {
+                RoleArg::All => Role::All,
+                RoleArg::Logic => Role::Logic,
+                RoleArg::Gateway if self.logic_nodes.is_empty() => {
+                    return Err(OptionsError::NoLogicNodes);
+                }
+                RoleArg::Gateway => Role::Gateway {
+                    logic_nodes: self.logic_nodes.clone(),
+                },
+            },
+            store: match self.store {
+                StoreArg::Embedded => StoreChoice::Embedded,
+                StoreArg::Cql if self.cql_nodes.is_empty() => return Err(OptionsError::NoCqlNodes),
+                StoreArg::Cql => StoreChoice::Cql(CqlSettings {
+                    nodes: self.cql_nodes.clone(),
+                    keyspace: self.cql_keyspace.clone(),
+                    replication: self.cql_replication.clone(),
+                }),
+            },
+            presence: self.redis_url.as_ref().map(|url| {
+                let id = self.gateway_id.clone().unwrap_or_else(|| {
+                    format!("gw-{:016x}", rand::random::<u64>())
+                });
+                PresenceOptions::new(url.clone(), id)
+            }),
+            logic_attempt_timeout: Duration::from_millis(self.logic_timeout_ms.max(50)),
             ..ServerOptions::new(self.listen, data_dir, tokens)
         })
     }

@@ -105,6 +105,9 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
     let options = args
         .options(common.data_dir.clone(), tokens)
         .context("invalid settings")?;
+    if options.role == app::Role::Logic {
+        return run_logic_node(options).await;
+    }
     let server = app::start(options).await.context("starting the server")?;
     // Tests and scripts read this line to learn the port when listening on port 0.
     // Written without println!, which would panic (and stop the server) when nobody reads
@@ -129,6 +132,28 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         shutdown.cancel();
     });
     server.task.await.context("server task")??;
+    Ok(())
+}
+
+/// A logic node: serves the logic API to the cluster's gateways until SIGTERM or Ctrl-C.
+async fn run_logic_node(options: app::ServerOptions) -> anyhow::Result<()> {
+    let node = app::start_logic_node(options)
+        .await
+        .context("starting the logic node")?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "logic listening on {}", node.addr);
+        let _ = out.flush();
+    }
+    tracing::info!(addr = %node.addr, "logic node started");
+    let shutdown = node.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    node.task.await.context("logic node task")??;
     Ok(())
 }
 

@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+pub mod cluster;
 pub mod http_proxy;
 pub mod udp_relay;
 
