@@ -7,7 +7,7 @@
 #   scripts/cassandra.sh stop [DIR]    SIGTERM, then SIGKILL after 20 s
 #   scripts/cassandra.sh port [DIR]    print the address of the running node, or fail
 #
-# CASSANDRA_HEAP sets the JVM heap (default 1g).
+# CASSANDRA_HEAP sets the JVM heap (default 2g).
 #
 # The node's data lives in DIR and is thrown away by `stop`; each test makes its own keyspace.
 set -euo pipefail
@@ -102,9 +102,10 @@ YAML
 </configuration>
 XML
     : > "$dir/system.log"
-    # Every table costs heap, and the tests make a keyspace of a dozen tables per store: 1 GiB
-    # holds a whole test run (512 MiB ran out of heap at ~300 tables).
-    heap="${CASSANDRA_HEAP:-1g}"
+    # Every table costs heap (about 1.6 MiB each here), and the tests make a keyspace of a dozen
+    # tables per store: 512 MiB ran out at ~300 tables, 1 GiB at ~640; 2 GiB holds a whole
+    # test run with room to spare.
+    heap="${CASSANDRA_HEAP:-2g}"
     java_opts=("-Xms$heap" "-Xmx$heap" -XX:+ExitOnOutOfMemoryError -XX:+UseG1GC
         -Dcassandra.config="file://$dir/cassandra.yaml" -Dcassandra-foreground=yes
         -Dcassandra.jmx.local.port="$jmx_port" -Dlogback.configurationFile="$dir/logback.xml"

@@ -52,7 +52,10 @@ pub enum PushError {
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Outbound>,
-    /// Sum of [`Outbound::queued_bytes`] over `items`.
+    /// While the connection's handshake is not answered: pushes queued meanwhile, which go
+    /// out after the answer (SPEC §7: the `HandshakeResp` is the first frame a client gets).
+    held: Option<VecDeque<Outbound>>,
+    /// Sum of [`Outbound::queued_bytes`] over `items` and `held`.
     bytes: usize,
     closed: bool,
 }
@@ -74,7 +77,9 @@ impl State {
     /// Whether `size` more bytes fit. An empty queue takes one item of any size, so a frame
     /// larger than the byte bound (a page near the frame limit) can still be sent.
     fn has_room(&self, size: usize, max_items: usize, max_bytes: usize) -> bool {
-        self.items.is_empty() || (self.items.len() < max_items && self.bytes + size <= max_bytes)
+        let held = self.held.as_ref().map_or(0, VecDeque::len);
+        (self.items.is_empty() && held == 0)
+            || (self.items.len() + held < max_items && self.bytes + size <= max_bytes)
     }
 }
 
@@ -112,10 +117,42 @@ impl Outbox {
                 return Err(PushError::Full);
             }
             state.bytes += size;
+            if let Some(held) = state.held.as_mut() {
+                held.push_back(item);
+                return Ok(());
+            }
             state.items.push_back(item);
         }
         self.readable.notify_one();
         Ok(())
+    }
+
+    /// From now on, items given to [`Outbox::try_push`] (pushes from other connections) wait
+    /// until [`Outbox::release_held`]; the connection's own answers ([`Outbox::push`]) go out
+    /// as before. Set while a handshake is answered: a push of an entry committed meanwhile
+    /// follows the handshake's answer instead of overtaking it.
+    pub fn hold(&self) {
+        let mut state = self.lock();
+        if state.held.is_none() {
+            state.held = Some(VecDeque::new());
+        }
+    }
+
+    /// Queues what [`Outbox::hold`] held, after everything queued so far.
+    pub fn release_held(&self) {
+        let released = {
+            let mut state = self.lock();
+            match state.held.take() {
+                Some(held) if !held.is_empty() => {
+                    state.items.extend(held);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if released {
+            self.readable.notify_one();
+        }
     }
 
     /// Queues `item`, waiting for room (backpressure on the connection's own reader: it stops
@@ -197,6 +234,7 @@ impl Outbox {
             let mut state = self.lock();
             state.closed = true;
             state.bytes = 0;
+            state.held = None;
             std::mem::take(&mut state.items)
         };
         drop(dropped);
@@ -295,5 +333,32 @@ mod tests {
         drained.clear();
         assert!(outbox.pop_some(&mut drained, usize::MAX).await);
         assert!(matches!(drained.front(), Some(Outbound::Compress(1))));
+    }
+
+    #[tokio::test]
+    async fn pushes_held_during_a_handshake_follow_its_answer() {
+        let outbox = Outbox::new(8, 1 << 20, 1 << 20);
+        outbox.hold();
+        let push = |id| Outbound::Frame(Frame::new(id, pb::Ping::default()));
+        outbox.try_push(push(7)).expect("held");
+        outbox.try_push(push(8)).expect("held");
+        outbox.push(push(1)).await.expect("the answer");
+        outbox.release_held();
+        let mut out = VecDeque::new();
+        assert!(outbox.pop_some(&mut out, usize::MAX).await);
+        let order: Vec<u32> = out
+            .iter()
+            .map(|item| match item {
+                Outbound::Frame(frame) => frame.request_id,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![1, 7, 8],
+            "the answer first, then the pushes in order"
+        );
+        outbox.try_push(push(9)).expect("no longer held");
+        assert!(outbox.pop_some(&mut out, usize::MAX).await);
     }
 }

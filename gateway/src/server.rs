@@ -332,7 +332,8 @@ impl<L: LogicApi> Conn<L> {
         let (user, device) = (handshake.user.clone(), handshake.device.clone());
         // Register for pushes before the session opens (and reads the inbox head): an entry
         // committed in between is then either pushed or below the head the client syncs to,
-        // never neither.
+        // never neither. Such pushes wait until the handshake is answered.
+        self.tx.hold();
         let registration = self.shared.hub.register(
             &user,
             ConnHandle {
@@ -415,7 +416,9 @@ impl<L: LogicApi> Conn<L> {
         span.record("device", device.as_str());
         tracing::debug!("authenticated");
         self.caller = Some(caller);
-        self.send(Frame::new(frame.request_id, response)).await
+        let answered = self.send(Frame::new(frame.request_id, response)).await;
+        self.tx.release_held();
+        answered
     }
 
     /// Runs a batch of consecutive sends and answers each.

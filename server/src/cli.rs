@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use gateway::auth::TokenKey;
-use im_presence::PresenceOptions;
 use gateway::{hub, server, session};
+use im_presence::PresenceOptions;
 
 use gateway::transport::http_tunnel::TunnelConfig;
 use gateway::transport::tls::{TlsError, TlsIdentity};
@@ -230,7 +230,11 @@ pub struct ServeArgs {
     pub cql_keyspace: String,
     /// The keyspace's replication, a CQL map, used when creating it. For a real cluster:
     /// "{'class': 'NetworkTopologyStrategy', 'DC1': 3}".
-    #[arg(long, env = "IM_CQL_REPLICATION", default_value = "{'class': 'SimpleStrategy', 'replication_factor': 1}")]
+    #[arg(
+        long,
+        env = "IM_CQL_REPLICATION",
+        default_value = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    )]
     pub cql_replication: String,
     /// Redis for the cluster's presence registry and the pushes between gateways
     /// (redis://HOST:PORT/). Without it, this gateway pushes only to its own connections.
@@ -346,9 +350,10 @@ impl ServeArgs {
                 }),
             },
             presence: self.redis_url.as_ref().map(|url| {
-                let id = self.gateway_id.clone().unwrap_or_else(|| {
-                    format!("gw-{:016x}", rand::random::<u64>())
-                });
+                let id = self
+                    .gateway_id
+                    .clone()
+                    .unwrap_or_else(|| format!("gw-{:016x}", rand::random::<u64>()));
                 PresenceOptions::new(url.clone(), id)
             }),
             logic_attempt_timeout: Duration::from_millis(self.logic_timeout_ms.max(50)),

@@ -162,7 +162,10 @@ impl ClusterRouter {
         if self.outgoing.try_send(item).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
-                tracing::warn!(dropped, "push queue to other gateways full; devices will sync instead");
+                tracing::warn!(
+                    dropped,
+                    "push queue to other gateways full; devices will sync instead"
+                );
             }
         }
     }
@@ -248,10 +251,13 @@ impl ClusterRouter {
                     let mut per_gateway: BTreeMap<String, Vec<wire::Delivery>> = BTreeMap::new();
                     for delivery in deliveries {
                         for gateway in gateways_of(&delivery.user) {
-                            per_gateway.entry(gateway).or_default().push(wire::Delivery {
-                                user: delivery.user.clone(),
-                                entry: Some(delivery.entry.clone()),
-                            });
+                            per_gateway
+                                .entry(gateway)
+                                .or_default()
+                                .push(wire::Delivery {
+                                    user: delivery.user.clone(),
+                                    entry: Some(delivery.entry.clone()),
+                                });
                         }
                     }
                     for (gateway, deliveries) in per_gateway {
@@ -300,7 +306,11 @@ impl ClusterRouter {
         // Entries naming gateways whose lease ran out: remove them (only the ones still naming
         // that gateway), once the live set can be trusted.
         if self.live_set_is_settled() {
-            let live = self.live.lock().map(|live| live.clone()).unwrap_or_default();
+            let live = self
+                .live
+                .lock()
+                .map(|live| live.clone())
+                .unwrap_or_default();
             for (user, devices) in &where_online {
                 for (device, gateway) in devices {
                     if gateway != me && !live.contains(gateway) {
