@@ -107,7 +107,7 @@ async fn run_system(
 ) -> anyhow::Result<()> {
     let mut server = spawn_server(server_exe, &args).await?;
     let mut target = Target::local(server.addr, secret);
-    target.server_pid = Some(server.pid);
+    target.server_pid = vec![server.pid];
     let round = figures.w1.len();
     progress!(
         "bench: {} on {} (pid {})",

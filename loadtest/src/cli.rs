@@ -227,7 +227,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let _relay = if bare {
                 let relay = relay::start("127.0.0.1:0".parse()?).await?;
                 target.server = relay.addr;
-                target.server_pid = Some(std::process::id());
+                target.server_pid = vec![std::process::id()];
                 crate::progress!(
                     "bare relay in this process on {} (server CPU includes the clients')",
                     relay.addr

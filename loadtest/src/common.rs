@@ -29,9 +29,14 @@ pub struct Target {
     /// Allow a target outside 127.0.0.0/8 and ::1.
     #[arg(long)]
     pub allow_remote: bool,
-    /// PID of the server process, to report its CPU time and memory.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// PID of the server process, to report its CPU time and memory; a comma-separated list
+    /// (a cluster's gateways and logic nodes) reports their sum.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// More gateways of the same cluster: connections are spread over `--server` and these,
+    /// and a W1 pair's sender and receiver are on different gateways.
+    #[arg(long = "also-gateway", value_delimiter = ',')]
+    pub also_gateways: Vec<SocketAddr>,
     /// Write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -203,7 +208,8 @@ impl Target {
             server,
             secret: secret.into(),
             allow_remote: false,
-            server_pid: None,
+            server_pid: Vec::new(),
+            also_gateways: Vec::new(),
             json: None,
             dial: Dial::default(),
         }
@@ -214,21 +220,33 @@ impl Target {
         self.dial.dialer(self.server)
     }
 
+    /// Prepares connecting to every gateway of the target: `--server` first, then each
+    /// `--also-gateway`.
+    pub fn dialers(&self) -> anyhow::Result<Vec<Dialer>> {
+        std::iter::once(self.server)
+            .chain(self.also_gateways.iter().copied())
+            .map(|server| self.dial.dialer(server))
+            .collect()
+    }
+
     /// Refuses a target outside loopback unless `--allow-remote`: a load test pointed at a
     /// production address by a typo is an outage.
     pub fn check(&self) -> anyhow::Result<()> {
-        if !self.server.ip().is_loopback() && !self.allow_remote {
-            bail!(
-                "refusing to load {}: not a loopback address (pass --allow-remote to insist)",
-                self.server
-            );
+        for server in std::iter::once(&self.server).chain(&self.also_gateways) {
+            if !server.ip().is_loopback() && !self.allow_remote {
+                bail!(
+                    "refusing to load {server}: not a loopback address (pass --allow-remote to insist)"
+                );
+            }
         }
         Ok(())
     }
 
     /// A probe of the server process, if its PID was given.
     pub fn probe(&self) -> Option<ServerProbe> {
-        self.server_pid.map(|pid| ServerProbe { pid })
+        (!self.server_pid.is_empty()).then(|| ServerProbe {
+            pids: self.server_pid.clone(),
+        })
     }
 }
 
@@ -317,10 +335,10 @@ pub fn source_ip(target: SocketAddr, first: u32, n: u32) -> Option<IpAddr> {
 }
 
 /// Reads CPU time and memory of the server process from /proc.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServerProbe {
-    /// The server's PID.
-    pub pid: u32,
+    /// The server's PIDs (one, or a cluster's processes).
+    pub pids: Vec<u32>,
 }
 
 /// One reading of the server's cost.
@@ -338,12 +356,26 @@ impl ServerProbe {
     /// Reads /proc/PID/stat (CPU) and /proc/PID/status (VmRSS, VmHWM); `None` if the process
     /// is gone or /proc is unreadable.
     pub fn sample(&self) -> Option<Usage> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        let mut total = Usage::default();
+        for pid in &self.pids {
+            let one = sample_pid(*pid)?;
+            total.cpu_secs += one.cpu_secs;
+            total.rss_bytes += one.rss_bytes;
+            total.hwm_bytes += one.hwm_bytes;
+        }
+        Some(total)
+    }
+}
+
+/// One process's reading.
+fn sample_pid(pid: u32) -> Option<Usage> {
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let ticks = 100.0; // USER_HZ on Linux
         let utime: f64 = fields.get(11)?.parse().ok()?;
         let stime: f64 = fields.get(12)?.parse().ok()?;
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let kib = |key: &str| -> Option<u64> {
             let line = status.lines().find(|l| l.starts_with(key))?;
             line.split_whitespace().nth(1)?.parse().ok()
@@ -383,11 +415,11 @@ pub struct CostMeter {
 impl CostMeter {
     /// Starts measuring (does nothing without a probe).
     pub fn start(probe: Option<ServerProbe>) -> CostMeter {
-        let before = probe.and_then(|p| p.sample());
+        let before = probe.as_ref().and_then(|p| p.sample());
         let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
             before.map(|u| u.rss_bytes).unwrap_or(0),
         ));
-        let sampler = probe.map(|p| {
+        let sampler = probe.clone().map(|p| {
             let peak = peak.clone();
             tokio::spawn(async move {
                 loop {
@@ -418,7 +450,7 @@ impl CostMeter {
             s.abort();
         }
         let before = self.before?;
-        let after = self.probe?.sample()?;
+        let after = self.probe.as_ref()?.sample()?;
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         let cpu = (after.cpu_secs - before.cpu_secs).max(0.0);
         Some(ServerCost {

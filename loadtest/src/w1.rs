@@ -91,7 +91,7 @@ struct Counters {
 
 /// Runs W1 against `target`.
 pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W1Result> {
-    let dialer = target.dialer()?;
+    let dialers = target.dialers()?;
     if config.payload < 8 {
         bail!("--payload must be at least 8 bytes (the timestamp)");
     }
@@ -122,8 +122,11 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
     for i in 0..pairs {
         let sender_id = format!("{}-s{i}", config.prefix);
         let receiver_id = format!("{}-r{i}", config.prefix);
-        let rx = common::connect(&dialer, &target.secret, &receiver_id).await?;
-        let tx = common::connect(&dialer, &target.secret, &sender_id).await?;
+        // With several gateways, each pair's receiver is on the gateway after its sender's.
+        let rx_dialer = &dialers[(i + 1) % dialers.len()];
+        let tx_dialer = &dialers[i % dialers.len()];
+        let rx = common::connect(rx_dialer, &target.secret, &receiver_id).await?;
+        let tx = common::connect(tx_dialer, &target.secret, &sender_id).await?;
         let (mut rx_reader, mut rx_writer) = (rx.reader, rx.writer);
         let (mut tx_reader, mut tx_writer) = (tx.reader, tx.writer);
         let window_permits = Arc::new(Semaphore::new(window));

@@ -426,8 +426,8 @@ pub async fn run(target: &common::Target, config: &W2Config) -> anyhow::Result<W
     let max_secs = config.hold.as_secs() + 600;
     let mut parts = Vec::new();
     let probe = target.probe();
-    let rss = || probe.and_then(|p| p.sample()).map(|u| u.rss_bytes);
-    let cpu = || probe.and_then(|p| p.sample()).map(|u| u.cpu_secs);
+    let rss = || probe.as_ref().and_then(|p| p.sample()).map(|u| u.rss_bytes);
+    let cpu = || probe.as_ref().and_then(|p| p.sample()).map(|u| u.cpu_secs);
     for k in 0..parts_n {
         let first = k * per;
         let count = per.min(config.connections.saturating_sub(first));
@@ -492,7 +492,7 @@ pub async fn run(target: &common::Target, config: &W2Config) -> anyhow::Result<W
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss();
     let cpu_start = cpu();
-    let meter = CostMeter::start(probe);
+    let meter = CostMeter::start(probe.clone());
     progress!(
         "W2: {} connections in {} part(s), {} at a time",
         config.connections,

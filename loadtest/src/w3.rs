@@ -139,7 +139,8 @@ pub async fn request(
 
 /// Runs W3 against `target`.
 pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W3Result> {
-    let dialer = target.dialer()?;
+    let dialers = target.dialers()?;
+    let dialer = dialers[0].clone();
     if config.payload < 12 {
         bail!("--payload must be at least 12 bytes (index and timestamp)");
     }
@@ -195,7 +196,8 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
     let receivers: Vec<anyhow::Result<Conn>> = futures::stream::iter(0..online)
         .map(|i| {
             let u = user(i);
-            let dialer = &dialer;
+            // Spread over the gateways (the sender is on the first).
+            let dialer = &dialers[(i + 1) % dialers.len()];
             async move { common::connect(dialer, &target.secret, &u).await }
         })
         .buffered(64)

@@ -32,7 +32,7 @@ async fn server(dir: &tempfile::TempDir) -> (RunningServer, Target) {
     options.fanout_bytes_per_sec = 0;
     let server = app::start(options).await.expect("server starts");
     let mut target = Target::local(server.addr, SECRET);
-    target.server_pid = Some(std::process::id());
+    target.server_pid = vec![std::process::id()];
     (server, target)
 }
 
