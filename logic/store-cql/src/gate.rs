@@ -17,6 +17,8 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlValue;
 use timeline_store::{Delivery, StoreError, StoreResult};
 
+use futures::future::join_all;
+
 use crate::entry::{StoredEntry, decode, decode_message, encode};
 use crate::{Inner, Lwt, as_i64, backend, big, bucket, lwt, unbig};
 
@@ -410,6 +412,242 @@ impl Inner {
             Some(blob) => Ok(Some(decode_message(&blob)?)),
             None => Ok(None),
         }
+    }
+}
+
+impl Inner {
+    /// Appends several entries to `user`'s inbox, in order, with one transaction (the batch
+    /// form of [`Inner::append`]: the head moves by their number, every key must be new).
+    /// When some key was appended before (a repeated operation), falls back to appending
+    /// one by one, which finds the seqs those keys have.
+    pub(crate) async fn append_many(
+        &self,
+        user: &str,
+        items: &[(String, StoredEntry)],
+    ) -> StoreResult<Vec<(u64, bool)>> {
+        if items.len() <= 1 {
+            let mut out = Vec::new();
+            for (key, stored) in items {
+                out.push(self.append(user, key, stored).await?);
+            }
+            return Ok(out);
+        }
+        let blobs: Vec<Vec<u8>> = items.iter().map(|(_, stored)| encode(stored)).collect();
+        let count = items.len() as u64;
+        let mut head = match self.cached_head(user) {
+            Some(head) => head,
+            None => self.inbox_statics(user).await?.0,
+        };
+        for _ in 0..CLAIM_ATTEMPTS {
+            let pending: Vec<(CqlValue, CqlValue)> = blobs
+                .iter()
+                .enumerate()
+                .map(|(i, blob)| {
+                    (
+                        CqlValue::BigInt(big(head + 1 + i as u64)),
+                        CqlValue::Blob(blob.clone()),
+                    )
+                })
+                .collect();
+            let mut batch = Batch::new(BatchType::Unlogged);
+            let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
+            batch.append_statement(self.st.inbox_claim_head_many.clone());
+            values.push(vec![
+                Some(CqlValue::BigInt(big(head + count))),
+                Some(CqlValue::Map(pending)),
+                Some(CqlValue::Text(user.to_owned())),
+                (head > 0).then(|| CqlValue::BigInt(big(head))),
+            ]);
+            for (i, (key, _)) in items.iter().enumerate() {
+                batch.append_statement(self.st.inbox_claim_key.clone());
+                values.push(vec![
+                    Some(CqlValue::Text(user.to_owned())),
+                    Some(CqlValue::Text(key.clone())),
+                    Some(CqlValue::BigInt(big(head + 1 + i as u64))),
+                ]);
+            }
+            let outcome = match self.session.batch(&batch, values).await {
+                Ok(result) => lwt(result)?,
+                // Outcome unknown: one by one finds whatever landed.
+                Err(_) => return self.append_each(user, items).await,
+            };
+            if outcome.applied {
+                let last = head + count;
+                self.cache_head(user, last);
+                let copies = blobs.iter().enumerate().map(|(i, blob)| {
+                    let seq = head + 1 + i as u64;
+                    let stored = &items[i].1;
+                    self.session.execute_unpaged(
+                        &self.st.inbox_put,
+                        (user, bucket(seq), big(seq), blob, big(stored.appended_ms)),
+                    )
+                });
+                let copied = join_all(copies).await.into_iter().all(|r| r.is_ok());
+                if copied {
+                    let seqs: Vec<i64> = (head + 1..=last).map(big).collect();
+                    if let Err(error) = self
+                        .session
+                        .execute_unpaged(&self.st.inbox_pending_done_many, (seqs, user))
+                        .await
+                    {
+                        tracing::warn!(user, %error, "inbox pending entries left to readers");
+                    }
+                }
+                self.enforce_count_limit(user, last).await?;
+                return Ok((head + 1..=last).map(|seq| (seq, true)).collect());
+            }
+            let ours: Vec<CqlValue> = items
+                .iter()
+                .map(|(key, _)| CqlValue::Text(key.clone()))
+                .collect();
+            if outcome
+                .rows
+                .iter()
+                .any(|row| row.get("key").is_some_and(|key| ours.contains(key)))
+            {
+                return self.append_each(user, items).await;
+            }
+            head = unbig(outcome.value("head").and_then(as_i64));
+            self.cache_head(user, head);
+        }
+        Err(StoreError::Unavailable(format!(
+            "too much contention on the inbox of {user}"
+        )))
+    }
+
+    async fn append_each(
+        &self,
+        user: &str,
+        items: &[(String, StoredEntry)],
+    ) -> StoreResult<Vec<(u64, bool)>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (key, stored) in items {
+            out.push(self.append(user, key, stored).await?);
+        }
+        Ok(out)
+    }
+
+    /// Gives several messages of one conversation its next seqs, in order, with one
+    /// transaction (the batch form of [`Inner::claim_message`]; `templates` carry everything
+    /// but the seq, and distinct server msg ids). Falls back to one by one when some message
+    /// was claimed before.
+    pub(crate) async fn claim_messages(
+        &self,
+        conversation_id: &str,
+        templates: Vec<pb::Message>,
+        now_ms: u64,
+    ) -> StoreResult<Vec<pb::Message>> {
+        if templates.len() <= 1 {
+            return self.claim_each(conversation_id, templates, now_ms).await;
+        }
+        let count = templates.len() as u64;
+        let (mut head, mut last_ms) = match self.conv_cached(conversation_id) {
+            Some(known) => known,
+            None => self.conversation_summary(conversation_id).await?,
+        };
+        for _ in 0..CLAIM_ATTEMPTS {
+            let messages: Vec<pb::Message> = templates
+                .iter()
+                .enumerate()
+                .map(|(i, template)| {
+                    let mut message = template.clone();
+                    message.conversation_seq = head + 1 + i as u64;
+                    message
+                })
+                .collect();
+            let blobs: Vec<Vec<u8>> = messages.iter().map(encode).collect();
+            let pending: Vec<(CqlValue, CqlValue)> = messages
+                .iter()
+                .zip(&blobs)
+                .map(|(m, blob)| {
+                    (
+                        CqlValue::BigInt(big(m.conversation_seq)),
+                        CqlValue::Blob(blob.clone()),
+                    )
+                })
+                .collect();
+            let mut batch = Batch::new(BatchType::Unlogged);
+            let mut values: Vec<Vec<Option<CqlValue>>> = Vec::new();
+            batch.append_statement(self.st.conv_claim_head_many.clone());
+            values.push(vec![
+                Some(CqlValue::BigInt(big(head + count))),
+                Some(CqlValue::BigInt(big(last_ms.max(now_ms)))),
+                Some(CqlValue::Map(pending)),
+                Some(CqlValue::Text(conversation_id.to_owned())),
+                (head > 0).then(|| CqlValue::BigInt(big(head))),
+            ]);
+            for message in &messages {
+                batch.append_statement(self.st.conv_claim_key.clone());
+                values.push(vec![
+                    Some(CqlValue::Text(conversation_id.to_owned())),
+                    Some(CqlValue::BigInt(big(message.server_msg_id))),
+                    Some(CqlValue::BigInt(big(message.conversation_seq))),
+                ]);
+            }
+            let outcome = match self.session.batch(&batch, values).await {
+                Ok(result) => lwt(result)?,
+                Err(_) => return self.claim_each(conversation_id, templates, now_ms).await,
+            };
+            if outcome.applied {
+                let last = head + count;
+                self.conv_cache(conversation_id, last, last_ms.max(now_ms));
+                let copies = messages.iter().zip(&blobs).map(|(m, blob)| {
+                    let seq = m.conversation_seq;
+                    self.session.execute_unpaged(
+                        &self.st.message_put,
+                        (conversation_id, bucket(seq), big(seq), blob),
+                    )
+                });
+                if join_all(copies).await.into_iter().all(|r| r.is_ok()) {
+                    let seqs: Vec<i64> = (head + 1..=last).map(big).collect();
+                    if let Err(error) = self
+                        .session
+                        .execute_unpaged(&self.st.conv_pending_done_many, (seqs, conversation_id))
+                        .await
+                    {
+                        tracing::warn!(conversation_id, %error, "pending messages left to readers");
+                    }
+                }
+                return Ok(messages);
+            }
+            let ours: Vec<CqlValue> = templates
+                .iter()
+                .map(|m| CqlValue::BigInt(big(m.server_msg_id)))
+                .collect();
+            if outcome
+                .rows
+                .iter()
+                .any(|row| row.get("server_msg_id").is_some_and(|id| ours.contains(id)))
+            {
+                return self.claim_each(conversation_id, templates, now_ms).await;
+            }
+            head = unbig(outcome.value("head").and_then(as_i64));
+            last_ms = unbig(outcome.value("last_ms").and_then(as_i64));
+            self.conv_cache(conversation_id, head, last_ms);
+        }
+        Err(StoreError::Unavailable(format!(
+            "too much contention on conversation {conversation_id}"
+        )))
+    }
+
+    async fn claim_each(
+        &self,
+        conversation_id: &str,
+        templates: Vec<pb::Message>,
+        now_ms: u64,
+    ) -> StoreResult<Vec<pb::Message>> {
+        let mut out = Vec::with_capacity(templates.len());
+        for template in templates {
+            let (message, _) = self
+                .claim_message(conversation_id, template.server_msg_id, now_ms, |seq| {
+                    let mut message = template.clone();
+                    message.conversation_seq = seq;
+                    message
+                })
+                .await?;
+            out.push(message);
+        }
+        Ok(out)
     }
 }
 

@@ -131,6 +131,8 @@ statements! {
     inbox_gate_statics = "SELECT head, pending FROM {ks}.inbox_gate WHERE user = ? LIMIT 1";
     inbox_gate_key = "SELECT seq FROM {ks}.inbox_gate WHERE user = ? AND key = ?";
     inbox_pending_done = "DELETE pending[?] FROM {ks}.inbox_gate WHERE user = ?";
+    inbox_claim_head_many = "UPDATE {ks}.inbox_gate SET head = ?, pending = pending + ? WHERE user = ? IF head = ?";
+    inbox_pending_done_many = "UPDATE {ks}.inbox_gate SET pending = pending - ? WHERE user = ?";
     inbox_heads = "SELECT DISTINCT user, head FROM {ks}.inbox_gate";
     inbox_put = "INSERT INTO {ks}.inbox (user, bucket, seq, entry, appended_ms) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP 1";
     inbox_range = "SELECT seq, entry, appended_ms FROM {ks}.inbox WHERE user = ? AND bucket = ? AND seq >= ? AND seq <= ? LIMIT ?";
@@ -143,6 +145,8 @@ statements! {
     conv_gate_statics = "SELECT head, last_ms, pending FROM {ks}.conv_gate WHERE conversation_id = ? LIMIT 1";
     conv_gate_summary = "SELECT head, last_ms FROM {ks}.conv_gate WHERE conversation_id = ? LIMIT 1";
     conv_pending_done = "DELETE pending[?] FROM {ks}.conv_gate WHERE conversation_id = ?";
+    conv_claim_head_many = "UPDATE {ks}.conv_gate SET head = ?, last_ms = ?, pending = pending + ? WHERE conversation_id = ? IF head = ?";
+    conv_pending_done_many = "UPDATE {ks}.conv_gate SET pending = pending - ? WHERE conversation_id = ?";
     message_put = "INSERT INTO {ks}.messages (conversation_id, bucket, seq, message, recalled) VALUES (?, ?, ?, ?, false) USING TIMESTAMP 1";
     message_get = "SELECT message FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND seq = ?";
     messages_asc = "SELECT seq, message FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND seq >= ? AND seq <= ? ORDER BY seq ASC LIMIT ?";

@@ -18,6 +18,33 @@ use timeline_store::limits::{check_id, check_part, content_digest, parse_convers
 use timeline_store::{CommittedMessage, Delivery, NewMessage, StoreError, StoreResult};
 
 use crate::entry::StoredEntry;
+
+/// What a send's idempotency record says to do.
+enum SendClaim {
+    /// Store the message under this server msg id (new, or a first attempt that did not
+    /// finish).
+    Store(u64),
+    /// It was stored and acknowledged before: the original.
+    Done(Box<CommittedMessage>),
+}
+
+/// A copy of a store error for each message of a run that failed together.
+fn clone_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::ClientMsgIdConflict(id) => StoreError::ClientMsgIdConflict(id.clone()),
+        StoreError::NotFound(what) => StoreError::NotFound(what.clone()),
+        StoreError::Forbidden(why) => StoreError::Forbidden(why.clone()),
+        StoreError::NotSender => StoreError::NotSender,
+        StoreError::RecallWindowExpired => StoreError::RecallWindowExpired,
+        StoreError::GroupFull(limit) => StoreError::GroupFull(*limit),
+        StoreError::NotOpen => StoreError::NotOpen,
+        StoreError::Backend(why) => StoreError::Backend(why.clone()),
+        StoreError::Closed => StoreError::Closed,
+        StoreError::Full => StoreError::Full,
+        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+        StoreError::InvalidArgument(why) => StoreError::InvalidArgument(why.clone()),
+    }
+}
 use crate::{Inner, as_i64, backend, big, lwt, unbig};
 
 /// The inbox key of a message.
@@ -48,13 +75,9 @@ impl Inner {
                 .or_default()
                 .push((index, message));
         }
-        let runs = by_conversation.into_values().map(|run| async move {
-            let mut out = Vec::with_capacity(run.len());
-            for (index, message) in run {
-                out.push((index, self.commit_one(message).await));
-            }
-            out
-        });
+        let runs = by_conversation
+            .into_values()
+            .map(|run| async move { self.commit_run(run).await });
         let mut results: Vec<Option<StoreResult<CommittedMessage>>> =
             (0..count).map(|_| None).collect();
         for (index, result) in join_all(runs).await.into_iter().flatten() {
@@ -68,12 +91,220 @@ impl Inner {
             .collect()
     }
 
-    async fn commit_one(&self, m: NewMessage) -> StoreResult<CommittedMessage> {
+    /// Commits consecutive messages of one conversation with one transaction per sequence
+    /// they touch (the conversation, each recipient's inbox) rather than one per message: the
+    /// store's group commit. Runs that repeat a `(sender, client_msg_id)` among themselves go
+    /// one message at a time.
+    async fn commit_run(
+        &self,
+        run: Vec<(usize, NewMessage)>,
+    ) -> Vec<(usize, StoreResult<CommittedMessage>)> {
+        let keys: BTreeSet<(&str, &str)> = run
+            .iter()
+            .map(|(_, m)| (m.sender_user.as_str(), m.client_msg_id.as_str()))
+            .collect();
+        if run.len() == 1 || keys.len() != run.len() {
+            let mut out = Vec::with_capacity(run.len());
+            for (index, message) in run {
+                out.push((index, self.commit_one(message).await));
+            }
+            return out;
+        }
+        // 1. Every message's idempotency record, at once (each is its own partition).
+        let claims = join_all(run.iter().map(|(_, m)| self.claim_send(m))).await;
+        let mut results: Vec<Option<StoreResult<CommittedMessage>>> = Vec::new();
+        let mut to_store: Vec<(usize, u64)> = Vec::new(); // (position in run, server msg id)
+        for (position, claim) in claims.into_iter().enumerate() {
+            match claim {
+                Ok(SendClaim::Store(server_msg_id)) => {
+                    results.push(None);
+                    to_store.push((position, server_msg_id));
+                }
+                Ok(SendClaim::Done(committed)) => results.push(Some(Ok(*committed))),
+                Err(error) => results.push(Some(Err(error))),
+            }
+        }
+        if !to_store.is_empty() {
+            let stored = self.store_run(&run, &to_store).await;
+            match stored {
+                Ok(committed) => {
+                    for ((position, _), committed) in to_store.iter().zip(committed) {
+                        results[*position] = Some(Ok(committed));
+                    }
+                }
+                Err(error) => {
+                    for (position, _) in &to_store {
+                        results[*position] = Some(Err(clone_error(&error)));
+                    }
+                }
+            }
+        }
+        run.iter()
+            .zip(results)
+            .map(|((index, _), result)| {
+                let result =
+                    result.unwrap_or_else(|| Err(StoreError::Backend("a send was not run".into())));
+                (*index, result)
+            })
+            .collect()
+    }
+
+    /// Steps 2 to 5 of a send for the messages of `run` at the positions of `to_store`, with
+    /// their server msg ids.
+    async fn store_run(
+        &self,
+        run: &[(usize, NewMessage)],
+        to_store: &[(usize, u64)],
+    ) -> StoreResult<Vec<CommittedMessage>> {
+        let first = &run[to_store[0].0].1;
+        let conversation_id = first.conversation_id.clone();
+        let conversation = parse_conversation(&conversation_id)?;
+        let templates: Vec<pb::Message> = to_store
+            .iter()
+            .map(|(position, server_msg_id)| {
+                let m = &run[*position].1;
+                pb::Message {
+                    conversation_id: m.conversation_id.clone(),
+                    kind: m.kind as i32,
+                    sender_user: m.sender_user.clone(),
+                    sender_device: m.sender_device.clone(),
+                    server_msg_id: *server_msg_id,
+                    conversation_seq: 0,
+                    server_time_ms: m.now_ms,
+                    client_msg_id: m.client_msg_id.clone(),
+                    content_type: m.content_type,
+                    content: m.content.clone(),
+                    recalled: false,
+                    recalled_ms: 0,
+                }
+            })
+            .collect();
+        let now_ms = to_store
+            .iter()
+            .map(|(position, _)| run[*position].1.now_ms)
+            .max()
+            .unwrap_or(0);
+        let messages = self
+            .claim_messages(&conversation_id, templates, now_ms)
+            .await?;
+        #[cfg(feature = "testing")]
+        {
+            let pause = self.pause.lock().ok().and_then(|mut slot| slot.take());
+            if let Some(pause) = pause {
+                pause.wait().await;
+            }
+        }
+        join_all(messages.iter().map(|message| {
+            self.session.execute_unpaged(
+                &self.st.own_put,
+                (
+                    &message.sender_user,
+                    &message.conversation_id,
+                    big(message.conversation_seq),
+                ),
+            )
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+
+        // Each recipient's entries, in message order, in one append.
+        let mut per_user: BTreeMap<&str, Vec<(usize, String, StoredEntry)>> = BTreeMap::new();
+        for (i, ((position, _), message)) in to_store.iter().zip(&messages).enumerate() {
+            let m = &run[*position].1;
+            let recipients: BTreeSet<&str> = m.recipients.iter().map(String::as_str).collect();
+            for user in recipients {
+                per_user.entry(user).or_default().push((
+                    i,
+                    message_key(message.server_msg_id),
+                    StoredEntry {
+                        appended_ms: m.now_ms,
+                        conversation_id: conversation_id.clone(),
+                        conversation_seq: message.conversation_seq,
+                        event: None,
+                    },
+                ));
+            }
+        }
+        let kind = conversation.kind() as i32;
+        let appends = per_user.iter().map(|(user, entries)| {
+            let conversation = &conversation;
+            let conversation_id = &conversation_id;
+            async move {
+                self.session
+                    .execute_unpaged(
+                        &self.st.state_touch,
+                        (kind, peer_of(conversation, user), *user, conversation_id),
+                    )
+                    .await
+                    .map_err(backend)?;
+                let items: Vec<(String, StoredEntry)> = entries
+                    .iter()
+                    .map(|(_, key, stored)| (key.clone(), stored.clone()))
+                    .collect();
+                let seqs = self.append_many(user, &items).await?;
+                Ok::<_, StoreError>((*user, entries, seqs))
+            }
+        });
+        let appended = join_all(appends)
+            .await
+            .into_iter()
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut deliveries: Vec<Vec<Delivery>> = vec![Vec::new(); messages.len()];
+        for (user, entries, seqs) in appended {
+            for ((i, _, _), (inbox_seq, _)) in entries.iter().zip(seqs) {
+                deliveries[*i].push(Delivery {
+                    user: user.to_owned(),
+                    entry: pb::InboxEntry {
+                        inbox_seq,
+                        body: Some(pb::inbox_entry::Body::Message(messages[*i].clone())),
+                    },
+                });
+            }
+        }
+        let committed: Vec<CommittedMessage> = messages
+            .into_iter()
+            .zip(deliveries)
+            .zip(to_store)
+            .map(|((message, deliveries), (position, _))| {
+                let sender = &run[*position].1.sender_user;
+                let sender_inbox_seq = deliveries
+                    .iter()
+                    .find(|d| &d.user == sender)
+                    .map_or(0, |d| d.entry.inbox_seq);
+                CommittedMessage {
+                    message,
+                    sender_inbox_seq,
+                    deliveries,
+                    duplicate: false,
+                }
+            })
+            .collect();
+        join_all(committed.iter().map(|c| {
+            self.session.execute_unpaged(
+                &self.st.send_done,
+                (
+                    big(c.message.conversation_seq),
+                    big(c.sender_inbox_seq),
+                    &c.message.sender_user,
+                    &c.message.client_msg_id,
+                ),
+            )
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+        Ok(committed)
+    }
+
+    /// Step 1 of a send: checks the message and claims its idempotency record.
+    async fn claim_send(&self, m: &NewMessage) -> StoreResult<SendClaim> {
         check_part("client message id", &m.client_msg_id)?;
-        let conversation = parse_conversation(&m.conversation_id)?;
+        parse_conversation(&m.conversation_id)?;
         check_id(&m.sender_user, "sender user id")?;
-        let recipients: BTreeSet<&str> = m.recipients.iter().map(String::as_str).collect();
-        for user in &recipients {
+        for user in &m.recipients {
             check_id(user, "recipient user id")?;
         }
         let digest = content_digest(&m.content);
@@ -94,130 +325,48 @@ impl Inner {
             )
             .await
             .map_err(backend)?)?;
-        let server_msg_id = if claim.applied {
-            fresh_id
-        } else {
-            let text = |column: &str| match claim.value(column) {
-                Some(CqlValue::Text(text)) => text.clone(),
-                _ => String::new(),
-            };
-            let number = |column: &str| claim.value(column).and_then(as_i64);
-            let same = text("conversation_id") == m.conversation_id
-                && number("content_type") == Some(i64::from(m.content_type))
-                && number("content_len") == Some(big(m.content.len() as u64))
-                && number("content_digest") == Some(digest as i64);
-            if !same {
-                return Err(StoreError::ClientMsgIdConflict(m.client_msg_id.clone()));
-            }
-            let original_id = unbig(number("server_msg_id"));
-            if matches!(claim.value("done"), Some(CqlValue::Boolean(true))) {
-                let seq = unbig(number("conversation_seq"));
-                self.settle_conversation(&m.conversation_id).await?;
-                let message = self
-                    .message(&m.conversation_id, seq)
-                    .await?
-                    .ok_or_else(|| {
-                        StoreError::Backend("a finished send names no message".into())
-                    })?;
-                return Ok(CommittedMessage {
-                    message,
-                    sender_inbox_seq: unbig(number("sender_inbox_seq")),
-                    deliveries: Vec::new(),
-                    duplicate: true,
-                });
-            }
-            // The first attempt did not finish: finish it, with its ids.
-            original_id
-        };
-
-        let (message, _) = self
-            .claim_message(&m.conversation_id, server_msg_id, m.now_ms, |seq| {
-                pb::Message {
-                    conversation_id: m.conversation_id.clone(),
-                    kind: m.kind as i32,
-                    sender_user: m.sender_user.clone(),
-                    sender_device: m.sender_device.clone(),
-                    server_msg_id,
-                    conversation_seq: seq,
-                    server_time_ms: m.now_ms,
-                    client_msg_id: m.client_msg_id.clone(),
-                    content_type: m.content_type,
-                    content: m.content.clone(),
-                    recalled: false,
-                    recalled_ms: 0,
-                }
-            })
-            .await?;
-        let seq = message.conversation_seq;
-        #[cfg(feature = "testing")]
-        {
-            let pause = self.pause.lock().ok().and_then(|mut slot| slot.take());
-            if let Some(pause) = pause {
-                pause.wait().await;
-            }
+        if claim.applied {
+            return Ok(SendClaim::Store(fresh_id));
         }
-        self.session
-            .execute_unpaged(
-                &self.st.own_put,
-                (&m.sender_user, &m.conversation_id, big(seq)),
-            )
-            .await
-            .map_err(backend)?;
-
-        let key = message_key(server_msg_id);
-        let stored = StoredEntry {
-            appended_ms: m.now_ms,
-            conversation_id: m.conversation_id.clone(),
-            conversation_seq: seq,
-            event: None,
+        let text = |column: &str| match claim.value(column) {
+            Some(CqlValue::Text(text)) => text.clone(),
+            _ => String::new(),
         };
-        let kind = conversation.kind() as i32;
-        let fan_out = recipients.iter().map(|user| {
-            let (key, stored, conversation) = (&key, &stored, &conversation);
-            let (conversation_id, message) = (&m.conversation_id, &message);
-            async move {
-                self.session
-                    .execute_unpaged(
-                        &self.st.state_touch,
-                        (kind, peer_of(conversation, user), *user, conversation_id),
-                    )
-                    .await
-                    .map_err(backend)?;
-                let (inbox_seq, _) = self.append(user, key, stored).await?;
-                Ok::<_, StoreError>(Delivery {
-                    user: (*user).to_owned(),
-                    entry: pb::InboxEntry {
-                        inbox_seq,
-                        body: Some(pb::inbox_entry::Body::Message(message.clone())),
-                    },
-                })
-            }
-        });
-        let deliveries = join_all(fan_out)
-            .await
-            .into_iter()
-            .collect::<StoreResult<Vec<Delivery>>>()?;
-        let sender_inbox_seq = deliveries
-            .iter()
-            .find(|delivery| delivery.user == m.sender_user)
-            .map_or(0, |delivery| delivery.entry.inbox_seq);
-        self.session
-            .execute_unpaged(
-                &self.st.send_done,
-                (
-                    big(seq),
-                    big(sender_inbox_seq),
-                    &m.sender_user,
-                    &m.client_msg_id,
-                ),
-            )
-            .await
-            .map_err(backend)?;
-        Ok(CommittedMessage {
+        let number = |column: &str| claim.value(column).and_then(as_i64);
+        let same = text("conversation_id") == m.conversation_id
+            && number("content_type") == Some(i64::from(m.content_type))
+            && number("content_len") == Some(big(m.content.len() as u64))
+            && number("content_digest") == Some(digest as i64);
+        if !same {
+            return Err(StoreError::ClientMsgIdConflict(m.client_msg_id.clone()));
+        }
+        if !matches!(claim.value("done"), Some(CqlValue::Boolean(true))) {
+            // The first attempt did not finish: finish it, with its ids.
+            return Ok(SendClaim::Store(unbig(number("server_msg_id"))));
+        }
+        let seq = unbig(number("conversation_seq"));
+        self.settle_conversation(&m.conversation_id).await?;
+        let message = self
+            .message(&m.conversation_id, seq)
+            .await?
+            .ok_or_else(|| StoreError::Backend("a finished send names no message".into()))?;
+        Ok(SendClaim::Done(Box::new(CommittedMessage {
             message,
-            sender_inbox_seq,
-            deliveries,
-            duplicate: false,
-        })
+            sender_inbox_seq: unbig(number("sender_inbox_seq")),
+            deliveries: Vec::new(),
+            duplicate: true,
+        })))
+    }
+
+    /// One message on its own (the path of runs that repeat a client msg id).
+    async fn commit_one(&self, m: NewMessage) -> StoreResult<CommittedMessage> {
+        match self.claim_send(&m).await? {
+            SendClaim::Done(committed) => Ok(*committed),
+            SendClaim::Store(server_msg_id) => self
+                .store_run(&[(0, m)], &[(0, server_msg_id)])
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::Backend("a stored send returned nothing".into())),
+        }
     }
 }

@@ -144,23 +144,39 @@ async fn the_same_sends_raced_through_two_nodes_land_once_in_contiguous_inboxes(
     let senders = ["s1", "s2", "s3", "s4"];
     let mut races = Vec::new();
     for sender in senders {
-        for n in 0..10u64 {
-            let message = direct(sender, "hub", &format!("{sender}-{n}"), T0 + n);
+        for batch in 0..2u64 {
+            // A batch of five messages of one conversation (committed together), the same
+            // batch through both nodes at once, as a client retry racing its first attempt.
+            let messages: Vec<NewMessage> = (0..5)
+                .map(|n| direct(sender, "hub", &format!("{sender}-{batch}-{n}"), T0 + n))
+                .collect();
             let (a, b) = (first.clone(), second.clone());
-            let (m1, m2) = (message.clone(), message);
+            let (m1, m2) = (messages.clone(), messages);
             races.push(tokio::spawn(async move {
-                // The same send through both nodes at once, as a client retry racing its
-                // first attempt would.
-                tokio::join!(commit(&a, m1), commit(&b, m2))
+                let (one, other) = tokio::join!(a.commit_messages(m1), b.commit_messages(m2));
+                let ok = |results: Vec<timeline_store::StoreResult<CommittedMessage>>| {
+                    results
+                        .into_iter()
+                        .map(|r| r.expect("committed"))
+                        .collect::<Vec<_>>()
+                };
+                (ok(one), ok(other))
             }));
         }
     }
     let mut sent = BTreeSet::new();
     for race in races {
         let (one, other) = race.await.expect("race ran");
-        assert_eq!(one.message.server_msg_id, other.message.server_msg_id);
-        assert_eq!(one.message.conversation_seq, other.message.conversation_seq);
-        sent.insert(one.message.server_msg_id);
+        for (one, other) in one.iter().zip(&other) {
+            assert_eq!(one.message.server_msg_id, other.message.server_msg_id);
+            assert_eq!(one.message.conversation_seq, other.message.conversation_seq);
+            sent.insert(one.message.server_msg_id);
+        }
+        let seqs: Vec<u64> = one.iter().map(|c| c.message.conversation_seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "a batch keeps its order: {seqs:?}"
+        );
     }
     assert_eq!(sent.len(), 40);
     let hub = inbox_message_ids(&first, "hub").await;
