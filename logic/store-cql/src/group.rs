@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use im_protocol::ids;
 use im_protocol::pb::{self, inbox_entry::Body};
 use scylla::statement::batch::{Batch, BatchType};
@@ -203,12 +203,18 @@ impl Inner {
         let mut deliveries = Vec::new();
         if let Some(event) = effects.event {
             let key = format!("g:{group_id}:{version}");
-            let appends = effects.audience.iter().map(|user| {
-                self.append_event(user, &key, Body::GroupEvent(event.clone()), effects.now_ms)
-            });
-            for delivery in futures::future::join_all(appends).await {
-                deliveries.extend(delivery?);
-            }
+            let appends: Vec<_> = effects
+                .audience
+                .iter()
+                .map(|user| {
+                    self.append_event(user, &key, Body::GroupEvent(event.clone()), effects.now_ms)
+                })
+                .collect();
+            let appended: Vec<Option<Delivery>> = futures::stream::iter(appends)
+                .buffer_unordered(crate::FANOUT_CONCURRENCY)
+                .try_collect()
+                .await?;
+            deliveries.extend(appended.into_iter().flatten());
         }
         self.session
             .execute_unpaged(&self.st.group_pending_done, (version, group_id))

@@ -43,6 +43,9 @@ use crate::schema::Statements;
 /// Inbox epochs are below 2^53, so that JavaScript clients hold them exactly.
 const EPOCH_LIMIT: u64 = 1 << 53;
 
+/// Inbox appends one operation keeps in flight at once (a group's fan-out).
+pub(crate) const FANOUT_CONCURRENCY: usize = 64;
+
 /// Server msg ids a node reserves at once (one transaction per block; a node that stops leaves
 /// the rest of its block unused, never reused).
 const ID_BLOCK: i64 = 256;

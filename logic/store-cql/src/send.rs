@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::join_all;
+use futures::{StreamExt as _, TryStreamExt as _};
 use im_protocol::ids::ConversationRef;
 use im_protocol::pb;
 use scylla::value::CqlValue;
@@ -228,29 +229,34 @@ impl Inner {
             }
         }
         let kind = conversation.kind() as i32;
-        let appends = per_user.iter().map(|(user, entries)| {
-            let conversation = &conversation;
-            let conversation_id = &conversation_id;
-            async move {
-                self.session
-                    .execute_unpaged(
-                        &self.st.state_touch,
-                        (kind, peer_of(conversation, user), *user, conversation_id),
-                    )
-                    .await
-                    .map_err(backend)?;
-                let items: Vec<(String, StoredEntry)> = entries
-                    .iter()
-                    .map(|(_, key, stored)| (key.clone(), stored.clone()))
-                    .collect();
-                let seqs = self.append_many(user, &items).await?;
-                Ok::<_, StoreError>((*user, entries, seqs))
-            }
-        });
-        let appended = join_all(appends)
-            .await
-            .into_iter()
-            .collect::<StoreResult<Vec<_>>>()?;
+        let appends: Vec<_> = per_user
+            .iter()
+            .map(|(user, entries)| {
+                let conversation = &conversation;
+                let conversation_id = &conversation_id;
+                async move {
+                    self.session
+                        .execute_unpaged(
+                            &self.st.state_touch,
+                            (kind, peer_of(conversation, user), *user, conversation_id),
+                        )
+                        .await
+                        .map_err(backend)?;
+                    let items: Vec<(String, StoredEntry)> = entries
+                        .iter()
+                        .map(|(_, key, stored)| (key.clone(), stored.clone()))
+                        .collect();
+                    let seqs = self.append_many(user, &items).await?;
+                    Ok::<_, StoreError>((*user, entries, seqs))
+                }
+            })
+            .collect();
+        // Bounded: a large group's fan-out must not put thousands of transactions in flight
+        // at once on the cluster.
+        let appended: Vec<_> = futures::stream::iter(appends)
+            .buffer_unordered(crate::FANOUT_CONCURRENCY)
+            .try_collect()
+            .await?;
         let mut deliveries: Vec<Vec<Delivery>> = vec![Vec::new(); messages.len()];
         for (user, entries, seqs) in appended {
             for ((i, _, _), (inbox_seq, _)) in entries.iter().zip(seqs) {
