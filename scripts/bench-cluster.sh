@@ -55,6 +55,9 @@ lt w3 --server "${gateways[0]}" --also-gateway "${gateways[1]}" --server-pid "$a
 lt w5 --server "${gateways[0]}" --server-pid "$all_pids" --messages 10000 --page 50 \
     --prefix "w5c$keyspace"
 kill "${pids[@]:0:4}"; wait "${pids[@]:0:4}" 2>/dev/null || true
+# Cassandra keeps compacting after the load (and the test keyspaces it holds): stop it and Redis,
+# so the embedded process is measured on an otherwise idle machine.
+./scripts/cassandra.sh stop; ./scripts/redis.sh stop
 
 echo "== embedded single process"
 ./target/release/im-server --data-dir "$work/embedded" --secret "$secret" --rate-limit 0 \

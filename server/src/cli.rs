@@ -84,8 +84,10 @@ fn dev_identity(dir: &std::path::Path) -> Result<TlsIdentity, OptionsError> {
     Ok(TlsIdentity::from_pem_files(&cert, &key)?)
 }
 
-/// A complete single-node IM server: accepts clients on TCP, stores every message durably in
-/// DATA_DIR before acknowledging it, and pushes to online devices.
+/// The IM server: accepts clients on TCP, stores every message durably before acknowledging it,
+/// and pushes to online devices. One process holds everything by default (messages in
+/// DATA_DIR); --role gateway and --role logic run the parts of a cluster over ScyllaDB or
+/// Cassandra (--store cql) and Redis.
 #[derive(Parser, Debug)]
 #[command(name = "im-server", version, about)]
 pub struct Cli {

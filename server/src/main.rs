@@ -1,4 +1,5 @@
-//! `im-server`: the single-process IM server (gateway + logic + embedded store), and
+//! `im-server`: the IM server. By default one process holds everything (gateway + logic +
+//! embedded store); `--role gateway` and `--role logic` run the parts of a cluster. Also
 //! `im-server token`, which mints a development token with the same secret the server uses.
 
 use std::time::Duration;

@@ -302,3 +302,37 @@ async fn users_of_a_killed_gateway_reconnect_to_the_other_and_resume_from_their_
         "resumed right after the cursor"
     );
 }
+
+#[test]
+fn a_gateway_without_logic_nodes_or_a_cql_store_without_nodes_is_refused_clearly() {
+    for (args, hint) in [
+        (vec!["--role", "gateway"], "--logic-nodes"),
+        (vec!["--store", "cql"], "--cql-nodes"),
+        (
+            vec![
+                "--role",
+                "logic",
+                "--store",
+                "cql",
+                "--cql-nodes",
+                "127.0.0.1:1",
+            ],
+            "CQL",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_im-server"))
+            .args(["--secret", support::SECRET, "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(&args)
+            .output()
+            .expect("run im-server");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} must not start");
+        assert!(
+            stderr.contains(hint),
+            "{args:?}: the error names {hint}: {stderr}"
+        );
+    }
+}
