@@ -177,7 +177,7 @@ impl ServerOptions {
             role: Role::All,
             store: StoreChoice::Embedded,
             presence: None,
-            logic_attempt_timeout: Duration::from_secs(2),
+            logic_attempt_timeout: Duration::from_secs(10),
         }
     }
 }

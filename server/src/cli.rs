@@ -217,8 +217,10 @@ pub struct ServeArgs {
     /// The logic nodes a gateway calls (--role gateway), comma-separated HOST:PORT.
     #[arg(long, env = "IM_LOGIC_NODES", value_delimiter = ',')]
     pub logic_nodes: Vec<String>,
-    /// Milliseconds a gateway waits for one logic node before trying another.
-    #[arg(long, env = "IM_LOGIC_TIMEOUT_MS", default_value_t = 2000)]
+    /// Milliseconds a gateway waits for one call to a logic node before trying another. A node
+    /// that stops answering the gateway's pings (every 500 ms) is left after 1.5 s instead,
+    /// whatever this says: this deadline is for a node that is alive but too slow.
+    #[arg(long, env = "IM_LOGIC_TIMEOUT_MS", default_value_t = 10_000)]
     pub logic_timeout_ms: u64,
     /// Where messages are stored: `embedded` (DATA_DIR) or `cql` (a ScyllaDB or Cassandra
     /// cluster, which several logic nodes can share).

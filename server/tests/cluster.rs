@@ -219,14 +219,14 @@ async fn a_logic_node_killed_mid_traffic_loses_and_duplicates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_logic_node_frozen_past_the_deadlines_and_resumed_loses_reuses_and_duplicates_nothing() {
+async fn a_logic_node_frozen_mid_traffic_and_resumed_loses_reuses_and_duplicates_nothing() {
     let Some(mut cluster) = Cluster::start(2, 2) else {
         return;
     };
     traffic_through(&mut cluster, "fred", 150, async |cluster: &mut Cluster| {
-        // Frozen with calls in flight, for four times the gateways' deadline: they move to the
-        // other node and retry there with the same ids; then the frozen node goes on with
-        // what it was doing, late.
+        // Frozen with calls in flight for four seconds: the gateways stop hearing its pongs,
+        // move its calls to the other node and repeat them there with the same ids; then the
+        // frozen node goes on with what it was doing, late.
         cluster.logic[0].freeze();
         tokio::time::sleep(Duration::from_secs(4)).await;
         cluster.logic[0].thaw();

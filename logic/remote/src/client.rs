@@ -31,16 +31,25 @@ pub struct RemoteOptions {
     pub call_budget: Duration,
     /// Calls in flight per node connection; more wait for a slot (backpressure).
     pub max_in_flight: usize,
+    /// How often an idle or busy connection is pinged.
+    pub ping_every: Duration,
+    /// A connection whose ping is unanswered this long is dead: its calls in flight end with
+    /// an unknown outcome at once (and are repeated elsewhere), without waiting out their
+    /// deadlines. This, not the call deadline, is what detects a frozen or vanished node.
+    pub ping_timeout: Duration,
 }
 
 impl RemoteOptions {
-    /// Defaults for `nodes`: 2 s per attempt, 6 s per call, 1024 in flight per node.
+    /// Defaults for `nodes`: 10 s per attempt, 30 s per call, 1024 in flight per node, a
+    /// ping every 500 ms that must be answered within 1.5 s.
     pub fn new(nodes: Vec<String>) -> RemoteOptions {
         RemoteOptions {
             nodes,
-            attempt_timeout: Duration::from_secs(2),
-            call_budget: Duration::from_secs(6),
+            attempt_timeout: Duration::from_secs(10),
+            call_budget: Duration::from_secs(30),
             max_in_flight: 1024,
+            ping_every: Duration::from_millis(500),
+            ping_timeout: Duration::from_millis(1500),
         }
     }
 }
@@ -123,12 +132,20 @@ impl Connection {
                 waiting.clear();
             }
         });
-        Ok(Connection {
+        let connection = Connection {
             to_send,
             waiting,
             slots: Arc::new(Semaphore::new(options.max_in_flight)),
             closed,
-        })
+        };
+        tokio::spawn(keep_alive(
+            connection.to_send.clone(),
+            connection.waiting.clone(),
+            connection.closed.clone(),
+            options.ping_every,
+            options.ping_timeout,
+        ));
+        Ok(connection)
     }
 
     async fn call(&self, request: RpcRequest, timeout: Duration) -> Result<RpcResponse, Failure> {
@@ -157,6 +174,52 @@ impl Connection {
     fn forget(&self, id: u64) {
         if let Ok(mut waiting) = self.waiting.lock() {
             waiting.remove(&id);
+        }
+    }
+}
+
+/// Pings a connection until it closes; declares it dead (closed, every waiting call told its
+/// outcome is unknown) when a ping goes unanswered for `timeout`.
+async fn keep_alive(
+    to_send: mpsc::Sender<RpcRequest>,
+    waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<RpcResponse>>>>,
+    closed: CancellationToken,
+    every: Duration,
+    timeout: Duration,
+) {
+    // Ping ids count down from the top, far from the calls' ids.
+    let mut next_id = u64::MAX;
+    loop {
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let id = next_id;
+        next_id -= 1;
+        let (answer, answered) = oneshot::channel();
+        if let Ok(mut waiting) = waiting.lock() {
+            waiting.insert(id, answer);
+        }
+        let ping = RpcRequest {
+            id,
+            call: Some(Call::Ping(OpenSession {})),
+            ..RpcRequest::default()
+        };
+        // A full send queue is not a dead node: the ping waits its turn within the timeout.
+        let sent = tokio::time::timeout(timeout, to_send.send(ping)).await;
+        let alive = match sent {
+            Ok(Ok(())) => matches!(tokio::time::timeout(timeout, answered).await, Ok(Ok(_))),
+            _ => false,
+        };
+        if !alive {
+            if !closed.is_cancelled() {
+                tracing::warn!("a logic node stopped answering pings; its calls move elsewhere");
+            }
+            closed.cancel();
+            if let Ok(mut waiting) = waiting.lock() {
+                waiting.clear();
+            }
+            return;
         }
     }
 }

@@ -115,6 +115,18 @@ async fn connection<L: LogicApi>(stream: TcpStream, logic: Arc<L>, shutdown: Can
                 }
             },
         };
+        if matches!(request.call, Some(Call::Ping(_))) {
+            // Answered ahead of every call in progress: the node is alive, however busy.
+            let pong = RpcResponse {
+                id: request.id,
+                outcome: Some(Outcome::Pong(OpenSession {})),
+                effects: None,
+            };
+            if answers.send(pong).await.is_err() {
+                break;
+            }
+            continue;
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
@@ -147,6 +159,7 @@ async fn answer<L: LogicApi>(logic: &L, request: RpcRequest) -> RpcResponse {
     let caller: Caller = caller_of(&request);
     let id = request.id;
     let (outcome, effects) = match request.call {
+        Some(Call::Ping(_)) => (Outcome::Pong(OpenSession {}), None),
         None => (
             Outcome::Refused(pb::ErrorCode::BadBody.to_error("a call with nothing asked")),
             None,

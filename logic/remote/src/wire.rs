@@ -6,13 +6,18 @@
 //! them (`op` number and body bytes), so the node decodes them with the client protocol's own
 //! rules and nothing here needs to change when an operation is added.
 //!
+//! A ping is answered by the connection's reader at once, ahead of any call in progress: a busy
+//! node answers pings, a frozen or dead one does not, and that is how a gateway tells them apart
+//! without cutting slow calls short.
+//!
 //! ```text
 //! RpcRequest  { id u64 = 1; deadline_ms u32 = 2; user string = 3; device string = 4;
 //!               oneof call { OpenSession open_session = 5; SendBatch send_batch = 6;
-//!                            ClientBody handle = 7; } }
+//!                            ClientBody handle = 7; Empty ping = 8; } }
 //! RpcResponse { id u64 = 1;
 //!               oneof outcome { Session session = 2; im.v1.Error refused = 3;
-//!                               SendReplies sends = 4; ClientBody body = 5; Empty none = 6; }
+//!                               SendReplies sends = 4; ClientBody body = 5; Empty none = 6;
+//!                               Empty pong = 8; }
 //!               Effects effects = 7; }
 //! ```
 
@@ -39,7 +44,7 @@ pub struct RpcRequest {
     #[prost(string, tag = "4")]
     pub device: String,
     /// What is asked.
-    #[prost(oneof = "Call", tags = "5, 6, 7")]
+    #[prost(oneof = "Call", tags = "5, 6, 7, 8")]
     pub call: Option<Call>,
 }
 
@@ -55,6 +60,9 @@ pub enum Call {
     /// `LogicApi::handle`.
     #[prost(message, tag = "7")]
     Handle(ClientBody),
+    /// Is the node alive? Answered with [`Outcome::Pong`] by the connection itself.
+    #[prost(message, tag = "8")]
+    Ping(OpenSession),
 }
 
 /// No arguments.
@@ -87,7 +95,7 @@ pub struct RpcResponse {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The answer.
-    #[prost(oneof = "Outcome", tags = "2, 3, 4, 5, 6")]
+    #[prost(oneof = "Outcome", tags = "2, 3, 4, 5, 6, 8")]
     pub outcome: Option<Outcome>,
     /// What the call changed for other connections.
     #[prost(message, optional, tag = "7")]
@@ -112,6 +120,9 @@ pub enum Outcome {
     /// No response body (`DELIVERY_ACK`, `TYPING`).
     #[prost(message, tag = "6")]
     None(OpenSession),
+    /// The answer to a ping.
+    #[prost(message, tag = "8")]
+    Pong(OpenSession),
 }
 
 /// [`SessionInfo`] on the wire.

@@ -63,6 +63,8 @@ fn options(nodes: Vec<String>) -> RemoteOptions {
     RemoteOptions {
         attempt_timeout: Duration::from_millis(300),
         call_budget: Duration::from_secs(3),
+        ping_every: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(300),
         ..RemoteOptions::new(nodes)
     }
 }
@@ -350,5 +352,84 @@ async fn a_garbage_frame_closes_only_its_own_connection() {
             .inbox
             .epoch,
         3
+    );
+}
+
+#[tokio::test]
+async fn a_frozen_node_is_found_out_by_its_pings_long_before_the_call_deadline() {
+    let store = MemoryStore::new(1);
+    let (silent, _heard) = silent_node().await;
+    let (live, _stop) = logic_node(store.clone()).await;
+    let nodes = vec![silent, live];
+    let remote = RemoteLogic::new(RemoteOptions {
+        attempt_timeout: Duration::from_secs(60),
+        call_budget: Duration::from_secs(120),
+        ping_every: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(300),
+        ..RemoteOptions::new(nodes.clone())
+    });
+    let caller = user_routed_to(&nodes, 0);
+    let started = std::time::Instant::now();
+    let (replies, _) = remote.send_batch(&caller, vec![send("bob", "m")]).await;
+    replies[0].as_ref().expect("answered by the other node");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed over after the missed pings ({:?}), not after the 60 s deadline",
+        started.elapsed()
+    );
+}
+
+/// Answers every session open after a delay.
+struct Slow {
+    calls: AtomicUsize,
+    delay: Duration,
+}
+
+impl LogicApi for Slow {
+    async fn open_session(&self, _: &Caller) -> Result<SessionInfo, pb::Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        Ok(SessionInfo {
+            inbox: logic_api::InboxPosition::UNKNOWN,
+            max_message_bytes: 1,
+        })
+    }
+
+    async fn send_batch(&self, _: &Caller, _: Vec<pb::SendReq>) -> (Vec<SendReply>, Effects) {
+        (Vec::new(), Effects::default())
+    }
+
+    async fn handle(&self, _: &Caller, _: Body) -> (Reply, Effects) {
+        (Ok(None), Effects::default())
+    }
+}
+
+#[tokio::test]
+async fn a_busy_node_that_answers_pings_is_waited_for_not_abandoned() {
+    let slow = Arc::new(Slow {
+        calls: AtomicUsize::new(0),
+        delay: Duration::from_secs(2),
+    });
+    let other = Arc::new(Refusing::default());
+    let (a, _stop_a) = node_with(slow.clone()).await;
+    let (b, _stop_b) = node_with(other.clone()).await;
+    let nodes = vec![a, b];
+    let remote = RemoteLogic::new(RemoteOptions {
+        attempt_timeout: Duration::from_secs(10),
+        call_budget: Duration::from_secs(30),
+        ping_every: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(300),
+        ..RemoteOptions::new(nodes.clone())
+    });
+    let caller = user_routed_to(&nodes, 0);
+    remote
+        .open_session(&caller)
+        .await
+        .expect("the slow node answered");
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        other.calls.load(Ordering::SeqCst),
+        0,
+        "nothing moved to the other node"
     );
 }

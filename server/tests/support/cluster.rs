@@ -271,8 +271,6 @@ impl Cluster {
                     &redis.url(),
                     "--gateway-id",
                     &format!("gw{i}"),
-                    "--logic-timeout-ms",
-                    "1000",
                 ],
             ));
         }
