@@ -211,7 +211,7 @@ impl Inner {
                 })
                 .collect();
             let appended: Vec<Option<Delivery>> = futures::stream::iter(appends)
-                .buffer_unordered(crate::FANOUT_CONCURRENCY)
+                .buffered(crate::FANOUT_CONCURRENCY)
                 .try_collect()
                 .await?;
             deliveries.extend(appended.into_iter().flatten());

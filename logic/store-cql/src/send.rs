@@ -252,9 +252,9 @@ impl Inner {
             })
             .collect();
         // Bounded: a large group's fan-out must not put thousands of transactions in flight
-        // at once on the cluster.
+        // at once on the cluster. In order: deliveries follow the recipients' order.
         let appended: Vec<_> = futures::stream::iter(appends)
-            .buffer_unordered(crate::FANOUT_CONCURRENCY)
+            .buffered(crate::FANOUT_CONCURRENCY)
             .try_collect()
             .await?;
         let mut deliveries: Vec<Vec<Delivery>> = vec![Vec::new(); messages.len()];
