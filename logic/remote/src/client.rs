@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::policy::{self, Attempts, Failure, Health, Next};
 use crate::server::codec;
 use crate::wire::{
-    Call, ClientBody, OpenSession, Outcome, RpcRequest, RpcResponse, SendBatch, SendOutcome,
+    Call, ClientBody, Empty, Outcome, RpcRequest, RpcResponse, SendBatch, SendOutcome,
 };
 
 /// How to reach the logic tier.
@@ -202,7 +202,7 @@ async fn keep_alive(
         }
         let ping = RpcRequest {
             id,
-            call: Some(Call::Ping(OpenSession {})),
+            call: Some(Call::Ping(Empty {})),
             ..RpcRequest::default()
         };
         // A full send queue is not a dead node: the ping waits its turn within the timeout.
@@ -359,7 +359,7 @@ fn unexpected(what: &str) -> pb::Error {
 impl LogicApi for RemoteLogic {
     async fn open_session(&self, caller: &Caller) -> Result<SessionInfo, pb::Error> {
         let response = self
-            .invoke(caller, Call::OpenSession(OpenSession {}), true)
+            .invoke(caller, Call::OpenSession(Empty {}), true)
             .await?;
         match response.outcome {
             Some(Outcome::Session(session)) => Ok(session.into()),

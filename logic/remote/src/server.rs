@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::wire::{
-    Call, ClientBody, MAX_FRAME_BYTES, OpenSession, Outcome, RpcRequest, RpcResponse, SendOutcome,
-    SendReplies, SendReply, WireEffects, caller_of,
+    Call, ClientBody, Effects as WireEffects, Empty, MAX_FRAME_BYTES, Outcome, RpcRequest,
+    RpcResponse, SendOutcome, SendReplies, SendReply, caller_of,
 };
 
 /// Calls one gateway connection may have in flight: past it the node stops reading that
@@ -119,7 +119,7 @@ async fn connection<L: LogicApi>(stream: TcpStream, logic: Arc<L>, shutdown: Can
             // Answered ahead of every call in progress: the node is alive, however busy.
             let pong = RpcResponse {
                 id: request.id,
-                outcome: Some(Outcome::Pong(OpenSession {})),
+                outcome: Some(Outcome::Pong(Empty {})),
                 effects: None,
             };
             if answers.send(pong).await.is_err() {
@@ -159,7 +159,7 @@ async fn answer<L: LogicApi>(logic: &L, request: RpcRequest) -> RpcResponse {
     let caller: Caller = caller_of(&request);
     let id = request.id;
     let (outcome, effects) = match request.call {
-        Some(Call::Ping(_)) => (Outcome::Pong(OpenSession {}), None),
+        Some(Call::Ping(_)) => (Outcome::Pong(Empty {}), None),
         None => (
             Outcome::Refused(pb::ErrorCode::BadBody.to_error("a call with nothing asked")),
             None,
@@ -190,7 +190,7 @@ async fn answer<L: LogicApi>(logic: &L, request: RpcRequest) -> RpcResponse {
                 let (reply, effects) = logic.handle(&caller, body).await;
                 let outcome = match reply {
                     Ok(Some(body)) => Outcome::Body(ClientBody::of(&body)),
-                    Ok(None) => Outcome::None(OpenSession {}),
+                    Ok(None) => Outcome::None(Empty {}),
                     Err(error) => Outcome::Refused(error),
                 };
                 (outcome, Some(WireEffects::from(effects)))
