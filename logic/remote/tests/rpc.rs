@@ -433,3 +433,64 @@ async fn a_busy_node_that_answers_pings_is_waited_for_not_abandoned() {
         "nothing moved to the other node"
     );
 }
+
+#[tokio::test]
+async fn a_node_that_went_away_answers_unavailable_at_once_and_is_reconnected_when_it_is_back() {
+    let store = MemoryStore::new(5);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(serve(
+        listener,
+        Arc::new(Logic::new(store.clone(), LogicConfig::default())),
+        stop.clone(),
+    ));
+    let remote = RemoteLogic::new(options(vec![address.to_string()]));
+    let alice = Caller {
+        user: "alice".into(),
+        device: "phone".into(),
+    };
+    remote.open_session(&alice).await.expect("served");
+
+    stop.cancel();
+    served.await.expect("ran").expect("stopped cleanly");
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let error = remote
+            .open_session(&alice)
+            .await
+            .expect_err("nobody is serving");
+        assert_eq!(error.code, pb::ErrorCode::Unavailable as i32);
+        assert!(error.retryable, "the client is told to come back");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "calls to a node that is down fail fast ({:?})",
+        started.elapsed()
+    );
+
+    // Back on the same address: found again within the reconnect backoff.
+    let listener = TcpListener::bind(address).await.expect("bind again");
+    let _served = tokio::spawn(serve(
+        listener,
+        Arc::new(Logic::new(store, LogicConfig::default())),
+        CancellationToken::new(),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match remote.open_session(&alice).await {
+            Ok(session) => {
+                assert_eq!(session.inbox.epoch, 5);
+                break;
+            }
+            Err(error) => {
+                assert!(error.retryable, "{error:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "not reconnected: {error:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
