@@ -5,32 +5,11 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use im_protocol::{Body, pb};
 use support::cluster::Cluster;
-use support::{Client, messages, text, to_group, to_user};
-
-/// Checks `user`'s whole inbox through `client`: seqs run 1..=head without a hole, and no
-/// message is there twice. Returns the texts of the messages from `from`, in inbox order.
-async fn inbox_texts_from(client: &mut Client, user: &str, from: &str) -> Vec<String> {
-    let entries = client.sync_all(1, 200).await;
-    let seqs: Vec<u64> = entries.iter().map(|e| e.inbox_seq).collect();
-    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-    assert_eq!(seqs, expected, "the inbox of {user} has no hole");
-    let all = messages(&entries);
-    let ids: BTreeSet<u64> = all.iter().map(|m| m.server_msg_id).collect();
-    assert_eq!(
-        ids.len(),
-        all.len(),
-        "no message twice in the inbox of {user}"
-    );
-    all.iter()
-        .filter(|m| m.sender_user == from)
-        .map(text)
-        .collect()
-}
+use support::{Client, inbox_texts_from, messages, text, to_group, to_user};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_on_different_gateways_chat_and_an_offline_user_pulls_on_reconnect() {
