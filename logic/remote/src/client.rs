@@ -339,7 +339,16 @@ impl RemoteLogic {
             attempt.id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let result = match self.nodes[node].connection(&self.options).await {
                 None => Err(Failure::NotSent),
-                Some(connection) => connection.call(attempt, self.options.attempt_timeout).await,
+                Some(connection) => {
+                    match connection.call(attempt, self.options.attempt_timeout).await {
+                        // A node shutting down did not run it: as good as not sent.
+                        Ok(RpcResponse {
+                            outcome: Some(Outcome::NotTaken(_)),
+                            ..
+                        }) => Err(Failure::NotSent),
+                        result => result,
+                    }
+                }
             };
             match result {
                 Ok(response) => {

@@ -4,8 +4,8 @@
 //! - A call's node: rendezvous hashing of the caller's user id over the nodes, so one user's
 //!   calls (and so one connection's sends, in order) go to one node while it is up, and a node
 //!   that leaves moves only its own users.
-//! - A failed attempt is either *not sent* (no connection: nothing happened, try the next node
-//!   at once) or of *unknown outcome* (the request may have been written: it may have taken
+//! - A failed attempt is either *not sent* (no connection, or a node shutting down that did
+//!   not take the call: nothing happened, try the next node at once) or of *unknown outcome* (the request may have been written: it may have taken
 //!   effect). An unknown outcome is retried on the next node only for calls that are safe to
 //!   repeat ([`repeatable`]); the retry repeats the very same request, with its client msg ids
 //!   and request ids. Other calls, and any call whose budget is spent, answer `UNAVAILABLE`
@@ -78,7 +78,8 @@ pub fn repeatable(body: &Body) -> bool {
 /// its answer goes to the client as it is, never retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// Nothing was written: no connection to the node.
+    /// The call did not run there: no connection to the node, or the node answered that it
+    /// is shutting down and did not take it.
     NotSent,
     /// The request may have been written: the deadline passed or the connection was lost.
     OutcomeUnknown,

@@ -22,7 +22,7 @@
 //! RpcResponse { id u64 = 1;
 //!               oneof outcome { Session session = 2; im.v1.Error refused = 3;
 //!                               SendReplies sends = 4; ClientBody body = 5; Empty none = 6;
-//!                               Empty pong = 8; }
+//!                               Empty pong = 8; Empty not_taken = 9; }
 //!               Effects effects = 7; }
 //! ```
 
