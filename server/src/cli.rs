@@ -416,16 +416,13 @@ impl LogicArgs {
 
 impl LogicNodeArgs {
     /// A logic node's options: these settings, its store in `data_dir` (embedded) or the CQL
-    /// cluster named. `tokens` is kept for the options' sake: a logic node checks no token
-    /// (gateways authenticate clients).
-    pub fn options(
-        &self,
-        data_dir: PathBuf,
-        tokens: TokenKey,
-    ) -> Result<ServerOptions, OptionsError> {
+    /// cluster named. A logic node checks no token (gateways authenticate clients), so the
+    /// options carry an empty token key, which `app::start` refuses: they cannot start a
+    /// gateway by mistake.
+    pub fn options(&self, data_dir: PathBuf) -> Result<ServerOptions, OptionsError> {
         self.logic.apply(ServerOptions {
             role: Role::Logic,
-            ..ServerOptions::new(self.listen, data_dir, tokens)
+            ..ServerOptions::new(self.listen, data_dir, TokenKey::new(Vec::new()))
         })
     }
 }

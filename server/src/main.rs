@@ -106,12 +106,10 @@ fn serve_with(serve: impl std::future::Future<Output = anyhow::Result<()>>) -> a
     runtime.block_on(serve)
 }
 
-/// `im-server logic`: a logic node with its own settings.
+/// `im-server logic`: a logic node with its own settings. It reads no token secret: gateways
+/// authenticate clients, and a logic node trusts its gateways.
 async fn run_logic_command(common: Common, args: LogicNodeArgs) -> anyhow::Result<()> {
-    let tokens = secret(&common)?;
-    let options = args
-        .options(common.data_dir.clone(), tokens)
-        .context("invalid settings")?;
+    let options = args.options(common.data_dir).context("invalid settings")?;
     run_logic_node(options).await
 }
 
