@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use im_protocol::{Body, pb};
@@ -96,8 +98,15 @@ struct Sent {
 }
 
 /// Sends `count` messages from `client` to `to`, each resent with the same client msg id after
-/// a retryable error until it is acknowledged (what a client core does).
-async fn send_acked(mut client: Client, to: String, prefix: String, count: usize) -> Sent {
+/// a retryable error until it is acknowledged (what a client core does); `progress` counts the
+/// acknowledgements as they come.
+async fn send_acked(
+    mut client: Client,
+    to: String,
+    prefix: String,
+    count: usize,
+    progress: Arc<AtomicUsize>,
+) -> Sent {
     let mut acked = Vec::new();
     let mut acked_at = Vec::new();
     for i in 0..count {
@@ -118,6 +127,7 @@ async fn send_acked(mut client: Client, to: String, prefix: String, count: usize
         }
         acked.push(text);
         acked_at.push(Instant::now());
+        progress.fetch_add(1, Ordering::SeqCst);
     }
     Sent { acked, acked_at }
 }
@@ -144,8 +154,11 @@ async fn traffic_through(
         .collect();
     chosen.extend(names.filter(|u| first_node(u) == 1).take(1));
     let mut senders = Vec::new();
+    let mut progress = Vec::new();
     for (sender, gateway) in chosen.into_iter().zip([0usize, 1, 0]) {
         let client = Client::connect(&cluster.gateways[gateway], &sender, "phone").await;
+        let acks = Arc::new(AtomicUsize::new(0));
+        progress.push(acks.clone());
         senders.push((
             sender.clone(),
             tokio::spawn(send_acked(
@@ -153,10 +166,17 @@ async fn traffic_through(
                 receiver.to_owned(),
                 sender.clone(),
                 count,
+                acks,
             )),
         ));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The fault strikes once every sender has a few acknowledgements (a cold Cassandra's first
+    // transactions can take longer than a fixed wait).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.iter().any(|acks| acks.load(Ordering::SeqCst) < 5) {
+        assert!(Instant::now() < deadline, "no traffic before the fault");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let struck = Instant::now();
     fault(cluster).await;
     let mut acked = Vec::new();
