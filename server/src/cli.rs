@@ -30,6 +30,9 @@ pub enum OptionsError {
     /// A gateway without logic nodes.
     #[error("--role gateway needs --logic-nodes HOST:PORT[,HOST:PORT...]")]
     NoLogicNodes,
+    /// --logic-nodes with a role that does not call logic nodes.
+    #[error("--logic-nodes runs a gateway, which --role {0} is not: drop one of them")]
+    LogicNodesWithRole(&'static str),
     /// A CQL store without contact points.
     #[error("--store cql needs --cql-nodes HOST:PORT[,HOST:PORT...]")]
     NoCqlNodes,
@@ -86,8 +89,9 @@ fn dev_identity(dir: &std::path::Path) -> Result<TlsIdentity, OptionsError> {
 
 /// The IM server: accepts clients on TCP, stores every message durably before acknowledging it,
 /// and pushes to online devices. One process holds everything by default (messages in
-/// DATA_DIR); --role gateway and --role logic run the parts of a cluster over ScyllaDB or
-/// Cassandra (--store cql) and Redis.
+/// DATA_DIR). Split in two: `im-server logic --listen ADDR` runs the logic tier and its store,
+/// and `im-server --logic-nodes ADDR[,ADDR...]` a gateway calling it; several of each over
+/// ScyllaDB or Cassandra (--store cql) and Redis make a cluster (also --role gateway|logic).
 #[derive(Parser, Debug)]
 #[command(name = "im-server", version, about)]
 pub struct Cli {
@@ -131,18 +135,6 @@ pub struct ServeArgs {
     /// Requests per second one connection may send (0 = unlimited); the burst is twice this.
     #[arg(long, env = "IM_RATE_LIMIT", default_value_t = session::DEFAULT_RATE_PER_SEC)]
     pub rate_limit: u32,
-    /// Largest message content in bytes.
-    #[arg(long, env = "IM_MAX_MESSAGE_BYTES", default_value_t = logic::DEFAULT_MAX_MESSAGE_BYTES)]
-    pub max_message_bytes: usize,
-    /// Largest frame body in bytes.
-    #[arg(long, env = "IM_MAX_FRAME_BYTES", default_value_t = im_protocol::DEFAULT_MAX_BODY)]
-    pub max_frame_bytes: usize,
-    /// Largest group (members, owner included); groups use write fan-out up to this size.
-    #[arg(long, env = "IM_MAX_GROUP_MEMBERS", default_value_t = logic::DEFAULT_MAX_GROUP_MEMBERS)]
-    pub max_group_members: u32,
-    /// Seconds after sending during which a sender may recall a message.
-    #[arg(long, env = "IM_RECALL_WINDOW_SECS", default_value_t = logic::DEFAULT_RECALL_WINDOW_SECS)]
-    pub recall_window_secs: u64,
     /// Most concurrent connections.
     #[arg(long, env = "IM_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -161,25 +153,6 @@ pub struct ServeArgs {
     /// a peer that does not read pin up to 4 MiB of kernel memory).
     #[arg(long, env = "IM_SOCKET_SEND_BUFFER_BYTES", default_value_t = app::DEFAULT_SOCKET_SEND_BUFFER)]
     pub socket_send_buffer_bytes: u32,
-    /// Refuse writes (retryable UNAVAILABLE) while the data directory's filesystem has less
-    /// free space than this many bytes; reads keep working, writes resume by themselves once
-    /// space is freed (0 = no threshold).
-    #[arg(long, env = "IM_MIN_FREE_DISK_BYTES", default_value_t = store_embedded::DEFAULT_MIN_FREE_BYTES)]
-    pub min_free_disk_bytes: u64,
-    /// Storage bytes per second one sender's messages may write: the content once plus 128
-    /// bytes per recipient (0 = unlimited). Above it sends get RATE_LIMITED.
-    #[arg(long, env = "IM_FANOUT_BYTES_PER_SEC", default_value_t = logic::DEFAULT_FANOUT_BYTES_PER_SEC)]
-    pub fanout_bytes_per_sec: u64,
-    /// Burst of the per-sender storage budget, in bytes.
-    #[arg(long, env = "IM_FANOUT_BURST_BYTES", default_value_t = logic::DEFAULT_FANOUT_BURST_BYTES)]
-    pub fanout_burst_bytes: u64,
-    /// Most entries kept per user inbox; older ones are trimmed, and a device syncing from
-    /// below them gets a TRIMMED range (0 = no limit).
-    #[arg(long, env = "IM_INBOX_RETENTION_ENTRIES", default_value_t = app::DEFAULT_INBOX_RETENTION_ENTRIES)]
-    pub inbox_retention_entries: u64,
-    /// Days inbox entries are kept (0 = forever). History is not affected.
-    #[arg(long, env = "IM_INBOX_RETENTION_DAYS", default_value_t = app::DEFAULT_INBOX_RETENTION_DAYS)]
-    pub inbox_retention_days: u64,
     /// Address to accept TLS clients on: 443 in production, an unprivileged port such as
     /// 0.0.0.0:8443 for development. TLS is off unless this is given.
     #[arg(long, env = "IM_TLS_LISTEN")]
@@ -210,11 +183,13 @@ pub struct ServeArgs {
     /// A tunnel with no request for this many seconds is closed.
     #[arg(long, env = "IM_TUNNEL_IDLE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub tunnel_idle_secs: u64,
-    /// What this process runs: everything (the default), a gateway of a cluster, or a logic
-    /// node of a cluster (serving gateways on --listen).
-    #[arg(long, env = "IM_ROLE", value_enum, default_value_t = RoleArg::All)]
-    pub role: RoleArg,
-    /// The logic nodes a gateway calls (--role gateway), comma-separated HOST:PORT.
+    /// What this process runs: everything (the default), a gateway of a cluster (the default
+    /// when --logic-nodes is given), or a logic node of a cluster (serving gateways on
+    /// --listen; `im-server logic` does the same).
+    #[arg(long, env = "IM_ROLE", value_enum)]
+    pub role: Option<RoleArg>,
+    /// Run a gateway only, calling these logic nodes (`im-server logic`) for everything else:
+    /// comma-separated HOST:PORT. No store is opened.
     #[arg(long, env = "IM_LOGIC_NODES", value_delimiter = ',')]
     pub logic_nodes: Vec<String>,
     /// Milliseconds a gateway waits for one call to a logic node before trying another. A node
@@ -222,6 +197,54 @@ pub struct ServeArgs {
     /// whatever this says: this deadline is for a node that is alive but too slow.
     #[arg(long, env = "IM_LOGIC_TIMEOUT_MS", default_value_t = 10_000)]
     pub logic_timeout_ms: u64,
+    /// Redis for the cluster's presence registry and the pushes between gateways
+    /// (redis://HOST:PORT/). Without it, this gateway pushes only to its own connections.
+    #[arg(long, env = "IM_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// This gateway's id in the cluster; default: random at every start.
+    #[arg(long, env = "IM_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+    /// The logic tier's settings (when this process runs it).
+    #[command(flatten)]
+    pub logic: LogicArgs,
+}
+
+/// The logic tier's settings: read by the all-in-one server and by a logic node. A gateway
+/// alone reads only --max-frame-bytes here; the rest are the logic nodes' business.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogicArgs {
+    /// Largest message content in bytes.
+    #[arg(long, env = "IM_MAX_MESSAGE_BYTES", default_value_t = logic::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// Largest frame body in bytes: a gateway's frame limit, and the page size of the logic
+    /// tier's answers (give a cluster's gateways and logic nodes the same value).
+    #[arg(long, env = "IM_MAX_FRAME_BYTES", default_value_t = im_protocol::DEFAULT_MAX_BODY)]
+    pub max_frame_bytes: usize,
+    /// Largest group (members, owner included); groups use write fan-out up to this size.
+    #[arg(long, env = "IM_MAX_GROUP_MEMBERS", default_value_t = logic::DEFAULT_MAX_GROUP_MEMBERS)]
+    pub max_group_members: u32,
+    /// Seconds after sending during which a sender may recall a message.
+    #[arg(long, env = "IM_RECALL_WINDOW_SECS", default_value_t = logic::DEFAULT_RECALL_WINDOW_SECS)]
+    pub recall_window_secs: u64,
+    /// Refuse writes (retryable UNAVAILABLE) while the data directory's filesystem has less
+    /// free space than this many bytes; reads keep working, writes resume by themselves once
+    /// space is freed (0 = no threshold).
+    #[arg(long, env = "IM_MIN_FREE_DISK_BYTES", default_value_t = store_embedded::DEFAULT_MIN_FREE_BYTES)]
+    pub min_free_disk_bytes: u64,
+    /// Storage bytes per second one sender's messages may write: the content once plus 128
+    /// bytes per recipient (0 = unlimited). Above it sends get RATE_LIMITED.
+    #[arg(long, env = "IM_FANOUT_BYTES_PER_SEC", default_value_t = logic::DEFAULT_FANOUT_BYTES_PER_SEC)]
+    pub fanout_bytes_per_sec: u64,
+    /// Burst of the per-sender storage budget, in bytes.
+    #[arg(long, env = "IM_FANOUT_BURST_BYTES", default_value_t = logic::DEFAULT_FANOUT_BURST_BYTES)]
+    pub fanout_burst_bytes: u64,
+    /// Most entries kept per user inbox; older ones are trimmed, and a device syncing from
+    /// below them gets a TRIMMED range (0 = no limit).
+    #[arg(long, env = "IM_INBOX_RETENTION_ENTRIES", default_value_t = app::DEFAULT_INBOX_RETENTION_ENTRIES)]
+    pub inbox_retention_entries: u64,
+    /// Days inbox entries are kept (0 = forever). History is not affected.
+    #[arg(long, env = "IM_INBOX_RETENTION_DAYS", default_value_t = app::DEFAULT_INBOX_RETENTION_DAYS)]
+    pub inbox_retention_days: u64,
     /// Where messages are stored: `embedded` (DATA_DIR) or `cql` (a ScyllaDB or Cassandra
     /// cluster, which several logic nodes can share).
     #[arg(long, env = "IM_STORE", value_enum, default_value_t = StoreArg::Embedded)]
@@ -240,18 +263,27 @@ pub struct ServeArgs {
         default_value = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
     )]
     pub cql_replication: String,
-    /// Redis for the cluster's presence registry and the pushes between gateways
-    /// (redis://HOST:PORT/). Without it, this gateway pushes only to its own connections.
-    #[arg(long, env = "IM_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// This gateway's id in the cluster; default: random at every start.
-    #[arg(long, env = "IM_GATEWAY_ID")]
-    pub gateway_id: Option<String>,
+}
+
+/// A logic node's settings (`im-server logic`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogicNodeArgs {
+    /// Address gateways call the logic API on. The RPC between gateways and logic nodes is not
+    /// authenticated (a gateway vouches for its clients): use an address of a private network.
+    #[arg(long, env = "IM_LISTEN")]
+    pub listen: SocketAddr,
+    /// The logic tier's settings.
+    #[command(flatten)]
+    pub logic: LogicArgs,
 }
 
 /// Commands besides serving.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run a logic node: the logic tier over its store (DATA_DIR by default), serving the
+    /// logic API to gateways on --listen. Gateways are started with
+    /// `--logic-nodes HOST:PORT[,...]`. Prints `logic listening on ADDR`.
+    Logic(LogicNodeArgs),
     /// Give the store in DATA_DIR a new inbox epoch, after restoring it from a backup (with
     /// the server stopped): every client then resets and resyncs instead of trusting seqs it
     /// saw before the restore.
@@ -286,7 +318,8 @@ pub enum Command {
 
 impl ServeArgs {
     /// The server's options: these settings, the store in `data_dir`, tokens checked with
-    /// `tokens`. Fails only for a slow-client timeout that is not a number of seconds.
+    /// `tokens`. Fails for settings that do not make a server (a slow-client timeout that is
+    /// not a number of seconds, an unusable TLS identity, a role without what it needs).
     pub fn options(
         &self,
         data_dir: PathBuf,
@@ -302,27 +335,16 @@ impl ServeArgs {
             }),
             None => None,
         };
-        Ok(ServerOptions {
+        self.logic.apply(ServerOptions {
             heartbeat: Duration::from_secs(self.heartbeat_secs),
             handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
             rate_limit: self.rate_limit,
-            max_message_bytes: self.max_message_bytes,
-            max_frame_bytes: self.max_frame_bytes,
-            max_group_members: self.max_group_members,
-            recall_window: Duration::from_secs(self.recall_window_secs),
             max_connections: self.max_connections,
             max_connections_per_user: self.max_connections_per_user,
             outbound_queue_bytes: self.outbound_queue_bytes,
             slow_client_timeout: Duration::try_from_secs_f64(self.slow_client_timeout_secs)
                 .map_err(|_| OptionsError::SlowClientTimeout)?,
             socket_send_buffer_bytes: self.socket_send_buffer_bytes,
-            min_free_disk_bytes: self.min_free_disk_bytes,
-            fanout_bytes_per_sec: self.fanout_bytes_per_sec,
-            fanout_burst_bytes: self.fanout_burst_bytes,
-            inbox_retention_entries: self.inbox_retention_entries,
-            inbox_retention_age: Duration::from_secs(
-                self.inbox_retention_days.saturating_mul(24 * 3600),
-            ),
             tls,
             quic: !self.no_quic,
             http_tunnel: (!self.no_http_tunnel).then(|| TunnelConfig {
@@ -334,25 +356,7 @@ impl ServeArgs {
                 max_http_connections: self.max_connections.saturating_mul(2),
                 ..TunnelConfig::default()
             }),
-            role: match self.role {
-                RoleArg::All => Role::All,
-                RoleArg::Logic => Role::Logic,
-                RoleArg::Gateway if self.logic_nodes.is_empty() => {
-                    return Err(OptionsError::NoLogicNodes);
-                }
-                RoleArg::Gateway => Role::Gateway {
-                    logic_nodes: self.logic_nodes.clone(),
-                },
-            },
-            store: match self.store {
-                StoreArg::Embedded => StoreChoice::Embedded,
-                StoreArg::Cql if self.cql_nodes.is_empty() => return Err(OptionsError::NoCqlNodes),
-                StoreArg::Cql => StoreChoice::Cql(CqlSettings {
-                    nodes: self.cql_nodes.clone(),
-                    keyspace: self.cql_keyspace.clone(),
-                    replication: self.cql_replication.clone(),
-                }),
-            },
+            role: role(self.role, &self.logic_nodes)?,
             presence: self.redis_url.as_ref().map(|url| {
                 let id = self
                     .gateway_id
@@ -362,6 +366,63 @@ impl ServeArgs {
             }),
             logic_attempt_timeout: Duration::from_millis(self.logic_timeout_ms.max(50)),
             ..ServerOptions::new(self.listen, data_dir, tokens)
+        })
+    }
+}
+
+/// What runs, from --role and --logic-nodes: logic nodes without a role make a gateway.
+fn role(role: Option<RoleArg>, logic_nodes: &[String]) -> Result<Role, OptionsError> {
+    match (role, logic_nodes.is_empty()) {
+        (None | Some(RoleArg::All), true) => Ok(Role::All),
+        (None | Some(RoleArg::Gateway), false) => Ok(Role::Gateway {
+            logic_nodes: logic_nodes.to_vec(),
+        }),
+        (Some(RoleArg::Gateway), true) => Err(OptionsError::NoLogicNodes),
+        (Some(RoleArg::Logic), true) => Ok(Role::Logic),
+        (Some(RoleArg::All), false) => Err(OptionsError::LogicNodesWithRole("all")),
+        (Some(RoleArg::Logic), false) => Err(OptionsError::LogicNodesWithRole("logic")),
+    }
+}
+
+impl LogicArgs {
+    /// `options` with the logic tier's settings and store set from these.
+    fn apply(&self, options: ServerOptions) -> Result<ServerOptions, OptionsError> {
+        let store = match self.store {
+            StoreArg::Embedded => StoreChoice::Embedded,
+            StoreArg::Cql if self.cql_nodes.is_empty() => return Err(OptionsError::NoCqlNodes),
+            StoreArg::Cql => StoreChoice::Cql(CqlSettings {
+                nodes: self.cql_nodes.clone(),
+                keyspace: self.cql_keyspace.clone(),
+                replication: self.cql_replication.clone(),
+            }),
+        };
+        Ok(ServerOptions {
+            max_message_bytes: self.max_message_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            max_group_members: self.max_group_members,
+            recall_window: Duration::from_secs(self.recall_window_secs),
+            min_free_disk_bytes: self.min_free_disk_bytes,
+            fanout_bytes_per_sec: self.fanout_bytes_per_sec,
+            fanout_burst_bytes: self.fanout_burst_bytes,
+            inbox_retention_entries: self.inbox_retention_entries,
+            inbox_retention_age: Duration::from_secs(
+                self.inbox_retention_days.saturating_mul(24 * 3600),
+            ),
+            store,
+            ..options
+        })
+    }
+}
+
+impl LogicNodeArgs {
+    /// A logic node's options: these settings, its store in `data_dir` (embedded) or the CQL
+    /// cluster named. A logic node checks no token (gateways authenticate clients), so the
+    /// options carry an empty token key, which `app::start` refuses: they cannot start a
+    /// gateway by mistake.
+    pub fn options(&self, data_dir: PathBuf) -> Result<ServerOptions, OptionsError> {
+        self.logic.apply(ServerOptions {
+            role: Role::Logic,
+            ..ServerOptions::new(self.listen, data_dir, TokenKey::new(Vec::new()))
         })
     }
 }

@@ -1,5 +1,6 @@
 //! `im-server`: the IM server. By default one process holds everything (gateway + logic +
-//! embedded store); `--role gateway` and `--role logic` run the parts of a cluster. Also
+//! embedded store); `im-server logic` runs a logic node and `--logic-nodes` (or `--role
+//! gateway`) a gateway calling logic nodes, the parts of a split server or a cluster. Also
 //! `im-server token`, which mints a development token with the same secret the server uses.
 
 use std::time::Duration;
@@ -8,7 +9,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use gateway::auth::{Claims, TokenKey, default_secret_file, load_or_create_secret};
 use im_server::app;
-use im_server::cli::{Cli, Command, Common, ServeArgs};
+use im_server::cli::{Cli, Command, Common, LogicNodeArgs, ServeArgs};
 
 // The store writer and the codecs allocate many small buffers; glibc malloc spent a third of
 // the server's CPU on them in a W1 profile.
@@ -78,27 +79,38 @@ fn main() -> anyhow::Result<()> {
             println!("new inbox epoch {epoch}");
             Ok(())
         }
-        None => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        // fjall logs every journal and table it touches at INFO: operators want
-                        // the server's own lines by default.
-                        .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
-            // Store reads run on the blocking pool; a few threads serve two cores well, and the
-            // default of 512 let a login storm start hundreds of threads whose stacks stayed in
-            // RSS.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .max_blocking_threads(8)
-                .enable_all()
-                .build()?;
-            runtime.spawn(return_freed_memory());
-            runtime.block_on(run(cli.common, cli.serve))
-        }
+        Some(Command::Logic(args)) => serve_with(run_logic_command(cli.common, args)),
+        None => serve_with(run(cli.common, cli.serve)),
     }
+}
+
+/// Installs logging on stderr and runs `serve` (a server of any role) on a multi-threaded
+/// runtime until it ends.
+fn serve_with(serve: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // fjall logs every journal and table it touches at INFO: operators want the
+                // server's own lines by default.
+                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Store reads run on the blocking pool; a few threads serve two cores well, and the default
+    // of 512 let a login storm start hundreds of threads whose stacks stayed in RSS.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()?;
+    runtime.spawn(return_freed_memory());
+    runtime.block_on(serve)
+}
+
+/// `im-server logic`: a logic node with its own settings. It reads no token secret: gateways
+/// authenticate clients, and a logic node trusts its gateways.
+async fn run_logic_command(common: Common, args: LogicNodeArgs) -> anyhow::Result<()> {
+    let options = args.options(common.data_dir).context("invalid settings")?;
+    run_logic_node(options).await
 }
 
 async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {

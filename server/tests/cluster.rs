@@ -5,32 +5,13 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use im_protocol::{Body, pb};
 use support::cluster::Cluster;
-use support::{Client, messages, text, to_group, to_user};
-
-/// Checks `user`'s whole inbox through `client`: seqs run 1..=head without a hole, and no
-/// message is there twice. Returns the texts of the messages from `from`, in inbox order.
-async fn inbox_texts_from(client: &mut Client, user: &str, from: &str) -> Vec<String> {
-    let entries = client.sync_all(1, 200).await;
-    let seqs: Vec<u64> = entries.iter().map(|e| e.inbox_seq).collect();
-    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-    assert_eq!(seqs, expected, "the inbox of {user} has no hole");
-    let all = messages(&entries);
-    let ids: BTreeSet<u64> = all.iter().map(|m| m.server_msg_id).collect();
-    assert_eq!(
-        ids.len(),
-        all.len(),
-        "no message twice in the inbox of {user}"
-    );
-    all.iter()
-        .filter(|m| m.sender_user == from)
-        .map(text)
-        .collect()
-}
+use support::{Client, inbox_texts_from, messages, text, to_group, to_user};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_on_different_gateways_chat_and_an_offline_user_pulls_on_reconnect() {
@@ -117,8 +98,15 @@ struct Sent {
 }
 
 /// Sends `count` messages from `client` to `to`, each resent with the same client msg id after
-/// a retryable error until it is acknowledged (what a client core does).
-async fn send_acked(mut client: Client, to: String, prefix: String, count: usize) -> Sent {
+/// a retryable error until it is acknowledged (what a client core does); `progress` counts the
+/// acknowledgements as they come.
+async fn send_acked(
+    mut client: Client,
+    to: String,
+    prefix: String,
+    count: usize,
+    progress: Arc<AtomicUsize>,
+) -> Sent {
     let mut acked = Vec::new();
     let mut acked_at = Vec::new();
     for i in 0..count {
@@ -139,6 +127,7 @@ async fn send_acked(mut client: Client, to: String, prefix: String, count: usize
         }
         acked.push(text);
         acked_at.push(Instant::now());
+        progress.fetch_add(1, Ordering::SeqCst);
     }
     Sent { acked, acked_at }
 }
@@ -165,8 +154,11 @@ async fn traffic_through(
         .collect();
     chosen.extend(names.filter(|u| first_node(u) == 1).take(1));
     let mut senders = Vec::new();
+    let mut progress = Vec::new();
     for (sender, gateway) in chosen.into_iter().zip([0usize, 1, 0]) {
         let client = Client::connect(&cluster.gateways[gateway], &sender, "phone").await;
+        let acks = Arc::new(AtomicUsize::new(0));
+        progress.push(acks.clone());
         senders.push((
             sender.clone(),
             tokio::spawn(send_acked(
@@ -174,10 +166,17 @@ async fn traffic_through(
                 receiver.to_owned(),
                 sender.clone(),
                 count,
+                acks,
             )),
         ));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The fault strikes once every sender has a few acknowledgements (a cold Cassandra's first
+    // transactions can take longer than a fixed wait).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.iter().any(|acks| acks.load(Ordering::SeqCst) < 5) {
+        assert!(Instant::now() < deadline, "no traffic before the fault");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let struck = Instant::now();
     fault(cluster).await;
     let mut acked = Vec::new();

@@ -14,10 +14,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::{self, Attempts, Failure, Health, Next};
+use crate::policy::{self, Attempts, Failure, Health, Next, Redial};
 use crate::server::codec;
 use crate::wire::{
-    Call, ClientBody, OpenSession, Outcome, RpcRequest, RpcResponse, SendBatch, SendOutcome,
+    Call, ClientBody, Empty, Outcome, RpcRequest, RpcResponse, SendBatch, SendOutcome,
 };
 
 /// How to reach the logic tier.
@@ -27,6 +27,10 @@ pub struct RemoteOptions {
     pub nodes: Vec<String>,
     /// The deadline of one attempt (one node); past it the outcome is unknown.
     pub attempt_timeout: Duration,
+    /// How long opening a connection to a node may take; a node that does not accept within
+    /// it counts as down (the call is *not sent* there) and is dialled again only after a
+    /// backoff ([`policy::Redial`]).
+    pub connect_timeout: Duration,
     /// The time one call may take over all its attempts before the client is told to retry.
     pub call_budget: Duration,
     /// Calls in flight per node connection; more wait for a slot (backpressure).
@@ -40,12 +44,13 @@ pub struct RemoteOptions {
 }
 
 impl RemoteOptions {
-    /// Defaults for `nodes`: 10 s per attempt, 30 s per call, 1024 in flight per node, a
-    /// ping every 500 ms that must be answered within 1.5 s.
+    /// Defaults for `nodes`: 10 s per attempt, 30 s per call, 2 s to connect, 1024 in flight
+    /// per node, a ping every 500 ms that must be answered within 1.5 s.
     pub fn new(nodes: Vec<String>) -> RemoteOptions {
         RemoteOptions {
             nodes,
             attempt_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
             call_budget: Duration::from_secs(30),
             max_in_flight: 1024,
             ping_every: Duration::from_millis(500),
@@ -64,7 +69,7 @@ struct Connection {
 
 impl Connection {
     async fn open(address: &str, options: &RemoteOptions) -> std::io::Result<Connection> {
-        let stream = tokio::time::timeout(options.attempt_timeout, TcpStream::connect(address))
+        let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
@@ -202,7 +207,7 @@ async fn keep_alive(
         }
         let ping = RpcRequest {
             id,
-            call: Some(Call::Ping(OpenSession {})),
+            call: Some(Call::Ping(Empty {})),
             ..RpcRequest::default()
         };
         // A full send queue is not a dead node: the ping waits its turn within the timeout.
@@ -227,20 +232,43 @@ async fn keep_alive(
 /// A node and its connection, opened on first use and again after it breaks.
 struct Node {
     address: String,
-    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    slot: tokio::sync::Mutex<Slot>,
+}
+
+/// A node's connection, and when it may be dialled again.
+#[derive(Default)]
+struct Slot {
+    connection: Option<Arc<Connection>>,
+    redial: Redial,
 }
 
 impl Node {
-    async fn connection(&self, options: &RemoteOptions) -> std::io::Result<Arc<Connection>> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref()
+    /// The node's live connection, dialled now if there is none and the backoff allows;
+    /// `None`: no connection (a call counts as not sent).
+    async fn connection(&self, options: &RemoteOptions) -> Option<Arc<Connection>> {
+        let mut slot = self.slot.lock().await;
+        if let Some(connection) = slot.connection.as_ref()
             && !connection.closed.is_cancelled()
         {
-            return Ok(connection.clone());
+            return Some(connection.clone());
         }
-        let connection = Arc::new(Connection::open(&self.address, options).await?);
-        *slot = Some(connection.clone());
-        Ok(connection)
+        slot.connection = None;
+        if !slot.redial.may_dial(Instant::now()) {
+            return None;
+        }
+        match Connection::open(&self.address, options).await {
+            Ok(connection) => {
+                let connection = Arc::new(connection);
+                slot.redial.connected();
+                slot.connection = Some(connection.clone());
+                Some(connection)
+            }
+            Err(error) => {
+                tracing::debug!(node = %self.address, %error, "cannot connect to a logic node");
+                slot.redial.failed(Instant::now());
+                None
+            }
+        }
     }
 }
 
@@ -270,7 +298,7 @@ impl RemoteLogic {
                 .iter()
                 .map(|address| Node {
                     address: address.clone(),
-                    connection: tokio::sync::Mutex::new(None),
+                    slot: tokio::sync::Mutex::default(),
                 })
                 .collect(),
             names: options.nodes.clone(),
@@ -310,8 +338,17 @@ impl RemoteLogic {
             let mut attempt = request.clone();
             attempt.id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let result = match self.nodes[node].connection(&self.options).await {
-                Err(_) => Err(Failure::NotSent),
-                Ok(connection) => connection.call(attempt, self.options.attempt_timeout).await,
+                None => Err(Failure::NotSent),
+                Some(connection) => {
+                    match connection.call(attempt, self.options.attempt_timeout).await {
+                        // A node shutting down did not run it: as good as not sent.
+                        Ok(RpcResponse {
+                            outcome: Some(Outcome::NotTaken(_)),
+                            ..
+                        }) => Err(Failure::NotSent),
+                        result => result,
+                    }
+                }
             };
             match result {
                 Ok(response) => {
@@ -359,7 +396,7 @@ fn unexpected(what: &str) -> pb::Error {
 impl LogicApi for RemoteLogic {
     async fn open_session(&self, caller: &Caller) -> Result<SessionInfo, pb::Error> {
         let response = self
-            .invoke(caller, Call::OpenSession(OpenSession {}), true)
+            .invoke(caller, Call::OpenSession(Empty {}), true)
             .await?;
         match response.outcome {
             Some(Outcome::Session(session)) => Ok(session.into()),

@@ -4,14 +4,17 @@
 //! - A call's node: rendezvous hashing of the caller's user id over the nodes, so one user's
 //!   calls (and so one connection's sends, in order) go to one node while it is up, and a node
 //!   that leaves moves only its own users.
-//! - A failed attempt is either *not sent* (no connection: nothing happened, try the next node
-//!   at once) or of *unknown outcome* (the request may have been written: it may have taken
+//! - A failed attempt is either *not sent* (no connection, or a node shutting down that did
+//!   not take the call: nothing happened, try the next node at once) or of *unknown outcome* (the request may have been written: it may have taken
 //!   effect). An unknown outcome is retried on the next node only for calls that are safe to
 //!   repeat ([`repeatable`]); the retry repeats the very same request, with its client msg ids
 //!   and request ids. Other calls, and any call whose budget is spent, answer `UNAVAILABLE`
 //!   (retryable): the client resends with the same ids, which is what the server relies on.
 //! - A node that failed is skipped for a while ([`Health`]), so calls do not wait out a
 //!   deadline on a node known to be down (paused, or dead).
+//! - A node whose connection could not be opened is not dialled again before its backoff
+//!   passes ([`Redial`]): calls meanwhile count as *not sent* there and move on at once,
+//!   instead of each paying a connect timeout.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,13 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 /// The longest a failing node is skipped between two tries.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long after a failed dial a node is first left alone; doubled at each failure in a row.
+pub const FIRST_REDIAL: Duration = Duration::from_millis(100);
+
+/// The longest a node is left alone between two dials: a restarted node is found again
+/// within this.
+pub const MAX_REDIAL: Duration = Duration::from_secs(2);
 
 /// FNV-1a of the key and the node: stable across processes and releases.
 fn score(key: &str, node: &str) -> u64 {
@@ -63,10 +73,13 @@ pub fn repeatable(body: &Body) -> bool {
     }
 }
 
-/// Why an attempt failed.
+/// Why an attempt failed. A *refusal* is not among them: a node that answers with a protocol
+/// error (`Outcome::Refused`, or a refused send among a batch's replies) has answered, and
+/// its answer goes to the client as it is, never retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// Nothing was written: no connection to the node.
+    /// The call did not run there: no connection to the node, or the node answered that it
+    /// is shutting down and did not take it.
     NotSent,
     /// The request may have been written: the deadline passed or the connection was lost.
     OutcomeUnknown,
@@ -177,6 +190,41 @@ impl Health {
             order.into_iter().partition(|node| !skipped(node));
         healthy.extend(skipped);
         healthy
+    }
+}
+
+/// When a node's connection may be dialled again (reconnect with backoff).
+#[derive(Debug)]
+pub struct Redial {
+    not_before: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Default for Redial {
+    fn default() -> Redial {
+        Redial {
+            not_before: None,
+            backoff: FIRST_REDIAL,
+        }
+    }
+}
+
+impl Redial {
+    /// Whether a dial may start at `now`.
+    pub fn may_dial(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|at| now >= at)
+    }
+
+    /// A dial failed at `now` (refused, unreachable, timed out): the next waits a while,
+    /// longer at each failure in a row.
+    pub fn failed(&mut self, now: Instant) {
+        self.not_before = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_REDIAL);
+    }
+
+    /// A dial succeeded: the next one after this connection breaks may start at once.
+    pub fn connected(&mut self) {
+        *self = Redial::default();
     }
 }
 
@@ -294,6 +342,32 @@ mod tests {
         );
         health.succeeded(0);
         assert_eq!(health.arrange(vec![0, 1, 2], now), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_node_whose_dial_failed_is_dialled_again_only_after_a_growing_backoff() {
+        let now = Instant::now();
+        let mut redial = Redial::default();
+        assert!(redial.may_dial(now), "a new node is dialled at once");
+        redial.failed(now);
+        assert!(!redial.may_dial(now + FIRST_REDIAL / 2));
+        assert!(redial.may_dial(now + FIRST_REDIAL));
+        let later = now + FIRST_REDIAL;
+        redial.failed(later);
+        assert!(
+            !redial.may_dial(later + FIRST_REDIAL),
+            "the second failure in a row waits twice as long"
+        );
+        assert!(redial.may_dial(later + FIRST_REDIAL * 2));
+        let mut at = later;
+        for _ in 0..20 {
+            redial.failed(at);
+            at += MAX_REDIAL;
+        }
+        assert!(redial.may_dial(at), "the wait never exceeds {MAX_REDIAL:?}");
+        redial.failed(at);
+        redial.connected();
+        assert!(redial.may_dial(at), "a connection resets the backoff");
     }
 
     #[test]

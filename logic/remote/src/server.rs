@@ -13,10 +13,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::wire::{
-    Call, ClientBody, MAX_FRAME_BYTES, OpenSession, Outcome, RpcRequest, RpcResponse, SendOutcome,
-    SendReplies, SendReply, WireEffects, caller_of,
+    Call, ClientBody, Effects as WireEffects, Empty, MAX_FRAME_BYTES, Outcome, RpcRequest,
+    RpcResponse, SendOutcome, SendReplies, SendReply, caller_of,
 };
 
 /// Calls one gateway connection may have in flight: past it the node stops reading that
@@ -35,7 +36,10 @@ pub(crate) fn codec() -> LengthDelimitedCodec {
 }
 
 /// Serves `logic` to the gateways that connect to `listener` until `shutdown` is cancelled;
-/// then stops accepting, stops reading new calls, answers the calls in flight and returns.
+/// then stops accepting (the listener is closed at once, so new connections are refused),
+/// answers the calls in flight, and returns once every connection has closed. While a
+/// connection drains it still answers pings (the node is alive) and answers new calls
+/// `not_taken`, which sends them to another node at once.
 pub async fn serve<L: LogicApi>(
     listener: TcpListener,
     logic: Arc<L>,
@@ -57,8 +61,12 @@ pub async fn serve<L: LogicApi>(
             }
         };
         tracing::debug!(%peer, "gateway connected");
-        connections.spawn(connection(stream, logic.clone(), shutdown.clone()));
+        connections.spawn(
+            connection(stream, logic.clone(), shutdown.clone())
+                .instrument(tracing::debug_span!("gateway", %peer)),
+        );
     }
+    drop(listener);
     connections.close();
     connections.wait().await;
     Ok(())
@@ -96,9 +104,15 @@ async fn connection<L: LogicApi>(stream: TcpStream, logic: Arc<L>, shutdown: Can
     });
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     let calls = TaskTracker::new();
+    let mut draining = false;
     loop {
         let frame = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                calls.close();
+                continue;
+            }
+            () = calls.wait(), if draining => break,
             frame = frames.next() => frame,
         };
         let request = match frame {
@@ -115,14 +129,20 @@ async fn connection<L: LogicApi>(stream: TcpStream, logic: Arc<L>, shutdown: Can
                 }
             },
         };
-        if matches!(request.call, Some(Call::Ping(_))) {
+        let immediate = match request.call {
             // Answered ahead of every call in progress: the node is alive, however busy.
-            let pong = RpcResponse {
+            Some(Call::Ping(_)) => Some(Outcome::Pong(Empty {})),
+            // Shutting down: not run here, so the gateway takes it elsewhere at once.
+            Some(_) if draining => Some(Outcome::NotTaken(Empty {})),
+            _ => None,
+        };
+        if let Some(outcome) = immediate {
+            let answer = RpcResponse {
                 id: request.id,
-                outcome: Some(Outcome::Pong(OpenSession {})),
+                outcome: Some(outcome),
                 effects: None,
             };
-            if answers.send(pong).await.is_err() {
+            if answers.send(answer).await.is_err() {
                 break;
             }
             continue;
@@ -148,6 +168,8 @@ async fn connection<L: LogicApi>(stream: TcpStream, logic: Arc<L>, shutdown: Can
             drop(permit);
         });
     }
+    // Closed or broken: the calls in flight still finish (their effects are stored), and their
+    // answers are written if the connection still takes them.
     calls.close();
     calls.wait().await;
     drop(answers);
@@ -159,7 +181,7 @@ async fn answer<L: LogicApi>(logic: &L, request: RpcRequest) -> RpcResponse {
     let caller: Caller = caller_of(&request);
     let id = request.id;
     let (outcome, effects) = match request.call {
-        Some(Call::Ping(_)) => (Outcome::Pong(OpenSession {}), None),
+        Some(Call::Ping(_)) => (Outcome::Pong(Empty {}), None),
         None => (
             Outcome::Refused(pb::ErrorCode::BadBody.to_error("a call with nothing asked")),
             None,
@@ -190,7 +212,7 @@ async fn answer<L: LogicApi>(logic: &L, request: RpcRequest) -> RpcResponse {
                 let (reply, effects) = logic.handle(&caller, body).await;
                 let outcome = match reply {
                     Ok(Some(body)) => Outcome::Body(ClientBody::of(&body)),
-                    Ok(None) => Outcome::None(OpenSession {}),
+                    Ok(None) => Outcome::None(Empty {}),
                     Err(error) => Outcome::Refused(error),
                 };
                 (outcome, Some(WireEffects::from(effects)))

@@ -71,9 +71,15 @@ fn options(nodes: Vec<String>) -> RemoteOptions {
 
 /// A user whose calls go to `nodes[first]` first.
 fn user_routed_to(nodes: &[String], first: usize) -> Caller {
+    nth_user_routed_to(nodes, first, 0)
+}
+
+/// The `n`th user (from 0) whose calls go to `nodes[first]` first.
+fn nth_user_routed_to(nodes: &[String], first: usize, n: usize) -> Caller {
     let user = (0..)
         .map(|i| format!("user{i}"))
-        .find(|user| node_order(user, nodes)[0] == first)
+        .filter(|user| node_order(user, nodes)[0] == first)
+        .nth(n)
         .expect("some user");
     Caller {
         user,
@@ -339,6 +345,19 @@ async fn a_garbage_frame_closes_only_its_own_connection() {
         matches!(closed, Ok(Ok(0))),
         "the node closed the garbage connection"
     );
+    let mut oversized = tokio::net::TcpStream::connect(&node)
+        .await
+        .expect("connect");
+    oversized
+        .write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+        .await
+        .expect("write");
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), oversized.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "a length past the largest frame closes the connection too"
+    );
     let remote = RemoteLogic::new(options(vec![node]));
     let caller = Caller {
         user: "carol".into(),
@@ -432,4 +451,127 @@ async fn a_busy_node_that_answers_pings_is_waited_for_not_abandoned() {
         0,
         "nothing moved to the other node"
     );
+}
+
+#[tokio::test]
+async fn a_node_that_went_away_answers_unavailable_at_once_and_is_reconnected_when_it_is_back() {
+    let store = MemoryStore::new(5);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(serve(
+        listener,
+        Arc::new(Logic::new(store.clone(), LogicConfig::default())),
+        stop.clone(),
+    ));
+    let remote = RemoteLogic::new(options(vec![address.to_string()]));
+    let alice = Caller {
+        user: "alice".into(),
+        device: "phone".into(),
+    };
+    remote.open_session(&alice).await.expect("served");
+
+    stop.cancel();
+    served.await.expect("ran").expect("stopped cleanly");
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let error = remote
+            .open_session(&alice)
+            .await
+            .expect_err("nobody is serving");
+        assert_eq!(error.code, pb::ErrorCode::Unavailable as i32);
+        assert!(error.retryable, "the client is told to come back");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "calls to a node that is down fail fast ({:?})",
+        started.elapsed()
+    );
+
+    // Back on the same address: found again within the reconnect backoff.
+    let listener = TcpListener::bind(address).await.expect("bind again");
+    let _served = tokio::spawn(serve(
+        listener,
+        Arc::new(Logic::new(store, LogicConfig::default())),
+        CancellationToken::new(),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match remote.open_session(&alice).await {
+            Ok(session) => {
+                assert_eq!(session.inbox.epoch, 5);
+                break;
+            }
+            Err(error) => {
+                assert!(error.retryable, "{error:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "not reconnected: {error:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_shutting_down_finishes_its_calls_in_flight_and_new_calls_go_elsewhere_at_once() {
+    let holding = Arc::new(Holding::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let draining = listener.local_addr().expect("address");
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(serve(listener, holding.clone(), stop.clone()));
+    let (other, _stop_other) = logic_node(MemoryStore::new(9)).await;
+    let nodes = vec![draining.to_string(), other];
+    let remote = Arc::new(RemoteLogic::new(RemoteOptions {
+        attempt_timeout: Duration::from_secs(10),
+        call_budget: Duration::from_secs(20),
+        ping_every: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(300),
+        ..RemoteOptions::new(nodes.clone())
+    }));
+    let held = tokio::spawn({
+        let (remote, caller) = (remote.clone(), nth_user_routed_to(&nodes, 0, 0));
+        async move { remote.open_session(&caller).await }
+    });
+    while holding.now.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let session = remote
+        .open_session(&nth_user_routed_to(&nodes, 0, 1))
+        .await
+        .expect("answered by the other node");
+    assert_eq!(session.inbox.epoch, 9, "the other node answered");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "sent on at once, not after a deadline ({:?})",
+        started.elapsed()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(draining).await.is_err(),
+        "no new connection is accepted"
+    );
+
+    // The call in flight outlives several ping timeouts: the draining node still answers
+    // pings, so the call is waited for, not moved.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!served.is_finished(), "still draining");
+    holding.release.notify_waiters();
+    let session = held
+        .await
+        .expect("ran")
+        .expect("the call in flight was answered");
+    assert_eq!(
+        session.inbox.epoch, 0,
+        "answered by the draining node, not repeated on the other"
+    );
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("the node stopped once its calls were answered")
+        .expect("ran")
+        .expect("stopped cleanly");
 }

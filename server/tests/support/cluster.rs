@@ -146,6 +146,23 @@ impl LogicNode {
         node
     }
 
+    /// Starts `im-server logic` on a fresh port over the embedded store in `data_dir`.
+    pub fn start_embedded(data_dir: &Path) -> LogicNode {
+        let port = free_port();
+        let mut node = LogicNode {
+            child: None,
+            addr: format!("127.0.0.1:{port}").parse().expect("address"),
+            args: vec![
+                "logic".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+            ],
+            data_dir: data_dir.to_owned(),
+        };
+        node.spawn();
+        node
+    }
+
     fn spawn(&mut self) {
         std::fs::create_dir_all(&self.data_dir).expect("data dir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_im-server"))

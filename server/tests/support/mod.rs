@@ -589,6 +589,26 @@ pub fn text(message: &pb::Message) -> String {
     String::from_utf8_lossy(&message.content).into_owned()
 }
 
+/// Checks `user`'s whole inbox through `client`: seqs run 1..=head without a hole, and no
+/// message is there twice. Returns the texts of the messages from `from`, in inbox order.
+pub async fn inbox_texts_from(client: &mut Client, user: &str, from: &str) -> Vec<String> {
+    let entries = client.sync_all(1, 200).await;
+    let seqs: Vec<u64> = entries.iter().map(|e| e.inbox_seq).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "the inbox of {user} has no hole");
+    let all = messages(&entries);
+    let ids: std::collections::BTreeSet<u64> = all.iter().map(|m| m.server_msg_id).collect();
+    assert_eq!(
+        ids.len(),
+        all.len(),
+        "no message twice in the inbox of {user}"
+    );
+    all.iter()
+        .filter(|m| m.sender_user == from)
+        .map(text)
+        .collect()
+}
+
 // ----- the client core (sdk-core's driver) against the server -----
 
 /// A client core configuration with short reconnect backoff, so tests that restart the server
