@@ -47,12 +47,13 @@ generate() {
 
 # The Swift package (sdk-bindings/swift) carries the generated sources, as Swift packages are
 # consumed from git; CI checks they are what the generator makes of the current API.
+# The C header and module map go into the XCFramework built on a Mac (README, "Mobile builds").
 swift_package_files() {
     local from="$1" to="$2"
-    mkdir -p "$to/Sources/IMSDK" "$to/Sources/imsdkFFI/include"
+    mkdir -p "$to/Sources/IMSDK" "$to/ffi"
     cp "$from/IMSDK.swift" "$to/Sources/IMSDK/IMSDK.swift"
-    cp "$from/imsdkFFI.h" "$to/Sources/imsdkFFI/include/imsdkFFI.h"
-    cp "$from/imsdkFFI.modulemap" "$to/Sources/imsdkFFI/include/module.modulemap"
+    cp "$from/imsdkFFI.h" "$to/ffi/imsdkFFI.h"
+    cp "$from/imsdkFFI.modulemap" "$to/ffi/module.modulemap"
 }
 
 swift_check() {
@@ -60,8 +61,9 @@ swift_check() {
     local fresh="$target/bindings/swift-package"
     rm -rf "$fresh"
     swift_package_files "$out/swift" "$fresh"
-    if ! diff -ru "$root/sdk-bindings/swift/Sources" "$fresh/Sources"; then
-        echo "sdk-bindings/swift/Sources is stale: run scripts/bindings.sh swift-update" >&2
+    if ! diff -ru "$root/sdk-bindings/swift/Sources" "$fresh/Sources" \
+        || ! diff -ru "$root/sdk-bindings/swift/ffi" "$fresh/ffi"; then
+        echo "sdk-bindings/swift is stale: run scripts/bindings.sh swift-update" >&2
         exit 1
     fi
     echo "swift: the checked-in sources match the generator's"
@@ -86,7 +88,7 @@ python_test() {
 kotlin_test() {
     generate
     cargo build --locked -p im-server
-    (cd sdk-bindings/kotlin && mvn --batch-mode --quiet --no-transfer-progress \
+    (cd sdk-bindings/kotlin && mvn --batch-mode --no-transfer-progress \
         -Dimsdk.generated="$out/kotlin" -Dimsdk.library="$out/lib" \
         -Dimsdk.server="$target/debug/im-server" verify)
 }
@@ -94,7 +96,10 @@ kotlin_test() {
 case "${1:-generate}" in
     generate) generate ;;
     swift-check) swift_check ;;
-    swift-update) generate && rm -rf sdk-bindings/swift/Sources && swift_package_files "$out/swift" sdk-bindings/swift ;;
+    swift-update)
+        generate
+        rm -rf sdk-bindings/swift/Sources sdk-bindings/swift/ffi
+        swift_package_files "$out/swift" sdk-bindings/swift ;;
     python-test) python_test ;;
     kotlin-test) kotlin_test ;;
     test) swift_check && python_test && kotlin_test ;;

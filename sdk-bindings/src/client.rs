@@ -210,7 +210,7 @@ impl ImClient {
             .map_err(|e| ImError::invalid(format!("data_dir {:?}: {e}", options.data_dir)))?;
         let store = SqliteStore::open(&database_path(&dir, &options.user_id, &options.device_id))
             .map_err(|e| ImError::Store {
-            message: e.to_string(),
+            reason: e.to_string(),
         })?;
 
         let mut config = ClientConfig::new(options.user_id, options.device_id);

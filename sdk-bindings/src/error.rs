@@ -7,14 +7,14 @@ use sdk_core::{DriverError, RequestError};
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 pub enum ImError {
     /// The server refused the request (SPEC §14).
-    #[error("{name} ({code}): {message}")]
+    #[error("{name} ({code}): {reason}")]
     Server {
         /// The stable numeric error code, e.g. 402 (`FORBIDDEN`).
         code: u32,
         /// The code's name, e.g. `FORBIDDEN` (`UNKNOWN` for a code newer than this library).
         name: String,
-        /// English text for logs; never parse it.
-        message: String,
+        /// English text for logs; never parse it. (Not `message`: Kotlin exceptions have one.)
+        reason: String,
         /// The same request may succeed later, unchanged.
         retryable: bool,
         /// Wait at least this long before retrying (0 = use your own backoff).
@@ -28,38 +28,38 @@ pub enum ImError {
     #[error("the connection was lost before the answer")]
     ConnectionLost,
     /// The server answered with something else than this request's answer.
-    #[error("unexpected answer from the server: {message}")]
+    #[error("unexpected answer from the server: {reason}")]
     UnexpectedResponse {
         /// What came.
-        message: String,
+        reason: String,
     },
     /// The local database failed (disk full, damaged file, no permission).
-    #[error("local store: {message}")]
+    #[error("local store: {reason}")]
     Store {
         /// What failed.
-        message: String,
+        reason: String,
     },
     /// An argument the app passed is not valid (an address, a certificate, a directory).
-    #[error("invalid argument: {message}")]
+    #[error("invalid argument: {reason}")]
     InvalidArgument {
         /// Which and why.
-        message: String,
+        reason: String,
     },
     /// The client was shut down.
     #[error("the client has shut down")]
     Closed,
     /// The client could not start (its thread or runtime).
-    #[error("cannot start the client: {message}")]
+    #[error("cannot start the client: {reason}")]
     Runtime {
         /// Why.
-        message: String,
+        reason: String,
     },
 }
 
 impl ImError {
     pub(crate) fn invalid(message: impl Into<String>) -> ImError {
         ImError::InvalidArgument {
-            message: message.into(),
+            reason: message.into(),
         }
     }
 }
@@ -69,20 +69,20 @@ impl From<DriverError> for ImError {
         match error {
             DriverError::Closed => ImError::Closed,
             DriverError::Store(error) => ImError::Store {
-                message: error.to_string(),
+                reason: error.to_string(),
             },
-            DriverError::Runtime(message) => ImError::Runtime { message },
+            DriverError::Runtime(reason) => ImError::Runtime { reason },
             DriverError::Request(RequestError::Server(error)) => ImError::Server {
                 code: error.code,
                 name: error.name().to_owned(),
-                message: error.message,
+                reason: error.message,
                 retryable: error.retryable,
                 retry_after_ms: error.retry_after_ms,
             },
             DriverError::Request(RequestError::NotConnected) => ImError::NotConnected,
             DriverError::Request(RequestError::ConnectionLost) => ImError::ConnectionLost,
-            DriverError::Request(RequestError::UnexpectedResponse(message)) => {
-                ImError::UnexpectedResponse { message }
+            DriverError::Request(RequestError::UnexpectedResponse(reason)) => {
+                ImError::UnexpectedResponse { reason }
             }
         }
     }

@@ -89,7 +89,7 @@ impl EventSubscription {
                 slot.put_back(stream);
             })
             .map_err(|e| ImError::Runtime {
-                message: format!("cannot start the event thread: {e}"),
+                reason: format!("cannot start the event thread: {e}"),
             })?;
         Ok(Arc::new(EventSubscription {
             cancel,
