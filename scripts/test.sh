@@ -45,3 +45,7 @@ cargo test --workspace --locked
 IM_TEST_TRANSPORT=memory cargo test -p im-server --locked \
     --test messaging --test frame_rules --test refusals --test recall_and_leave \
     --test delete_for_me --test oversized_input --test retention --test client_core
+# The bindings: the Swift sources are current, and the Python wheel and the Kotlin jar each pass
+# their tests against a real im-server process (maturin and pytest from PyPI, the Kotlin
+# toolchain and JNA from Maven Central).
+./scripts/bindings.sh test
