@@ -12,3 +12,4 @@ pub mod w2;
 pub mod w3;
 pub mod w4;
 pub mod w5;
+pub mod wire;

@@ -18,11 +18,13 @@ use base64::Engine as _;
 use dashmap::DashMap;
 use futures::{SinkExt as _, StreamExt as _};
 use im_protocol::pb::{self, send_req::Target};
-use im_protocol::{Body, Frame, FrameCodec};
+use im_protocol::{Body, Flags, Frame, FrameCodec};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
+
+use crate::wire;
 
 /// A user's live connections and inbox counter.
 #[derive(Default)]
@@ -101,6 +103,38 @@ fn direct_id(a: &str, b: &str) -> String {
     }
 }
 
+/// Pushes one entry to `user`'s connections, numbered with the user's next inbox seq; `body`
+/// makes the push body for that seq. Frames go to connections with room at once, under the
+/// user's lock; a full queue is waited on after the lock is released.
+async fn relay_to_user(state: &State, user: &str, body: impl FnOnce(u64) -> bytes::Bytes) {
+    let mut waiting = Vec::new();
+    {
+        let mut slot = match state.users.get_mut(user) {
+            Some(slot) => slot,
+            None => state.users.entry(user.to_owned()).or_default(),
+        };
+        slot.seq += 1;
+        if slot.conns.is_empty() {
+            return;
+        }
+        let push = Frame {
+            op: pb::Op::Push as u16,
+            flags: Flags::PUSH,
+            request_id: 0,
+            body: body(slot.seq),
+        };
+        for (_, conn) in &slot.conns {
+            match conn.try_send(push.clone()) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(push)) => waiting.push((conn.clone(), push)),
+            }
+        }
+    }
+    for (conn, push) in waiting {
+        let _ = conn.send(push).await;
+    }
+}
+
 async fn serve_conn(stream: TcpStream, state: Arc<State>, stop: CancellationToken) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
@@ -125,12 +159,57 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stop: CancellationToke
     });
     let conn_id = state.next_id.fetch_add(1, Ordering::Relaxed);
     let mut me: Option<String> = None;
+    // The last direct conversation this connection sent to: its peer and id.
+    let mut conversation: Option<(String, String)> = None;
     loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => break,
             f = reader.next() => match f { Some(Ok(f)) => f, _ => break },
         };
         let id = frame.request_id;
+        // The hot path: a message to a user is read in place and relayed without decoding it
+        // into structs (what the relay measures is the machine, not prost's allocations).
+        if frame.op == pb::Op::SendReq as u16
+            && let Ok(send) = wire::scan_send(&frame.body)
+            && let (Some(to), Some(from)) = (send.to_user, me.as_deref())
+            && let Ok(to) = std::str::from_utf8(to)
+        {
+            let msg_id = state.next_id.fetch_add(1, Ordering::Relaxed);
+            let now = crate::common::now_ms();
+            if conversation.as_ref().is_none_or(|(peer, _)| peer != to) {
+                conversation = Some((to.to_owned(), direct_id(from, to)));
+            }
+            let conversation_id = &conversation.as_ref().expect("just set").1;
+            relay_to_user(&state, to, |inbox_seq| {
+                wire::push_body(&wire::PushedMessage {
+                    inbox_seq,
+                    conversation_id: conversation_id.as_bytes(),
+                    kind: pb::ConversationKind::Direct as i32,
+                    sender_user: from.as_bytes(),
+                    server_msg_id: msg_id,
+                    server_time_ms: now,
+                    client_msg_id: send.client_msg_id,
+                    content_type: send.content_type,
+                    content: send.content,
+                })
+            })
+            .await;
+            let ack = Frame {
+                op: pb::Op::SendAck as u16,
+                flags: Flags::empty(),
+                request_id: id,
+                body: wire::send_ack_body(
+                    send.client_msg_id,
+                    conversation_id.as_bytes(),
+                    msg_id,
+                    now,
+                ),
+            };
+            if tx.send(ack).await.is_err() {
+                break;
+            }
+            continue;
+        }
         let body = match frame.decode_body() {
             Ok(body) => body,
             Err(e) => {

@@ -8,14 +8,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use bytes::BytesMut;
 use futures::{SinkExt as _, StreamExt as _};
-use im_protocol::pb::{self, send_req::Target};
+use im_protocol::pb;
 use im_protocol::{Body, Frame};
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::common::{self, CostMeter, Latency, ServerCost};
 use crate::progress;
+use crate::wire;
 
 /// What W1 does.
 #[derive(Clone, Debug)]
@@ -63,6 +67,10 @@ pub struct W1Result {
     pub delivered_per_server_cpu_sec: Option<f64>,
     /// Server RSS at the end, bytes.
     pub server_rss_bytes: Option<u64>,
+    /// The load generator's own CPU seconds in the measured interval (this process; with
+    /// `--bare` the relay in it too): beside the server's, it shows which side is the ceiling.
+    #[serde(default)]
+    pub loadgen_cpu_secs: Option<f64>,
     /// One-way latency of the measured messages, ms.
     pub latency_ms: Latency,
     /// Time to log in all 2·P connections, seconds.
@@ -114,6 +122,8 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         senders_done: AtomicU64::new(0),
     });
     let histogram = Arc::new(Mutex::new(common::histogram()));
+    // Cancelled when the measured interval ends: senders stop, receivers drain.
+    let stop = CancellationToken::new();
     let login_start = Instant::now();
     let mut receivers = Vec::new();
     let mut others = Vec::new();
@@ -128,77 +138,98 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         let rx = common::connect(rx_dialer, &target.secret, &receiver_id).await?;
         let tx = common::connect(tx_dialer, &target.secret, &sender_id).await?;
         let (mut rx_reader, mut rx_writer) = (rx.reader, rx.writer);
-        let (mut tx_reader, mut tx_writer) = (tx.reader, tx.writer);
+        let (mut tx_reader, tx_writer) = (tx.reader, tx.writer);
         let window_permits = Arc::new(Semaphore::new(window));
 
         // Receiver: count deliveries, record latency, release the sender's window, ack delivery.
+        // Counts go to the shared counters in runs (every frame would make the two cores fight
+        // over their cache lines), and nothing is decoded beyond the inbox seq and the stamp.
         let permits = window_permits.clone();
         let c = counters.clone();
         let h = histogram.clone();
+        let stopped = stop.clone();
         receivers.push(tokio::spawn(async move {
             let mut local = common::histogram();
-            let mut since_ack = 0;
+            let mut unacked = 0;
             let mut request_id = 2;
+            let (mut received, mut delivered) = (0u64, 0u64);
+            let mut stopping = std::pin::pin!(stopped.cancelled_owned());
             let mut quiet_since: Option<Instant> = None;
+            let mut draining = false;
             loop {
-                // After the run, stop once everything sent arrived (or nothing came for a
-                // while), then hand the histogram over.
-                let wait = if c.stop.load(Ordering::Relaxed) {
+                let frame = if !draining {
+                    tokio::select! {
+                        biased;
+                        frame = rx_reader.next() => frame,
+                        _ = &mut stopping => {
+                            draining = true;
+                            continue;
+                        }
+                    }
+                } else {
+                    // After the run: stop once everything sent arrived, or after seconds of
+                    // silence (on a loaded 2-core machine the server's tasks can be starved for
+                    // a few hundred ms, and leaving early would count a message as lost).
+                    c.received
+                        .fetch_add(std::mem::take(&mut received), Ordering::Relaxed);
+                    c.delivered
+                        .fetch_add(std::mem::take(&mut delivered), Ordering::Relaxed);
                     if c.senders_done.load(Ordering::Acquire) == pairs as u64
                         && c.received.load(Ordering::Relaxed) >= c.sent.load(Ordering::Relaxed)
                     {
                         break;
                     }
-                    Duration::from_millis(100)
-                } else {
-                    Duration::from_millis(500)
-                };
-                let frame = match tokio::time::timeout(wait, rx_reader.next()).await {
-                    Ok(Some(Ok(frame))) => {
-                        quiet_since = None;
-                        frame
-                    }
-                    Ok(_) => break,
-                    // After the run a receiver waits for what is still in flight; it gives up
-                    // only after seconds of silence, since on a loaded 2-core machine the
-                    // server's tasks can be starved for a few hundred ms and leaving early
-                    // would count a message as lost.
-                    Err(_) if c.stop.load(Ordering::Relaxed) => {
-                        let silent = *quiet_since.get_or_insert_with(Instant::now);
-                        if silent.elapsed() > Duration::from_secs(5) {
-                            break;
+                    match tokio::time::timeout(Duration::from_millis(100), rx_reader.next()).await {
+                        Ok(frame) => {
+                            quiet_since = None;
+                            frame
                         }
-                        continue;
+                        Err(_) => {
+                            let silent = *quiet_since.get_or_insert_with(Instant::now);
+                            if silent.elapsed() > Duration::from_secs(5) {
+                                break;
+                            }
+                            continue;
+                        }
                     }
-                    Err(_) => continue,
                 };
-                let Ok(Body::Push(push)) = frame.decode_body() else {
+                let Some(Ok(frame)) = frame else { break };
+                if frame.op != pb::Op::Push as u16 {
                     continue;
-                };
-                let mut last_seq = 0;
-                for entry in push.entries {
-                    last_seq = entry.inbox_seq;
-                    let Some(pb::inbox_entry::Body::Message(m)) = entry.body else {
-                        continue;
-                    };
-                    if m.content.len() >= 8 {
-                        let sent_ns =
-                            u64::from_be_bytes(m.content[..8].try_into().expect("8 bytes"));
-                        let now_ns = origin.elapsed().as_nanos() as u64;
-                        c.received.fetch_add(1, Ordering::Relaxed);
-                        if c.measuring.load(Ordering::Relaxed) {
-                            common::record(
-                                &mut local,
-                                Duration::from_nanos(now_ns.saturating_sub(sent_ns)),
-                            );
-                            c.delivered.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    permits.add_permits(1);
-                    since_ack += 1;
                 }
-                if since_ack >= 32 {
-                    since_ack = 0;
+                let measuring = c.measuring.load(Ordering::Relaxed);
+                let mut last_seq = 0;
+                let mut entries = 0;
+                let scanned = wire::scan_push(&frame.body, |seq, content| {
+                    last_seq = seq;
+                    entries += 1;
+                    let Some(stamp) = content.and_then(|c| c.get(..8)) else {
+                        return;
+                    };
+                    let sent_ns = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
+                    received += 1;
+                    if measuring {
+                        let now_ns = origin.elapsed().as_nanos() as u64;
+                        common::record(
+                            &mut local,
+                            Duration::from_nanos(now_ns.saturating_sub(sent_ns)),
+                        );
+                        delivered += 1;
+                    }
+                });
+                if scanned.is_err() {
+                    c.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                permits.add_permits(entries);
+                if received >= 64 {
+                    c.received
+                        .fetch_add(std::mem::take(&mut received), Ordering::Relaxed);
+                    c.delivered
+                        .fetch_add(std::mem::take(&mut delivered), Ordering::Relaxed);
+                }
+                unacked += entries;
+                if unacked >= 32 {
+                    unacked = 0;
                     request_id += 1;
                     let _ = rx_writer
                         .send(Frame::new(
@@ -210,72 +241,83 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
                         .await;
                 }
             }
+            c.received.fetch_add(received, Ordering::Relaxed);
+            c.delivered.fetch_add(delivered, Ordering::Relaxed);
             h.lock().await.add(&local).expect("same bounds");
         }));
 
-        // Sender's ack reader: errors count; acks are not the flow control.
+        // Sender's ack reader: acks are counted by their op (not the flow control); errors are
+        // decoded to be shown.
         let c = counters.clone();
         others.push(tokio::spawn(async move {
+            let mut acked = 0u64;
             while let Some(Ok(frame)) = tx_reader.next().await {
-                if frame.is_push() {
-                    continue;
+                if frame.op == pb::Op::SendAck as u16 {
+                    acked += 1;
+                    if acked == 64 {
+                        c.acked
+                            .fetch_add(std::mem::take(&mut acked), Ordering::Relaxed);
+                    }
+                } else if let Ok(Body::Error(e)) = frame.decode_body()
+                    && c.errors.fetch_add(1, Ordering::Relaxed) < 5
+                {
+                    progress!("send error: {} ({})", e.message, e.code);
                 }
-                match frame.decode_body() {
-                    Ok(Body::SendAck(_)) => {
-                        c.acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Body::Error(e)) if c.errors.fetch_add(1, Ordering::Relaxed) < 5 => {
-                        progress!("send error: {} ({})", e.message, e.code);
-                    }
-                    _ => {}
+                if tx_reader.read_buffer().is_empty() {
+                    c.acked
+                        .fetch_add(std::mem::take(&mut acked), Ordering::Relaxed);
                 }
             }
+            c.acked.fetch_add(acked, Ordering::Relaxed);
         }));
 
+        // Sender: every permit the window has free becomes a message, all of them in one write,
+        // each a copy of one pre-encoded frame with its id and stamp patched in.
         let c = counters.clone();
         let permits = window_permits;
+        let stopped = stop.clone();
+        let template = wire::SendTemplate::to_user(&receiver_id, 1, payload);
+        let mut tx = tx_writer.into_inner();
         others.push(tokio::spawn(async move {
             let mut n: u64 = 0;
-            let mut body = vec![b'x'; payload];
+            let mut out = BytesMut::with_capacity(template.len() * window);
             let mut next_at = tokio::time::Instant::now();
-            while !c.stop.load(Ordering::Relaxed) {
-                let Ok(permit) =
-                    tokio::time::timeout(Duration::from_millis(200), permits.acquire()).await
-                else {
-                    continue;
+            let mut stopping = std::pin::pin!(stopped.cancelled_owned());
+            loop {
+                let permit = tokio::select! {
+                    biased;
+                    _ = &mut stopping => break,
+                    permit = permits.acquire() => permit,
                 };
                 permit.expect("semaphore open").forget();
+                let mut batch = 1;
                 if let Some(pace) = pace {
                     next_at += pace;
-                    tokio::time::sleep_until(next_at).await;
-                    if c.stop.load(Ordering::Relaxed) {
-                        break;
+                    tokio::select! {
+                        biased;
+                        _ = &mut stopping => break,
+                        _ = tokio::time::sleep_until(next_at) => {}
+                    }
+                } else {
+                    while let Ok(permit) = permits.try_acquire() {
+                        permit.forget();
+                        batch += 1;
                     }
                 }
-                n += 1;
-                body[..8].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_be_bytes());
-                let request = pb::SendReq {
-                    target: Some(Target::ToUser(receiver_id.clone())),
-                    client_msg_id: format!("{n}"),
-                    content_type: 1,
-                    content: body.clone(),
-                };
-                // Feed without flushing while more permits are ready, so sends coalesce.
-                let frame = Frame::new((n % u64::from(u32::MAX - 1)) as u32 + 1, request);
-                // Counted before it leaves, so the receivers' drain never misses it.
-                c.sent.fetch_add(1, Ordering::Relaxed);
-                let result = if permits.available_permits() > 0 && pace.is_none() {
-                    tx_writer.feed(frame).await
-                } else {
-                    tx_writer.send(frame).await
-                };
-                if result.is_err() {
-                    c.sent.fetch_sub(1, Ordering::Relaxed);
+                let stamp = origin.elapsed().as_nanos() as u64;
+                for _ in 0..batch {
+                    n += 1;
+                    template.append(&mut out, (n % u64::from(u32::MAX - 1)) as u32 + 1, n, stamp);
+                }
+                // Counted before they leave, so the receivers' drain never misses one.
+                c.sent.fetch_add(batch, Ordering::Relaxed);
+                if tx.write_all_buf(&mut out).await.is_err() {
+                    c.sent.fetch_sub(batch, Ordering::Relaxed);
                     c.errors.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
             }
-            let _ = futures::SinkExt::<Frame>::flush(&mut tx_writer).await;
+            let _ = tx.flush().await;
             c.senders_done.fetch_add(1, Ordering::Release);
             // Keep the connection until the ack reader is done.
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -290,6 +332,9 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
     tokio::time::sleep(config.warmup).await;
 
     let meter = CostMeter::start(target.probe());
+    let own_meter = CostMeter::start(Some(common::ServerProbe {
+        pids: vec![std::process::id()],
+    }));
     counters.measuring.store(true, Ordering::Relaxed);
     let measure_start = Instant::now();
     let mut second = 0u64;
@@ -306,7 +351,9 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
     counters.measuring.store(false, Ordering::Relaxed);
     let elapsed = measure_start.elapsed().as_secs_f64();
     let cost: Option<ServerCost> = meter.finish();
+    let own_cost = own_meter.finish();
     counters.stop.store(true, Ordering::Relaxed);
+    stop.cancel();
     // Receivers finish on their own once everything sent has arrived (to merge their
     // histograms); senders and ack readers are stopped after that.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
@@ -344,6 +391,7 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         server_cpu_secs: server_cpu,
         delivered_per_server_cpu_sec: server_cpu.map(|cpu| delivered as f64 / cpu.max(1e-9)),
         server_rss_bytes: cost.map(|c| c.rss_after_bytes),
+        loadgen_cpu_secs: own_cost.map(|c| c.cpu_secs),
         latency_ms: latency,
         login_secs,
         sent_total: counters.sent.load(Ordering::Relaxed),
@@ -373,6 +421,9 @@ impl W1Result {
         if let (Some(cpu), Some(per)) = (self.server_cpu_secs, self.delivered_per_server_cpu_sec) {
             s += &format!("  server CPU-s           {cpu:>12.2}\n");
             s += &format!("  delivered/server CPU-s {per:>12.0}\n");
+        }
+        if let Some(cpu) = self.loadgen_cpu_secs {
+            s += &format!("  load generator CPU-s   {cpu:>12.2}\n");
         }
         if let Some(rss) = self.server_rss_bytes {
             s += &format!(
