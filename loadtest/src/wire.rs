@@ -225,28 +225,56 @@ pub struct PushedMessage<'a> {
     pub content: &'a [u8],
 }
 
-/// The body of a `Push` of one message entry, as prost would encode it.
+fn len_field_size(field: u32, len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        prost::encoding::key_len(field) + prost::encoding::encoded_len_varint(len as u64) + len
+    }
+}
+
+fn varint_field_size(field: u32, value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        prost::encoding::key_len(field) + prost::encoding::encoded_len_varint(value)
+    }
+}
+
+/// The body of a `Push` of one message entry, as prost would encode it, in one allocation.
 pub fn push_body(message: &PushedMessage<'_>) -> bytes::Bytes {
-    let mut inner = BytesMut::with_capacity(64 + message.content.len());
-    put_bytes_field(&mut inner, 1, message.conversation_id);
-    put_varint_field(&mut inner, 2, message.kind as u64);
-    put_bytes_field(&mut inner, 3, message.sender_user);
-    put_varint_field(&mut inner, 5, message.server_msg_id);
-    put_varint_field(&mut inner, 7, message.server_time_ms);
-    put_bytes_field(&mut inner, 8, message.client_msg_id);
-    put_varint_field(&mut inner, 9, u64::from(message.content_type));
-    put_bytes_field(&mut inner, 10, message.content);
-    let mut entry = BytesMut::with_capacity(inner.len() + 16);
-    put_varint_field(&mut entry, 1, message.inbox_seq);
-    // An empty message is still present (the oneof is set).
-    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut entry);
-    prost::encoding::encode_varint(inner.len() as u64, &mut entry);
-    entry.extend_from_slice(&inner);
-    let mut push = BytesMut::with_capacity(entry.len() + 8);
-    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut push);
-    prost::encoding::encode_varint(entry.len() as u64, &mut push);
-    push.extend_from_slice(&entry);
-    push.freeze()
+    let message_len = len_field_size(1, message.conversation_id.len())
+        + varint_field_size(2, message.kind as u64)
+        + len_field_size(3, message.sender_user.len())
+        + varint_field_size(5, message.server_msg_id)
+        + varint_field_size(7, message.server_time_ms)
+        + len_field_size(8, message.client_msg_id.len())
+        + varint_field_size(9, u64::from(message.content_type))
+        + len_field_size(10, message.content.len());
+    // The message field is written even when empty: the oneof is set.
+    let entry_len = varint_field_size(1, message.inbox_seq)
+        + prost::encoding::key_len(2)
+        + prost::encoding::encoded_len_varint(message_len as u64)
+        + message_len;
+    let mut out = BytesMut::with_capacity(
+        prost::encoding::key_len(1)
+            + prost::encoding::encoded_len_varint(entry_len as u64)
+            + entry_len,
+    );
+    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut out);
+    prost::encoding::encode_varint(entry_len as u64, &mut out);
+    put_varint_field(&mut out, 1, message.inbox_seq);
+    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut out);
+    prost::encoding::encode_varint(message_len as u64, &mut out);
+    put_bytes_field(&mut out, 1, message.conversation_id);
+    put_varint_field(&mut out, 2, message.kind as u64);
+    put_bytes_field(&mut out, 3, message.sender_user);
+    put_varint_field(&mut out, 5, message.server_msg_id);
+    put_varint_field(&mut out, 7, message.server_time_ms);
+    put_bytes_field(&mut out, 8, message.client_msg_id);
+    put_varint_field(&mut out, 9, u64::from(message.content_type));
+    put_bytes_field(&mut out, 10, message.content);
+    out.freeze()
 }
 
 /// The body of a `SendAck`, as prost would encode it.
