@@ -81,6 +81,10 @@ pub struct W1Result {
     pub acked_total: u64,
     /// Messages received over the whole run; equals `sent_total` when nothing was lost.
     pub received_total: u64,
+    /// Pushes whose first inbox seq was not the one after the receiver's last: each would make
+    /// a client core see a gap and sync (0 on a healthy link when pushes leave in inbox order).
+    #[serde(default)]
+    pub push_gaps: u64,
 }
 
 struct Counters {
@@ -91,6 +95,7 @@ struct Counters {
     acked: AtomicU64,
     received: AtomicU64,
     errors: AtomicU64,
+    push_gaps: AtomicU64,
     /// Senders that left their loop after `stop` (their last frame is flushed): until all have,
     /// a receiver must not conclude that everything sent has arrived, since a sender may be
     /// between counting a message and sending it.
@@ -119,6 +124,7 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         acked: AtomicU64::new(0),
         received: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        push_gaps: AtomicU64::new(0),
         senders_done: AtomicU64::new(0),
     });
     let histogram = Arc::new(Mutex::new(common::histogram()));
@@ -156,6 +162,9 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
             let mut stopping = std::pin::pin!(stopped.cancelled_owned());
             let mut quiet_since: Option<Instant> = None;
             let mut draining = false;
+            // The inbox seq of the last entry pushed, and how often the next was not its
+            // successor.
+            let (mut last_seq, mut gaps) = (0u64, 0u64);
             loop {
                 let frame = if !draining {
                     tokio::select! {
@@ -198,9 +207,11 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
                     continue;
                 }
                 let measuring = c.measuring.load(Ordering::Relaxed);
-                let mut last_seq = 0;
                 let mut entries = 0;
                 let scanned = wire::scan_push(&frame.body, |seq, content| {
+                    if last_seq != 0 && seq != last_seq + 1 {
+                        gaps += 1;
+                    }
                     last_seq = seq;
                     entries += 1;
                     let Some(stamp) = content.and_then(|c| c.get(..8)) else {
@@ -243,6 +254,7 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
             }
             c.received.fetch_add(received, Ordering::Relaxed);
             c.delivered.fetch_add(delivered, Ordering::Relaxed);
+            c.push_gaps.fetch_add(gaps, Ordering::Relaxed);
             h.lock().await.add(&local).expect("same bounds");
         }));
 
@@ -397,6 +409,7 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         sent_total: counters.sent.load(Ordering::Relaxed),
         acked_total: counters.acked.load(Ordering::Relaxed),
         received_total: counters.received.load(Ordering::Relaxed),
+        push_gaps: counters.push_gaps.load(Ordering::Relaxed),
     })
 }
 
@@ -439,6 +452,7 @@ impl W1Result {
             "  sent/acked/received    {} / {} / {}\n",
             self.sent_total, self.acked_total, self.received_total
         );
+        s += &format!("  push gaps              {:>12}\n", self.push_gaps);
         s += &format!("  errors                 {:>12}\n", self.errors);
         s
     }
