@@ -7,7 +7,9 @@
 #   scripts/bindings.sh swift-update  rewrite them (after changing the bindings' API)
 #   scripts/bindings.sh python-test   build the wheel with maturin, install it in a venv, run pytest
 #   scripts/bindings.sh kotlin-test   build the Kotlin library with Maven, run its JUnit tests
-#   scripts/bindings.sh test          all three checks (what scripts/test.sh runs)
+#   scripts/bindings.sh test          those three, and that the README's Kotlin and Python
+#                                     examples are the compiled / compilable ones (what
+#                                     scripts/test.sh runs)
 #
 # Every tool comes from a registry: maturin and pytest from PyPI into target/py-venv, the Kotlin
 # compiler, kotlinx-coroutines, JNA and JUnit from Maven Central through Maven. The tests run
@@ -85,6 +87,26 @@ python_test() {
         "$venv/bin/pytest" -q -p no:cacheprovider .)
 }
 
+# The README's examples stay true: its Kotlin block is the file compiled with the Kotlin tests,
+# and its Python block must at least compile.
+readme_check() {
+    python3 - <<'PY'
+import pathlib, re, sys
+readme = pathlib.Path("README.md").read_text()
+def block(language, start):
+    match = re.search("```" + language + "\n(" + re.escape(start) + ".*?)```\n", readme, re.S)
+    if not match:
+        sys.exit(f"README.md has no {language} example starting with {start!r}")
+    return match.group(1)
+kotlin = block("kotlin", "import im.sdk.*")
+compiled = pathlib.Path("sdk-bindings/kotlin/src/test/kotlin/im/sdk/ReadmeExample.kt").read_text()
+if compiled.split("package im.sdk.readme\n\n", 1)[-1] != kotlin:
+    sys.exit("README.md's Kotlin example differs from sdk-bindings/kotlin/src/test/kotlin/im/sdk/ReadmeExample.kt")
+compile(block("python", "import asyncio"), "README.md (Python example)", "exec")
+print("readme: the Kotlin example is the compiled one, the Python example compiles")
+PY
+}
+
 kotlin_test() {
     generate
     cargo build --locked -p im-server
@@ -102,6 +124,6 @@ case "${1:-generate}" in
         swift_package_files "$out/swift" sdk-bindings/swift ;;
     python-test) python_test ;;
     kotlin-test) kotlin_test ;;
-    test) swift_check && python_test && kotlin_test ;;
+    test) readme_check && swift_check && python_test && kotlin_test ;;
     *) echo "usage: $0 generate|swift-check|swift-update|python-test|kotlin-test|test" >&2; exit 2 ;;
 esac
