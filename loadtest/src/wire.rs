@@ -21,12 +21,6 @@ pub struct SendTemplate {
     stamp_at: usize,
 }
 
-fn put_len_field(body: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, body);
-    prost::encoding::encode_varint(bytes.len() as u64, body);
-    body.extend_from_slice(bytes);
-}
-
 impl SendTemplate {
     /// A text-less message of `payload` bytes (at least 8, for the timestamp) to `receiver`.
     pub fn to_user(receiver: &str, content_type: u32, payload: usize) -> SendTemplate {
@@ -34,12 +28,12 @@ impl SendTemplate {
         // Fields in tag order, as prost would write them (SendReq: to_user = 1,
         // client_msg_id = 3, content_type = 4, content = 5).
         let mut body = Vec::new();
-        put_len_field(&mut body, 1, receiver.as_bytes());
-        put_len_field(&mut body, 3, &[b'0'; MSG_ID_LEN]);
+        put_bytes_field(&mut body, 1, receiver.as_bytes());
+        put_bytes_field(&mut body, 3, &[b'0'; MSG_ID_LEN]);
         let msg_id_at = body.len() - MSG_ID_LEN;
         prost::encoding::encode_key(4, prost::encoding::WireType::Varint, &mut body);
         prost::encoding::encode_varint(u64::from(content_type), &mut body);
-        put_len_field(&mut body, 5, &vec![b'x'; payload]);
+        put_bytes_field(&mut body, 5, &vec![b'x'; payload]);
         let stamp_at = body.len() - payload;
 
         let mut frame = BytesMut::with_capacity(HEADER_LEN + body.len());
@@ -188,11 +182,12 @@ pub fn scan_send(mut body: &[u8]) -> Result<SendFields<'_>, Malformed> {
     Ok(fields)
 }
 
-fn put_bytes_field(out: &mut BytesMut, field: u32, bytes: &[u8]) {
+/// A length-delimited field, left out when empty (as prost does for proto3 scalars).
+fn put_bytes_field(out: &mut impl bytes::BufMut, field: u32, bytes: &[u8]) {
     if !bytes.is_empty() {
         prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, out);
         prost::encoding::encode_varint(bytes.len() as u64, out);
-        out.extend_from_slice(bytes);
+        out.put_slice(bytes);
     }
 }
 
