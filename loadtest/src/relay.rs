@@ -6,38 +6,87 @@
 //! Groups live in memory: create and add members, and group sends fan out to the members'
 //! connections (the sender excepted).
 //!
-//! Each connection has a reader loop and a writer task fed by a bounded queue (1,024 frames):
-//! when a receiver's queue is full the relaying reader waits, which pushes back on the sender
-//! through TCP instead of growing memory.
+//! One task per connection, and no channel between connections: a connection's task reads
+//! what its socket has, answers into its own output buffer, and appends each push straight into
+//! the receiver's [`Outbox`] (a byte buffer behind a lock) under that user's lock, so a user's
+//! pushes leave in inbox order; the receiver's task is woken once per batch, not per message.
+//! A receiver whose outbox holds more than [`OUTBOX_LIMIT`] stops its senders from reading:
+//! they keep writing their own output and look again every millisecond, which pushes back on
+//! them through TCP instead of growing memory.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine as _;
+use bytes::{Buf as _, BytesMut};
 use dashmap::DashMap;
-use futures::{SinkExt as _, StreamExt as _};
 use im_protocol::pb::{self, send_req::Target};
 use im_protocol::{Body, Flags, Frame, FrameCodec};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio::sync::Notify;
+use tokio_util::codec::Encoder as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::wire;
+
+/// Bytes a connection may have waiting to be written before the connections relaying to it
+/// stop reading.
+const OUTBOX_LIMIT: usize = 1 << 20;
+
+/// Frames waiting for one connection, appended by whichever task relays to it.
+#[derive(Default)]
+struct Outbox {
+    queue: Mutex<BytesMut>,
+    wake: Notify,
+}
+
+impl Outbox {
+    /// Appends with `write` under the lock; wakes the owner when the queue was empty (it is
+    /// woken once per batch, however many frames are appended before it runs). Returns
+    /// whether the queue is now over its limit.
+    fn append(&self, write: impl FnOnce(&mut BytesMut)) -> bool {
+        let (was_empty, len) = {
+            let mut queue = self.queue.lock().expect("outbox lock");
+            let was_empty = queue.is_empty();
+            write(&mut queue);
+            (was_empty, queue.len())
+        };
+        if was_empty {
+            self.wake.notify_one();
+        }
+        len >= OUTBOX_LIMIT
+    }
+
+    fn is_full(&self) -> bool {
+        self.queue.lock().expect("outbox lock").len() >= OUTBOX_LIMIT
+    }
+}
 
 /// A user's live connections and inbox counter.
 #[derive(Default)]
 struct UserSlot {
     seq: u64,
-    conns: Vec<(u64, mpsc::Sender<Frame>)>,
+    conns: Vec<(u64, Arc<Outbox>)>,
 }
+
+type Slot = Arc<Mutex<UserSlot>>;
 
 #[derive(Default)]
 struct State {
-    users: DashMap<String, UserSlot>,
+    users: DashMap<String, Slot>,
     groups: DashMap<String, Vec<String>>,
     next_id: AtomicU64,
+}
+
+impl State {
+    fn slot(&self, user: &str) -> Slot {
+        if let Some(slot) = self.users.get(user) {
+            return slot.clone();
+        }
+        self.users.entry(user.to_owned()).or_default().clone()
+    }
 }
 
 /// A running relay.
@@ -103,85 +152,162 @@ fn direct_id(a: &str, b: &str) -> String {
     }
 }
 
-/// Pushes one entry to `user`'s connections, numbered with the user's next inbox seq; `body`
-/// makes the push body for that seq. Frames go to connections with room at once, under the
-/// user's lock; a full queue is waited on after the lock is released.
-async fn relay_to_user(state: &State, user: &str, body: impl FnOnce(u64) -> bytes::Bytes) {
-    let mut waiting = Vec::new();
-    {
-        let mut slot = match state.users.get_mut(user) {
-            Some(slot) => slot,
-            None => state.users.entry(user.to_owned()).or_default(),
-        };
-        slot.seq += 1;
-        if slot.conns.is_empty() {
-            return;
-        }
-        let push = Frame {
-            op: pb::Op::Push as u16,
-            flags: Flags::PUSH,
-            request_id: 0,
-            body: body(slot.seq),
-        };
-        for (_, conn) in &slot.conns {
-            match conn.try_send(push.clone()) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-                Err(mpsc::error::TrySendError::Full(push)) => waiting.push((conn.clone(), push)),
-            }
+/// Pushes one entry to the user of `slot`, numbered with the user's next inbox seq: `write`
+/// appends the frame for that seq to each connection's outbox, under the user's lock (so the
+/// user's pushes leave in inbox order). Returns a connection whose outbox is over its limit.
+fn relay_to_user(slot: &Slot, mut write: impl FnMut(&mut BytesMut, u64)) -> Option<Arc<Outbox>> {
+    let mut slot = slot.lock().expect("user lock");
+    slot.seq += 1;
+    let seq = slot.seq;
+    let mut full = None;
+    for (_, outbox) in &slot.conns {
+        if outbox.append(|queue| write(queue, seq)) && full.is_none() {
+            full = Some(outbox.clone());
         }
     }
-    for (conn, push) in waiting {
-        let _ = conn.send(push).await;
-    }
+    full
+}
+
+/// What a connection knows about itself.
+struct Conn {
+    id: u64,
+    outbox: Arc<Outbox>,
+    me: Option<String>,
+    /// The last direct conversation this connection sent to: its peer, id and slot.
+    conversation: Option<(String, String, Slot)>,
+    /// A receiver over its limit: reading waits until it drains.
+    blocked_on: Option<Arc<Outbox>>,
+    goodbye: bool,
 }
 
 async fn serve_conn(stream: TcpStream, state: Arc<State>, stop: CancellationToken) {
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    let mut reader = FramedRead::new(r, FrameCodec::default());
-    let (tx, mut rx) = mpsc::channel::<Frame>(1024);
-    // Writer: feed whatever is queued, flush when the queue is empty.
-    let writer = tokio::spawn(async move {
-        let mut writer = FramedWrite::new(w, FrameCodec::default());
-        while let Some(frame) = rx.recv().await {
-            if writer.feed(frame).await.is_err() {
-                return;
-            }
-            while let Ok(frame) = rx.try_recv() {
-                if writer.feed(frame).await.is_err() {
-                    return;
+    let mut conn = Conn {
+        id: state.next_id.fetch_add(1, Ordering::Relaxed),
+        outbox: Arc::new(Outbox::default()),
+        me: None,
+        conversation: None,
+        blocked_on: None,
+        goodbye: false,
+    };
+    let mut input = BytesMut::with_capacity(64 * 1024);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let max_body = im_protocol::DEFAULT_MAX_BODY;
+    'serve: loop {
+        // Take what others relayed here (unless this connection is itself backed up).
+        if out.len() < OUTBOX_LIMIT {
+            let mut queue = conn.outbox.queue.lock().expect("outbox lock");
+            if !queue.is_empty() {
+                if out.is_empty() {
+                    std::mem::swap(&mut out, &mut *queue);
+                } else {
+                    out.extend_from_slice(&queue);
+                    queue.clear();
                 }
             }
-            if futures::SinkExt::<Frame>::flush(&mut writer).await.is_err() {
-                return;
+        }
+        while !out.is_empty() {
+            match stream.try_write(&out) {
+                Ok(n) => out.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => break 'serve,
             }
         }
-    });
-    let conn_id = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let mut me: Option<String> = None;
-    // The last direct conversation this connection sent to: its peer and id.
-    let mut conversation: Option<(String, String)> = None;
-    loop {
-        let frame = tokio::select! {
+        if conn.goodbye && out.is_empty() {
+            break;
+        }
+        if conn.blocked_on.as_ref().is_some_and(|o| !o.is_full()) {
+            conn.blocked_on = None;
+        }
+        let reading = out.len() < OUTBOX_LIMIT && conn.blocked_on.is_none() && !conn.goodbye;
+        tokio::select! {
             _ = stop.cancelled() => break,
-            f = reader.next() => match f { Some(Ok(f)) => f, _ => break },
-        };
-        let id = frame.request_id;
-        // The hot path: a message to a user is read in place and relayed without decoding it
-        // into structs (what the relay measures is the machine, not prost's allocations).
-        if frame.op == pb::Op::SendReq as u16
-            && let Ok(send) = wire::scan_send(&frame.body)
-            && let (Some(to), Some(from)) = (send.to_user, me.as_deref())
-            && let Ok(to) = std::str::from_utf8(to)
-        {
-            let msg_id = state.next_id.fetch_add(1, Ordering::Relaxed);
-            let now = crate::common::now_ms();
-            if conversation.as_ref().is_none_or(|(peer, _)| peer != to) {
-                conversation = Some((to.to_owned(), direct_id(from, to)));
+            ready = stream.readable(), if reading => {
+                if ready.is_err() {
+                    break;
+                }
+                if input.capacity() - input.len() < 16 * 1024 {
+                    input.reserve(64 * 1024);
+                }
+                match stream.try_read_buf(&mut input) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => break,
+                }
+                // One clock read per batch: every message read together gets its time.
+                let now = crate::common::now_ms();
+                let used = wire::split_frames(&input, max_body, |header, body| {
+                    if !conn.goodbye {
+                        handle_frame(&state, &mut conn, header, body, now, &mut out);
+                    }
+                });
+                let used = match used {
+                    Ok(used) => used,
+                    Err(e) => {
+                        reply(
+                            &mut out,
+                            Frame::error(0, pb::ErrorCode::BadFrame, format!("refused: {e}")),
+                        );
+                        conn.goodbye = true;
+                        continue;
+                    }
+                };
+                input.advance(used);
             }
-            let conversation_id = &conversation.as_ref().expect("just set").1;
-            relay_to_user(&state, to, |inbox_seq| {
-                wire::push_body(&wire::PushedMessage {
+            ready = stream.writable(), if !out.is_empty() => {
+                if ready.is_err() {
+                    break;
+                }
+            }
+            _ = conn.outbox.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(1)), if conn.blocked_on.is_some() => {}
+        }
+    }
+    if let Some(user) = &conn.me {
+        let slot = state.slot(user);
+        slot.lock()
+            .expect("user lock")
+            .conns
+            .retain(|(id, _)| *id != conn.id);
+    }
+}
+
+fn reply(out: &mut BytesMut, frame: Frame) {
+    // Encoding into a buffer fails only for a body over the limit, which none of ours is.
+    let _ = FrameCodec::default().encode(frame, out);
+}
+
+/// Handles one frame; answers go to `out`, pushes to the receivers' outboxes.
+fn handle_frame(
+    state: &State,
+    conn: &mut Conn,
+    header: &im_protocol::frame::FrameHeader,
+    body: &[u8],
+    now: u64,
+    out: &mut BytesMut,
+) {
+    let id = header.request_id;
+    // The hot path: a message to a user is read in place and relayed without decoding it into
+    // structs (what the relay measures is the machine, not prost's allocations).
+    if header.op == pb::Op::SendReq as u16
+        && let Ok(send) = wire::scan_send(body)
+        && let (Some(to), Some(from)) = (send.to_user, conn.me.as_deref())
+        && let Ok(to) = std::str::from_utf8(to)
+    {
+        let msg_id = state.next_id.fetch_add(1, Ordering::Relaxed);
+        if conn
+            .conversation
+            .as_ref()
+            .is_none_or(|(peer, _, _)| peer != to)
+        {
+            conn.conversation = Some((to.to_owned(), direct_id(from, to), state.slot(to)));
+        }
+        let (_, conversation_id, slot) = conn.conversation.as_ref().expect("just set");
+        let full = relay_to_user(slot, |queue, inbox_seq| {
+            wire::append_push_frame(
+                queue,
+                &wire::PushedMessage {
                     inbox_seq,
                     conversation_id: conversation_id.as_bytes(),
                     kind: pb::ConversationKind::Direct as i32,
@@ -191,211 +317,196 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stop: CancellationToke
                     client_msg_id: send.client_msg_id,
                     content_type: send.content_type,
                     content: send.content,
-                })
-            })
-            .await;
-            let ack = Frame {
-                op: pb::Op::SendAck as u16,
-                flags: Flags::empty(),
-                request_id: id,
-                body: wire::send_ack_body(
-                    send.client_msg_id,
-                    conversation_id.as_bytes(),
-                    msg_id,
-                    now,
-                ),
-            };
-            if tx.send(ack).await.is_err() {
-                break;
-            }
-            continue;
-        }
-        let body = match frame.decode_body() {
-            Ok(body) => body,
-            Err(e) => {
-                let _ = tx.send(Frame::error(id, e.code(), e.to_string())).await;
-                continue;
-            }
-        };
-        let reply = match body {
-            Body::HandshakeReq(req) => {
-                let user = user_of(&req.token);
-                let head = {
-                    let mut slot = state.users.entry(user.clone()).or_default();
-                    slot.conns.push((conn_id, tx.clone()));
-                    slot.seq
-                };
-                me = Some(user.clone());
-                Some(Frame::new(
-                    id,
-                    pb::HandshakeResp {
-                        user_id: user,
-                        device_id: req.device_id,
-                        protocol_version: 1,
-                        server_time_ms: crate::common::now_ms(),
-                        heartbeat_interval_ms: 30_000,
-                        idle_timeout_ms: 90_000,
-                        max_frame_bytes: im_protocol::DEFAULT_MAX_BODY as u32,
-                        max_message_bytes: 64 * 1024,
-                        inbox_head_seq: head,
-                        session_id: format!("relay-{conn_id}"),
-                        ..Default::default()
-                    },
-                ))
-            }
-            Body::Ping(p) => Some(Frame::new(
-                id,
-                pb::Pong {
-                    client_time_ms: p.client_time_ms,
-                    server_time_ms: crate::common::now_ms(),
-                    inbox_head_seq: 0,
-                    inbox_epoch: 0,
                 },
-            )),
-            Body::SendReq(req) => {
-                let from = me.clone().unwrap_or_default();
-                let msg_id = state.next_id.fetch_add(1, Ordering::Relaxed);
-                let (conversation_id, kind, to): (String, pb::ConversationKind, Vec<String>) =
-                    match req.target {
-                        Some(Target::ToUser(u)) => {
-                            (direct_id(&from, &u), pb::ConversationKind::Direct, vec![u])
-                        }
-                        Some(Target::ToGroup(g)) => {
-                            let members = state
-                                .groups
-                                .get(&g)
-                                .map(|m| m.iter().filter(|u| **u != from).cloned().collect())
-                                .unwrap_or_default();
-                            (format!("g:{g}"), pb::ConversationKind::Group, members)
-                        }
-                        None => (String::new(), pb::ConversationKind::Unspecified, vec![]),
-                    };
-                let now = crate::common::now_ms();
-                let message = pb::Message {
-                    conversation_id: conversation_id.clone(),
-                    kind: kind as i32,
-                    sender_user: from.clone(),
-                    sender_device: String::new(),
+            )
+        });
+        wire::append_send_ack_frame(
+            out,
+            id,
+            send.client_msg_id,
+            conversation_id.as_bytes(),
+            msg_id,
+            now,
+        );
+        if full.is_some() {
+            conn.blocked_on = full;
+        }
+        return;
+    }
+    let frame = Frame {
+        op: header.op,
+        flags: Flags::from_bits(header.flags).unwrap_or_default(),
+        request_id: id,
+        body: bytes::Bytes::copy_from_slice(body),
+    };
+    let body = match frame.decode_body() {
+        Ok(body) => body,
+        Err(e) => {
+            reply(out, Frame::error(id, e.code(), e.to_string()));
+            return;
+        }
+    };
+    let answer = match body {
+        Body::HandshakeReq(req) => {
+            let user = user_of(&req.token);
+            let head = {
+                let slot = state.slot(&user);
+                let mut slot = slot.lock().expect("user lock");
+                slot.conns.push((conn.id, conn.outbox.clone()));
+                slot.seq
+            };
+            conn.me = Some(user.clone());
+            Some(Frame::new(
+                id,
+                pb::HandshakeResp {
+                    user_id: user,
+                    device_id: req.device_id,
+                    protocol_version: 1,
+                    server_time_ms: crate::common::now_ms(),
+                    heartbeat_interval_ms: 30_000,
+                    idle_timeout_ms: 90_000,
+                    max_frame_bytes: im_protocol::DEFAULT_MAX_BODY as u32,
+                    max_message_bytes: 64 * 1024,
+                    inbox_head_seq: head,
+                    session_id: format!("relay-{}", conn.id),
+                    ..Default::default()
+                },
+            ))
+        }
+        Body::Ping(p) => Some(Frame::new(
+            id,
+            pb::Pong {
+                client_time_ms: p.client_time_ms,
+                server_time_ms: crate::common::now_ms(),
+                inbox_head_seq: 0,
+                inbox_epoch: 0,
+            },
+        )),
+        Body::SendReq(req) => {
+            let from = conn.me.clone().unwrap_or_default();
+            let msg_id = state.next_id.fetch_add(1, Ordering::Relaxed);
+            let (conversation_id, kind, to): (String, pb::ConversationKind, Vec<String>) =
+                match &req.target {
+                    Some(Target::ToUser(u)) => (
+                        direct_id(&from, u),
+                        pb::ConversationKind::Direct,
+                        vec![u.clone()],
+                    ),
+                    Some(Target::ToGroup(g)) => {
+                        let members = state
+                            .groups
+                            .get(g)
+                            .map(|m| m.iter().filter(|u| **u != from).cloned().collect())
+                            .unwrap_or_default();
+                        (format!("g:{g}"), pb::ConversationKind::Group, members)
+                    }
+                    None => (String::new(), pb::ConversationKind::Unspecified, vec![]),
+                };
+            for user in to {
+                let full = relay_to_user(&state.slot(&user), |queue, inbox_seq| {
+                    wire::append_push_frame(
+                        queue,
+                        &wire::PushedMessage {
+                            inbox_seq,
+                            conversation_id: conversation_id.as_bytes(),
+                            kind: kind as i32,
+                            sender_user: from.as_bytes(),
+                            server_msg_id: msg_id,
+                            server_time_ms: now,
+                            client_msg_id: req.client_msg_id.as_bytes(),
+                            content_type: req.content_type,
+                            content: &req.content,
+                        },
+                    )
+                });
+                if full.is_some() {
+                    conn.blocked_on = full;
+                }
+            }
+            Some(Frame::new(
+                id,
+                pb::SendAck {
+                    client_msg_id: req.client_msg_id,
+                    conversation_id,
                     server_msg_id: msg_id,
                     conversation_seq: 0,
                     server_time_ms: now,
-                    client_msg_id: req.client_msg_id.clone(),
-                    content_type: req.content_type,
-                    content: req.content,
-                    recalled: false,
-                    recalled_ms: 0,
-                };
-                for user in to {
-                    let (seq, conns) = {
-                        let mut slot = state.users.entry(user).or_default();
-                        slot.seq += 1;
-                        let conns: Vec<mpsc::Sender<Frame>> =
-                            slot.conns.iter().map(|(_, c)| c.clone()).collect();
-                        (slot.seq, conns)
-                    };
-                    if conns.is_empty() {
-                        continue;
-                    }
-                    let push = Frame::push(pb::Push {
-                        entries: vec![pb::InboxEntry {
-                            inbox_seq: seq,
-                            body: Some(pb::inbox_entry::Body::Message(message.clone())),
-                        }],
-                    });
-                    for c in conns {
-                        let _ = c.send(push.clone()).await;
-                    }
-                }
-                Some(Frame::new(
-                    id,
-                    pb::SendAck {
-                        client_msg_id: req.client_msg_id,
-                        conversation_id,
-                        server_msg_id: msg_id,
-                        conversation_seq: 0,
-                        server_time_ms: now,
-                        duplicate: false,
-                        sender_inbox_seq: 0,
-                    },
-                ))
-            }
-            Body::GroupCreateReq(req) => {
-                let owner = me.clone().unwrap_or_default();
-                let group_id = format!("rg{}", state.next_id.fetch_add(1, Ordering::Relaxed));
-                let mut members = vec![owner.clone()];
-                members.extend(req.members.into_iter().filter(|m| *m != owner));
-                let count = members.len() as u32;
-                state.groups.insert(group_id.clone(), members);
-                Some(Frame::new(
-                    id,
-                    pb::GroupCreateResp {
-                        group: Some(pb::GroupInfo {
-                            group_id,
-                            name: req.name,
-                            owner,
-                            member_count: count,
-                            ..Default::default()
-                        }),
-                    },
-                ))
-            }
-            Body::GroupAddMembersReq(req) => {
-                let added = match state.groups.get_mut(&req.group_id) {
-                    Some(mut members) => {
-                        let new: Vec<String> = req
-                            .members
-                            .into_iter()
-                            .filter(|m| !members.contains(m))
-                            .collect();
-                        members.extend(new.iter().cloned());
-                        new
-                    }
-                    None => vec![],
-                };
-                Some(Frame::new(
-                    id,
-                    pb::GroupAddMembersResp {
-                        group: Some(pb::GroupInfo {
-                            group_id: req.group_id,
-                            ..Default::default()
-                        }),
-                        added,
-                    },
-                ))
-            }
-            Body::SyncReq(req) => {
-                let head = me
-                    .as_ref()
-                    .and_then(|u| state.users.get(u).map(|s| s.seq))
-                    .unwrap_or(0);
-                Some(Frame::new(
-                    id,
-                    pb::SyncResp {
-                        head_seq: head,
-                        next_seq: req.from_seq.max(head + 1),
-                        ..Default::default()
-                    },
-                ))
-            }
-            Body::DeliveryAck(_) | Body::Typing(_) => None,
-            Body::Goodbye(_) => break,
-            _ => Some(Frame::error(
-                id,
-                pb::ErrorCode::UnknownOp,
-                "not supported by the bare relay",
-            )),
-        };
-        if let Some(reply) = reply
-            && tx.send(reply).await.is_err()
-        {
-            break;
+                    duplicate: false,
+                    sender_inbox_seq: 0,
+                },
+            ))
         }
+        Body::GroupCreateReq(req) => {
+            let owner = conn.me.clone().unwrap_or_default();
+            let group_id = format!("rg{}", state.next_id.fetch_add(1, Ordering::Relaxed));
+            let mut members = vec![owner.clone()];
+            members.extend(req.members.into_iter().filter(|m| *m != owner));
+            let count = members.len() as u32;
+            state.groups.insert(group_id.clone(), members);
+            Some(Frame::new(
+                id,
+                pb::GroupCreateResp {
+                    group: Some(pb::GroupInfo {
+                        group_id,
+                        name: req.name,
+                        owner,
+                        member_count: count,
+                        ..Default::default()
+                    }),
+                },
+            ))
+        }
+        Body::GroupAddMembersReq(req) => {
+            let added = match state.groups.get_mut(&req.group_id) {
+                Some(mut members) => {
+                    let new: Vec<String> = req
+                        .members
+                        .into_iter()
+                        .filter(|m| !members.contains(m))
+                        .collect();
+                    members.extend(new.iter().cloned());
+                    new
+                }
+                None => vec![],
+            };
+            Some(Frame::new(
+                id,
+                pb::GroupAddMembersResp {
+                    group: Some(pb::GroupInfo {
+                        group_id: req.group_id,
+                        ..Default::default()
+                    }),
+                    added,
+                },
+            ))
+        }
+        Body::SyncReq(req) => {
+            let head = conn
+                .me
+                .as_ref()
+                .map(|u| state.slot(u).lock().expect("user lock").seq)
+                .unwrap_or(0);
+            Some(Frame::new(
+                id,
+                pb::SyncResp {
+                    head_seq: head,
+                    next_seq: req.from_seq.max(head + 1),
+                    ..Default::default()
+                },
+            ))
+        }
+        Body::DeliveryAck(_) | Body::Typing(_) => None,
+        Body::Goodbye(_) => {
+            conn.goodbye = true;
+            None
+        }
+        _ => Some(Frame::error(
+            id,
+            pb::ErrorCode::UnknownOp,
+            "not supported by the bare relay",
+        )),
+    };
+    if let Some(answer) = answer {
+        reply(out, answer);
     }
-    if let Some(user) = me
-        && let Some(mut slot) = state.users.get_mut(&user)
-    {
-        slot.conns.retain(|(id, _)| *id != conn_id);
-    }
-    drop(tx);
-    let _ = writer.await;
 }

@@ -8,13 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use bytes::BytesMut;
-use futures::{SinkExt as _, StreamExt as _};
+use bytes::{Buf as _, BytesMut};
+use im_protocol::Frame;
 use im_protocol::pb;
-use im_protocol::{Body, Frame};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt as _;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{self, CostMeter, Latency, ServerCost};
@@ -96,10 +95,6 @@ struct Counters {
     received: AtomicU64,
     errors: AtomicU64,
     push_gaps: AtomicU64,
-    /// Senders that left their loop after `stop` (their last frame is flushed): until all have,
-    /// a receiver must not conclude that everything sent has arrived, since a sender may be
-    /// between counting a message and sending it.
-    senders_done: AtomicU64,
 }
 
 /// Runs W1 against `target`.
@@ -125,14 +120,12 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         received: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         push_gaps: AtomicU64::new(0),
-        senders_done: AtomicU64::new(0),
     });
     let histogram = Arc::new(Mutex::new(common::histogram()));
     // Cancelled when the measured interval ends: senders stop, receivers drain.
     let stop = CancellationToken::new();
     let login_start = Instant::now();
-    let mut receivers = Vec::new();
-    let mut others = Vec::new();
+    let mut pair_tasks = Vec::new();
     // Per-sender pacing interval when a total rate is asked for.
     let pace = (rate > 0).then(|| Duration::from_secs_f64(pairs as f64 / rate as f64));
     for i in 0..pairs {
@@ -141,199 +134,20 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         // With several gateways, each pair's receiver is on the gateway after its sender's.
         let rx_dialer = &dialers[(i + 1) % dialers.len()];
         let tx_dialer = &dialers[i % dialers.len()];
-        let rx = common::connect(rx_dialer, &target.secret, &receiver_id).await?;
-        let tx = common::connect(tx_dialer, &target.secret, &sender_id).await?;
-        let (mut rx_reader, mut rx_writer) = (rx.reader, rx.writer);
-        let (mut tx_reader, tx_writer) = (tx.reader, tx.writer);
-        let window_permits = Arc::new(Semaphore::new(window));
-
-        // Receiver: count deliveries, record latency, release the sender's window, ack delivery.
-        // Counts go to the shared counters in runs (every frame would make the two cores fight
-        // over their cache lines), and nothing is decoded beyond the inbox seq and the stamp.
-        let permits = window_permits.clone();
-        let c = counters.clone();
-        let h = histogram.clone();
-        let stopped = stop.clone();
-        receivers.push(tokio::spawn(async move {
-            let mut local = common::histogram();
-            let mut unacked = 0;
-            let mut request_id = 2;
-            let (mut received, mut delivered) = (0u64, 0u64);
-            let mut stopping = std::pin::pin!(stopped.cancelled_owned());
-            let mut quiet_since: Option<Instant> = None;
-            let mut draining = false;
-            // The inbox seq of the last entry pushed, and how often the next was not its
-            // successor.
-            let (mut last_seq, mut gaps) = (0u64, 0u64);
-            loop {
-                let frame = if !draining {
-                    tokio::select! {
-                        biased;
-                        frame = rx_reader.next() => frame,
-                        _ = &mut stopping => {
-                            draining = true;
-                            continue;
-                        }
-                    }
-                } else {
-                    // After the run: stop once everything sent arrived, or after seconds of
-                    // silence (on a loaded 2-core machine the server's tasks can be starved for
-                    // a few hundred ms, and leaving early would count a message as lost).
-                    c.received
-                        .fetch_add(std::mem::take(&mut received), Ordering::Relaxed);
-                    c.delivered
-                        .fetch_add(std::mem::take(&mut delivered), Ordering::Relaxed);
-                    if c.senders_done.load(Ordering::Acquire) == pairs as u64
-                        && c.received.load(Ordering::Relaxed) >= c.sent.load(Ordering::Relaxed)
-                    {
-                        break;
-                    }
-                    match tokio::time::timeout(Duration::from_millis(100), rx_reader.next()).await {
-                        Ok(frame) => {
-                            quiet_since = None;
-                            frame
-                        }
-                        Err(_) => {
-                            let silent = *quiet_since.get_or_insert_with(Instant::now);
-                            if silent.elapsed() > Duration::from_secs(5) {
-                                break;
-                            }
-                            continue;
-                        }
-                    }
-                };
-                let Some(Ok(frame)) = frame else { break };
-                if frame.op != pb::Op::Push as u16 {
-                    continue;
-                }
-                let measuring = c.measuring.load(Ordering::Relaxed);
-                let mut entries = 0;
-                let scanned = wire::scan_push(&frame.body, |seq, content| {
-                    if last_seq != 0 && seq != last_seq + 1 {
-                        gaps += 1;
-                    }
-                    last_seq = seq;
-                    entries += 1;
-                    let Some(stamp) = content.and_then(|c| c.get(..8)) else {
-                        return;
-                    };
-                    let sent_ns = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
-                    received += 1;
-                    if measuring {
-                        let now_ns = origin.elapsed().as_nanos() as u64;
-                        common::record(
-                            &mut local,
-                            Duration::from_nanos(now_ns.saturating_sub(sent_ns)),
-                        );
-                        delivered += 1;
-                    }
-                });
-                if scanned.is_err() {
-                    c.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                permits.add_permits(entries);
-                if received >= 64 {
-                    c.received
-                        .fetch_add(std::mem::take(&mut received), Ordering::Relaxed);
-                    c.delivered
-                        .fetch_add(std::mem::take(&mut delivered), Ordering::Relaxed);
-                }
-                unacked += entries;
-                if unacked >= 32 {
-                    unacked = 0;
-                    request_id += 1;
-                    let _ = rx_writer
-                        .send(Frame::new(
-                            request_id,
-                            pb::DeliveryAck {
-                                up_to_inbox_seq: last_seq,
-                            },
-                        ))
-                        .await;
-                }
-            }
-            c.received.fetch_add(received, Ordering::Relaxed);
-            c.delivered.fetch_add(delivered, Ordering::Relaxed);
-            c.push_gaps.fetch_add(gaps, Ordering::Relaxed);
-            h.lock().await.add(&local).expect("same bounds");
-        }));
-
-        // Sender's ack reader: acks are counted by their op (not the flow control); errors are
-        // decoded to be shown.
-        let c = counters.clone();
-        others.push(tokio::spawn(async move {
-            let mut acked = 0u64;
-            while let Some(Ok(frame)) = tx_reader.next().await {
-                if frame.op == pb::Op::SendAck as u16 {
-                    acked += 1;
-                    if acked == 64 {
-                        c.acked
-                            .fetch_add(std::mem::take(&mut acked), Ordering::Relaxed);
-                    }
-                } else if let Ok(Body::Error(e)) = frame.decode_body()
-                    && c.errors.fetch_add(1, Ordering::Relaxed) < 5
-                {
-                    progress!("send error: {} ({})", e.message, e.code);
-                }
-                if tx_reader.read_buffer().is_empty() {
-                    c.acked
-                        .fetch_add(std::mem::take(&mut acked), Ordering::Relaxed);
-                }
-            }
-            c.acked.fetch_add(acked, Ordering::Relaxed);
-        }));
-
-        // Sender: every permit the window has free becomes a message, all of them in one write,
-        // each a copy of one pre-encoded frame with its id and stamp patched in.
-        let c = counters.clone();
-        let permits = window_permits;
-        let stopped = stop.clone();
-        let template = wire::SendTemplate::to_user(&receiver_id, 1, payload);
-        let mut tx = tx_writer.into_inner();
-        others.push(tokio::spawn(async move {
-            let mut n: u64 = 0;
-            let mut out = BytesMut::with_capacity(template.len() * window);
-            let mut next_at = tokio::time::Instant::now();
-            let mut stopping = std::pin::pin!(stopped.cancelled_owned());
-            loop {
-                let permit = tokio::select! {
-                    biased;
-                    _ = &mut stopping => break,
-                    permit = permits.acquire() => permit,
-                };
-                permit.expect("semaphore open").forget();
-                let mut batch = 1;
-                if let Some(pace) = pace {
-                    next_at += pace;
-                    tokio::select! {
-                        biased;
-                        _ = &mut stopping => break,
-                        _ = tokio::time::sleep_until(next_at) => {}
-                    }
-                } else {
-                    while let Ok(permit) = permits.try_acquire() {
-                        permit.forget();
-                        batch += 1;
-                    }
-                }
-                let stamp = origin.elapsed().as_nanos() as u64;
-                for _ in 0..batch {
-                    n += 1;
-                    template.append(&mut out, (n % u64::from(u32::MAX - 1)) as u32 + 1, n, stamp);
-                }
-                // Counted before they leave, so the receivers' drain never misses one.
-                c.sent.fetch_add(batch, Ordering::Relaxed);
-                if tx.write_all_buf(&mut out).await.is_err() {
-                    c.sent.fetch_sub(batch, Ordering::Relaxed);
-                    c.errors.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-            }
-            let _ = tx.flush().await;
-            c.senders_done.fetch_add(1, Ordering::Release);
-            // Keep the connection until the ack reader is done.
-            tokio::time::sleep(Duration::from_secs(10)).await;
-        }));
+        let receiver = common::connect(rx_dialer, &target.secret, &receiver_id).await?;
+        let sender = common::connect(tx_dialer, &target.secret, &sender_id).await?;
+        let pair = Pair {
+            receiver: PairConn::of(receiver),
+            sender: PairConn::of(sender),
+            template: wire::SendTemplate::to_user(&receiver_id, 1, payload),
+            window,
+            pace,
+            origin,
+            counters: counters.clone(),
+            histogram: histogram.clone(),
+            stop: stop.clone(),
+        };
+        pair_tasks.push(tokio::spawn(pair.run()));
     }
     let login_secs = login_start.elapsed().as_secs_f64();
     progress!(
@@ -366,24 +180,15 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
     let own_cost = own_meter.finish();
     counters.stop.store(true, Ordering::Relaxed);
     stop.cancel();
-    // Receivers finish on their own once everything sent has arrived (to merge their
-    // histograms); senders and ack readers are stopped after that.
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        for task in receivers.iter_mut() {
+    // Each pair finishes on its own once everything it sent has arrived and been acked (to
+    // merge its histogram), or after seconds of silence.
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        for task in pair_tasks.iter_mut() {
             let _ = task.await;
         }
     })
     .await;
-    // Let the last acks arrive.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while counters.acked.load(Ordering::Relaxed) + counters.errors.load(Ordering::Relaxed)
-            < counters.sent.load(Ordering::Relaxed)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    for task in receivers.iter().chain(&others) {
+    for task in &pair_tasks {
         task.abort();
     }
 
@@ -411,6 +216,249 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         received_total: counters.received.load(Ordering::Relaxed),
         push_gaps: counters.push_gaps.load(Ordering::Relaxed),
     })
+}
+
+/// One connection of a pair, as raw bytes: whatever the handshake read beyond its answer is
+/// kept.
+struct PairConn {
+    read: common::ReadStream,
+    write: common::WriteStream,
+    input: BytesMut,
+    out: BytesMut,
+}
+
+impl PairConn {
+    fn of(conn: common::Conn) -> PairConn {
+        let mut input = BytesMut::with_capacity(READ_CHUNK);
+        input.extend_from_slice(conn.reader.read_buffer());
+        PairConn {
+            read: conn.reader.into_inner(),
+            write: conn.writer.into_inner(),
+            input,
+            out: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    fn make_room(&mut self) {
+        if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
+            self.input.reserve(READ_CHUNK);
+        }
+    }
+}
+
+/// Bytes read per socket read at most (and the buffers' starting size).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A sender and its receiver, driven by one task: no hand-off between tasks per message. The
+/// receiver's reads free the sender's window directly, and every free slot becomes a message
+/// in the sender's next write.
+struct Pair {
+    receiver: PairConn,
+    sender: PairConn,
+    template: wire::SendTemplate,
+    window: usize,
+    pace: Option<Duration>,
+    origin: Instant,
+    counters: Arc<Counters>,
+    histogram: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+    stop: CancellationToken,
+}
+
+impl Pair {
+    async fn run(mut self) {
+        let c = self.counters.clone();
+        let max_body = im_protocol::DEFAULT_MAX_BODY;
+        let mut local = common::histogram();
+        let mut free = self.window as u64;
+        let (mut sent, mut acked, mut received, mut delivered) = (0u64, 0u64, 0u64, 0u64);
+        // What was already added to the shared counters.
+        let (mut sent_flushed, mut acked_flushed, mut received_flushed, mut delivered_flushed) =
+            (0u64, 0u64, 0u64, 0u64);
+        let mut unacked_pushes = 0u64;
+        let mut ack_request_id = 2u32;
+        let (mut last_seq, mut gaps) = (0u64, 0u64);
+        let mut stopping = std::pin::pin!(self.stop.clone().cancelled_owned());
+        let mut draining = false;
+        let mut next_at = tokio::time::Instant::now();
+        let mut last_progress = Instant::now();
+        loop {
+            // Every free window slot becomes a message (paced: one when its time has come).
+            if !draining && free > 0 {
+                let due = match self.pace {
+                    None => free,
+                    Some(_) => u64::from(tokio::time::Instant::now() >= next_at),
+                };
+                if due > 0 {
+                    if let Some(pace) = self.pace {
+                        next_at += pace;
+                    }
+                    let stamp = self.origin.elapsed().as_nanos() as u64;
+                    for _ in 0..due {
+                        sent += 1;
+                        self.template.append(
+                            &mut self.sender.out,
+                            (sent % u64::from(u32::MAX - 1)) as u32 + 1,
+                            sent,
+                            stamp,
+                        );
+                    }
+                    free -= due;
+                }
+            }
+            if draining {
+                if (received >= sent && acked >= sent)
+                    || last_progress.elapsed() > Duration::from_secs(5)
+                {
+                    break;
+                }
+            } else if sent - sent_flushed >= 64 {
+                c.sent.fetch_add(sent - sent_flushed, Ordering::Relaxed);
+                sent_flushed = sent;
+            }
+            let pace_wait = self.pace.is_some() && free > 0 && !draining;
+            let sleep_until = if pace_wait {
+                next_at
+            } else {
+                tokio::time::Instant::now() + Duration::from_millis(100)
+            };
+            let (receiver, sender) = (&mut self.receiver, &mut self.sender);
+            receiver.make_room();
+            sender.make_room();
+            tokio::select! {
+                biased;
+                _ = &mut stopping, if !draining => {
+                    draining = true;
+                    last_progress = Instant::now();
+                    // Everything this pair sent is counted before it waits for it.
+                    c.sent.fetch_add(sent - sent_flushed, Ordering::Relaxed);
+                    sent_flushed = sent;
+                }
+                read = receiver.read.read_buf(&mut receiver.input) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        break;
+                    }
+                    last_progress = Instant::now();
+                    let measuring = c.measuring.load(Ordering::Relaxed);
+                    let now_ns = self.origin.elapsed().as_nanos() as u64;
+                    let mut entries = 0u64;
+                    let mut malformed = 0u64;
+                    let used = wire::split_frames(&receiver.input, max_body, |header, body| {
+                        if header.op != pb::Op::Push as u16 {
+                            return;
+                        }
+                        let scanned = wire::scan_push(body, |seq, content| {
+                            if last_seq != 0 && seq != last_seq + 1 {
+                                gaps += 1;
+                            }
+                            last_seq = seq;
+                            entries += 1;
+                            let Some(stamp) = content.and_then(|c| c.get(..8)) else {
+                                return;
+                            };
+                            let sent_ns = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
+                            received += 1;
+                            if measuring {
+                                common::record(
+                                    &mut local,
+                                    Duration::from_nanos(now_ns.saturating_sub(sent_ns)),
+                                );
+                                delivered += 1;
+                            }
+                        });
+                        if scanned.is_err() {
+                            malformed += 1;
+                        }
+                    });
+                    let Ok(used) = used else {
+                        c.errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    };
+                    receiver.input.advance(used);
+                    if malformed > 0 {
+                        c.errors.fetch_add(malformed, Ordering::Relaxed);
+                    }
+                    free = (free + entries).min(self.window as u64);
+                    unacked_pushes += entries;
+                    if unacked_pushes >= 32 {
+                        unacked_pushes = 0;
+                        ack_request_id += 1;
+                        let ack = Frame::new(
+                            ack_request_id,
+                            pb::DeliveryAck { up_to_inbox_seq: last_seq },
+                        );
+                        let _ = tokio_util::codec::Encoder::encode(
+                            &mut im_protocol::FrameCodec::default(),
+                            ack,
+                            &mut receiver.out,
+                        );
+                    }
+                    if received - received_flushed >= 64 {
+                        c.received.fetch_add(received - received_flushed, Ordering::Relaxed);
+                        c.delivered.fetch_add(delivered - delivered_flushed, Ordering::Relaxed);
+                        (received_flushed, delivered_flushed) = (received, delivered);
+                    }
+                }
+                read = sender.read.read_buf(&mut sender.input) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        break;
+                    }
+                    last_progress = Instant::now();
+                    let mut errors = Vec::new();
+                    let used = wire::split_frames(&sender.input, max_body, |header, body| {
+                        if header.op == pb::Op::SendAck as u16 {
+                            acked += 1;
+                        } else if header.op == pb::Op::Error as u16 {
+                            errors.push(bytes::Bytes::copy_from_slice(body));
+                        }
+                    });
+                    let Ok(used) = used else {
+                        c.errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    };
+                    sender.input.advance(used);
+                    for body in errors {
+                        // A refused message never arrives: it no longer holds a window slot.
+                        acked += 1;
+                        free = (free + 1).min(self.window as u64);
+                        if c.errors.fetch_add(1, Ordering::Relaxed) < 5
+                            && let Ok(e) = <pb::Error as prost::Message>::decode(body)
+                        {
+                            progress!("send error: {} ({})", e.message, e.code);
+                        }
+                    }
+                    if acked - acked_flushed >= 64 {
+                        c.acked.fetch_add(acked - acked_flushed, Ordering::Relaxed);
+                        acked_flushed = acked;
+                    }
+                }
+                written = sender.write.write_buf(&mut sender.out), if !sender.out.is_empty() => {
+                    if written.is_err() {
+                        c.errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                written = receiver.write.write_buf(&mut receiver.out), if !receiver.out.is_empty() => {
+                    if written.is_err() {
+                        c.errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(sleep_until) => {}
+            }
+        }
+        c.sent.fetch_add(sent - sent_flushed, Ordering::Relaxed);
+        c.acked.fetch_add(acked - acked_flushed, Ordering::Relaxed);
+        c.received
+            .fetch_add(received - received_flushed, Ordering::Relaxed);
+        c.delivered
+            .fetch_add(delivered - delivered_flushed, Ordering::Relaxed);
+        c.push_gaps.fetch_add(gaps, Ordering::Relaxed);
+        self.histogram
+            .lock()
+            .await
+            .add(&local)
+            .expect("same bounds");
+    }
 }
 
 impl W1Result {

@@ -83,7 +83,16 @@ impl SendTemplate {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Malformed;
 
+#[inline]
 fn varint(buf: &mut &[u8]) -> Result<u64, Malformed> {
+    // Most varints here (keys, lengths, small numbers) are one byte: skip prost's general
+    // path for them.
+    if let Some((&byte, rest)) = buf.split_first()
+        && byte < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(byte));
+    }
     prost::encoding::decode_varint(buf).map_err(|_| Malformed)
 }
 
@@ -182,19 +191,33 @@ pub fn scan_send(mut body: &[u8]) -> Result<SendFields<'_>, Malformed> {
     Ok(fields)
 }
 
+/// A varint, written in one copy (prost's writer checks the buffer's room once per byte).
+#[inline]
+fn put_varint(out: &mut impl bytes::BufMut, mut value: u64) {
+    let mut bytes = [0u8; 10];
+    let mut n = 0;
+    while value >= 0x80 {
+        bytes[n] = (value as u8) | 0x80;
+        value >>= 7;
+        n += 1;
+    }
+    bytes[n] = value as u8;
+    out.put_slice(&bytes[..=n]);
+}
+
 /// A length-delimited field, left out when empty (as prost does for proto3 scalars).
 fn put_bytes_field(out: &mut impl bytes::BufMut, field: u32, bytes: &[u8]) {
     if !bytes.is_empty() {
-        prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, out);
-        prost::encoding::encode_varint(bytes.len() as u64, out);
+        put_varint(out, (u64::from(field) << 3) | 2);
+        put_varint(out, bytes.len() as u64);
         out.put_slice(bytes);
     }
 }
 
 fn put_varint_field(out: &mut BytesMut, field: u32, value: u64) {
     if value != 0 {
-        prost::encoding::encode_key(field, prost::encoding::WireType::Varint, out);
-        prost::encoding::encode_varint(value, out);
+        put_varint(out, u64::from(field) << 3);
+        put_varint(out, value);
     }
 }
 
@@ -236,8 +259,7 @@ fn varint_field_size(field: u32, value: u64) -> usize {
     }
 }
 
-/// The body of a `Push` of one message entry, as prost would encode it, in one allocation.
-pub fn push_body(message: &PushedMessage<'_>) -> bytes::Bytes {
+fn message_len(message: &PushedMessage<'_>) -> (usize, usize) {
     let message_len = len_field_size(1, message.conversation_id.len())
         + varint_field_size(2, message.kind as u64)
         + len_field_size(3, message.sender_user.len())
@@ -251,25 +273,68 @@ pub fn push_body(message: &PushedMessage<'_>) -> bytes::Bytes {
         + prost::encoding::key_len(2)
         + prost::encoding::encoded_len_varint(message_len as u64)
         + message_len;
-    let mut out = BytesMut::with_capacity(
-        prost::encoding::key_len(1)
-            + prost::encoding::encoded_len_varint(entry_len as u64)
-            + entry_len,
-    );
-    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut out);
-    prost::encoding::encode_varint(entry_len as u64, &mut out);
-    put_varint_field(&mut out, 1, message.inbox_seq);
-    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut out);
-    prost::encoding::encode_varint(message_len as u64, &mut out);
-    put_bytes_field(&mut out, 1, message.conversation_id);
-    put_varint_field(&mut out, 2, message.kind as u64);
-    put_bytes_field(&mut out, 3, message.sender_user);
-    put_varint_field(&mut out, 5, message.server_msg_id);
-    put_varint_field(&mut out, 7, message.server_time_ms);
-    put_bytes_field(&mut out, 8, message.client_msg_id);
-    put_varint_field(&mut out, 9, u64::from(message.content_type));
-    put_bytes_field(&mut out, 10, message.content);
+    (message_len, entry_len)
+}
+
+fn put_push_body(out: &mut BytesMut, message: &PushedMessage<'_>, lens: (usize, usize)) {
+    let (message_len, entry_len) = lens;
+    put_varint(out, (1 << 3) | 2);
+    put_varint(out, entry_len as u64);
+    put_varint_field(out, 1, message.inbox_seq);
+    put_varint(out, (2 << 3) | 2);
+    put_varint(out, message_len as u64);
+    put_bytes_field(out, 1, message.conversation_id);
+    put_varint_field(out, 2, message.kind as u64);
+    put_bytes_field(out, 3, message.sender_user);
+    put_varint_field(out, 5, message.server_msg_id);
+    put_varint_field(out, 7, message.server_time_ms);
+    put_bytes_field(out, 8, message.client_msg_id);
+    put_varint_field(out, 9, u64::from(message.content_type));
+    put_bytes_field(out, 10, message.content);
+}
+
+fn push_body_len(lens: (usize, usize)) -> usize {
+    prost::encoding::key_len(1) + prost::encoding::encoded_len_varint(lens.1 as u64) + lens.1
+}
+
+/// The body of a `Push` of one message entry, as prost would encode it, in one allocation.
+pub fn push_body(message: &PushedMessage<'_>) -> bytes::Bytes {
+    let lens = message_len(message);
+    let mut out = BytesMut::with_capacity(push_body_len(lens));
+    put_push_body(&mut out, message, lens);
     out.freeze()
+}
+
+/// Appends a whole `Push` frame (header and body) of one message entry to `out`, with no
+/// allocation beyond `out`'s own growth: the bare relay writes pushes straight into the
+/// receiver's output buffer.
+pub fn append_push_frame(out: &mut BytesMut, message: &PushedMessage<'_>) {
+    let lens = message_len(message);
+    let body_len = push_body_len(lens);
+    out.reserve(HEADER_LEN + body_len);
+    FrameHeader {
+        body_len: body_len as u32,
+        version: WIRE_VERSION,
+        flags: im_protocol::Flags::PUSH.bits(),
+        op: pb::Op::Push as u16,
+        request_id: 0,
+    }
+    .write(out);
+    put_push_body(out, message, lens);
+}
+
+fn send_ack_len(client_msg_id: &[u8], conversation_id: &[u8], ids: (u64, u64)) -> usize {
+    len_field_size(1, client_msg_id.len())
+        + len_field_size(2, conversation_id.len())
+        + varint_field_size(3, ids.0)
+        + varint_field_size(5, ids.1)
+}
+
+fn put_send_ack(out: &mut BytesMut, client_msg_id: &[u8], conversation_id: &[u8], ids: (u64, u64)) {
+    put_bytes_field(out, 1, client_msg_id);
+    put_bytes_field(out, 2, conversation_id);
+    put_varint_field(out, 3, ids.0);
+    put_varint_field(out, 5, ids.1);
 }
 
 /// The body of a `SendAck`, as prost would encode it.
@@ -279,18 +344,91 @@ pub fn send_ack_body(
     server_msg_id: u64,
     server_time_ms: u64,
 ) -> bytes::Bytes {
-    let mut out = BytesMut::with_capacity(32 + client_msg_id.len() + conversation_id.len());
-    put_bytes_field(&mut out, 1, client_msg_id);
-    put_bytes_field(&mut out, 2, conversation_id);
-    put_varint_field(&mut out, 3, server_msg_id);
-    put_varint_field(&mut out, 5, server_time_ms);
+    let ids = (server_msg_id, server_time_ms);
+    let mut out = BytesMut::with_capacity(send_ack_len(client_msg_id, conversation_id, ids));
+    put_send_ack(&mut out, client_msg_id, conversation_id, ids);
     out.freeze()
+}
+
+/// Appends a whole `SendAck` frame answering `request_id` to `out`.
+pub fn append_send_ack_frame(
+    out: &mut BytesMut,
+    request_id: u32,
+    client_msg_id: &[u8],
+    conversation_id: &[u8],
+    server_msg_id: u64,
+    server_time_ms: u64,
+) {
+    let ids = (server_msg_id, server_time_ms);
+    let body_len = send_ack_len(client_msg_id, conversation_id, ids);
+    out.reserve(HEADER_LEN + body_len);
+    FrameHeader {
+        body_len: body_len as u32,
+        version: WIRE_VERSION,
+        flags: 0,
+        op: pb::Op::SendAck as u16,
+        request_id,
+    }
+    .write(out);
+    put_send_ack(out, client_msg_id, conversation_id, ids);
+}
+
+/// A frame header that no peer of revision 1 may send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadFrame {
+    /// Not wire version 1.
+    Version(u8),
+    /// A body longer than the limit.
+    TooLarge(u32),
+    /// A flag this loop does not handle (compression or a reserved bit).
+    Flags(u8),
+}
+
+impl std::fmt::Display for BadFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadFrame::Version(v) => write!(f, "wire version {v}"),
+            BadFrame::TooLarge(n) => write!(f, "a {n}-byte body"),
+            BadFrame::Flags(b) => write!(f, "flags {b:#04x}"),
+        }
+    }
+}
+
+/// Calls `frame(header, body)` for each whole frame at the start of `buf`, in place, and
+/// returns how many bytes they took (the caller advances its buffer by that much; a partial
+/// frame stays for the next read). Uncompressed frames only: the hot loops that use this never
+/// negotiate compression.
+pub fn split_frames(
+    buf: &[u8],
+    max_body: usize,
+    mut frame: impl FnMut(&FrameHeader, &[u8]),
+) -> Result<usize, BadFrame> {
+    let mut at = 0;
+    while let Some(header) = FrameHeader::parse(&buf[at..]) {
+        if header.version != WIRE_VERSION {
+            return Err(BadFrame::Version(header.version));
+        }
+        if header.flags & !im_protocol::Flags::PUSH.bits() != 0 {
+            return Err(BadFrame::Flags(header.flags));
+        }
+        let body_len = header.body_len as usize;
+        if body_len > max_body {
+            return Err(BadFrame::TooLarge(header.body_len));
+        }
+        let end = at + HEADER_LEN + body_len;
+        if end > buf.len() {
+            break;
+        }
+        frame(&header, &buf[at + HEADER_LEN..end]);
+        at = end;
+    }
+    Ok(at)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use im_protocol::{Body, FrameCodec};
+    use im_protocol::{Body, Frame, FrameCodec};
     use prost::Message as _;
     use tokio_util::codec::Decoder as _;
 
@@ -426,6 +564,86 @@ mod tests {
         assert_eq!(
             send_ack_body(b"m1", b"d:a:b", 77, 5).as_ref(),
             ack.encode_to_vec()
+        );
+
+        // Whole frames appended to a buffer are what the codec writes for the same structs.
+        let mut appended = BytesMut::from(&b"before"[..]);
+        append_push_frame(&mut appended, &pushed);
+        append_send_ack_frame(&mut appended, 9, b"m1", b"d:a:b", 77, 5);
+        let mut encoded = BytesMut::from(&b"before"[..]);
+        let mut codec = FrameCodec::default();
+        tokio_util::codec::Encoder::encode(&mut codec, Frame::push(expected), &mut encoded)
+            .expect("encode");
+        tokio_util::codec::Encoder::encode(&mut codec, Frame::new(9, ack), &mut encoded)
+            .expect("encode");
+        assert_eq!(appended, encoded);
+    }
+
+    #[test]
+    fn frames_are_split_in_place_and_a_partial_one_waits_for_more() {
+        let mut buf = BytesMut::new();
+        let mut codec = FrameCodec::default();
+        for id in 1..=3 {
+            tokio_util::codec::Encoder::encode(
+                &mut codec,
+                Frame::new(
+                    id,
+                    pb::Ping {
+                        client_time_ms: u64::from(id),
+                    },
+                ),
+                &mut buf,
+            )
+            .expect("encode");
+        }
+        let whole = buf.len();
+        // Cut inside the third frame's body.
+        let cut = &buf[..whole - 1];
+        let mut seen = Vec::new();
+        let used = split_frames(cut, 1024, |header, body| {
+            seen.push((header.request_id, body.to_vec()));
+        })
+        .expect("well-formed");
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].0, 2);
+        assert_eq!(
+            pb::Ping::decode(seen[1].1.as_slice())
+                .expect("ping")
+                .client_time_ms,
+            2
+        );
+        assert_eq!(used, whole / 3 * 2);
+        // Every prefix splits without a panic, and never past what it holds.
+        for end in 0..=whole {
+            let used = split_frames(&buf[..end], 1024, |_, _| {}).expect("well-formed");
+            assert!(used <= end);
+        }
+    }
+
+    #[test]
+    fn a_frame_no_peer_may_send_is_refused() {
+        let mut buf = BytesMut::new();
+        tokio_util::codec::Encoder::encode(
+            &mut FrameCodec::default(),
+            Frame::new(1, pb::Ping { client_time_ms: 1 }),
+            &mut buf,
+        )
+        .expect("encode");
+        let mut bad_version = buf.clone();
+        bad_version[4] = 9;
+        assert_eq!(
+            split_frames(&bad_version, 1024, |_, _| {}),
+            Err(BadFrame::Version(9))
+        );
+        let mut compressed = buf.clone();
+        compressed[5] = 0x01;
+        assert_eq!(
+            split_frames(&compressed, 1024, |_, _| {}),
+            Err(BadFrame::Flags(1))
+        );
+        assert_eq!(
+            split_frames(&buf, 1, |_, _| {}),
+            Err(BadFrame::TooLarge((buf.len() - HEADER_LEN) as u32))
         );
     }
 
