@@ -190,8 +190,10 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stop: CancellationToke
         blocked_on: None,
         goodbye: false,
     };
-    let mut input = BytesMut::with_capacity(64 * 1024);
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    // Buffers exist only while there is something in them: an idle connection holds none
+    // (15,000 idle connections with 128 KiB each would measure the allocator, not the relay).
+    let mut input = BytesMut::new();
+    let mut out = BytesMut::new();
     let max_body = im_protocol::DEFAULT_MAX_BODY;
     'serve: loop {
         // Take what others relayed here (unless this connection is itself backed up).
@@ -215,6 +217,9 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stop: CancellationToke
         }
         if conn.goodbye && out.is_empty() {
             break;
+        }
+        if out.is_empty() && out.capacity() > 0 {
+            out = BytesMut::new();
         }
         if conn.blocked_on.as_ref().is_some_and(|o| !o.is_full()) {
             conn.blocked_on = None;
@@ -254,6 +259,9 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stop: CancellationToke
                     }
                 };
                 input.advance(used);
+                if input.is_empty() {
+                    input = BytesMut::new();
+                }
             }
             ready = stream.writable(), if !out.is_empty() => {
                 if ready.is_err() {
