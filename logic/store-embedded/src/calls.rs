@@ -17,7 +17,7 @@ impl EmbeddedStore {
     /// run more than once (see [`Job`]), so it takes its inputs by reference or clones them.
     pub(crate) async fn mutate<T: Send + 'static>(
         &self,
-        run: impl Fn(&mut WriteCtx<'_, '_>) -> T + Send + 'static,
+        run: impl Fn(&mut WriteCtx<'_>) -> T + Send + 'static,
         failed: impl Fn(StoreError) -> T + Send + Sync + 'static,
     ) -> T {
         if let Some(refusal) = self.write_refusal() {
@@ -41,7 +41,7 @@ impl EmbeddedStore {
         // The writer thread runs the job inside the request's span, so the request's trail
         // continues into the store.
         let span = tracing::Span::current();
-        let job: Job = Box::new(move |ctx: &mut WriteCtx<'_, '_>| {
+        let job: Job = Box::new(move |ctx: &mut WriteCtx<'_>| {
             let _entered = span.enter();
             let result = run(ctx);
             tracing::trace!("store operation staged in the group commit");

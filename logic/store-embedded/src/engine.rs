@@ -49,6 +49,40 @@ impl Keyspaces {
             hidden: open("hidden")?,
         })
     }
+
+    /// Every keyspace, in a fixed order: a keyspace's index here is its slot in the writer's
+    /// pending writes.
+    fn all(&self) -> [&SingleWriterTxKeyspace; Keyspaces::COUNT] {
+        [
+            &self.timelines,
+            &self.inboxes,
+            &self.dedup,
+            &self.states,
+            &self.groups,
+            &self.members,
+            &self.group_requests,
+            &self.delivery,
+            &self.counters,
+            &self.hidden,
+        ]
+    }
+
+    /// How many keyspaces there are.
+    pub(crate) const COUNT: usize = 10;
+
+    /// The slot of `keyspace`, which must be one of these fields (compared by address: the
+    /// writer only ever passes `&self.<field>`).
+    pub(crate) fn slot_of(&self, keyspace: &SingleWriterTxKeyspace) -> usize {
+        self.all()
+            .iter()
+            .position(|k| std::ptr::eq(*k, keyspace))
+            .expect("a keyspace of this database")
+    }
+
+    /// The keyspace at `slot`.
+    pub(crate) fn by_slot(&self, slot: usize) -> &SingleWriterTxKeyspace {
+        self.all()[slot]
+    }
 }
 
 /// The open database. Replaced as a whole when the store reopens after a failed commit.

@@ -63,9 +63,8 @@ pub(crate) fn visible_messages<R: Readable>(
     direction: pb::HistoryDirection,
     limit: usize,
 ) -> StoreResult<Vec<pb::Message>> {
-    let mut messages = Vec::new();
     if lo > hi || limit == 0 {
-        return Ok(messages);
+        return Ok(Vec::new());
     }
     let older = direction == pb::HistoryDirection::Older;
     let range = keys::seq_key(conversation_id, lo)..=keys::seq_key(conversation_id, hi);
@@ -75,7 +74,7 @@ pub(crate) fn visible_messages<R: Readable>(
     } else {
         Box::new(timeline)
     };
-    let mut hidden: Box<dyn Iterator<Item = fjall::Guard>> = match viewer {
+    let hidden: Box<dyn Iterator<Item = fjall::Guard>> = match viewer {
         None => Box::new(std::iter::empty()),
         Some(viewer) => {
             let range = keys::hidden_key(viewer, conversation_id, lo)
@@ -88,24 +87,45 @@ pub(crate) fn visible_messages<R: Readable>(
             }
         }
     };
-    let next_hidden = |hidden: &mut Box<dyn Iterator<Item = fjall::Guard>>| {
+    pick_visible(
+        timeline.map(|guard| guard.into_inner()),
+        hidden.map(|guard| guard.key()),
+        conversation_id,
+        older,
+        limit,
+    )
+}
+
+/// Walks a conversation's timeline records and the viewer's deleted-message keys side by side
+/// (both in the same direction: `older` is descending), keeping at most `limit` messages the
+/// viewer did not delete. Shared by the readers (over a snapshot) and the writer (over a
+/// snapshot merged with its pending writes).
+pub(crate) fn pick_visible(
+    timeline: impl Iterator<Item = fjall::Result<(fjall::Slice, fjall::Slice)>>,
+    mut hidden: impl Iterator<Item = fjall::Result<fjall::Slice>>,
+    conversation_id: &str,
+    older: bool,
+    limit: usize,
+) -> StoreResult<Vec<pb::Message>> {
+    let mut messages = Vec::new();
+    let mut next_hidden = || {
         hidden
             .next()
-            .map(|guard| {
-                let key = guard.key().map_err(io)?;
+            .map(|key| {
+                let key = key.map_err(io)?;
                 keys::seq_of(&key).ok_or_else(|| corrupt("deleted message key", conversation_id))
             })
             .transpose()
     };
-    let mut hidden_seq = next_hidden(&mut hidden)?;
-    for guard in timeline {
-        let (key, value) = guard.into_inner().map_err(io)?;
+    let mut hidden_seq = next_hidden()?;
+    for item in timeline {
+        let (key, value) = item.map_err(io)?;
         let seq = keys::seq_of(&key).ok_or_else(|| corrupt("timeline key", conversation_id))?;
         // Move the deleted-seq cursor to this seq or past it, in the walk's direction.
         while let Some(h) = hidden_seq
             && (if older { h > seq } else { h < seq })
         {
-            hidden_seq = next_hidden(&mut hidden)?;
+            hidden_seq = next_hidden()?;
         }
         if hidden_seq == Some(seq) {
             continue;

@@ -8,7 +8,7 @@ use timeline_store::{Delivery, StoreResult};
 use super::{WriteCtx, check_id, parse_conversation};
 use crate::keys;
 
-impl WriteCtx<'_, '_> {
+impl WriteCtx<'_> {
     pub(crate) fn delete_messages(
         &mut self,
         user: &str,

@@ -5,7 +5,7 @@ use timeline_store::StoreResult;
 use super::{WriteCtx, corrupt};
 use crate::keys;
 
-impl WriteCtx<'_, '_> {
+impl WriteCtx<'_> {
     pub(crate) fn record_delivery(
         &mut self,
         user: &str,

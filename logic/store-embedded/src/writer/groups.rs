@@ -2,17 +2,17 @@
 
 use std::collections::BTreeSet;
 
-use fjall::Readable as _;
 use im_protocol::ids;
 use im_protocol::pb::{self, inbox_entry::Body};
 use prost::Message as _;
 use timeline_store::{GroupChange, NewGroup, StoreError, StoreResult};
 
+use super::primitives::prefix_bounds;
 use super::{WriteCtx, check_id, corrupt};
 use crate::keys;
 use crate::records::{GroupRecord, MemberRecord, StateRecord};
 
-impl WriteCtx<'_, '_> {
+impl WriteCtx<'_> {
     fn group_record(&mut self, group_id: &str) -> StoreResult<GroupRecord> {
         let ks = self.ks;
         self.get_decoded::<GroupRecord>(&ks.groups, group_id.as_bytes(), "group")?
@@ -39,12 +39,11 @@ impl WriteCtx<'_, '_> {
     fn members(&mut self, group_id: &str) -> StoreResult<Vec<MemberRecord>> {
         let ks = self.ks;
         let items: Vec<_> = self
-            .tx
-            .prefix(&ks.members, keys::prefix(group_id))
+            .merged(&ks.members, prefix_bounds(keys::prefix(group_id)), false)
             .collect();
         let mut members = Vec::with_capacity(items.len());
-        for guard in items {
-            let value = guard.value().map_err(|e| self.io(e))?;
+        for item in items {
+            let (_, value) = item.map_err(|e| self.io(e))?;
             members.push(
                 MemberRecord::decode(&*value).map_err(|e| self.fail_with(corrupt("member", e)))?,
             );

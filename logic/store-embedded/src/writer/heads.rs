@@ -1,16 +1,16 @@
 //! Cached heads: the last seq of each conversation and inbox, the id counters, and inbox
 //! appends and trimming, which move them.
 
-use fjall::Readable as _;
 use im_protocol::pb::{self, inbox_entry::Body};
 use prost::Message as _;
 use timeline_store::{Delivery, StoreResult};
 
+use super::primitives::prefix_bounds;
 use super::{NEXT_GROUP_ID, NEXT_MSG_ID, TRIM_STEP, WriteCtx, corrupt};
 use crate::keys;
 use crate::records::InboxRecord;
 
-impl WriteCtx<'_, '_> {
+impl WriteCtx<'_> {
     pub(super) fn conversation_head(&mut self, conversation_id: &str) -> StoreResult<u64> {
         if let Some(head) = self.caches.conversation_heads.get(conversation_id) {
             return Ok(*head);
@@ -76,15 +76,15 @@ impl WriteCtx<'_, '_> {
             return Ok(*oldest);
         }
         let ks = self.ks;
-        let first = self.tx.prefix(&ks.inboxes, keys::prefix(user)).next();
+        let first = self
+            .merged(&ks.inboxes, prefix_bounds(keys::prefix(user)), false)
+            .next();
         let oldest = match first {
             None => self.inbox_head(user)? + 1,
-            Some(guard) => match guard.key() {
-                Ok(key) => {
-                    keys::seq_of(&key).ok_or_else(|| self.fail_with(corrupt("seq key", user)))?
-                }
-                Err(e) => return Err(self.io(e)),
-            },
+            Some(Ok((key, _))) => {
+                keys::seq_of(&key).ok_or_else(|| self.fail_with(corrupt("seq key", user)))?
+            }
+            Some(Err(e)) => return Err(self.io(e)),
         };
         self.caches.inbox_oldest.insert(user.to_owned(), oldest);
         Ok(oldest)

@@ -10,7 +10,7 @@ use super::{WriteCtx, check_id, corrupt, parse_conversation, peer_of};
 use crate::keys;
 use crate::records::{DedupRecord, InboxRecord, StateRecord, content_digest};
 
-impl WriteCtx<'_, '_> {
+impl WriteCtx<'_> {
     pub(crate) fn commit_messages(
         &mut self,
         messages: Vec<NewMessage>,

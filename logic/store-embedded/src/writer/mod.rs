@@ -32,6 +32,7 @@ mod delivery;
 mod groups;
 mod heads;
 mod messages;
+mod pending;
 mod primitives;
 mod read_markers;
 mod recall;
@@ -43,7 +44,7 @@ pub(crate) type Finish = Box<dyn FnOnce(Result<(), DrainFailure>) + Send>;
 /// A mutation: runs against the drain's transaction and returns how to answer its caller. It
 /// may run more than once: when another job fails the drain, the drain is rolled back and the
 /// other jobs run again without it (their earlier answers are dropped unused).
-pub(crate) type Job = Box<dyn FnMut(&mut WriteCtx<'_, '_>) -> Finish + Send>;
+pub(crate) type Job = Box<dyn FnMut(&mut WriteCtx<'_>) -> Finish + Send>;
 
 /// Why a job's drain did not commit.
 #[derive(Clone, Debug)]
@@ -88,9 +89,11 @@ impl Caches {
     }
 }
 
-/// What one job sees: the drain's transaction, the keyspaces and the caches.
-pub(crate) struct WriteCtx<'t, 'db> {
-    tx: &'t mut fjall::SingleWriterWriteTx<'db>,
+/// What one job sees: the database as the drain began, the drain's own writes so far, the
+/// keyspaces and the caches.
+pub(crate) struct WriteCtx<'t> {
+    snapshot: &'t fjall::Snapshot,
+    pending: &'t mut pending::Pending,
     ks: &'t Keyspaces,
     caches: &'t mut Caches,
     /// The inbox retention enforced on every append.
@@ -121,6 +124,7 @@ pub(crate) fn run(
     config: WriterConfig,
 ) {
     let mut caches = Caches::default();
+    let mut pending = pending::Pending::new(Keyspaces::COUNT);
     let mut jobs: Vec<Job> = Vec::with_capacity(config.max_batch);
     while let Some(first) = rx.blocking_recv() {
         jobs.push(first);
@@ -134,7 +138,7 @@ pub(crate) fn run(
         // alone and taken out; the rest run again in a fresh transaction, so one bad request
         // never fails the others it was batched with. Each round removes one job.
         while !jobs.is_empty() {
-            match run_drain(&db, &ks, &mut jobs, &mut caches, &config) {
+            match run_drain(&db, &ks, &mut jobs, &mut caches, &mut pending, &config) {
                 DrainEnd::Done => break,
                 DrainEnd::Culprit(index) => {
                     caches.clear();
@@ -163,15 +167,20 @@ fn run_drain(
     ks: &Keyspaces,
     jobs: &mut [Job],
     caches: &mut Caches,
+    pending: &mut pending::Pending,
     config: &WriterConfig,
 ) -> DrainEnd {
     let count = jobs.len();
-    let mut tx = db.write_tx().durability(Some(config.persist));
+    // Everything committed so far: this thread is the only writer, so the snapshot and the
+    // drain's own writes are the whole state the jobs see.
+    let snapshot = db.read_tx();
+    pending.clear();
     let mut finishes: Vec<Finish> = Vec::with_capacity(count);
     let mut culprit: Option<(usize, Option<Finish>, DrainFailure)> = None;
     {
         let mut ctx = WriteCtx {
-            tx: &mut tx,
+            snapshot: &snapshot,
+            pending: &mut *pending,
             ks,
             caches,
             retention: config.retention,
@@ -213,17 +222,24 @@ fn run_drain(
         }
     }
     if let Some((index, finish, failure)) = culprit {
-        tx.rollback();
+        pending.clear();
         tracing::warn!(jobs = count, reason = %failure.reason, "one store operation failed its group commit; running the others again without it");
         if let Some(finish) = finish {
             finish(Err(failure));
         }
         return DrainEnd::Culprit(index);
     }
-    let outcome = tx.commit().map_err(|e| DrainFailure {
-        reason: e.to_string(),
-        invalid_argument: false,
-    });
+    drop(snapshot);
+    let outcome = if pending.is_empty() {
+        Ok(())
+    } else {
+        let mut batch = db.inner().batch().durability(Some(config.persist));
+        pending.drain_into(ks, &mut batch);
+        batch.commit().map_err(|e| DrainFailure {
+            reason: e.to_string(),
+            invalid_argument: false,
+        })
+    };
     match &outcome {
         Ok(()) => {
             tracing::trace!(jobs = count, "group commit durable");

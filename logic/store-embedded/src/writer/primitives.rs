@@ -1,14 +1,31 @@
 //! Storage primitives: reads and writes through the drain's transaction, with the key-length
 //! checks that keep a bad argument from failing the engine, and the writes made once per drain.
 
+use std::ops::Bound;
+
 use fjall::{Readable as _, SingleWriterTxKeyspace};
 use prost::Message as _;
 use timeline_store::{StoreError, StoreResult};
 
+use super::pending::Merged;
 use super::{NEXT_GROUP_ID, NEXT_MSG_ID, WriteCtx, corrupt};
 use crate::keys;
 
-impl WriteCtx<'_, '_> {
+/// The key range of every key starting with `prefix`.
+pub(super) fn prefix_bounds(prefix: Vec<u8>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    // The least key above every key with this prefix: the prefix with its last byte below
+    // 0xff incremented (and the 0xff bytes after it dropped); none if it is all 0xff.
+    let mut upper = prefix.clone();
+    while let Some(last) = upper.pop() {
+        if last < 0xff {
+            upper.push(last + 1);
+            return (Bound::Included(prefix), Bound::Excluded(upper));
+        }
+    }
+    (Bound::Included(prefix), Bound::Unbounded)
+}
+
+impl WriteCtx<'_> {
     /// Records a storage error so the drain is not committed, and returns it as the job's error.
     pub(super) fn io(&mut self, e: fjall::Error) -> StoreError {
         let reason = format!("storage engine: {e}");
@@ -24,7 +41,11 @@ impl WriteCtx<'_, '_> {
         if key.len() > keys::MAX_KEY_BYTES {
             return Err(StoreError::InvalidArgument("a key is too long".into()));
         }
-        match self.tx.get(ks, key) {
+        let slot = self.ks.slot_of(ks);
+        if let Some(entry) = self.pending.get(slot, key) {
+            return Ok(entry.as_deref().map(fjall::Slice::from));
+        }
+        match self.snapshot.get(ks, key) {
             Ok(value) => Ok(value),
             Err(e) => Err(self.io(e)),
         }
@@ -59,7 +80,8 @@ impl WriteCtx<'_, '_> {
             self.fail_with(StoreError::InvalidArgument("a key is too long".into()));
             return;
         }
-        self.tx.insert(ks, key, value);
+        let slot = self.ks.slot_of(ks);
+        self.pending.put(slot, key, value);
     }
 
     pub(super) fn delete(&mut self, ks: &SingleWriterTxKeyspace, key: Vec<u8>) {
@@ -67,7 +89,8 @@ impl WriteCtx<'_, '_> {
             self.fail_with(StoreError::InvalidArgument("a key is too long".into()));
             return;
         }
-        self.tx.remove(ks, key);
+        let slot = self.ks.slot_of(ks);
+        self.pending.remove(slot, key);
     }
 
     /// Writes a record under a key the engine would refuse: for tests of drain isolation.
@@ -87,14 +110,28 @@ impl WriteCtx<'_, '_> {
         ks: &SingleWriterTxKeyspace,
         id: &str,
     ) -> StoreResult<u64> {
-        let last = self.tx.prefix(ks, keys::prefix(id)).next_back();
+        let last = self
+            .merged(ks, prefix_bounds(keys::prefix(id)), true)
+            .next();
         match last {
             None => Ok(0),
-            Some(guard) => match guard.key() {
-                Ok(key) => keys::seq_of(&key).ok_or_else(|| self.fail_with(corrupt("seq key", id))),
-                Err(e) => Err(self.io(e)),
-            },
+            Some(Ok((key, _))) => {
+                keys::seq_of(&key).ok_or_else(|| self.fail_with(corrupt("seq key", id)))
+            }
+            Some(Err(e)) => Err(self.io(e)),
         }
+    }
+
+    /// The records of `ks` within `bounds` as this drain sees them (stored ones merged with its
+    /// own writes), ascending or, with `reverse`, descending.
+    pub(super) fn merged<'a>(
+        &'a self,
+        ks: &'a SingleWriterTxKeyspace,
+        bounds: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+        reverse: bool,
+    ) -> Merged<'a> {
+        let slot = self.ks.slot_of(ks);
+        Merged::new(self.snapshot, ks, self.pending, slot, bounds, reverse)
     }
 
     pub(super) fn read_counter(&mut self, key: &[u8]) -> StoreResult<u64> {

@@ -1,7 +1,6 @@
 //! Read markers: moving a user's marker, recomputing the unread count, syncing it and sending
 //! the receipt.
 
-use fjall::Readable as _;
 use im_protocol::pb::{self, inbox_entry::Body};
 use prost::Message as _;
 use timeline_store::{ConversationState, Delivery, StoreError, StoreResult};
@@ -9,7 +8,7 @@ use timeline_store::{ConversationState, Delivery, StoreError, StoreResult};
 use super::{WriteCtx, check_id, corrupt};
 use crate::keys;
 
-impl WriteCtx<'_, '_> {
+impl WriteCtx<'_> {
     pub(crate) fn mark_read(
         &mut self,
         user: &str,
@@ -78,10 +77,14 @@ impl WriteCtx<'_, '_> {
         let ks = self.ks;
         let range =
             keys::seq_key(conversation_id, above + 1)..=keys::seq_key(conversation_id, up_to);
-        let items: Vec<_> = self.tx.range(&ks.timelines, range).collect();
+        let bounds = (
+            std::ops::Bound::Included(range.start().clone()),
+            std::ops::Bound::Included(range.end().clone()),
+        );
+        let items: Vec<_> = self.merged(&ks.timelines, bounds, false).collect();
         let mut count = 0;
-        for guard in items {
-            let value = guard.value().map_err(|e| self.io(e))?;
+        for item in items {
+            let (_, value) = item.map_err(|e| self.io(e))?;
             let message =
                 pb::Message::decode(&*value).map_err(|e| self.fail_with(corrupt("message", e)))?;
             if message.sender_user != user {

@@ -9,7 +9,7 @@ use timeline_store::{Delivery, StoreError, StoreResult};
 use super::{WriteCtx, check_id};
 use crate::keys;
 
-impl WriteCtx<'_, '_> {
+impl WriteCtx<'_> {
     pub(crate) fn recall(
         &mut self,
         conversation_id: &str,

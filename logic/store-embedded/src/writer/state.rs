@@ -1,5 +1,7 @@
 //! Each user's conversation state (read marker, unread count, last seq), cached for the drain.
 
+use std::ops::Bound;
+
 use timeline_store::{ConversationState, StoreResult};
 
 use super::WriteCtx;
@@ -7,7 +9,7 @@ use crate::keys;
 use crate::read;
 use crate::records::StateRecord;
 
-impl WriteCtx<'_, '_> {
+impl WriteCtx<'_> {
     pub(super) fn state(
         &mut self,
         user: &str,
@@ -53,9 +55,29 @@ impl WriteCtx<'_, '_> {
         state: StateRecord,
     ) -> StoreResult<ConversationState> {
         let ks = self.ks;
-        let last_message =
-            read::newest_visible(&*self.tx, ks, user, &state.conversation_id, state.last_seq)
-                .map_err(|e| self.fail_with(e))?;
+        let conversation_id = &state.conversation_id;
+        let timeline = (
+            Bound::Included(keys::seq_key(conversation_id, 1)),
+            Bound::Included(keys::seq_key(conversation_id, state.last_seq)),
+        );
+        let hidden = (
+            Bound::Included(keys::hidden_key(user, conversation_id, 1)),
+            Bound::Included(keys::hidden_key(user, conversation_id, state.last_seq)),
+        );
+        let last_message = if state.last_seq == 0 {
+            Ok(Vec::new())
+        } else {
+            read::pick_visible(
+                self.merged(&ks.timelines, timeline, true),
+                self.merged(&ks.hidden, hidden, true)
+                    .map(|item| item.map(|(key, _)| key)),
+                conversation_id,
+                true,
+                1,
+            )
+        }
+        .map_err(|e| self.fail_with(e))?
+        .pop();
         Ok(read::public_state(state, last_message))
     }
 }
