@@ -88,11 +88,14 @@ impl Pending {
 /// A key and value read through the drain.
 pub(crate) type Item = (Slice, Slice);
 
+type StoredIter<'a> = Box<dyn Iterator<Item = fjall::Result<Item>> + 'a>;
+type PendingIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Entry)> + 'a>;
+
 /// The snapshot's records in a key range merged with the drain's writes in it, in key order
 /// (or reversed): a key the drain wrote shows its new value, a key it removed is skipped.
 pub(crate) struct Merged<'a> {
-    stored: Peekable<Box<dyn Iterator<Item = fjall::Result<Item>> + 'a>>,
-    pending: Peekable<Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Entry)> + 'a>>,
+    stored: Peekable<StoredIter<'a>>,
+    pending: Peekable<PendingIter<'a>>,
     reverse: bool,
 }
 
@@ -116,12 +119,12 @@ impl<'a> Merged<'a> {
         // Neither range borrows its bounds beyond the call.
         let written = pending.range(slot, as_slice(&lower), as_slice(&upper));
         let stored = snapshot.range(keyspace, (lower, upper));
-        let stored: Box<dyn Iterator<Item = fjall::Result<Item>> + 'a> = if reverse {
+        let stored: StoredIter<'a> = if reverse {
             Box::new(stored.rev().map(|guard| guard.into_inner()))
         } else {
             Box::new(stored.map(|guard| guard.into_inner()))
         };
-        let written: Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Entry)> + 'a> = if reverse {
+        let written: PendingIter<'a> = if reverse {
             Box::new(written.rev())
         } else {
             Box::new(written)
