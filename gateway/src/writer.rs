@@ -79,12 +79,13 @@ pub(crate) async fn writer<S: ByteStream>(
             break WriterEnd::Abandoned;
         }
         buf.clear();
-        // Give back buffers grown by a burst, so idle connections stay small.
-        if buf.capacity() > WRITE_COALESCE_BYTES {
+        if outbox.queued_bytes() == 0 {
+            // Nothing more to write: an idle connection keeps no buffer (the queue gives its
+            // own slots back when it empties). A busy one keeps them, up to a burst's size.
             buf = BytesMut::new();
-        }
-        if batch.capacity() > 64 {
             batch = std::collections::VecDeque::new();
+        } else if buf.capacity() > WRITE_COALESCE_BYTES {
+            buf = BytesMut::new();
         }
     };
     match end {
