@@ -284,6 +284,12 @@ impl BenchResult {
         row("W2 time to log all in s", &|f| {
             f.w2.iter().map(|r| r.login_secs).collect()
         });
+        row("W1 push gaps", &|f| {
+            f.w1.iter().map(|r| r.push_gaps as f64).collect()
+        });
+        row("W1 paced push gaps", &|f| {
+            f.w1_paced.iter().map(|r| r.push_gaps as f64).collect()
+        });
         row("W3 deliveries/s", &|f| {
             f.w3.iter().map(|r| r.deliveries_per_sec).collect()
         });
@@ -292,6 +298,9 @@ impl BenchResult {
         });
         row("W3 send→last member p99 ms", &|f| {
             f.w3.iter().map(|r| r.last_receipt_ms.p99).collect()
+        });
+        row("W3 push gaps", &|f| {
+            f.w3.iter().map(|r| r.push_gaps as f64).collect()
         });
         s
     }

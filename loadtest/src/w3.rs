@@ -69,6 +69,10 @@ pub struct W3Result {
     pub delivery_ms: Latency,
     /// Error frames and failed connections.
     pub errors: u64,
+    /// Pushes whose first inbox seq did not follow the receiver's previous one: each would make
+    /// a client core see a gap and sync (0 on a healthy link when pushes leave in inbox order).
+    #[serde(default)]
+    pub push_gaps: u64,
     /// Server cost while sending.
     pub server: Option<ServerCost>,
 }
@@ -110,6 +114,7 @@ impl W3Result {
                 c.rss_peak_bytes as f64 / 1048576.0
             );
         }
+        s += &format!("  push gaps              {:>12}\n", self.push_gaps);
         s += &format!("  errors                 {:>12}\n", self.errors);
         s
     }
@@ -217,6 +222,7 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
     let complete = Arc::new(AtomicU64::new(0));
     let last_receipt_ns = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let push_gaps = Arc::new(AtomicU64::new(0));
     let window = Arc::new(Semaphore::new(config.window.max(1)));
     let per_message = Arc::new(Mutex::new(common::histogram()));
     let per_delivery = Arc::new(Mutex::new(common::histogram()));
@@ -237,7 +243,9 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
             conv.clone(),
         );
         let online = online as u32;
+        let gaps = push_gaps.clone();
         tasks.push(tokio::spawn(async move {
+            let mut previous_seq = 0u64;
             let mut local = common::histogram();
             let mut local_last = common::histogram();
             let mut since_ack = 0;
@@ -251,6 +259,12 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
                     continue;
                 };
                 let mut last_seq = 0;
+                if let Some(first) = push.entries.first() {
+                    if previous_seq != 0 && first.inbox_seq != previous_seq + 1 {
+                        gaps.fetch_add(1, Ordering::Relaxed);
+                    }
+                    previous_seq = push.entries.last().map_or(0, |e| e.inbox_seq);
+                }
                 for entry in push.entries {
                     last_seq = entry.inbox_seq;
                     since_ack += 1;
@@ -389,6 +403,7 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
         last_receipt_ms: Latency::of(&*per_message.lock().await),
         delivery_ms: Latency::of(&*per_delivery.lock().await),
         errors: errors.load(Ordering::Relaxed),
+        push_gaps: push_gaps.load(Ordering::Relaxed),
         server: cost,
     })
 }
