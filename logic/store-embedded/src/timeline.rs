@@ -8,6 +8,7 @@ use timeline_store::{
 };
 
 use crate::EmbeddedStore;
+use crate::writer::Staged;
 
 /// Builds the per-message failure of a whole `commit_messages` call.
 fn all_failed(count: usize) -> impl Fn(StoreError) -> Vec<StoreResult<CommittedMessage>> {
@@ -36,11 +37,20 @@ impl TimelineStore for EmbeddedStore {
             return Vec::new();
         }
         let count = messages.len();
-        self.mutate(
-            move |ctx| ctx.commit_messages(messages.clone()),
-            all_failed(count),
-        )
-        .await
+        let failed = all_failed(count);
+        let staged = self
+            .mutate(
+                move |ctx| Ok(ctx.commit_messages(&messages)),
+                move |error| Err(failed(error)),
+            )
+            .await;
+        match staged {
+            Ok(staged) => staged
+                .into_iter()
+                .map(|one| one.map(Staged::into_committed))
+                .collect(),
+            Err(failed) => failed,
+        }
     }
 
     async fn mark_read(

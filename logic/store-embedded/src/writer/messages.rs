@@ -10,18 +10,53 @@ use super::{WriteCtx, check_id, corrupt, parse_conversation, peer_of};
 use crate::keys;
 use crate::records::{DedupRecord, InboxRecord, StateRecord, content_digest};
 
-impl WriteCtx<'_> {
-    pub(crate) fn commit_messages(
-        &mut self,
-        messages: Vec<NewMessage>,
-    ) -> Vec<StoreResult<CommittedMessage>> {
-        messages
+/// A committed message as the writer thread leaves it: the stored message once and each
+/// recipient's inbox seq. [`Staged::into_committed`] makes the per-recipient copies on the
+/// caller's task, so the one writer thread does not spend its time copying messages.
+pub(crate) struct Staged {
+    message: pb::Message,
+    sender_inbox_seq: u64,
+    inbox_seqs: Vec<(String, u64)>,
+    duplicate: bool,
+}
+
+impl Staged {
+    pub(crate) fn into_committed(self) -> CommittedMessage {
+        let Staged {
+            message,
+            sender_inbox_seq,
+            inbox_seqs,
+            duplicate,
+        } = self;
+        let deliveries = inbox_seqs
             .into_iter()
+            .map(|(user, inbox_seq)| Delivery {
+                user,
+                entry: pb::InboxEntry {
+                    inbox_seq,
+                    body: Some(Body::Message(message.clone())),
+                },
+            })
+            .collect();
+        CommittedMessage {
+            message,
+            sender_inbox_seq,
+            deliveries,
+            duplicate,
+        }
+    }
+}
+
+impl WriteCtx<'_> {
+    /// Commits each message; borrowed, because a job may run again (see [`super::Job`]).
+    pub(crate) fn commit_messages(&mut self, messages: &[NewMessage]) -> Vec<StoreResult<Staged>> {
+        messages
+            .iter()
             .map(|message| self.commit_one(message))
             .collect()
     }
 
-    fn commit_one(&mut self, m: NewMessage) -> StoreResult<CommittedMessage> {
+    fn commit_one(&mut self, m: &NewMessage) -> StoreResult<Staged> {
         keys::check_part("client message id", &m.client_msg_id)?;
         let conversation = parse_conversation(&m.conversation_id)?;
         check_id(&m.sender_user, "sender user id")?;
@@ -32,7 +67,7 @@ impl WriteCtx<'_> {
         let ks = self.ks;
         let dedup_key = keys::pair_key(&m.sender_user, &m.client_msg_id);
         if let Some(record) = self.get_decoded::<DedupRecord>(&ks.dedup, &dedup_key, "dedup")? {
-            return self.resend(&m, record);
+            return self.resend(m, record);
         }
 
         let seq = self.conversation_head(&m.conversation_id)? + 1;
@@ -46,7 +81,7 @@ impl WriteCtx<'_> {
             server_time_ms: m.now_ms,
             client_msg_id: m.client_msg_id.clone(),
             content_type: m.content_type,
-            content: m.content,
+            content: m.content.clone(),
             recalled: false,
             recalled_ms: 0,
         };
@@ -56,7 +91,7 @@ impl WriteCtx<'_> {
             entry: None,
             appended_ms: m.now_ms,
         };
-        let mut deliveries = Vec::with_capacity(recipients.len());
+        let mut inbox_seqs = Vec::with_capacity(recipients.len());
         let mut sender_inbox_seq = 0;
         for user in recipients {
             let inbox_seq = self.append_inbox(user, &pointer)?;
@@ -76,13 +111,7 @@ impl WriteCtx<'_> {
                 state.unread_count += 1;
             }
             self.put_state(user, &state);
-            deliveries.push(Delivery {
-                user: user.to_owned(),
-                entry: pb::InboxEntry {
-                    inbox_seq,
-                    body: Some(Body::Message(message.clone())),
-                },
-            });
+            inbox_seqs.push((user.to_owned(), inbox_seq));
         }
         let dedup = DedupRecord {
             conversation_id: m.conversation_id.clone(),
@@ -100,17 +129,17 @@ impl WriteCtx<'_> {
         );
         self.caches
             .conversation_heads
-            .insert(m.conversation_id, seq);
-        Ok(CommittedMessage {
+            .insert(m.conversation_id.clone(), seq);
+        Ok(Staged {
             message,
             sender_inbox_seq,
-            deliveries,
+            inbox_seqs,
             duplicate: false,
         })
     }
 
     /// A client msg id seen before: the original, or a conflict if this is another message.
-    fn resend(&mut self, m: &NewMessage, record: DedupRecord) -> StoreResult<CommittedMessage> {
+    fn resend(&mut self, m: &NewMessage, record: DedupRecord) -> StoreResult<Staged> {
         let conflict = || StoreError::ClientMsgIdConflict(m.client_msg_id.clone());
         if record.conversation_id != m.conversation_id {
             return Err(conflict());
@@ -130,10 +159,10 @@ impl WriteCtx<'_> {
         if !same {
             return Err(conflict());
         }
-        Ok(CommittedMessage {
+        Ok(Staged {
             message: original,
             sender_inbox_seq: record.sender_inbox_seq,
-            deliveries: Vec::new(),
+            inbox_seqs: Vec::new(),
             duplicate: true,
         })
     }

@@ -32,6 +32,7 @@ mod delivery;
 mod groups;
 mod heads;
 mod messages;
+pub(crate) use messages::Staged;
 mod pending;
 mod primitives;
 mod read_markers;
