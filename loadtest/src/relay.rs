@@ -237,7 +237,15 @@ async fn serve_conn(stream: TcpStream, state: Arc<State>, stop: CancellationToke
                 match stream.try_read_buf(&mut input) {
                     Ok(0) => break,
                     Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Readiness is reported until a read finds nothing: that is how every
+                        // connection ends up after its last message. It must not keep the
+                        // buffer reserved for a read that never came.
+                        if input.is_empty() {
+                            input = BytesMut::new();
+                        }
+                        continue;
+                    }
                     Err(_) => break,
                 }
                 // One clock read per batch: every message read together gets its time.
