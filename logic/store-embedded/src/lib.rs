@@ -13,9 +13,9 @@
 //!
 //! # Writes
 //! All mutations go through one writer thread over a bounded queue (see [`writer`]): it drains
-//! up to `max_batch` queued operations, applies them in one transaction and commits that with a
-//! single fsync before answering any of them. A full queue makes callers wait (backpressure)
-//! instead of growing memory.
+//! up to `max_batch` queued operations, runs them against a snapshot plus the drain's own
+//! pending writes, and commits those as one fjall batch with a single fsync before answering
+//! any of them. A full queue makes callers wait (backpressure) instead of growing memory.
 //!
 //! # Reads
 //! Reads run on tokio's blocking pool, each against one snapshot; they only ever see committed,

@@ -1,14 +1,16 @@
 //! The single writer: every mutation runs here, on one thread, in group commits.
 //!
 //! The thread takes the first queued job, drains whatever else is queued (up to
-//! `max_batch`), runs them one after the other inside ONE fjall write transaction, commits it
-//! with one fsync, and only then answers the callers. Running the jobs serially on one thread
-//! is what makes seq assignment trivially race-free; one transaction per drain is what keeps
+//! `max_batch`), runs them one after the other, commits everything they wrote as ONE fjall
+//! batch with one fsync, and only then answers the callers. Running the jobs serially on one
+//! thread is what makes seq assignment trivially race-free; one batch per drain is what keeps
 //! the fsync count per second independent of the message rate.
 //!
-//! Jobs read through the transaction (read-your-own-writes), so a job sees what earlier jobs
-//! of the same drain wrote: two messages to one conversation in one drain get seqs 1 and 2, a
-//! resend in the same drain is a duplicate. Heads (last seq of a conversation and of an inbox,
+//! A drain's writes wait in the writer's own ordered maps ([`pending`]: cheaper than a fjall
+//! write transaction's skiplist) and jobs read through them over a snapshot taken when the
+//! drain began (read-your-own-writes), so a job sees what earlier jobs of the same drain
+//! wrote: two messages to one conversation in one drain get seqs 1 and 2, a resend in the same
+//! drain is a duplicate. Heads (last seq of a conversation and of an inbox,
 //! the id counters) are cached in memory after their first load, because every message needs
 //! them; the caches are dropped whenever a drain does not commit, so they never run ahead of
 //! the disk.
@@ -39,10 +41,10 @@ mod read_markers;
 mod recall;
 mod state;
 
-/// Runs after the drain: `Ok` when the drain's transaction is durable, else why it is not.
+/// Runs after the drain: `Ok` when the drain's batch is durable, else why it is not.
 pub(crate) type Finish = Box<dyn FnOnce(Result<(), DrainFailure>) + Send>;
 
-/// A mutation: runs against the drain's transaction and returns how to answer its caller. It
+/// A mutation: runs against the drain's view (snapshot and pending writes) and returns how to answer its caller. It
 /// may run more than once: when another job fails the drain, the drain is rolled back and the
 /// other jobs run again without it (their earlier answers are dropped unused).
 pub(crate) type Job = Box<dyn FnMut(&mut WriteCtx<'_>) -> Finish + Send>;
@@ -70,7 +72,7 @@ pub(crate) struct Caches {
     conversation_heads: HashMap<String, u64>,
     inbox_heads: HashMap<String, u64>,
     /// Conversation states by their key: every message updates the state of each recipient,
-    /// and reading it back through the transaction cost more than the write.
+    /// and reading it back through the drain cost more than the write.
     states: HashMap<Vec<u8>, StateRecord>,
     /// States changed in this drain, written once each when it commits: a busy conversation
     /// changes its states with every message, often dozens of times per drain.
@@ -136,7 +138,7 @@ pub(crate) fn run(
             }
         }
         // A job that fails the drain (a panic, a refused key, a corrupt record) is answered
-        // alone and taken out; the rest run again in a fresh transaction, so one bad request
+        // alone and taken out; the rest run again in a fresh drain, so one bad request
         // never fails the others it was batched with. Each round removes one job.
         while !jobs.is_empty() {
             match run_drain(&db, &ks, &mut jobs, &mut caches, &mut pending, &config) {

@@ -1,5 +1,6 @@
-//! Storage primitives: reads and writes through the drain's transaction, with the key-length
-//! checks that keep a bad argument from failing the engine, and the writes made once per drain.
+//! Storage primitives: reads and writes through the drain (its snapshot and pending writes),
+//! with the key-length checks that keep a bad argument from failing the engine, and the writes
+//! made once per drain.
 
 use std::ops::Bound;
 
