@@ -270,6 +270,12 @@ impl BenchResult {
         row("W1 paced latency p99.9 ms", &|f| {
             f.w1_paced.iter().map(|r| r.latency_ms.p999).collect()
         });
+        row("W1 paced: load generator lag p99 ms", &|f| {
+            f.w1_paced
+                .iter()
+                .filter_map(|r| r.pacing_lag_ms.map(|lag| lag.p99))
+                .collect()
+        });
         row("W1 paced server CPU-s", &|f| {
             f.w1_paced
                 .iter()

@@ -72,6 +72,11 @@ pub struct W1Result {
     pub loadgen_cpu_secs: Option<f64>,
     /// One-way latency of the measured messages, ms.
     pub latency_ms: Latency,
+    /// Paced runs: how late each send left after its scheduled time, ms (the load generator's
+    /// own scheduling jitter, which is not in `latency_ms`: a message is stamped when it
+    /// leaves). `None` at full speed.
+    #[serde(default)]
+    pub pacing_lag_ms: Option<Latency>,
     /// Time to log in all 2·P connections, seconds.
     pub login_secs: f64,
     /// Messages sent over the whole run (warm-up included).
@@ -122,6 +127,7 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         push_gaps: AtomicU64::new(0),
     });
     let histogram = Arc::new(Mutex::new(common::histogram()));
+    let lag_histogram = Arc::new(Mutex::new(common::histogram()));
     // Cancelled when the measured interval ends: senders stop, receivers drain.
     let stop = CancellationToken::new();
     let login_start = Instant::now();
@@ -145,6 +151,7 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
             origin,
             counters: counters.clone(),
             histogram: histogram.clone(),
+            lag_histogram: lag_histogram.clone(),
             stop: stop.clone(),
         };
         pair_tasks.push(tokio::spawn(pair.run()));
@@ -195,6 +202,7 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
     let delivered = counters.delivered.load(Ordering::Relaxed);
     let server_cpu = cost.map(|c| c.cpu_secs);
     let latency = Latency::of(&*histogram.lock().await);
+    let lag = Latency::of(&*lag_histogram.lock().await);
     Ok(W1Result {
         workload: "W1".into(),
         pairs,
@@ -210,6 +218,7 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         server_rss_bytes: cost.map(|c| c.rss_after_bytes),
         loadgen_cpu_secs: own_cost.map(|c| c.cpu_secs),
         latency_ms: latency,
+        pacing_lag_ms: (rate > 0).then_some(lag),
         login_secs,
         sent_total: counters.sent.load(Ordering::Relaxed),
         acked_total: counters.acked.load(Ordering::Relaxed),
@@ -217,6 +226,10 @@ pub async fn run(target: &common::Target, config: &W1Config) -> anyhow::Result<W
         push_gaps: counters.push_gaps.load(Ordering::Relaxed),
     })
 }
+
+/// A paced run whose sends leave later than this after their scheduled time (p99) says so in
+/// its table: its load generator is not the steady source the workload assumes.
+pub const PACING_LAG_P99_MS: f64 = 0.5;
 
 /// One connection of a pair, as raw bytes: whatever the handshake read beyond its answer is
 /// kept.
@@ -261,6 +274,7 @@ struct Pair {
     origin: Instant,
     counters: Arc<Counters>,
     histogram: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+    lag_histogram: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
     stop: CancellationToken,
 }
 
@@ -269,6 +283,7 @@ impl Pair {
         let c = self.counters.clone();
         let max_body = im_protocol::DEFAULT_MAX_BODY;
         let mut local = common::histogram();
+        let mut local_lag = common::histogram();
         let mut free = self.window as u64;
         let (mut sent, mut acked, mut received, mut delivered) = (0u64, 0u64, 0u64, 0u64);
         // What was already added to the shared counters.
@@ -290,6 +305,12 @@ impl Pair {
                 };
                 if due > 0 {
                     if let Some(pace) = self.pace {
+                        if c.measuring.load(Ordering::Relaxed) {
+                            common::record(
+                                &mut local_lag,
+                                tokio::time::Instant::now().saturating_duration_since(next_at),
+                            );
+                        }
                         next_at += pace;
                     }
                     let stamp = self.origin.elapsed().as_nanos() as u64;
@@ -458,6 +479,11 @@ impl Pair {
             .await
             .add(&local)
             .expect("same bounds");
+        self.lag_histogram
+            .lock()
+            .await
+            .add(&local_lag)
+            .expect("same bounds");
     }
 }
 
@@ -496,6 +522,14 @@ impl W1Result {
             "  latency ms p50/p99/p99.9/max  {}\n",
             self.latency_ms.line()
         );
+        if let Some(lag) = &self.pacing_lag_ms {
+            s += &format!("  pacing lag ms p50/p99/p99.9/max  {}\n", lag.line());
+            if lag.p99 > PACING_LAG_P99_MS {
+                s += &format!(
+                    "  (the load generator's sends left more than {PACING_LAG_P99_MS} ms after their scheduled time at p99: its own scheduling jitter is not small)\n"
+                );
+            }
+        }
         s += &format!(
             "  sent/acked/received    {} / {} / {}\n",
             self.sent_total, self.acked_total, self.received_total
