@@ -225,43 +225,29 @@ mod tests {
         pending.put(ks.slot_of(&ks.inboxes), b"a/4".to_vec(), b"x".to_vec());
 
         let prefix = || prefix_bounds(b"a/".to_vec());
-        assert_eq!(
+        let read = |snapshot: &Snapshot, pending: &Pending, bounds, reverse| {
             keys_of(Merged::new(
-                &snapshot,
+                snapshot,
                 &ks.timelines,
-                &pending,
+                pending,
                 slot,
-                prefix(),
-                false
-            )),
+                bounds,
+                reverse,
+            ))
+        };
+        assert_eq!(
+            read(&snapshot, &pending, prefix(), false),
             ["a/1=s1", "a/2=p2", "a/3=p3", "a/6=p6"]
         );
         assert_eq!(
-            keys_of(Merged::new(
-                &snapshot,
-                &ks.timelines,
-                &pending,
-                slot,
-                prefix(),
-                true
-            )),
+            read(&snapshot, &pending, prefix(), true),
             ["a/6=p6", "a/3=p3", "a/2=p2", "a/1=s1"]
         );
         let inner = (
             Bound::Included(b"a/2".to_vec()),
             Bound::Included(b"a/5".to_vec()),
         );
-        assert_eq!(
-            keys_of(Merged::new(
-                &snapshot,
-                &ks.timelines,
-                &pending,
-                slot,
-                inner,
-                true
-            )),
-            ["a/3=p3", "a/2=p2"]
-        );
+        assert_eq!(read(&snapshot, &pending, inner, true), ["a/3=p3", "a/2=p2"]);
         assert_eq!(pending.get(slot, b"a/5"), Some(&None));
         assert_eq!(pending.get(slot, b"a/1"), None);
 
@@ -274,14 +260,7 @@ mod tests {
         assert!(pending.is_empty());
         let snapshot = db.read_tx();
         assert_eq!(
-            keys_of(Merged::new(
-                &snapshot,
-                &ks.timelines,
-                &pending,
-                slot,
-                prefix(),
-                false
-            )),
+            read(&snapshot, &pending, prefix(), false),
             ["a/1=s1", "a/2=p2", "a/3=p3", "a/6=p6"]
         );
     }
