@@ -109,6 +109,11 @@ pub struct Cli {
 /// Settings every command reads: where the data and the token secret are.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
+    /// A TOML file of settings: its keys are these long flags without the dashes
+    /// (`rate-limit = 0`, `logic-nodes = ["a:7000", "b:7000"]`); `IM_*` variables and flags
+    /// override it. `im-server config` prints what is in effect.
+    #[arg(long, env = "IM_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
     /// Directory for the message store and the generated token secret.
     #[arg(long, env = "IM_DATA_DIR", default_value = "data", global = true)]
     pub data_dir: PathBuf,
@@ -298,6 +303,9 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the settings in effect (config file, then IM_* environment, then flags, over the
+    /// built-in defaults) as a TOML config file, the token secret masked, and exit.
+    Config,
     /// Print a token for USER signed with the server's secret (for development and tests).
     Token {
         /// User id.

@@ -6,10 +6,11 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use gateway::auth::{Claims, TokenKey, default_secret_file, load_or_create_secret};
 use im_server::app;
 use im_server::cli::{Cli, Command, Common, LogicNodeArgs, ServeArgs};
+use im_server::config_file;
 
 // The store writer and the codecs allocate many small buffers; glibc malloc spent a third of
 // the server's CPU on them in a W1 profile.
@@ -39,8 +40,28 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         umask(0o077);
     }
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut command = Cli::command();
+    let mut from_file = std::collections::BTreeSet::new();
+    if let Some(path) = config_file::config_path(&args, std::env::var_os(config_file::CONFIG_ENV)) {
+        let applied = config_file::apply(command, &path)?;
+        command = applied.command;
+        from_file = applied.keys;
+    }
+    let matches = command.clone().get_matches_from(&args);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
+        Some(Command::Config) => {
+            // The unchanged command lists the flags in --help's order.
+            print!(
+                "{}",
+                config_file::effective(&Cli::command(), &matches, &from_file)
+            );
+            Ok(())
+        }
         Some(Command::Token {
             user,
             device,
