@@ -3,7 +3,8 @@
 //! `no-quic = true`). Its values become the flags' defaults, so the `IM_*` environment and the
 //! command line override them, in that order. A key that is no flag is refused, naming it; a
 //! value that does not parse is refused by the flag's own parser, which names the flag (the
-//! same word as the key).
+//! same word as the key). A table named after a subcommand holds that subcommand's flags:
+//! `[logic]` for `im-server logic`.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -98,17 +99,21 @@ pub fn apply(command: clap::Command, path: &Path) -> Result<Applied, ConfigError
 }
 
 /// [`apply`] with the file's text already read.
-pub fn apply_text(
-    mut command: clap::Command,
-    path: &Path,
-    text: &str,
-) -> Result<Applied, ConfigError> {
+pub fn apply_text(command: clap::Command, path: &Path, text: &str) -> Result<Applied, ConfigError> {
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Syntax {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+    apply_table(command, path, table)
+}
+
+fn apply_table(
+    mut command: clap::Command,
+    path: &Path,
+    table: toml::Table,
+) -> Result<Applied, ConfigError> {
     let flags: std::collections::HashMap<String, clap::Id> = command
         .get_arguments()
         .filter_map(|arg| Some((arg.get_long()?.to_owned(), arg.get_id().clone())))
@@ -116,6 +121,15 @@ pub fn apply_text(
         .collect();
     let mut keys = BTreeSet::new();
     for (key, value) in table {
+        // A table named after a subcommand holds that subcommand's own flags (`[logic]`).
+        if let toml::Value::Table(inner) = &value
+            && let Some(sub) = command.find_subcommand(&key).cloned()
+        {
+            let applied = apply_table(sub, path, inner.clone())?;
+            keys.extend(applied.keys.iter().map(|k| format!("{key}.{k}")));
+            command = command.mut_subcommand(&key, |_| applied.command);
+            continue;
+        }
         let Some(id) = flags.get(&key) else {
             return Err(ConfigError::UnknownKey {
                 path: path.to_owned(),
@@ -141,7 +155,8 @@ pub fn apply_text(
             other => scalar(other)
                 .ok_or_else(|| bad("a value is a string, a number, a boolean or a list"))?,
         };
-        command = command.mut_arg(id.clone(), |arg| arg.default_value(text));
+        // A flag the command requires is given by the file.
+        command = command.mut_arg(id.clone(), |arg| arg.default_value(text).required(false));
         keys.insert(key);
     }
     Ok(Applied { command, keys })

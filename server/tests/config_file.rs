@@ -151,3 +151,39 @@ fn the_server_serves_with_the_settings_of_its_config_file() {
         "the data directory is the file's"
     );
 }
+
+#[test]
+fn a_logic_table_holds_the_logic_nodes_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("logic-data");
+    let file = dir.path().join("im.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data-dir = {:?}\n[logic]\nlisten = \"127.0.0.1:0\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = im_server()
+        .args(["--config".as_ref(), file.as_os_str(), "logic".as_ref()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("logic listening on 127.0.0.1:"), "{line}");
+
+    std::fs::write(&file, "[logic]\nlistn = \"127.0.0.1:0\"\n").unwrap();
+    let out = im_server()
+        .args(["--config".as_ref(), file.as_os_str(), "logic".as_ref()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key `listn`"));
+}
