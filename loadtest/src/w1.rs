@@ -464,7 +464,9 @@ impl Pair {
                         break;
                     }
                 }
-                _ = tokio::time::sleep_until(sleep_until) => {}
+                // Only a paced sender or a draining pair has anything to do on a timer; a
+                // disabled branch's sleep is never polled, so never registered.
+                _ = tokio::time::sleep_until(sleep_until), if pace_wait || draining => {}
             }
         }
         c.sent.fetch_add(sent - sent_flushed, Ordering::Relaxed);

@@ -16,6 +16,22 @@ fn im_server() -> Command {
     command
 }
 
+/// Starts the server, reads the first line it prints (where it listens) and kills it.
+fn first_line_of(command: &mut Command) -> String {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    line
+}
+
 fn effective(command: &mut Command) -> String {
     let out = command.output().expect("run im-server");
     assert!(
@@ -133,18 +149,7 @@ fn the_server_serves_with_the_settings_of_its_config_file() {
         ),
     )
     .unwrap();
-    let mut child = im_server()
-        .args(["--config".as_ref(), file.as_os_str()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let line = first_line_of(im_server().args(["--config".as_ref(), file.as_os_str()]));
     assert!(line.starts_with("listening on 127.0.0.1:"), "{line}");
     assert!(
         data.join("token.secret").exists(),
@@ -165,18 +170,8 @@ fn a_logic_table_holds_the_logic_nodes_settings() {
         ),
     )
     .unwrap();
-    let mut child = im_server()
-        .args(["--config".as_ref(), file.as_os_str(), "logic".as_ref()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let line =
+        first_line_of(im_server().args(["--config".as_ref(), file.as_os_str(), "logic".as_ref()]));
     assert!(line.starts_with("logic listening on 127.0.0.1:"), "{line}");
 
     std::fs::write(&file, "[logic]\nlistn = \"127.0.0.1:0\"\n").unwrap();
