@@ -69,6 +69,8 @@ pub struct Hub {
     /// Most live connections of one user (one per device): a single token must not be able
     /// to open connections without bound under invented device ids.
     max_connections_per_user: usize,
+    /// `im_pushes_total`, looked up once.
+    pushes: metrics::Counter,
 }
 
 /// Default for [`Hub::with_limits`]'s per-user connection limit.
@@ -82,6 +84,7 @@ impl Default for Hub {
             connections: AtomicU64::new(0),
             push_bytes: im_protocol::page_budget(im_protocol::DEFAULT_MAX_BODY),
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
+            pushes: metrics::counter!(crate::metrics::PUSHES),
         }
     }
 }
@@ -194,6 +197,50 @@ impl Hub {
         }
     }
 
+    /// The devices of `user` with a connection here, sorted.
+    pub fn devices_of(&self, user: &str) -> Vec<String> {
+        let mut devices: Vec<String> = match self.users.get(user) {
+            Some(online) => online.conns.iter().map(|c| c.device.clone()).collect(),
+            None => Vec::new(),
+        };
+        devices.sort();
+        devices.dedup();
+        devices
+    }
+
+    /// Closes the connections of `user` here (of one device, or all), sending each `kick`
+    /// first. Returns how many were closed.
+    pub fn kick_user(&self, user: &str, device: Option<&str>, kick: &Frame) -> usize {
+        let kicked: Vec<ConnHandle> = match self.users.get(user) {
+            Some(online) => online
+                .conns
+                .iter()
+                .filter(|c| device.is_none_or(|d| c.device == d))
+                .cloned()
+                .collect(),
+            None => return 0,
+        };
+        for conn in &kicked {
+            let _ = conn.tx.try_push(Outbound::Frame(kick.clone()));
+            conn.close.cancel();
+        }
+        kicked.len()
+    }
+
+    /// Bytes queued for all connections here, and the most queued for one: what the
+    /// `im_push_queue_bytes` gauges report, computed when they are read.
+    pub fn queued_bytes(&self) -> (u64, u64) {
+        let (mut total, mut most) = (0u64, 0u64);
+        for online in self.users.iter() {
+            for conn in &online.conns {
+                let queued = conn.tx.queued_bytes() as u64;
+                total += queued;
+                most = most.max(queued);
+            }
+        }
+        (total, most)
+    }
+
     /// Every (user, device) with a connection here.
     pub fn online_devices(&self) -> Vec<(String, String)> {
         let mut devices: Vec<(String, String)> = self
@@ -242,6 +289,7 @@ impl Hub {
             let skip = except.filter(|(u, _)| *u == user).map(|(_, id)| id);
             for push in push_frames(entries, self.push_bytes) {
                 for conn in online.conns.iter().filter(|c| Some(c.id) != skip) {
+                    self.pushes.increment(1);
                     send_or_close(conn, push.clone());
                 }
             }
@@ -332,6 +380,7 @@ fn send_or_close(conn: &ConnHandle, frame: Frame) {
     match conn.tx.try_push(Outbound::Frame(frame)) {
         Ok(()) => {}
         Err(PushError::Full) => {
+            metrics::counter!(crate::metrics::PUSH_DROPS).increment(1);
             tracing::debug!(
                 conn = conn.id,
                 "outbound queue full: closing the slow connection"

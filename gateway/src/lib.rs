@@ -8,8 +8,10 @@
 //! - [`transport`]: one acceptor per transport (TCP; in-memory for tests).
 //! - [`hub`] and [`router`]: online devices, and getting pushes to them.
 //! - [`outbox`]: each connection's bounded outbound queue.
+//! - [`metrics`]: what the gateway counts (connections, logins, requests, send latency, pushes).
 
 pub mod hub;
+pub mod metrics;
 pub mod outbox;
 pub mod router;
 pub mod server;

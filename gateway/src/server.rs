@@ -23,9 +23,10 @@ use tracing::Instrument as _;
 
 use crate::auth::TokenKey;
 use crate::hub::{ConnHandle, Hub, Registration};
+use crate::metrics::{self as gauges, HotMetrics, code_label, op_label};
 use crate::outbox::{Outbound, Outbox};
 use crate::router::{Origin, PushRouter};
-use crate::session::{Announced, Phase, Refusal, Session, SessionConfig, Verdict};
+use crate::session::{Announced, Refusal, Session, SessionConfig, Verdict};
 use crate::transport::{Acceptor, ByteStream};
 use crate::writer::{WriterEnd, writer};
 
@@ -105,10 +106,51 @@ pub struct Shared<L> {
     pub config: GatewayConfig,
 }
 
+/// How a gateway sends its clients away when it stops (SPEC §5 "Draining").
+#[derive(Clone, Debug)]
+pub struct DrainPlan {
+    /// `host:port` the clients are told to reconnect to (`Kick.redirect_addr`); empty: the
+    /// same address (another process will be listening there, or this one again).
+    pub redirect_addr: String,
+    /// Kicks per second: the clients' reconnects land elsewhere at about this rate instead of
+    /// all at once. 0: every client at once.
+    pub kicks_per_sec: u32,
+    /// The longest the kicks may take: with more clients than the rate sends away in this
+    /// time, the rate rises so the last one is kicked when it ends.
+    pub window: Duration,
+    /// `Kick.retry_after_ms`: the least a client waits before reconnecting (it adds jitter).
+    pub retry_after_ms: u32,
+    /// How long connections may take to close after their kick (finishing the request they
+    /// were handling, flushing the kick) before the gateway stops anyway.
+    pub close_timeout: Duration,
+}
+
+impl Default for DrainPlan {
+    /// Everyone at once, back in about a second: what a test server or a stopping single
+    /// process wants.
+    fn default() -> Self {
+        DrainPlan {
+            redirect_addr: String::new(),
+            kicks_per_sec: 0,
+            window: Duration::ZERO,
+            retry_after_ms: 1000,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the gateway's connection tasks share besides [`Shared`].
+struct Runtime {
+    /// Set when the gateway starts draining: handshakes are refused with `SHUTTING_DOWN`.
+    draining: std::sync::atomic::AtomicBool,
+    hot: HotMetrics,
+}
+
 /// A gateway: serves connections from any number of transports, one [`Gateway::serve`] per
 /// acceptor, and closes them all on [`Gateway::drain`].
 pub struct Gateway<L> {
     shared: Arc<Shared<L>>,
+    runtime: Arc<Runtime>,
     tracker: TaskTracker,
     /// Connections stop on their own token, cancelled only after they were sent the shutdown
     /// kick: stopping them on the accept loops' token raced the kick and lost it.
@@ -122,6 +164,10 @@ impl<L: LogicApi> Gateway<L> {
         let permits = Arc::new(Semaphore::new(shared.config.max_connections));
         Arc::new(Gateway {
             shared: Arc::new(shared),
+            runtime: Arc::new(Runtime {
+                draining: std::sync::atomic::AtomicBool::new(false),
+                hot: HotMetrics::new(),
+            }),
             tracker: TaskTracker::new(),
             connections_stop: CancellationToken::new(),
             permits,
@@ -164,6 +210,7 @@ impl<L: LogicApi> Gateway<L> {
             let accepted = Instant::now();
             let establishing = acceptor.establish(incoming);
             let shared = self.shared.clone();
+            let runtime = self.runtime.clone();
             let stop = self.connections_stop.clone();
             // user and device are recorded once the handshake names them.
             let span = tracing::debug_span!(
@@ -176,7 +223,10 @@ impl<L: LogicApi> Gateway<L> {
                 let _permit = permit;
                 let deadline = shared.config.session.handshake_timeout;
                 match tokio::time::timeout(deadline, establishing).await {
-                    Ok(Ok(stream)) => connection(stream, shared, stop, accepted).await,
+                    Ok(Ok(stream)) => {
+                        let transport = stream.transport().unwrap_or(A::TRANSPORT);
+                        connection(stream, shared, runtime, stop, accepted, transport).await
+                    }
                     Ok(Err(e)) if crate::transport::is_handed_off(&e) => {}
                     Ok(Err(e)) => tracing::debug!(error = %e, "transport setup failed"),
                     Err(_elapsed) => tracing::debug!("transport setup timed out"),
@@ -196,11 +246,14 @@ impl<L: LogicApi> Gateway<L> {
             user = tracing::field::Empty,
             device = tracing::field::Empty
         );
+        let transport = stream.transport().unwrap_or("memory");
         let fut = connection(
             stream,
             self.shared.clone(),
+            self.runtime.clone(),
             self.connections_stop.clone(),
             Instant::now(),
+            transport,
         );
         self.tracker.spawn(fut.instrument(span));
     }
@@ -220,8 +273,10 @@ impl<L: LogicApi> Gateway<L> {
         let fut = connection(
             stream,
             self.shared.clone(),
+            self.runtime.clone(),
             self.connections_stop.clone(),
             Instant::now(),
+            "http_tunnel",
         );
         self.tracker.spawn(
             async move {
@@ -233,31 +288,114 @@ impl<L: LogicApi> Gateway<L> {
         true
     }
 
-    /// Tells every client to reconnect (elsewhere, or here later) and waits, at most five
-    /// seconds, for the connection tasks to finish. Stop the accept loops first.
+    /// Tells every client at once to reconnect (here, later) and waits, at most five seconds,
+    /// for the connection tasks to finish. Stop the accept loops first.
     pub async fn drain(&self) {
+        self.drain_with(&DrainPlan::default()).await
+    }
+
+    /// Whether the gateway is draining (or drained).
+    pub fn is_draining(&self) -> bool {
+        self.runtime
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends every client away as `plan` says, spreading the kicks over time, and waits
+    /// (bounded) for the connection tasks to finish. From its start, handshakes are refused
+    /// with `SHUTTING_DOWN`. Stop the accept loops first.
+    ///
+    /// A kicked connection stops reading at its next frame; a request it is handling runs to
+    /// its end (a send is stored, and its ack may not reach the client, which resends it with
+    /// the same id after reconnecting: SPEC §11).
+    pub async fn drain_with(&self, plan: &DrainPlan) {
+        self.runtime
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let conns = self.shared.hub.all();
+        let total = conns.len();
+        let per_sec = match (plan.kicks_per_sec, plan.window.as_secs_f64()) {
+            (0, _) => f64::INFINITY,
+            (rate, window) if window > 0.0 => f64::from(rate).max(total as f64 / window),
+            (rate, _) => f64::from(rate),
+        };
+        tracing::info!(
+            connections = total,
+            kicks_per_sec = per_sec,
+            redirect = %plan.redirect_addr,
+            "draining"
+        );
+        let kick = Frame::push(pb::Kick {
+            reason: pb::KickReason::ServerShutdown as i32,
+            message: "server is shutting down".into(),
+            redirect_addr: plan.redirect_addr.clone(),
+            retry_after_ms: plan.retry_after_ms,
+        });
+        let started = tokio::time::Instant::now();
+        let mut kicked = 0;
+        let mut conns = conns.into_iter();
+        while kicked < total {
+            // Kicks due by now, so a rate above the timer's resolution sends several per tick.
+            let due = ((started.elapsed().as_secs_f64() * per_sec) as usize + 1).min(total);
+            for conn in conns.by_ref().take(due - kicked) {
+                let _ = conn.tx.try_push(Outbound::Frame(kick.clone()));
+                conn.close.cancel();
+            }
+            metrics::counter!(gauges::DRAIN_KICKS).increment((due - kicked) as u64);
+            kicked = due;
+            if kicked < total {
+                let next = started + Duration::from_secs_f64(kicked as f64 / per_sec);
+                tokio::time::sleep_until(next.max(tokio::time::Instant::now() + Duration::from_millis(1))).await;
+            }
+        }
+        // Connections that registered while the first ones were kicked.
         for conn in self.shared.hub.all() {
-            let kick = pb::Kick {
-                reason: pb::KickReason::ServerShutdown as i32,
-                message: "server is shutting down".into(),
-                redirect_addr: String::new(),
-                retry_after_ms: 1000,
-            };
-            let _ = conn.tx.try_push(Outbound::Frame(Frame::push(kick)));
+            let _ = conn.tx.try_push(Outbound::Frame(kick.clone()));
+            conn.close.cancel();
         }
         self.connections_stop.cancel();
         self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+        if tokio::time::timeout(plan.close_timeout, self.tracker.wait())
             .await
             .is_err()
         {
-            tracing::warn!("connections still open after 5 s; stopping anyway");
+            tracing::warn!(
+                "connections still open {:?} after their kick; stopping anyway",
+                plan.close_timeout
+            );
         }
+        tracing::info!(connections = total, secs = started.elapsed().as_secs_f64(), "drained");
+    }
+
+    /// Sends a message as `caller` (the server API's sends): the same path, idempotency and
+    /// fan-out as a client's `SEND_REQ`. Every online device of every recipient is pushed the
+    /// entry, the caller's own devices included.
+    pub async fn send_as(&self, caller: &Caller, request: pb::SendReq) -> logic_api::SendReply {
+        let (mut replies, effects) = self.shared.logic.send_batch(caller, vec![request]).await;
+        self.shared.router.deliver(effects.deliveries, None);
+        replies
+            .pop()
+            .unwrap_or_else(|| Err(ErrorCode::Internal.to_error("no answer to the send")))
+    }
+
+    /// Handles any other request as `caller` (the server API's group changes and history
+    /// reads), pushing what it changed like a client's request would.
+    pub async fn call_as(&self, caller: &Caller, body: Body) -> logic_api::Reply {
+        let (reply, effects) = self.shared.logic.handle(caller, body).await;
+        self.shared.router.deliver(effects.deliveries, None);
+        if let Some(typing) = effects.typing {
+            self.shared
+                .router
+                .relay_typing(&typing.recipients, &typing.event);
+        }
+        reply
     }
 }
 
 struct Conn<L> {
     shared: Arc<Shared<L>>,
+    runtime: Arc<Runtime>,
+    transport: &'static str,
     session: Session,
     tx: Arc<Outbox>,
     close: CancellationToken,
@@ -325,11 +463,30 @@ impl<L: LogicApi> Conn<L> {
                 Ok(handshake) => handshake,
                 Err(refusal) => {
                     let close = refusal.close;
+                    let code = code_label(refusal.code as i32);
+                    gauges::login(code);
+                    tracing::info!(conn = self.conn_id, transport = self.transport, code, "handshake refused");
                     self.refuse(frame.request_id, refusal).await;
                     return !close;
                 }
             };
         let (user, device) = (handshake.user.clone(), handshake.device.clone());
+        if self
+            .runtime
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            gauges::login("SHUTTING_DOWN");
+            tracing::info!(conn = self.conn_id, %user, %device, "handshake refused: draining");
+            self.send_error(
+                frame.request_id,
+                ErrorCode::ShuttingDown,
+                "server is draining",
+                1000,
+            )
+            .await;
+            return false;
+        }
         // Register for pushes before the session opens (and reads the inbox head): an entry
         // committed in between is then either pushed or below the head the client syncs to,
         // never neither. Such pushes wait until the handshake is answered.
@@ -366,6 +523,7 @@ impl<L: LogicApi> Conn<L> {
                 return false;
             }
             Registration::TooManyConnections { limit } => {
+                gauges::login("TOO_MANY_CONNECTIONS");
                 tracing::info!(%user, %device, limit, "refused: too many connections of the user");
                 self.send_error(
                     frame.request_id,
@@ -384,6 +542,8 @@ impl<L: LogicApi> Conn<L> {
         let info = match self.shared.logic.open_session(&caller).await {
             Ok(info) => info,
             Err(error) => {
+                gauges::login(code_label(error.code));
+                tracing::info!(conn = self.conn_id, %user, %device, code = code_label(error.code), "handshake refused");
                 if let Some(device) = self.shared.hub.unregister(&user, self.conn_id) {
                     self.shared.router.disconnected(&user, &device);
                 }
@@ -414,7 +574,8 @@ impl<L: LogicApi> Conn<L> {
         let span = tracing::Span::current();
         span.record("user", user.as_str());
         span.record("device", device.as_str());
-        tracing::debug!("authenticated");
+        gauges::login("ok");
+        tracing::info!(conn = self.conn_id, %user, %device, transport = self.transport, "session opened");
         self.caller = Some(caller);
         let answered = self.send(Frame::new(frame.request_id, response)).await;
         self.tx.release_held();
@@ -422,12 +583,15 @@ impl<L: LogicApi> Conn<L> {
     }
 
     /// Runs a batch of consecutive sends and answers each.
-    async fn send_batch(&self, batch: Vec<(u32, pb::SendReq)>) {
+    /// `read_at`: when the batch's first frame was read, where its latency counts from.
+    async fn send_batch(&self, batch: Vec<(u32, pb::SendReq)>, read_at: Instant) {
         let span = tracing::debug_span!("send_batch", sends = batch.len());
-        self.send_batch_in_span(batch).instrument(span).await
+        self.send_batch_in_span(batch, read_at)
+            .instrument(span)
+            .await
     }
 
-    async fn send_batch_in_span(&self, batch: Vec<(u32, pb::SendReq)>) {
+    async fn send_batch_in_span(&self, batch: Vec<(u32, pb::SendReq)>, read_at: Instant) {
         let Some(caller) = &self.caller else { return };
         let (ids, requests): (Vec<u32>, Vec<pb::SendReq>) = batch.into_iter().unzip();
         let (replies, effects) = self.shared.logic.send_batch(caller, requests).await;
@@ -442,10 +606,21 @@ impl<L: LogicApi> Conn<L> {
                     duplicate = ack.duplicate,
                     "send acked"
                 ),
-                Err(error) => tracing::debug!(request_id, code = error.code, "send refused"),
+                Err(error) => {
+                    let code = code_label(error.code);
+                    gauges::request("SEND_REQ", code);
+                    tracing::info!(conn = self.conn_id, user = %caller.user, request_id, code, "send refused");
+                }
             }
             let frame = match reply {
-                Ok(ack) => Frame::new(request_id, ack),
+                Ok(ack) => {
+                    self.runtime.hot.sends_ok.increment(1);
+                    self.runtime
+                        .hot
+                        .send_latency
+                        .record(read_at.elapsed().as_secs_f64());
+                    Frame::new(request_id, ack)
+                }
                 Err(error) => Frame::new(request_id, error),
             };
             if !self.send(frame).await {
@@ -471,9 +646,13 @@ impl<L: LogicApi> Conn<L> {
 
     async fn request_in_span(&self, frame: &Frame) {
         let Some(caller) = &self.caller else { return };
+        let op = op_label(frame.known_op());
         let body = match frame.decode_body() {
             Ok(body) => body,
             Err(e) => {
+                let code = code_label(e.code() as i32);
+                gauges::request(op, code);
+                tracing::info!(conn = self.conn_id, user = %caller.user, op, code, "request refused");
                 self.send_error(frame.request_id, e.code(), e.to_string(), 0)
                     .await;
                 return;
@@ -482,10 +661,14 @@ impl<L: LogicApi> Conn<L> {
         let (reply, effects) = self.shared.logic.handle(caller, body).await;
         match reply {
             Ok(Some(body)) => {
+                gauges::request(op, "ok");
                 self.send(Frame::new(frame.request_id, body)).await;
             }
-            Ok(None) => {}
+            Ok(None) => gauges::request(op, "ok"),
             Err(error) => {
+                let code = code_label(error.code);
+                gauges::request(op, code);
+                tracing::info!(conn = self.conn_id, user = %caller.user, op, code, "request refused");
                 self.send(Frame::new(frame.request_id, error)).await;
             }
         }
@@ -498,9 +681,12 @@ impl<L: LogicApi> Conn<L> {
 async fn connection<L: LogicApi, S: ByteStream>(
     stream: S,
     shared: Arc<Shared<L>>,
+    runtime: Arc<Runtime>,
     shutdown: CancellationToken,
     accepted: Instant,
+    transport: &'static str,
 ) {
+    gauges::connection(transport, 1.0);
     let (read_half, write_half) = stream.split();
     let tx = Arc::new(Outbox::new(
         OUTBOUND_QUEUE_ITEMS,
@@ -525,6 +711,8 @@ async fn connection<L: LogicApi, S: ByteStream>(
     let mut conn = Conn {
         session: Session::new(shared.config.session.clone(), accepted),
         shared,
+        runtime,
+        transport,
         tx,
         close,
         conn_id,
@@ -533,17 +721,27 @@ async fn connection<L: LogicApi, S: ByteStream>(
 
     // The heavy request paths are boxed at their await points so the future an idle connection
     // keeps alive stays small (it was 3 KB with them inline).
+    // Why the connection ended, for its closing log line.
+    let mut end = "closed by the client";
     'conn: loop {
         let deadline = tokio::time::Instant::from_std(conn.session.deadline());
         let next = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
-            _ = conn.close.cancelled() => break,
+            _ = shutdown.cancelled() => {
+                end = "server stopping";
+                break
+            }
+            _ = conn.close.cancelled() => {
+                end = "closed by the server (kicked, drained or too slow)";
+                break
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 if let Some((code, message)) = conn.session.on_timer(Instant::now()) {
                     // A silent client is gone or half-dead: an idle close sends nothing (SPEC
                     // §8.2); a missed handshake deadline is explained.
+                    end = "idle";
                     if code == ErrorCode::HandshakeTimeout {
+                        end = "handshake timeout";
                         Box::pin(conn.send_error(0, code, message, 0)).await;
                     }
                     break;
@@ -552,10 +750,12 @@ async fn connection<L: LogicApi, S: ByteStream>(
             }
             next = framed.next() => next,
         };
+        let read_at = Instant::now();
         let frame = match next {
             None => break,
             Some(Ok(frame)) => frame,
             Some(Err(e)) => {
+                end = "undecodable stream";
                 tracing::debug!(error = %e, "undecodable stream");
                 Box::pin(conn.send_error(0, e.code(), e.to_string(), 0)).await;
                 break;
@@ -593,11 +793,12 @@ async fn connection<L: LogicApi, S: ByteStream>(
                 continue;
             }
             if !sends.is_empty() {
-                Box::pin(conn.send_batch(std::mem::take(&mut sends))).await;
+                Box::pin(conn.send_batch(std::mem::take(&mut sends), read_at)).await;
             }
             match verdict {
                 Verdict::Handshake => {
                     if !Box::pin(conn.handshake(&frame, framed.decoder_mut())).await {
+                        end = "handshake refused";
                         break 'conn;
                     }
                 }
@@ -616,7 +817,10 @@ async fn connection<L: LogicApi, S: ByteStream>(
                     };
                     Box::pin(conn.send(answer)).await;
                 }
-                Verdict::Goodbye => break 'conn,
+                Verdict::Goodbye => {
+                    end = "goodbye";
+                    break 'conn;
+                }
                 Verdict::Request(_) => Box::pin(conn.request(&frame)).await,
                 Verdict::Reject {
                     code,
@@ -630,23 +834,27 @@ async fn connection<L: LogicApi, S: ByteStream>(
                     } else {
                         frame.request_id
                     };
+                    tracing::info!(conn = conn.conn_id, code = code_label(code as i32), "frame refused");
                     Box::pin(conn.send_error(request_id, code, message, retry_after_ms)).await;
                     if close {
+                        end = "frame refused";
                         break 'conn;
                     }
                 }
             }
         }
         if !sends.is_empty() {
-            Box::pin(conn.send_batch(sends)).await;
+            Box::pin(conn.send_batch(sends, read_at)).await;
         }
         if let Some(e) = stream_error {
+            end = "undecodable stream";
             tracing::debug!(error = %e, "undecodable stream");
             Box::pin(conn.send_error(0, e.code(), e.to_string(), 0)).await;
             break;
         }
         // Kicked, too slow, or the writer gave up while this frame was handled.
         if conn.close.is_cancelled() {
+            end = "closed by the server (kicked, drained or too slow)";
             break;
         }
     }
@@ -657,9 +865,19 @@ async fn connection<L: LogicApi, S: ByteStream>(
     {
         conn.shared.router.disconnected(&caller.user, &device);
     }
-    if matches!(conn.session.phase(), Phase::Closed) {
-        tracing::debug!("connection closed");
+    if let Some(caller) = &conn.caller {
+        tracing::info!(
+            conn = conn.conn_id,
+            user = %caller.user,
+            device = %caller.device,
+            reason = end,
+            secs = accepted.elapsed().as_secs(),
+            "session closed"
+        );
+    } else {
+        tracing::debug!(reason = end, "connection closed before its handshake");
     }
+    gauges::connection(conn.transport, -1.0);
     // Let the writer flush what is queued (the closing error, a kick), then end; a writer
     // that cannot flush within the bound is killed, which resets the socket and frees its
     // buffers, so a peer that does not read holds nothing after its connection ended.
@@ -757,11 +975,17 @@ mod idle_state {
             tokens: TokenKey::new(vec![7u8; 40]),
             config: GatewayConfig::default(),
         });
+        let runtime = Arc::new(Runtime {
+            draining: std::sync::atomic::AtomicBool::new(false),
+            hot: HotMetrics::new(),
+        });
         let conn = connection(
             server_side,
             shared,
+            runtime,
             CancellationToken::new(),
             Instant::now(),
+            "tcp",
         );
         let (_read, write) = client.into_split();
         let outbox = Arc::new(Outbox::new(1024, 1 << 20, 4 << 20));

@@ -73,6 +73,11 @@ pub struct LogicConfig {
     pub fanout_burst_bytes: u64,
 }
 
+/// Metric: `SYNC_REQ` pages served.
+pub const SYNC_PAGES: &str = "im_sync_pages_total";
+/// Metric: inbox entries served in sync pages.
+pub const SYNC_ENTRIES: &str = "im_sync_entries_total";
+
 /// Default of [`LogicConfig::max_message_bytes`].
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Default of [`LogicConfig::max_group_members`] (and of the write fan-out limit).
@@ -476,6 +481,8 @@ impl<S: TimelineStore> Logic<S> {
         fit_in_bytes(&mut page.entries, self.config.page_bytes);
         let mut response = sync_response(from, request.to_seq, page);
         response.inbox_epoch = self.store.inbox_epoch();
+        metrics::counter!(SYNC_PAGES).increment(1);
+        metrics::counter!(SYNC_ENTRIES).increment(response.entries.len() as u64);
         Ok(response)
     }
 

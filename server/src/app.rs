@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use gateway::auth::TokenKey;
 use gateway::hub::Hub;
 use gateway::router::PushRouter;
-use gateway::server::{self, Gateway, GatewayConfig, Shared};
+use gateway::server::{self, DrainPlan, Gateway, GatewayConfig, Shared};
 use gateway::session::{self, SessionConfig};
 use gateway::transport::front_door::{FrontDoor, FrontDoorError};
 use gateway::transport::http_tunnel::{TunnelConfig, TunnelServer};
@@ -95,6 +95,21 @@ pub struct ServerOptions {
     pub presence: Option<PresenceOptions>,
     /// Deadline of one call to a logic node (role `Gateway`).
     pub logic_attempt_timeout: Duration,
+    /// The admin listener (metrics, health, the server API), when on.
+    pub admin: Option<AdminSettings>,
+    /// How the gateway sends its clients away when it stops.
+    pub drain: DrainPlan,
+}
+
+/// Where the admin listener listens and who may call its API.
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    /// Its address.
+    pub listen: SocketAddr,
+    /// The server API's key (`None`: the API is off; metrics and health still work).
+    pub admin_key: Option<String>,
+    /// The sender of messages sent "as the system".
+    pub system_user: String,
 }
 
 /// What a server process runs.
@@ -178,6 +193,8 @@ impl ServerOptions {
             store: StoreChoice::Embedded,
             presence: None,
             logic_attempt_timeout: Duration::from_secs(10),
+            admin: None,
+            drain: DrainPlan::default(),
         }
     }
 }
@@ -227,6 +244,14 @@ pub enum ServerError {
     /// The presence registry could not be set up.
     #[error("presence: {0}")]
     Presence(#[from] im_presence::PresenceError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen for admin calls on {addr}: {source}")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// This start function does not run this role.
     #[error("{0}")]
     Role(&'static str),
@@ -242,6 +267,8 @@ pub struct RunningServer {
     pub tls_addr: Option<SocketAddr>,
     /// The bound QUIC (UDP) address, when QUIC is on: the TLS port's number.
     pub quic_addr: Option<SocketAddr>,
+    /// The admin listener's bound address, when it is on.
+    pub admin_addr: Option<SocketAddr>,
     /// Cancel to shut down gracefully.
     pub shutdown: CancellationToken,
     /// Ends when the server has stopped and the store is closed.
@@ -324,24 +351,39 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
                 call_budget: options.logic_attempt_timeout * 3,
                 ..RemoteOptions::new(logic_nodes)
             });
-            serve_gateway(options, logic, Box::pin(async { Ok(()) }), shutdown).await
+            serve_gateway(
+                options,
+                logic,
+                Box::pin(async { Ok(()) }),
+                StoreProbe::Remote,
+                shutdown,
+            )
+            .await
         }
         (Role::All, StoreChoice::Embedded) => {
             let store = open_embedded(&options)?;
             let logic = Logic::new(store.clone(), logic_config(&options));
             spawn_retention_sweeps(&options, store.clone(), &shutdown);
             // Flush what the writer still holds; acked messages are durable already.
+            let probe = StoreProbe::Embedded(store.clone());
             let finish: Finish = Box::pin(async move {
                 store.close().await?;
                 Ok(())
             });
-            serve_gateway(options, logic, finish, shutdown).await
+            serve_gateway(options, logic, finish, probe, shutdown).await
         }
         (Role::All, StoreChoice::Cql(cql)) => {
             let store = open_cql(&options, &cql).await?;
             let logic = Logic::new(store.clone(), logic_config(&options));
             spawn_retention_sweeps(&options, store, &shutdown);
-            serve_gateway(options, logic, Box::pin(async { Ok(()) }), shutdown).await
+            serve_gateway(
+                options,
+                logic,
+                Box::pin(async { Ok(()) }),
+                StoreProbe::Remote,
+                shutdown,
+            )
+            .await
         }
     }
 }
@@ -350,6 +392,8 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
 pub struct RunningLogicNode {
     /// The address gateways call.
     pub addr: SocketAddr,
+    /// The admin listener's bound address (metrics and health), when it is on.
+    pub admin_addr: Option<SocketAddr>,
     /// Cancel to shut down gracefully (calls in flight are answered).
     pub shutdown: CancellationToken,
     /// Ends when the node has stopped and its store is closed.
@@ -367,29 +411,57 @@ pub async fn start_logic_node(options: ServerOptions) -> Result<RunningLogicNode
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let task = match options.store.clone() {
+    let admin_stop = CancellationToken::new();
+    let (task, probe) = match options.store.clone() {
         StoreChoice::Embedded => {
             let store = open_embedded(&options)?;
             spawn_retention_sweeps(&options, store.clone(), &shutdown);
             let logic = Arc::new(Logic::new(store.clone(), logic_config(&options)));
-            tokio::spawn(async move {
+            let probe = StoreProbe::Embedded(store.clone());
+            let admin_stop = admin_stop.clone();
+            let task = tokio::spawn(async move {
                 logic_remote::serve(listener, logic, stop).await?;
                 store.close().await?;
+                admin_stop.cancel();
                 Ok(())
-            })
+            });
+            (task, probe)
         }
         StoreChoice::Cql(cql) => {
             let store = open_cql(&options, &cql).await?;
             spawn_retention_sweeps(&options, store.clone(), &shutdown);
             let logic = Arc::new(Logic::new(store, logic_config(&options)));
-            tokio::spawn(async move {
+            let admin_stop = admin_stop.clone();
+            let task = tokio::spawn(async move {
                 logic_remote::serve(listener, logic, stop).await?;
+                admin_stop.cancel();
                 Ok(())
-            })
+            });
+            (task, StoreProbe::Remote)
         }
+    };
+    let admin_addr = match &options.admin {
+        // A logic node serves metrics and health, never the server API (it holds no token
+        // key and no connections): no admin key.
+        Some(settings) => Some(
+            start_admin(
+                &AdminSettings {
+                    admin_key: None,
+                    ..settings.clone()
+                },
+                Arc::new(LogicNodeBackend {
+                    shutdown: shutdown.clone(),
+                    probe,
+                }),
+                admin_stop,
+            )
+            .await?,
+        ),
+        None => None,
     };
     Ok(RunningLogicNode {
         addr,
+        admin_addr,
         shutdown,
         task,
     })
@@ -411,6 +483,7 @@ async fn serve_gateway<L: LogicApi>(
     options: ServerOptions,
     logic: L,
     finish: Finish,
+    probe: StoreProbe,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, ServerError> {
     let heartbeat = options.heartbeat.max(Duration::from_secs(1));
@@ -442,9 +515,27 @@ async fn serve_gateway<L: LogicApi>(
         logic,
         router,
         hub,
-        tokens: options.tokens,
+        tokens: options.tokens.clone(),
         config,
     });
+    let admin_stop = CancellationToken::new();
+    let admin_addr = match &options.admin {
+        Some(settings) => Some(
+            start_admin(
+                settings,
+                Arc::new(GatewayBackend {
+                    gateway: gateway.clone(),
+                    tokens: options.tokens.clone(),
+                    shutdown: shutdown.clone(),
+                    probe,
+                }),
+                admin_stop.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let drain_plan = options.drain.clone();
     let tunnel = options
         .http_tunnel
         .clone()
@@ -518,7 +609,7 @@ async fn serve_gateway<L: LogicApi>(
                 }
             },
         );
-        gateway.drain().await;
+        gateway.drain_with(&drain_plan).await;
         if let Some(endpoint) = quic_endpoint {
             endpoint.close(quinn::VarInt::from_u32(0), b"server shutdown");
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
@@ -526,13 +617,17 @@ async fn serve_gateway<L: LogicApi>(
         if let Some(tunnel) = tunnel {
             tunnel.shutdown().await;
         }
-        finish.await
+        let finished = finish.await;
+        // Last: /readyz said "draining" until the end.
+        admin_stop.cancel();
+        finished
     });
     Ok(RunningServer {
         addr,
         dialer,
         tls_addr,
         quic_addr,
+        admin_addr,
         shutdown,
         task,
     })
@@ -588,4 +683,186 @@ async fn sweep_retention<S: TimelineStore>(store: S, shutdown: CancellationToken
             Err(e) => tracing::warn!(error = %e, "inbox retention sweep failed"),
         }
     }
+}
+
+/// Binds the admin listener, installing the metrics recorder first.
+async fn start_admin(
+    settings: &AdminSettings,
+    backend: Arc<dyn im_admin::Backend>,
+    stop: CancellationToken,
+) -> Result<SocketAddr, ServerError> {
+    let metrics = im_admin::telemetry::install();
+    let running = im_admin::start(
+        im_admin::AdminConfig {
+            listen: settings.listen,
+            admin_key: settings.admin_key.clone(),
+            system_user: settings.system_user.clone(),
+        },
+        backend,
+        Some(metrics),
+        stop,
+    )
+    .await
+    .map_err(|source| ServerError::AdminBind {
+        addr: settings.listen,
+        source,
+    })?;
+    Ok(running.addr)
+}
+
+/// What `/readyz` and the store gauges look at.
+enum StoreProbe {
+    /// The store this process opened.
+    Embedded(EmbeddedStore),
+    /// A store elsewhere (logic nodes, a CQL cluster): its health is theirs to report.
+    Remote,
+}
+
+impl StoreProbe {
+    fn healthy(&self) -> bool {
+        match self {
+            StoreProbe::Embedded(store) => store.is_healthy(),
+            StoreProbe::Remote => true,
+        }
+    }
+
+    fn refresh_gauges(&self) {
+        if let StoreProbe::Embedded(store) = self {
+            metrics::gauge!("im_store_disk_bytes").set(store.disk_bytes() as f64);
+            metrics::gauge!("im_store_free_bytes").set(store.free_bytes() as f64);
+        }
+    }
+}
+
+/// The admin listener's view of a serving gateway (and its logic tier, local or remote).
+struct GatewayBackend<L> {
+    gateway: Arc<Gateway<L>>,
+    tokens: TokenKey,
+    /// Cancelled to drain and stop, as SIGTERM does.
+    shutdown: CancellationToken,
+    probe: StoreProbe,
+}
+
+impl<L: LogicApi> im_admin::Backend for GatewayBackend<L> {
+    fn issue_token(&self, user: &str, device: Option<&str>, ttl_secs: u64) -> im_admin::IssuedToken {
+        let now = im_protocol::unix_time_ms() / 1000;
+        let expires_at = now.saturating_add(ttl_secs);
+        let token = self.tokens.sign(&gateway::auth::Claims {
+            sub: user.to_owned(),
+            dev: device.map(str::to_owned),
+            plt: None,
+            exp: expires_at,
+            iat: Some(now),
+        });
+        im_admin::IssuedToken { token, expires_at }
+    }
+
+    fn send(
+        &self,
+        caller: logic_api::Caller,
+        request: im_protocol::pb::SendReq,
+    ) -> im_admin::BoxFuture<'_, logic_api::SendReply> {
+        Box::pin(async move { self.gateway.send_as(&caller, request).await })
+    }
+
+    fn call(
+        &self,
+        caller: logic_api::Caller,
+        body: im_protocol::Body,
+    ) -> im_admin::BoxFuture<'_, logic_api::Reply> {
+        Box::pin(async move { self.gateway.call_as(&caller, body).await })
+    }
+
+    fn kick(&self, user: &str, device: Option<&str>, reason: im_protocol::pb::KickReason) -> usize {
+        let kick = im_protocol::Frame::push(im_protocol::pb::Kick {
+            reason: reason as i32,
+            message: "kicked by the operator".into(),
+            redirect_addr: String::new(),
+            retry_after_ms: 0,
+        });
+        self.gateway.hub().kick_user(user, device, &kick)
+    }
+
+    fn online_devices(&self, user: &str) -> Vec<String> {
+        self.gateway.hub().devices_of(user)
+    }
+
+    fn start_drain(&self) {
+        self.shutdown.cancel();
+    }
+
+    fn readiness(&self) -> im_admin::Readiness {
+        im_admin::Readiness {
+            store_ok: self.probe.healthy(),
+            draining: self.shutdown.is_cancelled() || self.gateway.is_draining(),
+        }
+    }
+
+    fn refresh_gauges(&self) {
+        let (queued, most) = self.gateway.hub().queued_bytes();
+        metrics::gauge!("im_push_queue_bytes").set(queued as f64);
+        metrics::gauge!("im_push_queue_max_bytes").set(most as f64);
+        metrics::gauge!("im_online_connections").set(self.gateway.hub().connection_count() as f64);
+        self.probe.refresh_gauges();
+    }
+}
+
+/// The admin listener's view of a logic node: health and metrics only.
+struct LogicNodeBackend {
+    shutdown: CancellationToken,
+    probe: StoreProbe,
+}
+
+impl im_admin::Backend for LogicNodeBackend {
+    fn issue_token(&self, _: &str, _: Option<&str>, _: u64) -> im_admin::IssuedToken {
+        // Unreachable: the API is off on a logic node (no admin key). Nothing usable either way.
+        im_admin::IssuedToken {
+            token: String::new(),
+            expires_at: 0,
+        }
+    }
+
+    fn send(
+        &self,
+        _: logic_api::Caller,
+        _: im_protocol::pb::SendReq,
+    ) -> im_admin::BoxFuture<'_, logic_api::SendReply> {
+        Box::pin(async { Err(not_here()) })
+    }
+
+    fn call(
+        &self,
+        _: logic_api::Caller,
+        _: im_protocol::Body,
+    ) -> im_admin::BoxFuture<'_, logic_api::Reply> {
+        Box::pin(async { Err(not_here()) })
+    }
+
+    fn kick(&self, _: &str, _: Option<&str>, _: im_protocol::pb::KickReason) -> usize {
+        0
+    }
+
+    fn online_devices(&self, _: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn start_drain(&self) {
+        self.shutdown.cancel();
+    }
+
+    fn readiness(&self) -> im_admin::Readiness {
+        im_admin::Readiness {
+            store_ok: self.probe.healthy(),
+            draining: self.shutdown.is_cancelled(),
+        }
+    }
+
+    fn refresh_gauges(&self) {
+        self.probe.refresh_gauges();
+    }
+}
+
+fn not_here() -> im_protocol::pb::Error {
+    use im_protocol::ErrorCodeExt as _;
+    im_protocol::pb::ErrorCode::Unavailable.to_error("a logic node serves no server API")
 }

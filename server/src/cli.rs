@@ -36,6 +36,51 @@ pub enum OptionsError {
     /// A CQL store without contact points.
     #[error("--store cql needs --cql-nodes HOST:PORT[,HOST:PORT...]")]
     NoCqlNodes,
+    /// An admin key anyone could guess.
+    #[error("--admin-key must be at least {0} characters")]
+    WeakAdminKey(usize),
+}
+
+/// Shortest admin key accepted.
+pub const MIN_ADMIN_KEY_CHARS: usize = 24;
+
+/// How the server writes its log lines (on stderr).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text for people.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The admin listener: metrics, health, the server API.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Serve /metrics (Prometheus), /healthz, /readyz, the server API (/v1/...) and its OpenAPI
+    /// document (/openapi.json) on this address, e.g. 127.0.0.1:9090. Off unless given. Keep
+    /// it on loopback or a private network: it is for operators and the app's backend.
+    #[arg(long, env = "IM_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// The key callers of the server API present as `Authorization: Bearer KEY` (at least 24
+    /// characters). Without it the API answers 403; metrics and health work without a key.
+    #[arg(long, env = "IM_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+}
+
+impl AdminArgs {
+    /// The admin listener's settings, when it is on.
+    fn settings(&self, system_user: &str) -> Result<Option<app::AdminSettings>, OptionsError> {
+        if let Some(key) = &self.admin_key
+            && key.chars().count() < MIN_ADMIN_KEY_CHARS
+        {
+            return Err(OptionsError::WeakAdminKey(MIN_ADMIN_KEY_CHARS));
+        }
+        Ok(self.admin_listen.map(|listen| app::AdminSettings {
+            listen,
+            admin_key: self.admin_key.clone(),
+            system_user: system_user.to_owned(),
+        }))
+    }
 }
 
 /// What a server process runs.
@@ -123,6 +168,10 @@ pub struct Common {
     /// File holding the token secret, instead of DATA_DIR/token.secret.
     #[arg(long, env = "IM_TOKEN_SECRET_FILE", global = true)]
     pub secret_file: Option<PathBuf>,
+    /// Log lines on stderr: `human` text or `json` (one object per line). RUST_LOG sets the
+    /// levels (default: info).
+    #[arg(long, env = "IM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
 }
 
 /// The server's settings.
@@ -209,6 +258,24 @@ pub struct ServeArgs {
     /// This gateway's id in the cluster; default: random at every start.
     #[arg(long, env = "IM_GATEWAY_ID")]
     pub gateway_id: Option<String>,
+    /// When draining (SIGTERM, or POST /v1/drain), tell clients to reconnect to this HOST:PORT
+    /// (`Kick.redirect_addr`) instead of the same address.
+    #[arg(long, env = "IM_DRAIN_REDIRECT")]
+    pub drain_redirect: Option<String>,
+    /// When draining, send clients away at this many per second, so their reconnects reach the
+    /// other gateways spread out (0 = all at once).
+    #[arg(long, env = "IM_DRAIN_RATE", default_value_t = 1000)]
+    pub drain_rate: u32,
+    /// The longest a drain's kicks may take, in seconds: with more clients than the rate sends
+    /// away in this time, the rate rises to fit.
+    #[arg(long, env = "IM_DRAIN_WINDOW_SECS", default_value_t = 30)]
+    pub drain_window_secs: u64,
+    /// The user id messages sent through the server API "as the system" come from.
+    #[arg(long, env = "IM_SYSTEM_USER", default_value = "system")]
+    pub system_user: String,
+    /// The admin listener.
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// The logic tier's settings (when this process runs it).
     #[command(flatten)]
     pub logic: LogicArgs,
@@ -280,6 +347,9 @@ pub struct LogicNodeArgs {
     /// The logic tier's settings.
     #[command(flatten)]
     pub logic: LogicArgs,
+    /// The admin listener (metrics and health; a logic node serves no server API).
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Commands besides serving.
@@ -373,6 +443,14 @@ impl ServeArgs {
                 PresenceOptions::new(url.clone(), id)
             }),
             logic_attempt_timeout: Duration::from_millis(self.logic_timeout_ms.max(50)),
+            admin: self.admin.settings(&self.system_user)?,
+            drain: gateway::server::DrainPlan {
+                redirect_addr: self.drain_redirect.clone().unwrap_or_default(),
+                kicks_per_sec: self.drain_rate,
+                window: Duration::from_secs(self.drain_window_secs),
+                retry_after_ms: 0,
+                close_timeout: Duration::from_secs(5),
+            },
             ..ServerOptions::new(self.listen, data_dir, tokens)
         })
     }
@@ -430,6 +508,7 @@ impl LogicNodeArgs {
     pub fn options(&self, data_dir: PathBuf) -> Result<ServerOptions, OptionsError> {
         self.logic.apply(ServerOptions {
             role: Role::Logic,
+            admin: self.admin.settings("system")?,
             ..ServerOptions::new(self.listen, data_dir, TokenKey::new(Vec::new()))
         })
     }

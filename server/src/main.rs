@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use gateway::auth::{Claims, TokenKey, default_secret_file, load_or_create_secret};
 use im_server::app;
-use im_server::cli::{Cli, Command, Common, LogicNodeArgs, ServeArgs};
+use im_server::cli::{Cli, Command, Common, LogFormat, LogicNodeArgs, ServeArgs};
 use im_server::config_file;
 
 // The store writer and the codecs allocate many small buffers; glibc malloc spent a third of
@@ -100,23 +100,32 @@ fn main() -> anyhow::Result<()> {
             println!("new inbox epoch {epoch}");
             Ok(())
         }
-        Some(Command::Logic(args)) => serve_with(run_logic_command(cli.common, args)),
-        None => serve_with(run(cli.common, cli.serve)),
+        Some(Command::Logic(args)) => {
+            let format = cli.common.log_format;
+            serve_with(format, run_logic_command(cli.common, args))
+        }
+        None => serve_with(cli.common.log_format, run(cli.common, cli.serve)),
     }
 }
 
 /// Installs logging on stderr and runs `serve` (a server of any role) on a multi-threaded
 /// runtime until it ends.
-fn serve_with(serve: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // fjall logs every journal and table it touches at INFO: operators want the
-                // server's own lines by default.
-                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn serve_with(
+    format: LogFormat,
+    serve: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // fjall logs every journal and table it touches at INFO: operators want the server's
+        // own lines by default.
+        .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => logs.init(),
+        // One object per line: level, target, message and the fields at the top level.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     // Store reads run on the blocking pool; a few threads serve two cores well, and the default
     // of 512 let a login storm start hundreds of threads whose stacks stayed in RSS.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -156,6 +165,9 @@ async fn run(common: Common, args: ServeArgs) -> anyhow::Result<()> {
         if let Some(quic) = server.quic_addr {
             let _ = writeln!(out, "quic listening on {quic}");
         }
+        if let Some(admin) = server.admin_addr {
+            let _ = writeln!(out, "admin listening on {admin}");
+        }
         let _ = out.flush();
     }
     tracing::info!(addr = %server.addr, data_dir = %common.data_dir.display(), "server started");
@@ -178,6 +190,9 @@ async fn run_logic_node(options: app::ServerOptions) -> anyhow::Result<()> {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "logic listening on {}", node.addr);
+        if let Some(admin) = node.admin_addr {
+            let _ = writeln!(out, "admin listening on {admin}");
+        }
         let _ = out.flush();
     }
     tracing::info!(addr = %node.addr, "logic node started");

@@ -135,6 +135,7 @@ fn tls_acceptor(identity: &TlsIdentity) -> Result<tokio_rustls::TlsAcceptor, Tls
 }
 
 impl Acceptor for FrontDoor {
+    const TRANSPORT: &'static str = "tcp";
     type Incoming = TcpStream;
     type Stream = FrontStream;
 
@@ -214,6 +215,13 @@ impl ByteStream for FrontStream {
                 (FrontReadHalf::Tls(read), FrontWriteHalf::Tls(write))
             }
         }
+    }
+
+    fn transport(&self) -> Option<&'static str> {
+        Some(match self {
+            FrontStream::Plain(_) => "tcp",
+            FrontStream::Tls(_) => "tls",
+        })
     }
 
     fn abandon(writer: &mut FrontWriteHalf) {

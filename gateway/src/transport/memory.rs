@@ -53,6 +53,7 @@ pub struct MemoryAcceptor {
 }
 
 impl Acceptor for MemoryAcceptor {
+    const TRANSPORT: &'static str = "memory";
     type Incoming = DuplexStream;
     type Stream = AnyStream<DuplexStream>;
 

@@ -31,6 +31,12 @@ pub trait ByteStream: Send + 'static {
     /// buffered for it instead of trying to deliver it (TCP resets the connection). The
     /// default does nothing more than the close that follows.
     fn abandon(_writer: &mut Self::WriteHalf) {}
+
+    /// The transport's name in metrics and logs, when the stream knows it (a front door's
+    /// stream is TCP or TLS); otherwise its acceptor's [`Acceptor::TRANSPORT`] names it.
+    fn transport(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Any `AsyncRead + AsyncWrite` stream, split with [`tokio::io::split`]: how a transport
@@ -75,6 +81,9 @@ impl std::error::Error for HandedOff {}
 
 /// One transport's source of client connections.
 pub trait Acceptor: Send + 'static {
+    /// The transport's name in metrics and logs (`tcp`, `tls`, `quic`, `memory`), unless the
+    /// stream says otherwise ([`ByteStream::transport`]).
+    const TRANSPORT: &'static str = "other";
     /// What [`Acceptor::accept`] yields: a connection before its transport-level setup.
     type Incoming: Send + 'static;
     /// The stream the connection is served over once set up.

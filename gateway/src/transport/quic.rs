@@ -92,6 +92,7 @@ impl QuicAcceptor {
 }
 
 impl Acceptor for QuicAcceptor {
+    const TRANSPORT: &'static str = "quic";
     type Incoming = Incoming;
     type Stream = QuicStream;
 

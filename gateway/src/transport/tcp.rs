@@ -62,6 +62,7 @@ impl TcpAcceptor {
 }
 
 impl Acceptor for TcpAcceptor {
+    const TRANSPORT: &'static str = "tcp";
     type Incoming = TcpStream;
     type Stream = TcpStream;
 

@@ -149,6 +149,7 @@ impl TlsAcceptor {
 }
 
 impl Acceptor for TlsAcceptor {
+    const TRANSPORT: &'static str = "tls";
     type Incoming = TcpStream;
     type Stream = AnyStream<TlsStream<TcpStream>>;
 

@@ -38,6 +38,7 @@ mod calls;
 mod engine;
 mod epoch;
 mod keys;
+pub mod metrics;
 mod read;
 mod records;
 mod timeline;
@@ -193,6 +194,35 @@ impl EmbeddedStore {
     /// concurrent writers this stays far below the number of mutations.
     pub fn group_commits(&self) -> u64 {
         self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store takes writes: open, and its last group commit did not fail (a failed
+    /// one is retried by reopening the engine, see `engine`).
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.broken.load(Ordering::Acquire) && !self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Free bytes on the data directory's filesystem, as last measured (every few seconds).
+    pub fn free_bytes(&self) -> u64 {
+        self.inner.free_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the store's files take on disk (journals and tables), summed now.
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(kind) if kind.is_dir() => walk(&e.path()),
+                    Ok(_) => e.metadata().map_or(0, |m| m.len()),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.inner.dir)
     }
 
     /// Stops accepting mutations (they fail with `Closed`, on this handle and its clones), waits

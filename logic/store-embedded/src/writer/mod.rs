@@ -238,10 +238,15 @@ fn run_drain(
     } else {
         let mut batch = db.inner().batch().durability(Some(config.persist));
         pending.drain_into(ks, &mut batch);
-        batch.commit().map_err(|e| DrainFailure {
+        let started = std::time::Instant::now();
+        let committed = batch.commit().map_err(|e| DrainFailure {
             reason: e.to_string(),
             invalid_argument: false,
-        })
+        });
+        // The write and its fsync: what every caller of the drain waited for.
+        metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::COMMIT_JOBS).record(count as f64);
+        committed
     };
     match &outcome {
         Ok(()) => {
