@@ -133,7 +133,11 @@ async fn openapi_json(State(state): State<ApiState>) -> Response {
 }
 
 /// Refuses a call without the admin key (compared in constant time).
-async fn require_admin_key(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+async fn require_admin_key(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(key) = &state.admin_key else {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -634,7 +638,10 @@ async fn history(
 ) -> ApiResult<HistoryResponse> {
     let as_user = match query.as_user {
         Some(user) => user,
-        None => match conversation_id.strip_prefix("d:").and_then(|r| r.split_once(':')) {
+        None => match conversation_id
+            .strip_prefix("d:")
+            .and_then(|r| r.split_once(':'))
+        {
             Some((first, _)) => first.to_owned(),
             None => {
                 return Err(ApiError::bad_request(
@@ -1018,9 +1025,7 @@ async fn kick_user(
         Some("reconnect") => pb::KickReason::Rebalance,
         Some(_) => return Err(ApiError::bad_request("reason is revoked or reconnect")),
     };
-    let kicked = state
-        .backend
-        .kick(&user, request.device.as_deref(), reason);
+    let kicked = state.backend.kick(&user, request.device.as_deref(), reason);
     tracing::info!(%user, device = ?request.device, kicked, "kicked through the admin API");
     Ok(Json(KickResponse { kicked }))
 }

@@ -345,7 +345,10 @@ impl<L: LogicApi> Gateway<L> {
             kicked = due;
             if kicked < total {
                 let next = started + Duration::from_secs_f64(kicked as f64 / per_sec);
-                tokio::time::sleep_until(next.max(tokio::time::Instant::now() + Duration::from_millis(1))).await;
+                tokio::time::sleep_until(
+                    next.max(tokio::time::Instant::now() + Duration::from_millis(1)),
+                )
+                .await;
             }
         }
         // Connections that registered while the first ones were kicked.
@@ -364,7 +367,11 @@ impl<L: LogicApi> Gateway<L> {
                 plan.close_timeout
             );
         }
-        tracing::info!(connections = total, secs = started.elapsed().as_secs_f64(), "drained");
+        tracing::info!(
+            connections = total,
+            secs = started.elapsed().as_secs_f64(),
+            "drained"
+        );
     }
 
     /// Sends a message as `caller` (the server API's sends): the same path, idempotency and
@@ -465,7 +472,12 @@ impl<L: LogicApi> Conn<L> {
                     let close = refusal.close;
                     let code = code_label(refusal.code as i32);
                     gauges::login(code);
-                    tracing::info!(conn = self.conn_id, transport = self.transport, code, "handshake refused");
+                    tracing::info!(
+                        conn = self.conn_id,
+                        transport = self.transport,
+                        code,
+                        "handshake refused"
+                    );
                     self.refuse(frame.request_id, refusal).await;
                     return !close;
                 }
@@ -834,7 +846,11 @@ async fn connection<L: LogicApi, S: ByteStream>(
                     } else {
                         frame.request_id
                     };
-                    tracing::info!(conn = conn.conn_id, code = code_label(code as i32), "frame refused");
+                    tracing::info!(
+                        conn = conn.conn_id,
+                        code = code_label(code as i32),
+                        "frame refused"
+                    );
                     Box::pin(conn.send_error(request_id, code, message, retry_after_ms)).await;
                     if close {
                         end = "frame refused";

@@ -78,6 +78,12 @@ async fn spawn_server(exe: &Path, args: &[String]) -> anyhow::Result<ServerChild
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
+        // The server logs a line per session at info: 15,000 logins would print 30,000 lines
+        // into the figures. IM_BENCH_SERVER_LOG measures with them.
+        .env(
+            "RUST_LOG",
+            std::env::var("IM_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;

@@ -453,6 +453,7 @@ pub async fn start_logic_node(options: ServerOptions) -> Result<RunningLogicNode
                     shutdown: shutdown.clone(),
                     probe,
                 }),
+                Some(im_admin::telemetry::install()),
                 admin_stop,
             )
             .await?,
@@ -486,6 +487,12 @@ async fn serve_gateway<L: LogicApi>(
     probe: StoreProbe,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, ServerError> {
+    // Before the hub and the gateway: they look their per-message metrics up once, at
+    // construction, and a lookup made before the recorder exists records nothing.
+    let metrics = options
+        .admin
+        .as_ref()
+        .map(|_| im_admin::telemetry::install());
     let heartbeat = options.heartbeat.max(Duration::from_secs(1));
     let config = GatewayConfig {
         session: SessionConfig {
@@ -529,6 +536,7 @@ async fn serve_gateway<L: LogicApi>(
                     shutdown: shutdown.clone(),
                     probe,
                 }),
+                metrics.clone(),
                 admin_stop.clone(),
             )
             .await?,
@@ -685,13 +693,13 @@ async fn sweep_retention<S: TimelineStore>(store: S, shutdown: CancellationToken
     }
 }
 
-/// Binds the admin listener, installing the metrics recorder first.
+/// Binds the admin listener.
 async fn start_admin(
     settings: &AdminSettings,
     backend: Arc<dyn im_admin::Backend>,
+    metrics: Option<im_admin::telemetry::PrometheusHandle>,
     stop: CancellationToken,
 ) -> Result<SocketAddr, ServerError> {
-    let metrics = im_admin::telemetry::install();
     let running = im_admin::start(
         im_admin::AdminConfig {
             listen: settings.listen,
@@ -699,7 +707,7 @@ async fn start_admin(
             system_user: settings.system_user.clone(),
         },
         backend,
-        Some(metrics),
+        metrics,
         stop,
     )
     .await
@@ -744,7 +752,12 @@ struct GatewayBackend<L> {
 }
 
 impl<L: LogicApi> im_admin::Backend for GatewayBackend<L> {
-    fn issue_token(&self, user: &str, device: Option<&str>, ttl_secs: u64) -> im_admin::IssuedToken {
+    fn issue_token(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        ttl_secs: u64,
+    ) -> im_admin::IssuedToken {
         let now = im_protocol::unix_time_ms() / 1000;
         let expires_at = now.saturating_add(ttl_secs);
         let token = self.tokens.sign(&gateway::auth::Claims {

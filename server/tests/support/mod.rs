@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+pub mod admin_http;
 pub mod cluster;
 pub mod http_proxy;
 pub mod udp_relay;
@@ -67,6 +68,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The TLS listener's address, when started with `--tls-listen`.
     pub tls_addr: Option<SocketAddr>,
+    /// The admin listener's address, when started with `--admin-listen` (a process only).
+    pub admin_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     extra: Vec<String>,
     env: Vec<(String, String)>,
@@ -113,6 +116,7 @@ impl Server {
         Server {
             addr: running.addr,
             tls_addr: running.tls_addr,
+            admin_addr: running.admin_addr,
             running: Running::InProcess {
                 dialer: running.dialer,
                 shutdown: running.shutdown,
@@ -173,6 +177,7 @@ impl Server {
             running: Running::Process(child),
             addr: listening.addr,
             tls_addr: listening.tls,
+            admin_addr: listening.admin,
             data_dir: data_dir.to_owned(),
             extra,
             env,
@@ -254,6 +259,20 @@ impl Server {
         self.running = Running::Process(child);
         self.addr = listening.addr;
         self.tls_addr = listening.tls;
+        self.admin_addr = listening.admin;
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; whether it exited
+    /// successfully in that time.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child().try_wait().expect("wait for the server") {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// A valid token for `user` bound to `device`.
@@ -344,13 +363,18 @@ fn spawn(data_dir: &Path, extra: &[String], env: &[(String, String)]) -> (Child,
         // QUIC shares the TLS port's number; the line is read so the pipe stays drained.
         let _quic = read_addr("quic listening on ");
     }
-    (child, Listening { addr, tls })
+    let admin = extra
+        .iter()
+        .any(|a| a == "--admin-listen")
+        .then(|| read_addr("admin listening on "));
+    (child, Listening { addr, tls, admin })
 }
 
 /// Where a server process listens.
 struct Listening {
     addr: SocketAddr,
     tls: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
 }
 
 /// The client core's connector to an in-process server: every connection an in-memory stream.
@@ -724,4 +748,35 @@ pub async fn chat_once(
     .await;
     assert_eq!(received.sender, "alice");
     assert_eq!(String::from_utf8_lossy(&received.content), text);
+}
+
+/// Polls `check` until it holds (at most 10 s; panics after).
+pub async fn wait_until<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `f` until it gives a value (at most 10 s; panics after).
+pub async fn wait_for_value<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no value within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
