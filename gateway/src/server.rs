@@ -336,7 +336,13 @@ impl<L: LogicApi> Gateway<L> {
         let mut conns = conns.into_iter();
         while kicked < total {
             // Kicks due by now, so a rate above the timer's resolution sends several per tick.
-            let due = ((started.elapsed().as_secs_f64() * per_sec) as usize + 1).min(total);
+            let due = if per_sec.is_finite() {
+                ((started.elapsed().as_secs_f64() * per_sec) as usize)
+                    .saturating_add(1)
+                    .min(total)
+            } else {
+                total
+            };
             for conn in conns.by_ref().take(due - kicked) {
                 let _ = conn.tx.try_push(Outbound::Frame(kick.clone()));
                 conn.close.cancel();

@@ -290,7 +290,7 @@ impl AppEvents {
 
 async fn run<S: LocalStore>(
     mut client: Client<S>,
-    server: ServerAddress,
+    mut server: ServerAddress,
     options: DriverOptions,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
@@ -326,6 +326,10 @@ async fn run<S: LocalStore>(
                     link = None;
                     better_route = None;
                     move_wanted = false;
+                    if let Some(to) = client.take_redirect() {
+                        tracing::info!(from = %server, to = %to, "the server sent this client to another address");
+                        server = to;
+                    }
                     let attempt = connector.connect(&server);
                     connecting = Some(Box::pin(async move {
                         tokio::time::timeout(CONNECT_TIMEOUT, attempt)

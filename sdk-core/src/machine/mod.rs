@@ -236,6 +236,9 @@ pub struct Client<S> {
     next_handle: RequestHandle,
     /// Since when the driver has not been reading frames (the app is behind on events).
     receiving_paused_since: Option<Instant>,
+    /// Where the next connection goes, when a draining server named another address
+    /// (`Kick.redirect_addr`); the driver takes it once and keeps using it.
+    redirect: Option<crate::transport::ServerAddress>,
 }
 
 impl<S: LocalStore> Client<S> {
@@ -276,6 +279,7 @@ impl<S: LocalStore> Client<S> {
             responses: VecDeque::new(),
             next_handle: 1,
             receiving_paused_since: None,
+            redirect: None,
         })
     }
 

@@ -20,6 +20,12 @@ impl<S: LocalStore> Client<S> {
         self.actions.pop_front()
     }
 
+    /// The address a server's kick sent this client to (`Kick.redirect_addr`), once: the
+    /// driver connects there from then on instead of the address it started with.
+    pub fn take_redirect(&mut self) -> Option<crate::transport::ServerAddress> {
+        self.redirect.take()
+    }
+
     /// The next event for the app.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

@@ -266,10 +266,22 @@ impl<S: LocalStore> Client<S> {
                     pb::KickReason::TokenRevoked => {
                         self.set_phase(Phase::Stopped(StopReason::AuthFailed(kick.message)))
                     }
-                    _ => self.schedule_reconnect(
-                        now,
-                        Duration::from_millis(u64::from(kick.retry_after_ms)),
-                    ),
+                    _ => {
+                        // A draining server names where to go (SPEC §5 "Kick"): the same
+                        // transport at another address, for this and later connections.
+                        if !kick.redirect_addr.is_empty() {
+                            match kick.redirect_addr.parse() {
+                                Ok(address) => self.redirect = Some(address),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "ignoring the kick's redirect address")
+                                }
+                            }
+                        }
+                        self.schedule_reconnect(
+                            now,
+                            Duration::from_millis(u64::from(kick.retry_after_ms)),
+                        )
+                    }
                 }
             }
             Body::Error(error) => {

@@ -751,16 +751,25 @@ pub async fn chat_once(
 }
 
 /// Polls `check` until it holds (at most 10 s; panics after).
-pub async fn wait_until<F, Fut>(mut check: F)
+pub async fn wait_until<F, Fut>(check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    wait_until_within(WAIT, check).await
+}
+
+/// Polls `check` until it holds (at most `limit`; panics after).
+pub async fn wait_until_within<F, Fut>(limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "condition not met within {WAIT:?}"
+            "condition not met within {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
