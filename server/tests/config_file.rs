@@ -58,6 +58,21 @@ fn the_example_config_in_the_repo_parses_and_its_values_are_used() {
         shown.contains("no-quic = \"false\"  # config file"),
         "{shown}"
     );
+    assert!(
+        shown.contains("admin-listen = \"127.0.0.1:9090\"  # config file"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn the_admin_key_is_never_printed() {
+    let shown = effective(
+        im_server()
+            .env("IM_ADMIN_KEY", "an-admin-key-that-stays-secret-0123")
+            .args(["config"]),
+    );
+    assert!(!shown.contains("stays-secret"), "{shown}");
+    assert!(shown.contains("admin-key = "), "{shown}");
 }
 
 #[test]
