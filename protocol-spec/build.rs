@@ -11,6 +11,7 @@ const PROTO_FILES: &[&str] = &[
     "im/v1/frame.proto",
     "im/v1/messaging.proto",
     "im/v1/group.proto",
+    "im/v1/push.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -449,6 +449,7 @@ fn handle_frame(
                     server_time_ms: now,
                     duplicate: false,
                     sender_inbox_seq: 0,
+                    content_rewritten: false,
                 },
             ))
         }

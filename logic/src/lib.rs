@@ -237,6 +237,7 @@ impl<S: TimelineStore> Logic<S> {
                             conversation_seq: m.conversation_seq,
                             server_time_ms: m.server_time_ms,
                             duplicate: committed.duplicate,
+                            content_rewritten: false,
                             sender_inbox_seq: committed.sender_inbox_seq,
                         };
                         effects.deliveries.extend(deliveries(committed.deliveries));

@@ -50,6 +50,7 @@ impl ErrorCodeExt for ErrorCode {
             message: message.into(),
             retryable: self.retryable(),
             retry_after_ms: 0,
+            app_reason: 0,
         }
     }
 }

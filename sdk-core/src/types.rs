@@ -83,6 +83,9 @@ pub mod error_code {
     pub const CLIENT_MSG_ID_CONFLICT: u32 = ErrorCode::ClientMsgIdConflict as u32;
     /// The group is not open for joining.
     pub const NOT_OPEN: u32 = ErrorCode::NotOpen as u32;
+    /// The deployment's policy refused the message (its reason code is the error's
+    /// `app_reason`).
+    pub const REJECTED: u32 = ErrorCode::Rejected as u32;
     /// A server fault.
     pub const INTERNAL: u32 = ErrorCode::Internal as u32;
     /// Storage or a dependency is unavailable.

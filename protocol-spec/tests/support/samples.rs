@@ -118,6 +118,48 @@ pub fn samples() -> Vec<Sample> {
                 message: "too many frames".into(),
                 retryable: true,
                 retry_after_ms: 250,
+                app_reason: 0,
+            },
+        ),
+        sample(
+            "error_rejected_by_policy",
+            12,
+            pb::Error {
+                code: pb::ErrorCode::Rejected as i32,
+                message: "rejected by policy".into(),
+                retryable: false,
+                retry_after_ms: 0,
+                app_reason: 1001,
+            },
+        ),
+        sample(
+            "push_token_register",
+            13,
+            pb::PushTokenReq {
+                service: pb::PushService::Apns as i32,
+                token: "a1b2c3d4".into(),
+                preview: pb::PushPreview::Sender as i32,
+            },
+        ),
+        sample(
+            "push_token_registered",
+            13,
+            pb::PushTokenResp { registered: true },
+        ),
+        sample(
+            "mute_conversation",
+            14,
+            pb::MuteReq {
+                conversation_id: "g:grp-1".into(),
+                muted: true,
+            },
+        ),
+        sample(
+            "conversation_muted",
+            14,
+            pb::MuteResp {
+                conversation_id: "g:grp-1".into(),
+                muted: true,
             },
         ),
         sample(
@@ -128,6 +170,7 @@ pub fn samples() -> Vec<Sample> {
                 message: "frame body of 2000000 bytes exceeds the limit of 1048576 bytes".into(),
                 retryable: false,
                 retry_after_ms: 0,
+                app_reason: 0,
             },
         ),
         push(
@@ -171,6 +214,7 @@ pub fn samples() -> Vec<Sample> {
                 server_time_ms: 1_763_900_000_001,
                 duplicate: false,
                 sender_inbox_seq: 42,
+                content_rewritten: false,
             },
         ),
         push(
