@@ -429,6 +429,19 @@ impl TimelineStore for CqlStore {
         self.inner.delivery_cursor(user, device).await
     }
 
+    async fn put_user_setting(
+        &self,
+        user: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> StoreResult<()> {
+        self.inner.put_user_setting(user, key, value).await
+    }
+
+    async fn user_settings(&self, user: &str, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.inner.user_settings(user, prefix).await
+    }
+
     async fn create_group(&self, group: NewGroup) -> StoreResult<GroupChange> {
         self.inner.create_group(group).await
     }

@@ -496,6 +496,55 @@ impl Inner {
         Ok(())
     }
 
+    /// See [`timeline_store::TimelineStore::put_user_setting`].
+    pub(crate) async fn put_user_setting(
+        &self,
+        user: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> StoreResult<()> {
+        timeline_store::check_setting(key, value.as_deref())?;
+        match value {
+            Some(value) => self
+                .session
+                .execute_unpaged(&self.st.setting_put, (user, key, value))
+                .await
+                .map_err(backend)?,
+            None => self
+                .session
+                .execute_unpaged(&self.st.setting_drop, (user, key))
+                .await
+                .map_err(backend)?,
+        };
+        Ok(())
+    }
+
+    /// See [`timeline_store::TimelineStore::user_settings`].
+    pub(crate) async fn user_settings(
+        &self,
+        user: &str,
+        prefix: &str,
+    ) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let limit = timeline_store::MAX_SETTINGS_LISTED as i32;
+        let rows = self
+            .session
+            .execute_unpaged(&self.st.settings_from, (user, prefix, limit))
+            .await
+            .map_err(backend)?
+            .into_rows_result()
+            .map_err(backend)?;
+        let mut settings = Vec::new();
+        for row in rows.rows::<(String, Vec<u8>)>().map_err(backend)? {
+            let (name, value) = row.map_err(backend)?;
+            // Names sort as strings: the first one without the prefix ends the run.
+            if !name.starts_with(prefix) {
+                break;
+            }
+            settings.push((name, value));
+        }
+        Ok(settings)
+    }
+
     /// See [`timeline_store::TimelineStore::delivery_cursor`].
     pub(crate) async fn delivery_cursor(&self, user: &str, device: &str) -> StoreResult<u64> {
         check_pair_key(user, device)?;

@@ -54,6 +54,8 @@ const TABLES: &[&str] = &[
      PRIMARY KEY ((user, conversation_id), seq))",
     "CREATE TABLE IF NOT EXISTS {ks}.delivery_cursors (user text, device text, seq bigint, \
      PRIMARY KEY (user, device))",
+    "CREATE TABLE IF NOT EXISTS {ks}.user_settings (user text, name text, value blob, \
+     PRIMARY KEY (user, name))",
     "CREATE TABLE IF NOT EXISTS {ks}.groups (group_id text, member text, role int, \
      joined_ms bigint, join_order bigint, name text static, owner text static, \
      open boolean static, created_ms bigint static, member_count bigint static, \
@@ -170,6 +172,9 @@ statements! {
     hidden_of = "SELECT seq FROM {ks}.hidden WHERE user = ? AND conversation_id = ?";
     cursor_put = "UPDATE {ks}.delivery_cursors USING TIMESTAMP ? SET seq = ? WHERE user = ? AND device = ?";
     cursor_get = "SELECT seq FROM {ks}.delivery_cursors WHERE user = ? AND device = ?";
+    setting_put = "INSERT INTO {ks}.user_settings (user, name, value) VALUES (?, ?, ?)";
+    setting_drop = "DELETE FROM {ks}.user_settings WHERE user = ? AND name = ?";
+    settings_from = "SELECT name, value FROM {ks}.user_settings WHERE user = ? AND name >= ? LIMIT ?";
 
     group_get = "SELECT member, role, joined_ms, join_order, name, owner, open, created_ms, member_count, version, next_join_order, pending FROM {ks}.groups WHERE group_id = ?";
     group_cas = "UPDATE {ks}.groups SET name = ?, owner = ?, open = ?, created_ms = ?, member_count = ?, version = ?, next_join_order = ?, pending[?] = ? WHERE group_id = ? IF version = ?";

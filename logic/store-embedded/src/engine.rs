@@ -31,6 +31,8 @@ pub(crate) struct Keyspaces {
     pub(crate) counters: SingleWriterTxKeyspace,
     /// User + conversation + seq -> nothing: the messages a user deleted for themself.
     pub(crate) hidden: SingleWriterTxKeyspace,
+    /// User + setting name -> value: push registrations, muted conversations.
+    pub(crate) settings: SingleWriterTxKeyspace,
 }
 
 impl Keyspaces {
@@ -47,6 +49,7 @@ impl Keyspaces {
             delivery: open("delivery")?,
             counters: open("counters")?,
             hidden: open("hidden")?,
+            settings: open("settings")?,
         })
     }
 
@@ -64,11 +67,12 @@ impl Keyspaces {
             &self.delivery,
             &self.counters,
             &self.hidden,
+            &self.settings,
         ]
     }
 
     /// How many keyspaces there are.
-    pub(crate) const COUNT: usize = 10;
+    pub(crate) const COUNT: usize = 11;
 
     /// The slot of `keyspace`, which must be one of these fields (compared by address: the
     /// writer only ever passes `&self.<field>`).

@@ -457,6 +457,27 @@ impl Reader<'_> {
         }
     }
 
+    pub(crate) fn user_settings(
+        &self,
+        user: &str,
+        prefix: &str,
+    ) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let user_prefix = keys::prefix(user);
+        let mut settings = Vec::new();
+        for guard in self
+            .snapshot
+            .prefix(&self.ks.settings, keys::pair_key(user, prefix))
+            .take(timeline_store::MAX_SETTINGS_LISTED)
+        {
+            let (key, value) = guard.into_inner().map_err(io)?;
+            let name = keys::suffix(&key, &user_prefix)
+                .and_then(|name| std::str::from_utf8(name).ok())
+                .ok_or_else(|| corrupt("setting key", user))?;
+            settings.push((name.to_owned(), value.to_vec()));
+        }
+        Ok(settings)
+    }
+
     pub(crate) fn delivery_cursor(&self, user: &str, device: &str) -> StoreResult<u64> {
         match self.get(&self.ks.delivery, &keys::pair_key(user, device))? {
             None => Ok(0),

@@ -236,6 +236,29 @@ impl TimelineStore for EmbeddedStore {
         self.read(move |r| r.delivery_cursor(&user, &device)).await
     }
 
+    async fn put_user_setting(
+        &self,
+        user: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> StoreResult<()> {
+        timeline_store::check_setting(key, value.as_deref())?;
+        let (user, key) = (user.to_owned(), key.to_owned());
+        self.mutate(
+            move |ctx| {
+                ctx.put_user_setting(&user, &key, value.clone());
+                Ok(())
+            },
+            Err,
+        )
+        .await
+    }
+
+    async fn user_settings(&self, user: &str, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let (user, prefix) = (user.to_owned(), prefix.to_owned());
+        self.read(move |r| r.user_settings(&user, &prefix)).await
+    }
+
     async fn create_group(&self, group: NewGroup) -> StoreResult<GroupChange> {
         self.mutate(move |ctx| ctx.create_group(group.clone()), Err)
             .await

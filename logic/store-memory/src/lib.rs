@@ -233,6 +233,35 @@ impl TimelineStore for MemoryStore {
         self.with(|state| state.delivery_cursor(user, device))
     }
 
+    async fn put_user_setting(
+        &self,
+        user: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> StoreResult<()> {
+        timeline_store::check_setting(key, value.as_deref())?;
+        self.with(|state| {
+            let name = (user.to_owned(), key.to_owned());
+            match value {
+                Some(value) => state.settings.insert(name, value),
+                None => state.settings.remove(&name),
+            };
+            Ok(())
+        })
+    }
+
+    async fn user_settings(&self, user: &str, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.with(|state| {
+            Ok(state
+                .settings
+                .range((user.to_owned(), prefix.to_owned())..)
+                .take_while(|((u, k), _)| u == user && k.starts_with(prefix))
+                .take(timeline_store::MAX_SETTINGS_LISTED)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect())
+        })
+    }
+
     async fn create_group(&self, group: NewGroup) -> StoreResult<GroupChange> {
         self.with(|state| state.create_group(group))
     }

@@ -96,6 +96,8 @@ pub(crate) struct State {
     pub group_requests: BTreeMap<(String, String), String>,
     /// `(user, device)` -> delivery cursor.
     pub delivery: BTreeMap<(String, String), u64>,
+    /// (user, setting name) -> value.
+    pub settings: BTreeMap<(String, String), Vec<u8>>,
     /// `(user, conversation id)` -> the seqs that user deleted for themself.
     pub hidden: BTreeMap<(String, String), BTreeSet<u64>>,
 }
@@ -114,6 +116,7 @@ impl State {
             groups: BTreeMap::new(),
             group_requests: BTreeMap::new(),
             delivery: BTreeMap::new(),
+            settings: BTreeMap::new(),
             hidden: BTreeMap::new(),
         }
     }

@@ -230,6 +230,28 @@ impl StoreError {
 /// Result alias of the store.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Longest key of a user setting ([`TimelineStore::put_user_setting`]).
+pub const MAX_SETTING_KEY_BYTES: usize = 256;
+/// Largest value of a user setting.
+pub const MAX_SETTING_BYTES: usize = 8 * 1024;
+/// Most settings one [`TimelineStore::user_settings`] call returns.
+pub const MAX_SETTINGS_LISTED: usize = 1000;
+
+/// Checks a setting's key and value against the limits every store keeps.
+pub fn check_setting(key: &str, value: Option<&[u8]>) -> StoreResult<()> {
+    if key.is_empty() || key.len() > MAX_SETTING_KEY_BYTES || key.contains('\0') {
+        return Err(StoreError::InvalidArgument(format!(
+            "a setting's name is 1 to {MAX_SETTING_KEY_BYTES} bytes without NUL"
+        )));
+    }
+    if value.is_some_and(|v| v.len() > MAX_SETTING_BYTES) {
+        return Err(StoreError::InvalidArgument(format!(
+            "a setting holds at most {MAX_SETTING_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// The timeline store. Methods take `&self` and may be called concurrently from many tasks; a
 /// backend batches concurrent mutations into group commits.
 pub trait TimelineStore: Send + Sync + 'static {
@@ -379,6 +401,24 @@ pub trait TimelineStore: Send + Sync + 'static {
         user: &str,
         device: &str,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// Sets (`Some`) or removes (`None`) one of `user`'s settings: small records of the user's
+    /// own, such as a device's push registration or a muted conversation, named by `key`
+    /// (1..=[`MAX_SETTING_KEY_BYTES`] bytes, no NUL; values at most [`MAX_SETTING_BYTES`]).
+    fn put_user_setting(
+        &self,
+        user: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// `user`'s settings whose key starts with `prefix`, in key order, at most
+    /// [`MAX_SETTINGS_LISTED`].
+    fn user_settings(
+        &self,
+        user: &str,
+        prefix: &str,
+    ) -> impl Future<Output = StoreResult<Vec<(String, Vec<u8>)>>> + Send;
 
     /// Creates a group (id assigned by the store, unique, valid per `im_protocol::ids`), owner
     /// first; appends a `GroupEvent::Created` (members = all members) to every member's inbox and

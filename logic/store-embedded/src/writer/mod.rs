@@ -39,6 +39,7 @@ mod pending;
 mod primitives;
 mod read_markers;
 mod recall;
+mod settings;
 mod state;
 
 /// Runs after the drain: `Ok` when the drain's batch is durable, else why it is not.

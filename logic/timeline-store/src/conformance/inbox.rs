@@ -222,3 +222,50 @@ pub async fn delivery_cursor_keeps_the_maximum<F: StoreFactory>(factory: &mut F)
         "users are independent"
     );
 }
+
+/// A user's settings are set, replaced, listed by prefix in key order, removed, kept per user
+/// and kept across a restart; a bad name is refused.
+pub async fn user_settings_are_listed_by_prefix_and_survive_a_restart<F: StoreFactory>(
+    factory: &mut F,
+) {
+    let store = factory.open_fresh().await;
+    let put = |user: &'static str, key: &'static str, value: Option<&'static [u8]>| {
+        store.put_user_setting(user, key, value.map(<[u8]>::to_vec))
+    };
+    put("alice", "push/phone", Some(b"apns-1")).await.expect("put");
+    put("alice", "push/laptop", Some(b"fcm-1")).await.expect("put");
+    put("alice", "mute/g:grp-1", Some(b"")).await.expect("put");
+    put("alice", "push/phone", Some(b"apns-2")).await.expect("replace");
+    put("bob", "push/tablet", Some(b"fcm-9")).await.expect("put");
+    put("alice", "push/gone", None).await.expect("removing nothing is fine");
+    let listed = |user: &'static str, prefix: &'static str| store.user_settings(user, prefix);
+    let pushes = listed("alice", "push/").await.expect("list");
+    assert_eq!(
+        pushes,
+        vec![
+            ("push/laptop".to_owned(), b"fcm-1".to_vec()),
+            ("push/phone".to_owned(), b"apns-2".to_vec()),
+        ],
+        "in key order, the replaced value, only this prefix and this user"
+    );
+    assert_eq!(listed("alice", "").await.expect("list").len(), 3);
+    assert_eq!(listed("carol", "push/").await.expect("list"), vec![]);
+    put("alice", "push/laptop", None).await.expect("remove");
+    let store = factory.reopen(store).await;
+    assert_eq!(
+        store.user_settings("alice", "push/").await.expect("list"),
+        vec![("push/phone".to_owned(), b"apns-2".to_vec())],
+        "kept across a restart, the removal too"
+    );
+    for bad in ["", "a\0b"] {
+        assert!(
+            matches!(
+                store.put_user_setting("alice", bad, Some(vec![1])).await,
+                Err(crate::StoreError::InvalidArgument(_))
+            ),
+            "{bad:?} is refused"
+        );
+    }
+    let long = "k".repeat(crate::MAX_SETTING_KEY_BYTES + 1);
+    assert!(store.put_user_setting("alice", &long, None).await.is_err());
+}

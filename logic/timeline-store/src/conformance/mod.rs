@@ -128,6 +128,7 @@ macro_rules! for_each_check {
             joining_and_leaving_follow_openness_and_hand_over_ownership,
             group_members_page_in_user_id_order,
             delivery_cursor_keeps_the_maximum,
+            user_settings_are_listed_by_prefix_and_survive_a_restart,
             groups_left_or_removed_from_leave_the_conversation_list,
             the_inbox_epoch_is_kept_across_restarts_and_differs_per_store,
             everything_survives_a_restart_and_numbering_continues,
