@@ -71,6 +71,9 @@ pub struct Hub {
     max_connections_per_user: usize,
     /// `im_pushes_total`, looked up once.
     pushes: metrics::Counter,
+    /// Told about entries for users with no connection here, when this hub is the only one
+    /// (in a cluster, the cluster's router knows who is offline everywhere).
+    offline: std::sync::OnceLock<Arc<dyn crate::router::OfflineSink>>,
 }
 
 /// Default for [`Hub::with_limits`]'s per-user connection limit.
@@ -85,6 +88,7 @@ impl Default for Hub {
             push_bytes: im_protocol::page_budget(im_protocol::DEFAULT_MAX_BODY),
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
             pushes: metrics::counter!(crate::metrics::PUSHES),
+            offline: std::sync::OnceLock::new(),
         }
     }
 }
@@ -108,6 +112,12 @@ impl Hub {
             max_connections_per_user: max_connections_per_user.max(1),
             ..Hub::default()
         })
+    }
+
+    /// Sends entries for users with no connection here to `sink` (once; later calls are
+    /// ignored). Only for a hub that is the whole router: one gateway holds every connection.
+    pub fn set_offline_sink(&self, sink: Arc<dyn crate::router::OfflineSink>) {
+        let _ = self.offline.set(sink);
     }
 
     /// A fresh connection id.
@@ -282,6 +292,9 @@ impl Hub {
         }
         for (user, entries) in by_user {
             let Some(mut online) = self.users.get_mut(&user) else {
+                if let Some(sink) = self.offline.get() {
+                    sink.offline(&user, &entries);
+                }
                 continue;
             };
             let newest = entries.iter().map(|e| e.inbox_seq).max().unwrap_or(0);

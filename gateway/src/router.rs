@@ -58,6 +58,13 @@ pub trait PushRouter: Send + Sync + 'static {
     fn disconnected(&self, _user: &str, _device: &str) {}
 }
 
+/// Where inbox entries for users with no connection anywhere go: the server's offline push
+/// notifier. Called on the delivering task: it must hand the entries off, never wait.
+pub trait OfflineSink: Send + Sync + std::fmt::Debug + 'static {
+    /// `user` has no connection; these entries (commit order) reached their inbox.
+    fn offline(&self, user: &str, entries: &[pb::InboxEntry]);
+}
+
 /// One process, one gateway: the hub holds every connection there is.
 impl PushRouter for Hub {
     fn deliver(&self, deliveries: Vec<Delivery>, origin: Option<Origin<'_>>) {

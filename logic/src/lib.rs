@@ -6,7 +6,8 @@
 //! [`Logic::handle`] with the authenticated [`Caller`] and gets back responses plus
 //! [`Effects`] (deliveries to push, typing events to relay).
 
-use im_protocol::Body;
+pub mod push;
+use im_protocol::{Body, ProstMessage as _};
 use im_protocol::ids::{self, ConversationRef};
 use im_protocol::pb::{self, send_req::Target};
 use im_protocol::unix_time_ms as now_ms;
@@ -445,11 +446,111 @@ impl<S: TimelineStore> Logic<S> {
             | Body::GroupJoinReq(_)
             | Body::GroupLeaveReq(_)
             | Body::GroupMembersReq(_)) => self.group_request(caller, body, now, effects).await,
+            Body::PushTokenReq(request) => self
+                .register_push_token(caller, request)
+                .await
+                .map(|r| Some(Body::PushTokenResp(r))),
+            Body::MuteReq(request) => self
+                .mute(caller, request)
+                .await
+                .map(|r| Some(Body::MuteResp(r))),
             other => Err(error(
                 pb::ErrorCode::WrongDirection,
                 format!("{:?} is not a request the logic tier handles", other.op()),
             )),
         }
+    }
+
+    /// SPEC §13.11: registers or removes the caller's device's push token.
+    async fn register_push_token(
+        &self,
+        caller: &Caller,
+        request: pb::PushTokenReq,
+    ) -> Result<pb::PushTokenResp, pb::Error> {
+        let key = push::registration_key(&caller.device);
+        let service = pb::PushService::try_from(request.service).ok();
+        let value = match (service, request.token.is_empty()) {
+            (Some(pb::PushService::Unspecified), true) => None,
+            (Some(pb::PushService::Unspecified) | None, _) => {
+                return Err(error(
+                    pb::ErrorCode::InvalidArgument,
+                    "service must be APNS, FCM or WEBHOOK (UNSPECIFIED with an empty token removes)",
+                ));
+            }
+            (Some(_), _) => {
+                push::check_token(&request.token)
+                    .map_err(|e| error(pb::ErrorCode::InvalidArgument, e))?;
+                let preview = pb::PushPreview::try_from(request.preview)
+                    .unwrap_or(pb::PushPreview::None);
+                Some(
+                    pb::PushTokenReq {
+                        preview: preview as i32,
+                        ..request
+                    }
+                    .encode_to_vec(),
+                )
+            }
+        };
+        let registered = value.is_some();
+        self.store
+            .put_user_setting(&caller.user, &key, value)
+            .await
+            .map_err(store_error)?;
+        Ok(pb::PushTokenResp { registered })
+    }
+
+    /// SPEC §13.11: mutes or unmutes a conversation's notifications for all of the user's
+    /// devices.
+    async fn mute(&self, caller: &Caller, request: pb::MuteReq) -> Result<pb::MuteResp, pb::Error> {
+        let conversation = ConversationRef::parse(&request.conversation_id)
+            .map_err(|e| error(pb::ErrorCode::InvalidArgument, e.to_string()))?;
+        if let ConversationRef::Direct { low, high } = conversation
+            && caller.user != low
+            && caller.user != high
+        {
+            return Err(error(
+                pb::ErrorCode::Forbidden,
+                format!("{} is not a party to {}", caller.user, request.conversation_id),
+            ));
+        }
+        let key = push::mute_key(&request.conversation_id);
+        let value = request.muted.then(Vec::new);
+        self.store
+            .put_user_setting(&caller.user, &key, value)
+            .await
+            .map_err(store_error)?;
+        Ok(pb::MuteResp {
+            conversation_id: request.conversation_id,
+            muted: request.muted,
+        })
+    }
+
+    /// Where to notify `user` about a message in `conversation_id`: the registered devices,
+    /// none when the conversation is muted (SPEC §13.11).
+    pub async fn push_targets(
+        &self,
+        user: &str,
+        conversation_id: &str,
+    ) -> Result<Vec<push::Registration>, pb::Error> {
+        let muted = self
+            .store
+            .user_settings(user, &push::mute_key(conversation_id))
+            .await
+            .map_err(store_error)?
+            .iter()
+            .any(|(key, _)| *key == push::mute_key(conversation_id));
+        if muted {
+            return Ok(Vec::new());
+        }
+        let settings = self
+            .store
+            .user_settings(user, push::REGISTRATION_PREFIX)
+            .await
+            .map_err(store_error)?;
+        Ok(settings
+            .into_iter()
+            .filter_map(|(key, value)| push::Registration::decode(&key, &value))
+            .collect())
     }
 
     fn max_members(&self) -> u32 {
