@@ -553,6 +553,33 @@ impl<S: TimelineStore> Logic<S> {
             .collect())
     }
 
+    /// Removes `device`'s registration if it still holds `token` (the push service reported
+    /// it invalid; a registration made since is kept).
+    pub async fn forget_push_token(
+        &self,
+        user: &str,
+        device: &str,
+        token: &str,
+    ) -> Result<bool, pb::Error> {
+        let key = push::registration_key(device);
+        let current = self
+            .store
+            .user_settings(user, &key)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .find(|(name, _)| *name == key)
+            .and_then(|(name, value)| push::Registration::decode(&name, &value));
+        if current.is_none_or(|r| r.token != token) {
+            return Ok(false);
+        }
+        self.store
+            .put_user_setting(user, &key, None)
+            .await
+            .map_err(store_error)?;
+        Ok(true)
+    }
+
     fn max_members(&self) -> u32 {
         self.config
             .max_group_members
