@@ -54,6 +54,7 @@ pub use transport::tls::{TlsConnector, TlsTrust, TlsTrustError};
 pub use transport::{ByteStream, Connector, ServerAddress, TcpConnector};
 pub use types::{
     ConversationPage, GroupEvent, GroupEventKind, GroupInfo, GroupMember, GroupMembersChange,
-    GroupMembersPage, GroupRole, HistoryDirection, HistoryPage, Platform, ReadMarker, Recall,
-    Request, RequestError, RequestHandle, Response, ServerError, TypingEvent, error_code,
+    GroupMembersPage, GroupRole, HistoryDirection, HistoryPage, Platform, PushPreview, PushService,
+    ReadMarker, Recall, Request, RequestError, RequestHandle, Response, ServerError, TypingEvent,
+    error_code,
 };

@@ -241,6 +241,46 @@ pub enum Request {
         /// Empty for the first page, then the previous page's `next_cursor`.
         cursor: String,
     },
+    /// Registers this device's push token, replacing the one it had (§13.11).
+    RegisterPushToken {
+        /// The push service that issued the token.
+        service: PushService,
+        /// The token.
+        token: String,
+        /// What notifications may show.
+        preview: PushPreview,
+    },
+    /// Removes this device's push token (at logout).
+    UnregisterPushToken,
+    /// Mutes or unmutes a conversation's notifications on all of the user's devices.
+    Mute {
+        /// The conversation.
+        conversation_id: String,
+        /// Muted or not.
+        muted: bool,
+    },
+}
+
+/// A push service a device's token belongs to (§13.11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushService {
+    /// Apple Push Notification service (the device token, hex).
+    Apns,
+    /// Firebase Cloud Messaging (the registration token).
+    Fcm,
+    /// The deployment's own push gateway.
+    Webhook,
+}
+
+/// What a push notification may show on the lock screen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushPreview {
+    /// "New message" only.
+    None,
+    /// Who wrote.
+    Sender,
+    /// Who wrote and the start of the text.
+    Full,
 }
 
 /// The answer to a [`Request`].
@@ -268,6 +308,10 @@ pub enum Response {
     GroupLeft(String),
     /// To [`Request::GroupMembers`].
     GroupMembers(GroupMembersPage),
+    /// To [`Request::RegisterPushToken`] (true) and [`Request::UnregisterPushToken`] (false).
+    PushToken(bool),
+    /// To [`Request::Mute`]: the conversation and whether it is muted now.
+    Muted(String, bool),
 }
 
 impl Response {
@@ -285,6 +329,8 @@ impl Response {
             Response::GroupJoined(_) => "GroupJoined",
             Response::GroupLeft(_) => "GroupLeft",
             Response::GroupMembers(_) => "GroupMembers",
+            Response::PushToken(_) => "PushToken",
+            Response::Muted(..) => "Muted",
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::machine::ConnectionState;
 use crate::store::{LocalConversation, LocalMessage, Recipient};
 use crate::types::{
     ConversationPage, GroupInfo, GroupMembersChange, GroupMembersPage, HistoryDirection,
-    HistoryPage, ReadMarker, Recall, Request, RequestError, Response,
+    HistoryPage, PushPreview, PushService, ReadMarker, Recall, Request, RequestError, Response,
 };
 
 /// The app's handle on a running client. Cheap to clone; the client stops when the last clone
@@ -284,6 +284,45 @@ impl ClientHandle {
         };
         match self.request(request).await? {
             Response::GroupMembersRemoved(change) => Ok(change),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Registers this device's push token (replacing the one it had), so the server can wake
+    /// the app through `service` when messages arrive while it has no connection.
+    pub async fn register_push_token(
+        &self,
+        service: PushService,
+        token: &str,
+        preview: PushPreview,
+    ) -> Result<(), DriverError> {
+        let request = Request::RegisterPushToken {
+            service,
+            token: token.to_owned(),
+            preview,
+        };
+        match self.request(request).await? {
+            Response::PushToken(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes this device's push token (at logout).
+    pub async fn unregister_push_token(&self) -> Result<(), DriverError> {
+        match self.request(Request::UnregisterPushToken).await? {
+            Response::PushToken(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Mutes (or unmutes) a conversation's push notifications on all of the user's devices.
+    pub async fn mute(&self, conversation_id: &str, muted: bool) -> Result<(), DriverError> {
+        let request = Request::Mute {
+            conversation_id: conversation_id.to_owned(),
+            muted,
+        };
+        match self.request(request).await? {
+            Response::Muted(..) => Ok(()),
             other => Err(unexpected(other)),
         }
     }

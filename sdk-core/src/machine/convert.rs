@@ -6,8 +6,8 @@ use im_protocol::{Body, pb};
 use crate::store::{LocalConversation, LocalMessage, SendState};
 use crate::types::{
     ConversationPage, GroupEvent, GroupEventKind, GroupInfo, GroupMember, GroupMembersChange,
-    GroupMembersPage, GroupRole, HistoryDirection, HistoryPage, Platform, ReadMarker, Recall,
-    Request, RequestError, Response, ServerError, TypingEvent,
+    GroupMembersPage, GroupRole, HistoryDirection, HistoryPage, Platform, PushPreview, PushService,
+    ReadMarker, Recall, Request, RequestError, Response, ServerError, TypingEvent,
 };
 
 /// A server message in the app's shape (stored by the server, so `Sent`).
@@ -137,6 +137,33 @@ pub(super) fn request_body(request: Request) -> Body {
         }
         Request::JoinGroup { group_id } => pb::GroupJoinReq { group_id }.into(),
         Request::LeaveGroup { group_id } => pb::GroupLeaveReq { group_id }.into(),
+        Request::RegisterPushToken {
+            service,
+            token,
+            preview,
+        } => pb::PushTokenReq {
+            service: match service {
+                PushService::Apns => pb::PushService::Apns,
+                PushService::Fcm => pb::PushService::Fcm,
+                PushService::Webhook => pb::PushService::Webhook,
+            } as i32,
+            token,
+            preview: match preview {
+                PushPreview::None => pb::PushPreview::None,
+                PushPreview::Sender => pb::PushPreview::Sender,
+                PushPreview::Full => pb::PushPreview::Full,
+            } as i32,
+        }
+        .into(),
+        Request::UnregisterPushToken => pb::PushTokenReq::default().into(),
+        Request::Mute {
+            conversation_id,
+            muted,
+        } => pb::MuteReq {
+            conversation_id,
+            muted,
+        }
+        .into(),
         Request::GroupMembers {
             group_id,
             limit,
@@ -224,6 +251,8 @@ pub(super) fn response(body: Body) -> Result<Response, RequestError> {
         }
         Body::GroupJoinResp(joined) => Response::GroupJoined(group_info(joined.group)?),
         Body::GroupLeaveResp(left) => Response::GroupLeft(left.group_id),
+        Body::PushTokenResp(answer) => Response::PushToken(answer.registered),
+        Body::MuteResp(answer) => Response::Muted(answer.conversation_id, answer.muted),
         Body::GroupMembersResp(page) => Response::GroupMembers(GroupMembersPage {
             group: group_info(page.group)?,
             members: page
