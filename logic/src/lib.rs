@@ -7,10 +7,10 @@
 //! [`Effects`] (deliveries to push, typing events to relay).
 
 pub mod push;
-use im_protocol::{Body, ProstMessage as _};
 use im_protocol::ids::{self, ConversationRef};
 use im_protocol::pb::{self, send_req::Target};
 use im_protocol::unix_time_ms as now_ms;
+use im_protocol::{Body, ProstMessage as _};
 mod changes;
 mod errors;
 pub mod fanout_budget;
@@ -480,8 +480,8 @@ impl<S: TimelineStore> Logic<S> {
             (Some(_), _) => {
                 push::check_token(&request.token)
                     .map_err(|e| error(pb::ErrorCode::InvalidArgument, e))?;
-                let preview = pb::PushPreview::try_from(request.preview)
-                    .unwrap_or(pb::PushPreview::None);
+                let preview =
+                    pb::PushPreview::try_from(request.preview).unwrap_or(pb::PushPreview::None);
                 Some(
                     pb::PushTokenReq {
                         preview: preview as i32,
@@ -510,7 +510,10 @@ impl<S: TimelineStore> Logic<S> {
         {
             return Err(error(
                 pb::ErrorCode::Forbidden,
-                format!("{} is not a party to {}", caller.user, request.conversation_id),
+                format!(
+                    "{} is not a party to {}",
+                    caller.user, request.conversation_id
+                ),
             ));
         }
         let key = push::mute_key(&request.conversation_id);

@@ -118,17 +118,17 @@ impl<L: LogicApi> LogicApi for HookedLogic<L> {
     ) -> (Vec<SendReply>, Effects) {
         // Every message of the batch is checked at once; the allowed ones keep their order
         // and still share one commit.
-        let conversations: Vec<Option<String>> =
-            requests.iter().map(|r| conversation_of(caller, r)).collect();
+        let conversations: Vec<Option<String>> = requests
+            .iter()
+            .map(|r| conversation_of(caller, r))
+            .collect();
         let verdicts = futures::future::join_all(requests.iter().zip(&conversations).map(
             |(request, conversation)| async move {
                 match conversation {
                     // A send without a target: the logic tier refuses it with its own error.
                     None => Verdict::Allow,
                     Some(conversation) => {
-                        self.policy
-                            .before_send(caller, conversation, request)
-                            .await
+                        self.policy.before_send(caller, conversation, request).await
                     }
                 }
             },
@@ -169,7 +169,10 @@ impl<L: LogicApi> LogicApi for HookedLogic<L> {
         }
         if passed.is_empty() {
             return (
-                replies.into_iter().map(Option::unwrap_or_default_error).collect(),
+                replies
+                    .into_iter()
+                    .map(Option::unwrap_or_default_error)
+                    .collect(),
                 Effects::default(),
             );
         }
@@ -177,9 +180,9 @@ impl<L: LogicApi> LogicApi for HookedLogic<L> {
         let mut answers = answers.into_iter();
         let mut sent = passed.iter().zip(&rewritten);
         for reply in replies.iter_mut().filter(|r| r.is_none()) {
-            let mut answer = answers.next().unwrap_or_else(|| {
-                Err(pb::ErrorCode::Internal.to_error("no answer to the send"))
-            });
+            let mut answer = answers
+                .next()
+                .unwrap_or_else(|| Err(pb::ErrorCode::Internal.to_error("no answer to the send")));
             if let Some((request, was_rewritten)) = sent.next()
                 && let Ok(ack) = &mut answer
             {
@@ -191,7 +194,10 @@ impl<L: LogicApi> LogicApi for HookedLogic<L> {
             *reply = Some(answer);
         }
         (
-            replies.into_iter().map(Option::unwrap_or_default_error).collect(),
+            replies
+                .into_iter()
+                .map(Option::unwrap_or_default_error)
+                .collect(),
             effects,
         )
     }
@@ -237,13 +243,19 @@ fn group_change(caller: &Caller, request: &Body, answer: &Body) -> Option<GroupC
             members.dedup();
             Some(change(&group.group_id, "created", members))
         }
-        (Body::GroupAddMembersReq(req), Body::GroupAddMembersResp(resp)) if !resp.added.is_empty() => {
+        (Body::GroupAddMembersReq(req), Body::GroupAddMembersResp(resp))
+            if !resp.added.is_empty() =>
+        {
             Some(change(&req.group_id, "members_added", resp.added.clone()))
         }
         (Body::GroupRemoveMembersReq(req), Body::GroupRemoveMembersResp(resp))
             if !resp.removed.is_empty() =>
         {
-            Some(change(&req.group_id, "members_removed", resp.removed.clone()))
+            Some(change(
+                &req.group_id,
+                "members_removed",
+                resp.removed.clone(),
+            ))
         }
         (Body::GroupJoinReq(req), Body::GroupJoinResp(_)) => Some(change(
             &req.group_id,

@@ -3,6 +3,6 @@
 //! chooses the parts and their settings (see [`app::ServerOptions`]).
 
 pub mod app;
-pub mod hooks;
 pub mod cli;
 pub mod config_file;
+pub mod hooks;

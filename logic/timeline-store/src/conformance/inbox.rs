@@ -232,12 +232,22 @@ pub async fn user_settings_are_listed_by_prefix_and_survive_a_restart<F: StoreFa
     let put = |user: &'static str, key: &'static str, value: Option<&'static [u8]>| {
         store.put_user_setting(user, key, value.map(<[u8]>::to_vec))
     };
-    put("alice", "push/phone", Some(b"apns-1")).await.expect("put");
-    put("alice", "push/laptop", Some(b"fcm-1")).await.expect("put");
+    put("alice", "push/phone", Some(b"apns-1"))
+        .await
+        .expect("put");
+    put("alice", "push/laptop", Some(b"fcm-1"))
+        .await
+        .expect("put");
     put("alice", "mute/g:grp-1", Some(b"")).await.expect("put");
-    put("alice", "push/phone", Some(b"apns-2")).await.expect("replace");
-    put("bob", "push/tablet", Some(b"fcm-9")).await.expect("put");
-    put("alice", "push/gone", None).await.expect("removing nothing is fine");
+    put("alice", "push/phone", Some(b"apns-2"))
+        .await
+        .expect("replace");
+    put("bob", "push/tablet", Some(b"fcm-9"))
+        .await
+        .expect("put");
+    put("alice", "push/gone", None)
+        .await
+        .expect("removing nothing is fine");
     let listed = |user: &'static str, prefix: &'static str| store.user_settings(user, prefix);
     let pushes = listed("alice", "push/").await.expect("list");
     assert_eq!(
