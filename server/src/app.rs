@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::hooks::{HookedLogic, MessagePolicy};
 use im_presence::{ClusterRouter, PresenceOptions};
 use logic::{Logic, LogicConfig};
 use logic_api::LogicApi;
@@ -99,6 +100,11 @@ pub struct ServerOptions {
     pub admin: Option<AdminSettings>,
     /// How the gateway sends its clients away when it stops.
     pub drain: DrainPlan,
+    /// Offline push notifications (off unless a provider is configured; the one-gateway
+    /// shapes only).
+    pub push: crate::offline_push::PushSettings,
+    /// Webhooks to the app's server (before-send, after-events, presence), when set.
+    pub webhooks: Option<im_webhooks::WebhookConfig>,
 }
 
 /// Where the admin listener listens and who may call its API.
@@ -195,6 +201,8 @@ impl ServerOptions {
             logic_attempt_timeout: Duration::from_secs(10),
             admin: None,
             drain: DrainPlan::default(),
+            push: crate::offline_push::PushSettings::default(),
+            webhooks: None,
         }
     }
 }
@@ -244,6 +252,12 @@ pub enum ServerError {
     /// The presence registry could not be set up.
     #[error("presence: {0}")]
     Presence(#[from] im_presence::PresenceError),
+    /// The webhooks could not start.
+    #[error("webhooks: {0}")]
+    Webhooks(#[from] im_webhooks::WebhookError),
+    /// A push provider is misconfigured (an unreadable key, a bad URL).
+    #[error("offline push: {0}")]
+    Push(#[from] im_push::ConfigError),
     /// The admin listener could not be bound.
     #[error("cannot listen for admin calls on {addr}: {source}")]
     AdminBind {
@@ -351,36 +365,66 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
                 call_budget: options.logic_attempt_timeout * 3,
                 ..RemoteOptions::new(logic_nodes)
             });
+            // A gateway reports its devices coming and going; its logic nodes run the policy.
+            let hooks = start_webhooks(&options, &shutdown)?;
+            let closing = hooks.clone();
+            let finish: Finish = Box::pin(async move {
+                if let Some(hooks) = closing {
+                    hooks.close(HOOKS_CLOSE_TIMEOUT).await;
+                }
+                Ok(())
+            });
             serve_gateway(
                 options,
                 logic,
-                Box::pin(async { Ok(()) }),
+                finish,
                 StoreProbe::Remote,
+                None,
+                hooks,
                 shutdown,
             )
             .await
         }
         (Role::All, StoreChoice::Embedded) => {
             let store = open_embedded(&options)?;
-            let logic = Logic::new(store.clone(), logic_config(&options));
+            let logic = Arc::new(Logic::new(store.clone(), logic_config(&options)));
             spawn_retention_sweeps(&options, store.clone(), &shutdown);
-            // Flush what the writer still holds; acked messages are durable already.
             let probe = StoreProbe::Embedded(store.clone());
+            let push = start_push(&options, &logic, &shutdown)?;
+            let hooks = start_webhooks(&options, &shutdown)?;
+            let extras = Extras::new(push, hooks);
+            let sink = extras.offline_sink();
+            let webhooks = extras.webhooks.clone();
+            let policed = HookedLogic::new(logic, extras.policy());
+            // Flush what the writer still holds; acked messages are durable already.
             let finish: Finish = Box::pin(async move {
+                extras.close().await;
                 store.close().await?;
                 Ok(())
             });
-            serve_gateway(options, logic, finish, probe, shutdown).await
+            serve_gateway(options, policed, finish, probe, sink, webhooks, shutdown).await
         }
         (Role::All, StoreChoice::Cql(cql)) => {
             let store = open_cql(&options, &cql).await?;
-            let logic = Logic::new(store.clone(), logic_config(&options));
+            let logic = Arc::new(Logic::new(store.clone(), logic_config(&options)));
             spawn_retention_sweeps(&options, store, &shutdown);
+            let push = start_push(&options, &logic, &shutdown)?;
+            let hooks = start_webhooks(&options, &shutdown)?;
+            let extras = Extras::new(push, hooks);
+            let sink = extras.offline_sink();
+            let webhooks = extras.webhooks.clone();
+            let policed = HookedLogic::new(logic, extras.policy());
+            let finish: Finish = Box::pin(async move {
+                extras.close().await;
+                Ok(())
+            });
             serve_gateway(
                 options,
-                logic,
-                Box::pin(async { Ok(()) }),
+                policed,
+                finish,
                 StoreProbe::Remote,
+                sink,
+                webhooks,
                 shutdown,
             )
             .await
@@ -416,11 +460,18 @@ pub async fn start_logic_node(options: ServerOptions) -> Result<RunningLogicNode
         StoreChoice::Embedded => {
             let store = open_embedded(&options)?;
             spawn_retention_sweeps(&options, store.clone(), &shutdown);
-            let logic = Arc::new(Logic::new(store.clone(), logic_config(&options)));
+            let hooks = start_webhooks(&options, &shutdown)?;
+            let logic = Arc::new(HookedLogic::new(
+                Logic::new(store.clone(), logic_config(&options)),
+                hooks.clone().map(webhook_policy),
+            ));
             let probe = StoreProbe::Embedded(store.clone());
             let admin_stop = admin_stop.clone();
             let task = tokio::spawn(async move {
                 logic_remote::serve(listener, logic, stop).await?;
+                if let Some(hooks) = hooks {
+                    hooks.close(HOOKS_CLOSE_TIMEOUT).await;
+                }
                 store.close().await?;
                 admin_stop.cancel();
                 Ok(())
@@ -430,10 +481,17 @@ pub async fn start_logic_node(options: ServerOptions) -> Result<RunningLogicNode
         StoreChoice::Cql(cql) => {
             let store = open_cql(&options, &cql).await?;
             spawn_retention_sweeps(&options, store.clone(), &shutdown);
-            let logic = Arc::new(Logic::new(store, logic_config(&options)));
+            let hooks = start_webhooks(&options, &shutdown)?;
+            let logic = Arc::new(HookedLogic::new(
+                Logic::new(store, logic_config(&options)),
+                hooks.clone().map(webhook_policy),
+            ));
             let admin_stop = admin_stop.clone();
             let task = tokio::spawn(async move {
                 logic_remote::serve(listener, logic, stop).await?;
+                if let Some(hooks) = hooks {
+                    hooks.close(HOOKS_CLOSE_TIMEOUT).await;
+                }
                 admin_stop.cancel();
                 Ok(())
             });
@@ -485,6 +543,8 @@ async fn serve_gateway<L: LogicApi>(
     logic: L,
     finish: Finish,
     probe: StoreProbe,
+    offline: Option<Arc<dyn gateway::router::OfflineSink>>,
+    webhooks: Option<im_webhooks::Webhooks>,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, ServerError> {
     // Before the hub and the gateway: they look their per-message metrics up once, at
@@ -514,8 +574,24 @@ async fn serve_gateway<L: LogicApi>(
     // The only gateway: its hub is the whole push router. One of several: the cluster router
     // reaches the others through Redis.
     let router: Arc<dyn PushRouter> = match options.presence.clone() {
-        Some(presence) => ClusterRouter::start(hub.clone(), presence, shutdown.clone())?,
-        None => hub.clone(),
+        Some(presence) => {
+            if offline.is_some() {
+                tracing::warn!(
+                    "offline push is not available with --redis-url yet: no notifications will be sent"
+                );
+            }
+            ClusterRouter::start(hub.clone(), presence, shutdown.clone())?
+        }
+        None => {
+            if let Some(sink) = offline {
+                hub.set_offline_sink(sink);
+            }
+            hub.clone()
+        }
+    };
+    let router: Arc<dyn PushRouter> = match webhooks {
+        Some(hooks) => Arc::new(crate::webhook_policy::PresenceHooks::new(router, hooks)),
+        None => router,
     };
     let gateway_handshake_timeout = config.session.handshake_timeout;
     let gateway = Gateway::new(Shared {
@@ -878,4 +954,80 @@ impl im_admin::Backend for LogicNodeBackend {
 fn not_here() -> im_protocol::pb::Error {
     use im_protocol::ErrorCodeExt as _;
     im_protocol::pb::ErrorCode::Unavailable.to_error("a logic node serves no server API")
+}
+
+/// How long a stopping server gives the push dispatcher and the webhooks to send what they
+/// hold.
+const PUSH_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+const HOOKS_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The offline notifier and its dispatcher, when a push provider is configured.
+type Push = Option<(
+    Arc<crate::offline_push::OfflineNotifier>,
+    im_push::PushDispatcher,
+)>;
+
+fn start_push<S: TimelineStore>(
+    options: &ServerOptions,
+    logic: &Arc<Logic<S>>,
+    shutdown: &CancellationToken,
+) -> Result<Push, ServerError> {
+    if !options.push.enabled() {
+        return Ok(None);
+    }
+    Ok(Some(crate::offline_push::start(
+        &options.push,
+        logic.clone(),
+        shutdown.clone(),
+    )?))
+}
+
+fn start_webhooks(
+    options: &ServerOptions,
+    shutdown: &CancellationToken,
+) -> Result<Option<im_webhooks::Webhooks>, ServerError> {
+    match &options.webhooks {
+        Some(config) => Ok(Some(im_webhooks::Webhooks::start(
+            config.clone(),
+            shutdown.clone(),
+        )?)),
+        None => Ok(None),
+    }
+}
+
+fn webhook_policy(hooks: im_webhooks::Webhooks) -> Arc<dyn MessagePolicy> {
+    Arc::new(crate::webhook_policy::WebhookPolicy::new(hooks))
+}
+
+/// What a serving process runs beside the gateway and the logic tier: offline push and
+/// webhooks, each when configured.
+struct Extras {
+    push: Push,
+    webhooks: Option<im_webhooks::Webhooks>,
+}
+
+impl Extras {
+    fn new(push: Push, webhooks: Option<im_webhooks::Webhooks>) -> Extras {
+        Extras { push, webhooks }
+    }
+
+    fn offline_sink(&self) -> Option<Arc<dyn gateway::router::OfflineSink>> {
+        self.push
+            .as_ref()
+            .map(|(notifier, _)| notifier.clone() as Arc<dyn gateway::router::OfflineSink>)
+    }
+
+    fn policy(&self) -> Option<Arc<dyn MessagePolicy>> {
+        self.webhooks.clone().map(webhook_policy)
+    }
+
+    /// Sends what is queued, bounded.
+    async fn close(&self) {
+        if let Some((_, dispatcher)) = &self.push {
+            dispatcher.close(PUSH_CLOSE_TIMEOUT).await;
+        }
+        if let Some(hooks) = &self.webhooks {
+            hooks.close(HOOKS_CLOSE_TIMEOUT).await;
+        }
+    }
 }

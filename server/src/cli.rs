@@ -36,6 +36,9 @@ pub enum OptionsError {
     /// A CQL store without contact points.
     #[error("--store cql needs --cql-nodes HOST:PORT[,HOST:PORT...]")]
     NoCqlNodes,
+    /// The webhook settings are unusable.
+    #[error("webhooks: {0}")]
+    Webhook(im_webhooks::ConfigError),
     /// An admin key anyone could guess.
     #[error("--admin-key must be at least {0} characters")]
     WeakAdminKey(usize),
@@ -65,6 +68,142 @@ pub struct AdminArgs {
     /// characters). Without it the API answers 403; metrics and health work without a key.
     #[arg(long, env = "IM_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+}
+
+/// Webhooks: the app's server asked before each send and told after messages, group changes
+/// and devices connecting or leaving.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// URL every webhook is POSTed to (http:// or https://), signed with --webhook-secret.
+    #[arg(long, env = "IM_WEBHOOK_URL", requires = "webhook_secret")]
+    pub webhook_url: Option<String>,
+    /// The webhooks' HMAC-SHA256 signing secret (at least 16 bytes).
+    #[arg(long, env = "IM_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Milliseconds one webhook call may take (the before-send call holds the send this long
+    /// at most).
+    #[arg(long, env = "IM_WEBHOOK_TIMEOUT_MS", default_value_t = 2000)]
+    pub webhook_timeout_ms: u64,
+    /// When the app's server cannot be asked before a send: refuse the send (retryable
+    /// UNAVAILABLE) instead of storing it.
+    #[arg(long, env = "IM_WEBHOOK_FAIL_CLOSED")]
+    pub webhook_fail_closed: bool,
+    /// Turn off the before-send call (after-events are still sent).
+    #[arg(long, env = "IM_WEBHOOK_NO_BEFORE_SEND")]
+    pub webhook_no_before_send: bool,
+    /// After-events waiting for delivery; more are dropped and counted.
+    #[arg(long, env = "IM_WEBHOOK_QUEUE", default_value_t = 10_000)]
+    pub webhook_queue: usize,
+    /// Attempts per after-event before it is given up.
+    #[arg(long, env = "IM_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub webhook_max_attempts: u32,
+    /// Milliseconds before the first retry of an after-event (doubling, up to a minute).
+    #[arg(long, env = "IM_WEBHOOK_RETRY_MS", default_value_t = 500)]
+    pub webhook_retry_ms: u64,
+}
+
+impl WebhookArgs {
+    fn settings(&self) -> Result<Option<im_webhooks::WebhookConfig>, OptionsError> {
+        let (Some(url), Some(secret)) = (&self.webhook_url, &self.webhook_secret) else {
+            return Ok(None);
+        };
+        let mut config = im_webhooks::WebhookConfig::new(url, secret.as_bytes())
+            .map_err(OptionsError::Webhook)?;
+        config.timeout = Duration::from_millis(self.webhook_timeout_ms.max(1));
+        config.before_send_failure = if self.webhook_fail_closed {
+            im_webhooks::FailurePolicy::Closed
+        } else {
+            im_webhooks::FailurePolicy::Open
+        };
+        config.events.before_send = !self.webhook_no_before_send;
+        config.queue_capacity = self.webhook_queue.max(1);
+        config.max_attempts = self.webhook_max_attempts.max(1);
+        config.initial_backoff = Duration::from_millis(self.webhook_retry_ms.max(1));
+        config.max_backoff = config.max_backoff.max(config.initial_backoff);
+        config.validate().map_err(OptionsError::Webhook)?;
+        Ok(Some(config))
+    }
+}
+
+/// Offline push notifications (SPEC §13.11): the providers, and how often a user may be woken.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PushArgs {
+    /// The deployment's own push gateway: notifications for PUSH_SERVICE_WEBHOOK tokens are
+    /// POSTed here as signed JSON (X-IM-Signature: v1=HMAC-SHA256 of "TIMESTAMP.BODY").
+    #[arg(long, env = "IM_PUSH_WEBHOOK_URL", requires = "push_webhook_secret")]
+    pub push_webhook_url: Option<String>,
+    /// The push webhook's signing secret.
+    #[arg(long, env = "IM_PUSH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub push_webhook_secret: Option<String>,
+    /// APNs: the AuthKey_KEYID.p8 file from the Apple developer account (token auth).
+    #[arg(long, env = "IM_APNS_KEY_FILE", requires_all = ["apns_key_id", "apns_team_id", "apns_bundle_id"])]
+    pub apns_key_file: Option<PathBuf>,
+    /// APNs: the key's 10-character Key ID.
+    #[arg(long, env = "IM_APNS_KEY_ID")]
+    pub apns_key_id: Option<String>,
+    /// APNs: the 10-character Team ID.
+    #[arg(long, env = "IM_APNS_TEAM_ID")]
+    pub apns_team_id: Option<String>,
+    /// APNs: the app's bundle id (the apns-topic).
+    #[arg(long, env = "IM_APNS_BUNDLE_ID")]
+    pub apns_bundle_id: Option<String>,
+    /// APNs endpoint: https://api.push.apple.com (production, the default) or
+    /// https://api.sandbox.push.apple.com (development builds).
+    #[arg(long, env = "IM_APNS_URL", default_value = im_push::APNS_PRODUCTION_URL)]
+    pub apns_url: String,
+    /// FCM: the service-account JSON key file from the Firebase console.
+    #[arg(long, env = "IM_FCM_SERVICE_ACCOUNT")]
+    pub fcm_service_account: Option<PathBuf>,
+    /// FCM endpoint.
+    #[arg(long, env = "IM_FCM_URL", default_value = im_push::FCM_URL)]
+    pub fcm_url: String,
+    /// Notifications one user may get per minute once the burst is used (0 = no limit);
+    /// messages over it are folded into the next notification.
+    #[arg(long, env = "IM_PUSH_ALERTS_PER_MINUTE", default_value_t = 10)]
+    pub push_alerts_per_minute: u32,
+    /// Notifications one user may get back to back.
+    #[arg(long, env = "IM_PUSH_ALERT_BURST", default_value_t = 3)]
+    pub push_alert_burst: u32,
+    /// Messages to one user within this many milliseconds become one notification.
+    #[arg(long, env = "IM_PUSH_BATCH_WINDOW_MS", default_value_t = 1000)]
+    pub push_batch_window_ms: u64,
+}
+
+impl PushArgs {
+    fn settings(&self) -> crate::offline_push::PushSettings {
+        crate::offline_push::PushSettings {
+            webhook: self
+                .push_webhook_url
+                .clone()
+                .zip(self.push_webhook_secret.clone())
+                .map(|(url, secret)| (url, secret.into_bytes())),
+            apns: match (
+                &self.apns_key_file,
+                &self.apns_key_id,
+                &self.apns_team_id,
+                &self.apns_bundle_id,
+            ) {
+                (Some(file), Some(key_id), Some(team), Some(bundle)) => Some(im_push::ApnsConfig {
+                    base_url: self.apns_url.clone(),
+                    ..im_push::ApnsConfig::new(team, key_id, file, bundle)
+                }),
+                _ => None,
+            },
+            fcm: self
+                .fcm_service_account
+                .as_ref()
+                .map(|file| im_push::FcmConfig {
+                    base_url: self.fcm_url.clone(),
+                    ..im_push::FcmConfig::new(file)
+                }),
+            dispatcher: im_push::DispatcherConfig {
+                alerts_per_minute: self.push_alerts_per_minute,
+                alert_burst: self.push_alert_burst.max(1),
+                batch_window: Duration::from_millis(self.push_batch_window_ms),
+                ..im_push::DispatcherConfig::default()
+            },
+        }
+    }
 }
 
 impl AdminArgs {
@@ -276,6 +415,12 @@ pub struct ServeArgs {
     /// The admin listener.
     #[command(flatten)]
     pub admin: AdminArgs,
+    /// Offline push notifications.
+    #[command(flatten)]
+    pub push: PushArgs,
+    /// Webhooks.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
     /// The logic tier's settings (when this process runs it).
     #[command(flatten)]
     pub logic: LogicArgs,
@@ -350,6 +495,9 @@ pub struct LogicNodeArgs {
     /// The admin listener (metrics and health; a logic node serves no server API).
     #[command(flatten)]
     pub admin: AdminArgs,
+    /// Webhooks: a logic node asks before sends and reports messages and group changes.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 /// Commands besides serving.
@@ -444,6 +592,8 @@ impl ServeArgs {
             }),
             logic_attempt_timeout: Duration::from_millis(self.logic_timeout_ms.max(50)),
             admin: self.admin.settings(&self.system_user)?,
+            push: self.push.settings(),
+            webhooks: self.webhooks.settings()?,
             drain: gateway::server::DrainPlan {
                 redirect_addr: self.drain_redirect.clone().unwrap_or_default(),
                 kicks_per_sec: self.drain_rate,
@@ -509,6 +659,7 @@ impl LogicNodeArgs {
         self.logic.apply(ServerOptions {
             role: Role::Logic,
             admin: self.admin.settings("system")?,
+            webhooks: self.webhooks.settings()?,
             ..ServerOptions::new(self.listen, data_dir, TokenKey::new(Vec::new()))
         })
     }

@@ -173,7 +173,12 @@ fn scalar(value: &toml::Value) -> Option<String> {
 }
 
 /// Flags whose values are never printed.
-const MASKED: &[&str] = &["secret", "admin-key"];
+const MASKED: &[&str] = &[
+    "secret",
+    "admin-key",
+    "push-webhook-secret",
+    "webhook-secret",
+];
 
 /// The effective settings as TOML (each line says where its value came from: the config file,
 /// the environment, a flag or the built-in default), with the token secret masked. Flags that

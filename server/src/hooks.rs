@@ -72,12 +72,12 @@ pub trait MessagePolicy: Send + Sync + 'static {
 /// The logic tier with a policy in front of its sends and behind its changes.
 pub struct HookedLogic<L> {
     inner: L,
-    policy: Arc<dyn MessagePolicy>,
+    policy: Option<Arc<dyn MessagePolicy>>,
 }
 
 impl<L> HookedLogic<L> {
-    /// `inner` checked and reported by `policy`.
-    pub fn new(inner: L, policy: Arc<dyn MessagePolicy>) -> HookedLogic<L> {
+    /// `inner` checked and reported by `policy`; without one, `inner` as it is.
+    pub fn new(inner: L, policy: Option<Arc<dyn MessagePolicy>>) -> HookedLogic<L> {
         HookedLogic { inner, policy }
     }
 }
@@ -116,6 +116,9 @@ impl<L: LogicApi> LogicApi for HookedLogic<L> {
         caller: &Caller,
         requests: Vec<pb::SendReq>,
     ) -> (Vec<SendReply>, Effects) {
+        let Some(policy) = &self.policy else {
+            return self.inner.send_batch(caller, requests).await;
+        };
         // Every message of the batch is checked at once; the allowed ones keep their order
         // and still share one commit.
         let conversations: Vec<Option<String>> = requests
@@ -127,9 +130,7 @@ impl<L: LogicApi> LogicApi for HookedLogic<L> {
                 match conversation {
                     // A send without a target: the logic tier refuses it with its own error.
                     None => Verdict::Allow,
-                    Some(conversation) => {
-                        self.policy.before_send(caller, conversation, request).await
-                    }
+                    Some(conversation) => policy.before_send(caller, conversation, request).await,
                 }
             },
         ))
@@ -188,7 +189,7 @@ impl<L: LogicApi> LogicApi for HookedLogic<L> {
             {
                 ack.content_rewritten = *was_rewritten;
                 if !ack.duplicate {
-                    self.policy.after_send(caller, request, ack);
+                    policy.after_send(caller, request, ack);
                 }
             }
             *reply = Some(answer);
@@ -203,12 +204,15 @@ impl<L: LogicApi> LogicApi for HookedLogic<L> {
     }
 
     async fn handle(&self, caller: &Caller, body: Body) -> (Reply, Effects) {
+        let Some(policy) = &self.policy else {
+            return self.inner.handle(caller, body).await;
+        };
         let request = body.clone();
         let (reply, effects) = self.inner.handle(caller, body).await;
         if let Ok(Some(answer)) = &reply
             && let Some(change) = group_change(caller, &request, answer)
         {
-            self.policy.after_group_change(change);
+            policy.after_group_change(change);
         }
         (reply, effects)
     }

@@ -6,3 +6,5 @@ pub mod app;
 pub mod cli;
 pub mod config_file;
 pub mod hooks;
+pub mod offline_push;
+pub mod webhook_policy;
