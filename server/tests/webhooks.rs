@@ -49,7 +49,9 @@ fn app_policy(_: usize, request: receiver::Recorded) -> receiver::ReplyFuture {
         let event = request.json();
         match event["event"].as_str().unwrap() {
             "before_send" => match content_of(&event).as_str() {
-                "forbidden" => Reply::json(json!({"action": "reject", "reason": 42, "message": "not here"})),
+                "forbidden" => {
+                    Reply::json(json!({"action": "reject", "reason": 42, "message": "not here"}))
+                }
                 "rewrite me" => Reply::json(json!({
                     "action": "rewrite",
                     "content_base64": base64::engine::general_purpose::STANDARD.encode("rewritten"),
@@ -146,7 +148,12 @@ async fn the_apps_server_allows_rejects_and_rewrites_messages_and_hears_what_hap
         );
     }
     let events: Vec<Value> = requests.iter().map(|r| r.json()).collect();
-    let of = |name: &str| -> Vec<&Value> { events.iter().filter(|e| e["event"] == json!(name)).collect() };
+    let of = |name: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["event"] == json!(name))
+            .collect()
+    };
     // Three messages stored (the rejected one is not); the first delivery failed and was
     // retried with the same delivery id.
     let sent = of("message_sent");
@@ -161,13 +168,20 @@ async fn the_apps_server_allows_rejects_and_rewrites_messages_and_hears_what_hap
         "the failed delivery was retried under the same id"
     );
     let before: Vec<String> = of("before_send").iter().map(|e| content_of(e)).collect();
-    assert_eq!(before, vec!["hello", "forbidden", "rewrite me", "to the team"]);
+    assert_eq!(
+        before,
+        vec!["hello", "forbidden", "rewrite me", "to the team"]
+    );
     let group = of("group_changed")[0];
     assert_eq!(group["change"], json!("created"));
     assert_eq!(group["actor"], json!("alice"));
     assert_eq!(group["members"], json!(["alice", "bob"]));
     let online: Vec<&Value> = of("user_online");
-    assert!(online.iter().any(|e| e["user"] == json!("bob") && e["device"] == json!("phone")));
+    assert!(
+        online
+            .iter()
+            .any(|e| e["user"] == json!("bob") && e["device"] == json!("phone"))
+    );
     assert!(of("user_offline").iter().any(|e| e["user"] == json!("bob")));
 
     // Failures are counted where operators look.
@@ -175,7 +189,8 @@ async fn the_apps_server_allows_rejects_and_rewrites_messages_and_hears_what_hap
         .await
         .body;
     assert!(
-        metrics.contains(r#"im_webhook_requests_total{hook="message_sent",result="rejected_status"}"#),
+        metrics
+            .contains(r#"im_webhook_requests_total{hook="message_sent",result="rejected_status"}"#),
         "{metrics}"
     );
 }
