@@ -506,7 +506,7 @@ pub enum Command {
     /// Run a logic node: the logic tier over its store (DATA_DIR by default), serving the
     /// logic API to gateways on --listen. Gateways are started with
     /// `--logic-nodes HOST:PORT[,...]`. Prints `logic listening on ADDR`.
-    Logic(LogicNodeArgs),
+    Logic(Box<LogicNodeArgs>),
     /// Give the store in DATA_DIR a new inbox epoch, after restoring it from a backup (with
     /// the server stopped): every client then resets and resyncs instead of trusting seqs it
     /// saw before the restore.

@@ -138,7 +138,7 @@ fn serve_with(
 
 /// `im-server logic`: a logic node with its own settings. It reads no token secret: gateways
 /// authenticate clients, and a logic node trusts its gateways.
-async fn run_logic_command(common: Common, args: LogicNodeArgs) -> anyhow::Result<()> {
+async fn run_logic_command(common: Common, args: Box<LogicNodeArgs>) -> anyhow::Result<()> {
     let options = args.options(common.data_dir).context("invalid settings")?;
     run_logic_node(options).await
 }
