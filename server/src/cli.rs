@@ -598,7 +598,9 @@ impl ServeArgs {
                 redirect_addr: self.drain_redirect.clone().unwrap_or_default(),
                 kicks_per_sec: self.drain_rate,
                 window: Duration::from_secs(self.drain_window_secs),
-                retry_after_ms: 0,
+                // Sent elsewhere, a client may go at once (its jitter spreads it); told to
+                // come back here, it waits for this process's successor to start.
+                retry_after_ms: if self.drain_redirect.is_some() { 0 } else { 1000 },
                 close_timeout: Duration::from_secs(5),
             },
             ..ServerOptions::new(self.listen, data_dir, tokens)
