@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::hooks::{HookedLogic, MessagePolicy};
+use crate::offline_push::NotifyingLogic;
 use im_presence::{ClusterRouter, PresenceOptions};
 use logic::{Logic, LogicConfig};
 use logic_api::LogicApi;
@@ -365,6 +366,11 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
                 call_budget: options.logic_attempt_timeout * 3,
                 ..RemoteOptions::new(logic_nodes)
             });
+            if options.push.enabled() {
+                tracing::warn!(
+                    "push providers are ignored on a gateway of logic nodes: give them to the logic nodes (with --redis-url)"
+                );
+            }
             // A gateway reports its devices coming and going; its logic nodes run the policy.
             let hooks = start_webhooks(&options, &shutdown)?;
             let closing = hooks.clone();
@@ -392,10 +398,13 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
             let probe = StoreProbe::Embedded(store.clone());
             let push = start_push(&options, &logic, &shutdown)?;
             let hooks = start_webhooks(&options, &shutdown)?;
-            let extras = Extras::new(push, hooks);
+            let extras = Extras::new(push, hooks, options.presence.is_some());
             let sink = extras.offline_sink();
             let webhooks = extras.webhooks.clone();
-            let policed = HookedLogic::new(logic, extras.policy());
+            let policed = HookedLogic::new(
+                NotifyingLogic::new(logic, extras.logic_notifier()),
+                extras.policy(),
+            );
             // Flush what the writer still holds; acked messages are durable already.
             let finish: Finish = Box::pin(async move {
                 extras.close().await;
@@ -410,10 +419,13 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
             spawn_retention_sweeps(&options, store, &shutdown);
             let push = start_push(&options, &logic, &shutdown)?;
             let hooks = start_webhooks(&options, &shutdown)?;
-            let extras = Extras::new(push, hooks);
+            let extras = Extras::new(push, hooks, options.presence.is_some());
             let sink = extras.offline_sink();
             let webhooks = extras.webhooks.clone();
-            let policed = HookedLogic::new(logic, extras.policy());
+            let policed = HookedLogic::new(
+                NotifyingLogic::new(logic, extras.logic_notifier()),
+                extras.policy(),
+            );
             let finish: Finish = Box::pin(async move {
                 extras.close().await;
                 Ok(())
@@ -446,6 +458,11 @@ pub struct RunningLogicNode {
 
 /// Opens the store and serves the logic API to gateways on `options.listen`.
 pub async fn start_logic_node(options: ServerOptions) -> Result<RunningLogicNode, ServerError> {
+    if options.push.enabled() && options.presence.is_none() {
+        return Err(ServerError::Role(
+            "push providers on a logic node need --redis-url: the presence registry says who has no connection",
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -460,18 +477,21 @@ pub async fn start_logic_node(options: ServerOptions) -> Result<RunningLogicNode
         StoreChoice::Embedded => {
             let store = open_embedded(&options)?;
             spawn_retention_sweeps(&options, store.clone(), &shutdown);
-            let hooks = start_webhooks(&options, &shutdown)?;
+            let logic = Arc::new(Logic::new(store.clone(), logic_config(&options)));
+            let extras = Extras::new(
+                start_push(&options, &logic, &shutdown)?,
+                start_webhooks(&options, &shutdown)?,
+                true,
+            );
             let logic = Arc::new(HookedLogic::new(
-                Logic::new(store.clone(), logic_config(&options)),
-                hooks.clone().map(webhook_policy),
+                NotifyingLogic::new(logic, extras.logic_notifier()),
+                extras.policy(),
             ));
             let probe = StoreProbe::Embedded(store.clone());
             let admin_stop = admin_stop.clone();
             let task = tokio::spawn(async move {
                 logic_remote::serve(listener, logic, stop).await?;
-                if let Some(hooks) = hooks {
-                    hooks.close(HOOKS_CLOSE_TIMEOUT).await;
-                }
+                extras.close().await;
                 store.close().await?;
                 admin_stop.cancel();
                 Ok(())
@@ -481,17 +501,20 @@ pub async fn start_logic_node(options: ServerOptions) -> Result<RunningLogicNode
         StoreChoice::Cql(cql) => {
             let store = open_cql(&options, &cql).await?;
             spawn_retention_sweeps(&options, store.clone(), &shutdown);
-            let hooks = start_webhooks(&options, &shutdown)?;
+            let logic = Arc::new(Logic::new(store, logic_config(&options)));
+            let extras = Extras::new(
+                start_push(&options, &logic, &shutdown)?,
+                start_webhooks(&options, &shutdown)?,
+                true,
+            );
             let logic = Arc::new(HookedLogic::new(
-                Logic::new(store, logic_config(&options)),
-                hooks.clone().map(webhook_policy),
+                NotifyingLogic::new(logic, extras.logic_notifier()),
+                extras.policy(),
             ));
             let admin_stop = admin_stop.clone();
             let task = tokio::spawn(async move {
                 logic_remote::serve(listener, logic, stop).await?;
-                if let Some(hooks) = hooks {
-                    hooks.close(HOOKS_CLOSE_TIMEOUT).await;
-                }
+                extras.close().await;
                 admin_stop.cancel();
                 Ok(())
             });
@@ -574,14 +597,7 @@ async fn serve_gateway<L: LogicApi>(
     // The only gateway: its hub is the whole push router. One of several: the cluster router
     // reaches the others through Redis.
     let router: Arc<dyn PushRouter> = match options.presence.clone() {
-        Some(presence) => {
-            if offline.is_some() {
-                tracing::warn!(
-                    "offline push is not available with --redis-url yet: no notifications will be sent"
-                );
-            }
-            ClusterRouter::start(hub.clone(), presence, shutdown.clone())?
-        }
+        Some(presence) => ClusterRouter::start(hub.clone(), presence, shutdown.clone())?,
         None => {
             if let Some(sink) = offline {
                 hub.set_offline_sink(sink);
@@ -975,9 +991,16 @@ fn start_push<S: TimelineStore>(
     if !options.push.enabled() {
         return Ok(None);
     }
+    // With a presence registry the connections are (also) elsewhere: ask it who is offline.
+    let presence = options
+        .presence
+        .as_ref()
+        .map(|p| im_presence::PresenceReader::new(&p.redis_url, &p.prefix))
+        .transpose()?;
     Ok(Some(crate::offline_push::start(
         &options.push,
         logic.clone(),
+        presence,
         shutdown.clone(),
     )?))
 }
@@ -1004,17 +1027,36 @@ fn webhook_policy(hooks: im_webhooks::Webhooks) -> Arc<dyn MessagePolicy> {
 struct Extras {
     push: Push,
     webhooks: Option<im_webhooks::Webhooks>,
+    /// Connections are on other processes too: the logic tier reports new messages and the
+    /// presence registry says who is offline (instead of this process's hub).
+    clustered: bool,
 }
 
 impl Extras {
-    fn new(push: Push, webhooks: Option<im_webhooks::Webhooks>) -> Extras {
-        Extras { push, webhooks }
+    fn new(push: Push, webhooks: Option<im_webhooks::Webhooks>, clustered: bool) -> Extras {
+        Extras {
+            push,
+            webhooks,
+            clustered,
+        }
     }
 
+    /// For the hub of the only gateway.
     fn offline_sink(&self) -> Option<Arc<dyn gateway::router::OfflineSink>> {
+        if self.clustered {
+            return None;
+        }
         self.push
             .as_ref()
             .map(|(notifier, _)| notifier.clone() as Arc<dyn gateway::router::OfflineSink>)
+    }
+
+    /// For the logic tier, in a cluster.
+    fn logic_notifier(&self) -> Option<Arc<crate::offline_push::OfflineNotifier>> {
+        if !self.clustered {
+            return None;
+        }
+        self.push.as_ref().map(|(notifier, _)| notifier.clone())
     }
 
     fn policy(&self) -> Option<Arc<dyn MessagePolicy>> {

@@ -498,6 +498,13 @@ pub struct LogicNodeArgs {
     /// Webhooks: a logic node asks before sends and reports messages and group changes.
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+    /// Offline push: a logic node sends the notifications of a cluster.
+    #[command(flatten)]
+    pub push: PushArgs,
+    /// The cluster's Redis (the gateways' --redis-url): with push providers, a logic node asks
+    /// its presence registry who has no connection.
+    #[arg(long, env = "IM_REDIS_URL")]
+    pub redis_url: Option<String>,
 }
 
 /// Commands besides serving.
@@ -600,7 +607,11 @@ impl ServeArgs {
                 window: Duration::from_secs(self.drain_window_secs),
                 // Sent elsewhere, a client may go at once (its jitter spreads it); told to
                 // come back here, it waits for this process's successor to start.
-                retry_after_ms: if self.drain_redirect.is_some() { 0 } else { 1000 },
+                retry_after_ms: if self.drain_redirect.is_some() {
+                    0
+                } else {
+                    1000
+                },
                 close_timeout: Duration::from_secs(5),
             },
             ..ServerOptions::new(self.listen, data_dir, tokens)
@@ -662,6 +673,11 @@ impl LogicNodeArgs {
             role: Role::Logic,
             admin: self.admin.settings("system")?,
             webhooks: self.webhooks.settings()?,
+            push: self.push.settings(),
+            presence: self
+                .redis_url
+                .as_ref()
+                .map(|url| PresenceOptions::new(url.clone(), "logic-node")),
             ..ServerOptions::new(self.listen, data_dir, TokenKey::new(Vec::new()))
         })
     }

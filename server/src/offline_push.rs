@@ -1,20 +1,24 @@
 //! Offline push (SPEC §13.11): message entries for a user with no connection become push
 //! notifications to the devices the user registered, through the providers the operator
-//! configured (APNs, FCM, a webhook). The hub reports such entries ([`OfflineNotifier`] is its
-//! offline sink); a worker looks up the user's registrations and mutes and hands the message to
-//! the [`PushDispatcher`], which folds, rate-limits and delivers. Tokens a push service
-//! rejects for good are deleted.
+//! configured (APNs, FCM, a webhook). Who is offline is known where the connections are: with
+//! one gateway its hub reports such entries ([`OfflineNotifier`] is its offline sink); in a
+//! cluster the logic tier hands every new message entry over ([`NotifyingLogic`]) and the
+//! worker asks the presence registry. The worker then looks up the user's registrations and
+//! mutes and hands the message to the [`PushDispatcher`], which folds, rate-limits and
+//! delivers. Tokens a push service rejects for good are deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::router::OfflineSink;
+use im_presence::PresenceReader;
 use im_protocol::pb;
 use im_push::{
     ApnsConfig, ApnsProvider, DispatcherConfig, FcmConfig, FcmProvider, InvalidToken, Notification,
     Platform, PreviewPolicy, Providers, PushDispatcher, PushToken, WebhookConfig, WebhookProvider,
 };
 use logic::Logic;
+use logic_api::{Caller, Effects, LogicApi, SendReply};
 use timeline_store::TimelineStore;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -92,10 +96,13 @@ impl OfflineSink for OfflineNotifier {
     }
 }
 
-/// Starts the dispatcher and the lookup worker; the returned sink goes on the hub.
+/// Starts the dispatcher and the lookup worker; the returned sink goes on the hub (one
+/// gateway: `presence` is `None`, the hub knows who is offline) or behind the logic tier
+/// ([`NotifyingLogic`], with the cluster's registry as `presence`).
 pub fn start<S: TimelineStore>(
     settings: &PushSettings,
     logic: Arc<Logic<S>>,
+    presence: Option<PresenceReader>,
     shutdown: CancellationToken,
 ) -> Result<(Arc<OfflineNotifier>, PushDispatcher), im_push::ConfigError> {
     let providers = settings.providers()?;
@@ -105,6 +112,7 @@ pub fn start<S: TimelineStore>(
     tokio::spawn(look_up_and_notify(
         logic.clone(),
         dispatcher.clone(),
+        presence,
         queue,
         shutdown,
     ));
@@ -115,6 +123,7 @@ pub fn start<S: TimelineStore>(
 async fn look_up_and_notify<S: TimelineStore>(
     logic: Arc<Logic<S>>,
     dispatcher: PushDispatcher,
+    presence: Option<PresenceReader>,
     mut queue: mpsc::Receiver<(String, pb::Message)>,
     shutdown: CancellationToken,
 ) {
@@ -126,6 +135,19 @@ async fn look_up_and_notify<S: TimelineStore>(
                 None => return,
             },
         };
+        if let Some(presence) = &presence {
+            match presence.offline(std::slice::from_ref(&user)).await {
+                Ok(offline) if offline.is_empty() => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    // Better no notification than one to a user who may be online.
+                    tracing::warn!(%user, error = %e, "presence unknown: no push notification");
+                    metrics::counter!("im_push_dropped_total", "reason" => "presence_unknown")
+                        .increment(1);
+                    continue;
+                }
+            }
+        }
         let targets = match logic.push_targets(&user, &message.conversation_id).await {
             Ok(targets) => targets,
             Err(e) => {
@@ -217,5 +239,51 @@ fn platform_of(service: pb::PushService) -> Option<Platform> {
         pb::PushService::Fcm => Some(Platform::Fcm),
         pb::PushService::Webhook => Some(Platform::Webhook),
         pb::PushService::Unspecified => None,
+    }
+}
+
+/// The logic tier, handing every message entry a send appended to the offline notifier, which
+/// asks the presence registry whether its user is connected anywhere: offline push where the
+/// connections are on other processes (a logic node, or one of several gateways).
+pub struct NotifyingLogic<L> {
+    inner: L,
+    notifier: Option<Arc<OfflineNotifier>>,
+}
+
+impl<L> NotifyingLogic<L> {
+    /// `inner`, reporting to `notifier` when there is one.
+    pub fn new(inner: L, notifier: Option<Arc<OfflineNotifier>>) -> NotifyingLogic<L> {
+        NotifyingLogic { inner, notifier }
+    }
+}
+
+impl<L: LogicApi> LogicApi for NotifyingLogic<L> {
+    fn open_session(
+        &self,
+        caller: &Caller,
+    ) -> impl std::future::Future<Output = Result<logic_api::SessionInfo, pb::Error>> + Send {
+        self.inner.open_session(caller)
+    }
+
+    async fn send_batch(
+        &self,
+        caller: &Caller,
+        requests: Vec<pb::SendReq>,
+    ) -> (Vec<SendReply>, Effects) {
+        let (replies, effects) = self.inner.send_batch(caller, requests).await;
+        if let Some(notifier) = &self.notifier {
+            for delivery in &effects.deliveries {
+                notifier.offline(&delivery.user, std::slice::from_ref(&delivery.entry));
+            }
+        }
+        (replies, effects)
+    }
+
+    fn handle(
+        &self,
+        caller: &Caller,
+        body: im_protocol::Body,
+    ) -> impl std::future::Future<Output = (logic_api::Reply, Effects)> + Send {
+        self.inner.handle(caller, body)
     }
 }

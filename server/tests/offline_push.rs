@@ -241,3 +241,77 @@ async fn a_token_the_push_service_rejects_is_removed() {
         "the rejected token was removed"
     );
 }
+
+/// In a cluster the logic node sends the notifications, asking the presence registry the
+/// gateways write which users have no connection anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_logic_node_notifies_users_no_gateway_holds() {
+    let gateway_receiver = Receiver::answering(|_| Reply::status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = support::cluster::Redis::start(&dir.path().join("redis"));
+    let logic = support::cluster::LogicNode::start_embedded_with(
+        &dir.path().join("logic"),
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--push-webhook-url",
+            &gateway_receiver.url,
+            "--push-webhook-secret",
+            SECRET,
+            "--push-batch-window-ms",
+            "200",
+        ],
+    );
+    let gateway_dir = dir.path().join("gateway");
+    std::fs::create_dir_all(&gateway_dir).unwrap();
+    let server = Server::start_process(
+        &gateway_dir,
+        &[
+            "--logic-nodes",
+            &logic.addr.to_string(),
+            "--redis-url",
+            &redis.url(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut bob = Client::connect(&server, "bob", "phone").await;
+    register(
+        &mut bob,
+        pb::PushService::Webhook,
+        "bob-token",
+        pb::PushPreview::Sender,
+    )
+    .await;
+    drop(bob);
+    let mut alice = Client::connect(&server, "alice", "phone").await;
+    wait_until_offline(&server, 1.0).await;
+    alice
+        .send_text(to_user("bob"), "a1", "wake up")
+        .await
+        .unwrap();
+    eventually("the logic node notified bob's phone", || {
+        gateway_receiver.requests().len() == 1
+    })
+    .await;
+    let note = gateway_receiver.requests()[0].json();
+    assert_eq!(
+        (note["user"].clone(), note["token"].clone()),
+        (json!("bob"), json!("bob-token"))
+    );
+    assert_eq!(note["title"], json!("alice"), "sender-only preview");
+
+    // Connected again (through the gateway, registered in Redis): no notification.
+    let mut bob = Client::connect(&server, "bob", "phone").await;
+    alice
+        .send_text(to_user("bob"), "a2", "you are here")
+        .await
+        .unwrap();
+    bob.pushed_entries(1).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        gateway_receiver.requests().len(),
+        1,
+        "no notification for a connected user"
+    );
+}

@@ -19,7 +19,9 @@
 //! next sync: a later push shows it the gap, and every reconnect syncs) and resume once the
 //! gateways have written their devices again.
 
+mod reader;
 mod router;
 pub mod wire;
 
+pub use reader::PresenceReader;
 pub use router::{ClusterRouter, PresenceError, PresenceOptions};

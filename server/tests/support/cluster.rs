@@ -148,15 +148,22 @@ impl LogicNode {
 
     /// Starts `im-server logic` on a fresh port over the embedded store in `data_dir`.
     pub fn start_embedded(data_dir: &Path) -> LogicNode {
+        LogicNode::start_embedded_with(data_dir, &[])
+    }
+
+    /// Like [`LogicNode::start_embedded`], with more of the logic node's flags.
+    pub fn start_embedded_with(data_dir: &Path, extra: &[&str]) -> LogicNode {
         let port = free_port();
+        let mut args = vec![
+            "logic".to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut node = LogicNode {
             child: None,
             addr: format!("127.0.0.1:{port}").parse().expect("address"),
-            args: vec![
-                "logic".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-            ],
+            args,
             data_dir: data_dir.to_owned(),
         };
         node.spawn();
