@@ -650,25 +650,24 @@ async fn history(
             }
         },
     };
-    check_id(&as_user, "as_user")?;
     let direction = match query.direction.as_deref() {
         None | Some("older") => pb::HistoryDirection::Older,
         Some("newer") => pb::HistoryDirection::Newer,
         Some(_) => return Err(ApiError::bad_request("direction is older or newer")),
     };
-    let reply = state
-        .backend
-        .call(
-            api_caller(as_user),
-            Body::HistoryReq(pb::HistoryReq {
-                conversation_id,
-                anchor_seq: query.anchor_seq,
-                direction: direction as i32,
-                limit: query.limit,
-            }),
-        )
-        .await;
-    match expect_body(reply)? {
+    let answer = call_as(
+        &state,
+        as_user,
+        "as_user",
+        Body::HistoryReq(pb::HistoryReq {
+            conversation_id,
+            anchor_seq: query.anchor_seq,
+            direction: direction as i32,
+            limit: query.limit,
+        }),
+    )
+    .await?;
+    match answer {
         Body::HistoryResp(page) => Ok(Json(HistoryResponse {
             conversation_id: page.conversation_id,
             messages: page.messages.into_iter().map(MessageJson::from).collect(),
@@ -679,15 +678,20 @@ async fn history(
     }
 }
 
-fn api_caller(user: String) -> Caller {
-    Caller {
+/// Runs `body` as `user` (from the API's device) through the logic tier and returns its
+/// answer; `field` names the request field `user` came from, for a refusal of a bad id.
+async fn call_as(
+    state: &ApiState,
+    user: String,
+    field: &'static str,
+    body: Body,
+) -> Result<Body, ApiError> {
+    check_id(&user, field)?;
+    let caller = Caller {
         user,
         device: API_DEVICE.to_owned(),
-    }
-}
-
-fn expect_body(reply: logic_api::Reply) -> Result<Body, ApiError> {
-    match reply {
+    };
+    match state.backend.call(caller, body).await {
         Ok(Some(body)) => Ok(body),
         Ok(None) => Err(ApiError::protocol(
             pb::ErrorCode::Internal.to_error("no answer"),
@@ -764,20 +768,19 @@ async fn create_group(
     State(state): State<ApiState>,
     JsonBody(request): JsonBody<CreateGroupRequest>,
 ) -> ApiResult<GroupJson> {
-    check_id(&request.owner, "owner")?;
-    let reply = state
-        .backend
-        .call(
-            api_caller(request.owner),
-            Body::GroupCreateReq(pb::GroupCreateReq {
-                name: request.name,
-                members: request.members,
-                open: request.open,
-                client_request_id: request.client_request_id,
-            }),
-        )
-        .await;
-    match expect_body(reply)? {
+    let answer = call_as(
+        &state,
+        request.owner,
+        "owner",
+        Body::GroupCreateReq(pb::GroupCreateReq {
+            name: request.name,
+            members: request.members,
+            open: request.open,
+            client_request_id: request.client_request_id,
+        }),
+    )
+    .await?;
+    match answer {
         Body::GroupCreateResp(resp) => Ok(Json(resp.group.unwrap_or_default().into())),
         other => Err(unexpected(other)),
     }
@@ -818,18 +821,17 @@ async fn add_members(
     Path(group_id): Path<String>,
     JsonBody(change): JsonBody<MembersChange>,
 ) -> ApiResult<MembersChanged> {
-    check_id(&change.as_user, "as_user")?;
-    let reply = state
-        .backend
-        .call(
-            api_caller(change.as_user),
-            Body::GroupAddMembersReq(pb::GroupAddMembersReq {
-                group_id,
-                members: change.members,
-            }),
-        )
-        .await;
-    match expect_body(reply)? {
+    let answer = call_as(
+        &state,
+        change.as_user,
+        "as_user",
+        Body::GroupAddMembersReq(pb::GroupAddMembersReq {
+            group_id,
+            members: change.members,
+        }),
+    )
+    .await?;
+    match answer {
         Body::GroupAddMembersResp(resp) => Ok(Json(MembersChanged {
             group: resp.group.unwrap_or_default().into(),
             changed: resp.added,
@@ -853,18 +855,17 @@ async fn remove_members(
     Path(group_id): Path<String>,
     JsonBody(change): JsonBody<MembersChange>,
 ) -> ApiResult<MembersChanged> {
-    check_id(&change.as_user, "as_user")?;
-    let reply = state
-        .backend
-        .call(
-            api_caller(change.as_user),
-            Body::GroupRemoveMembersReq(pb::GroupRemoveMembersReq {
-                group_id,
-                members: change.members,
-            }),
-        )
-        .await;
-    match expect_body(reply)? {
+    let answer = call_as(
+        &state,
+        change.as_user,
+        "as_user",
+        Body::GroupRemoveMembersReq(pb::GroupRemoveMembersReq {
+            group_id,
+            members: change.members,
+        }),
+    )
+    .await?;
+    match answer {
         Body::GroupRemoveMembersResp(resp) => Ok(Json(MembersChanged {
             group: resp.group.unwrap_or_default().into(),
             changed: resp.removed,
@@ -924,19 +925,18 @@ async fn list_members(
     Path(group_id): Path<String>,
     QueryArgs(query): QueryArgs<MembersQuery>,
 ) -> ApiResult<MembersPage> {
-    check_id(&query.as_user, "as_user")?;
-    let reply = state
-        .backend
-        .call(
-            api_caller(query.as_user),
-            Body::GroupMembersReq(pb::GroupMembersReq {
-                group_id,
-                limit: query.limit,
-                cursor: query.cursor,
-            }),
-        )
-        .await;
-    match expect_body(reply)? {
+    let answer = call_as(
+        &state,
+        query.as_user,
+        "as_user",
+        Body::GroupMembersReq(pb::GroupMembersReq {
+            group_id,
+            limit: query.limit,
+            cursor: query.cursor,
+        }),
+    )
+    .await?;
+    match answer {
         Body::GroupMembersResp(resp) => Ok(Json(MembersPage {
             group: resp.group.unwrap_or_default().into(),
             members: resp

@@ -393,55 +393,50 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         }
         (Role::All, StoreChoice::Embedded) => {
             let store = open_embedded(&options)?;
-            let logic = Arc::new(Logic::new(store.clone(), logic_config(&options)));
-            spawn_retention_sweeps(&options, store.clone(), &shutdown);
             let probe = StoreProbe::Embedded(store.clone());
-            let push = start_push(&options, &logic, &shutdown)?;
-            let hooks = start_webhooks(&options, &shutdown)?;
-            let extras = Extras::new(push, hooks, options.presence.is_some());
-            let sink = extras.offline_sink();
-            let webhooks = extras.webhooks.clone();
-            let policed = HookedLogic::new(
-                NotifyingLogic::new(logic, extras.logic_notifier()),
-                extras.policy(),
-            );
+            let closing = store.clone();
             // Flush what the writer still holds; acked messages are durable already.
-            let finish: Finish = Box::pin(async move {
-                extras.close().await;
-                store.close().await?;
+            let close_store: Finish = Box::pin(async move {
+                closing.close().await?;
                 Ok(())
             });
-            serve_gateway(options, policed, finish, probe, sink, webhooks, shutdown).await
+            serve_all(options, store, probe, close_store, shutdown).await
         }
         (Role::All, StoreChoice::Cql(cql)) => {
             let store = open_cql(&options, &cql).await?;
-            let logic = Arc::new(Logic::new(store.clone(), logic_config(&options)));
-            spawn_retention_sweeps(&options, store, &shutdown);
-            let push = start_push(&options, &logic, &shutdown)?;
-            let hooks = start_webhooks(&options, &shutdown)?;
-            let extras = Extras::new(push, hooks, options.presence.is_some());
-            let sink = extras.offline_sink();
-            let webhooks = extras.webhooks.clone();
-            let policed = HookedLogic::new(
-                NotifyingLogic::new(logic, extras.logic_notifier()),
-                extras.policy(),
-            );
-            let finish: Finish = Box::pin(async move {
-                extras.close().await;
-                Ok(())
-            });
-            serve_gateway(
-                options,
-                policed,
-                finish,
-                StoreProbe::Remote,
-                sink,
-                webhooks,
-                shutdown,
-            )
-            .await
+            let nothing: Finish = Box::pin(async { Ok(()) });
+            serve_all(options, store, StoreProbe::Remote, nothing, shutdown).await
         }
     }
+}
+
+/// Everything in one process over `store`: the logic tier (behind the message policy and the
+/// offline notifier, when configured) and the gateway; `close_store` runs last.
+async fn serve_all<S: TimelineStore + Clone>(
+    options: ServerOptions,
+    store: S,
+    probe: StoreProbe,
+    close_store: Finish,
+    shutdown: CancellationToken,
+) -> Result<RunningServer, ServerError> {
+    let logic = Arc::new(Logic::new(store.clone(), logic_config(&options)));
+    spawn_retention_sweeps(&options, store, &shutdown);
+    let extras = Extras::new(
+        start_push(&options, &logic, &shutdown)?,
+        start_webhooks(&options, &shutdown)?,
+        options.presence.is_some(),
+    );
+    let sink = extras.offline_sink();
+    let webhooks = extras.webhooks.clone();
+    let policed = HookedLogic::new(
+        NotifyingLogic::new(logic, extras.logic_notifier()),
+        extras.policy(),
+    );
+    let finish: Finish = Box::pin(async move {
+        extras.close().await;
+        close_store.await
+    });
+    serve_gateway(options, policed, finish, probe, sink, webhooks, shutdown).await
 }
 
 /// A started logic node.

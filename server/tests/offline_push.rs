@@ -35,6 +35,23 @@ async fn register(
         .await
 }
 
+/// A server whose notifications go to `gateway`, folding messages within `window_ms`.
+fn server_pushing_to(gateway: &Receiver, dir: &std::path::Path, window_ms: &str) -> Server {
+    Server::start_process(
+        dir,
+        &[
+            "--push-webhook-url",
+            &gateway.url,
+            "--push-webhook-secret",
+            SECRET,
+            "--push-batch-window-ms",
+            window_ms,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    )
+}
+
 async fn wait_until_offline(server: &Server, connected: f64) {
     let admin = server.admin_addr.unwrap();
     support::wait_until(|| async {
@@ -52,19 +69,7 @@ async fn messages_to_a_sleeping_phone_become_one_notification_and_muted_ones_non
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_process(
-        dir.path(),
-        &[
-            "--push-webhook-url",
-            &gateway.url,
-            "--push-webhook-secret",
-            SECRET,
-            "--push-batch-window-ms",
-            "500",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let server = server_pushing_to(&gateway, dir.path(), "500");
 
     // Bob's phone registers (a bad registration is refused first), mutes carol, and sleeps.
     let mut bob = Client::connect(&server, "bob", "phone").await;
@@ -191,19 +196,7 @@ async fn messages_to_a_sleeping_phone_become_one_notification_and_muted_ones_non
 async fn a_token_the_push_service_rejects_is_removed() {
     let gateway = Receiver::scripted(|_, _| Box::pin(async { Reply::status(410) })).await;
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_process(
-        dir.path(),
-        &[
-            "--push-webhook-url",
-            &gateway.url,
-            "--push-webhook-secret",
-            SECRET,
-            "--push-batch-window-ms",
-            "100",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let server = server_pushing_to(&gateway, dir.path(), "100");
     let mut dave = Client::connect(&server, "dave", "old-phone").await;
     register(
         &mut dave,
