@@ -424,6 +424,12 @@ async fn issue_token(
     }))
 }
 
+/// The cluster's presence registry did not answer.
+fn registry_unavailable(error: String) -> ApiError {
+    tracing::warn!(%error, "the presence registry did not answer an admin call");
+    ApiError::protocol(pb::ErrorCode::Unavailable.to_error("the presence registry is unavailable"))
+}
+
 fn check_id(id: &str, what: &'static str) -> Result<(), ApiError> {
     im_protocol::ids::validate_id(id, what).map_err(|e| ApiError::bad_request(e.to_string()))
 }
@@ -964,7 +970,7 @@ async fn list_members(
 pub struct OnlineDevices {
     /// The user.
     pub user: String,
-    /// Their devices connected to this server, sorted.
+    /// Their devices connected now (to any gateway of a cluster), sorted.
     pub devices: Vec<String>,
 }
 
@@ -972,13 +978,20 @@ pub struct OnlineDevices {
 #[utoipa::path(get, path = "/v1/users/{user}/devices", tag = "users",
     security(("admin_key" = [])),
     params(("user" = String, Path, description = "The user")),
-    responses((status = 200, description = "The devices connected now", body = OnlineDevices)))]
+    responses(
+        (status = 200, description = "The devices connected now", body = OnlineDevices),
+        (status = 503, description = "The cluster's presence registry did not answer", body = ApiError),
+    ))]
 async fn online_devices(
     State(state): State<ApiState>,
     Path(user): Path<String>,
 ) -> ApiResult<OnlineDevices> {
     check_id(&user, "user")?;
-    let devices = state.backend.online_devices(&user);
+    let devices = state
+        .backend
+        .online_devices(user.clone())
+        .await
+        .map_err(registry_unavailable)?;
     Ok(Json(OnlineDevices { user, devices }))
 }
 
@@ -1025,7 +1038,11 @@ async fn kick_user(
         Some("reconnect") => pb::KickReason::Rebalance,
         Some(_) => return Err(ApiError::bad_request("reason is revoked or reconnect")),
     };
-    let kicked = state.backend.kick(&user, request.device.as_deref(), reason);
+    let kicked = state
+        .backend
+        .kick(user.clone(), request.device.clone(), reason)
+        .await
+        .map_err(registry_unavailable)?;
     tracing::info!(%user, device = ?request.device, kicked, "kicked through the admin API");
     Ok(Json(KickResponse { kicked }))
 }

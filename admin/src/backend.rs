@@ -48,12 +48,18 @@ pub trait Backend: Send + Sync + 'static {
     /// Runs any other request as `caller` (group changes, member lists, history).
     fn call(&self, caller: Caller, body: Body) -> BoxFuture<'_, Reply>;
 
-    /// Closes the connections of `user` (one device, or all) on this server, each told
-    /// `reason` first. Returns how many were closed.
-    fn kick(&self, user: &str, device: Option<&str>, reason: pb::KickReason) -> usize;
+    /// Closes the connections of `user` (one device, or all) wherever they are connected (in
+    /// a cluster, through the other gateways), each told `reason` first. Returns how many
+    /// devices were told to go; an error when the cluster's registry cannot be reached.
+    fn kick(
+        &self,
+        user: String,
+        device: Option<String>,
+        reason: pb::KickReason,
+    ) -> BoxFuture<'_, Result<usize, String>>;
 
-    /// The devices of `user` connected to this server.
-    fn online_devices(&self, user: &str) -> Vec<String>;
+    /// The devices of `user` connected anywhere (in a cluster, to any gateway), sorted.
+    fn online_devices(&self, user: String) -> BoxFuture<'_, Result<Vec<String>, String>>;
 
     /// Starts draining (as SIGTERM does): stop accepting, send clients away, then exit.
     fn start_drain(&self);

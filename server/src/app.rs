@@ -591,8 +591,13 @@ async fn serve_gateway<L: LogicApi>(
     let hub = Hub::with_limits(config.max_frame_bytes, config.max_connections_per_user);
     // The only gateway: its hub is the whole push router. One of several: the cluster router
     // reaches the others through Redis.
+    let mut cluster = None;
     let router: Arc<dyn PushRouter> = match options.presence.clone() {
-        Some(presence) => ClusterRouter::start(hub.clone(), presence, shutdown.clone())?,
+        Some(presence) => {
+            let router = ClusterRouter::start(hub.clone(), presence, shutdown.clone())?;
+            cluster = Some(router.clone());
+            router
+        }
         None => {
             if let Some(sink) = offline {
                 hub.set_offline_sink(sink);
@@ -619,6 +624,7 @@ async fn serve_gateway<L: LogicApi>(
                 settings,
                 Arc::new(GatewayBackend {
                     gateway: gateway.clone(),
+                    cluster,
                     tokens: options.tokens.clone(),
                     shutdown: shutdown.clone(),
                     probe,
@@ -832,6 +838,9 @@ impl StoreProbe {
 /// The admin listener's view of a serving gateway (and its logic tier, local or remote).
 struct GatewayBackend<L> {
     gateway: Arc<Gateway<L>>,
+    /// The cluster's router, when there are other gateways: lookups and kicks go through its
+    /// registry.
+    cluster: Option<Arc<ClusterRouter>>,
     tokens: TokenKey,
     /// Cancelled to drain and stop, as SIGTERM does.
     shutdown: CancellationToken,
@@ -873,18 +882,47 @@ impl<L: LogicApi> im_admin::Backend for GatewayBackend<L> {
         Box::pin(async move { self.gateway.call_as(&caller, body).await })
     }
 
-    fn kick(&self, user: &str, device: Option<&str>, reason: im_protocol::pb::KickReason) -> usize {
-        let kick = im_protocol::Frame::push(im_protocol::pb::Kick {
-            reason: reason as i32,
-            message: "kicked by the operator".into(),
-            redirect_addr: String::new(),
-            retry_after_ms: 0,
-        });
-        self.gateway.hub().kick_user(user, device, &kick)
+    fn kick(
+        &self,
+        user: String,
+        device: Option<String>,
+        reason: im_protocol::pb::KickReason,
+    ) -> im_admin::BoxFuture<'_, Result<usize, String>> {
+        Box::pin(async move {
+            if let Some(cluster) = &self.cluster {
+                return cluster
+                    .kick_everywhere(&user, device.as_deref(), reason)
+                    .await;
+            }
+            let kick = im_protocol::Frame::push(im_protocol::pb::Kick {
+                reason: reason as i32,
+                message: "kicked by the operator".into(),
+                redirect_addr: String::new(),
+                retry_after_ms: 0,
+            });
+            Ok(self
+                .gateway
+                .hub()
+                .kick_user(&user, device.as_deref(), &kick))
+        })
     }
 
-    fn online_devices(&self, user: &str) -> Vec<String> {
-        self.gateway.hub().devices_of(user)
+    fn online_devices(&self, user: String) -> im_admin::BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            match &self.cluster {
+                Some(cluster) => {
+                    let mut devices: Vec<String> = cluster
+                        .devices_of(&user)
+                        .await?
+                        .into_iter()
+                        .map(|(device, _gateway)| device)
+                        .collect();
+                    devices.dedup();
+                    Ok(devices)
+                }
+                None => Ok(self.gateway.hub().devices_of(&user)),
+            }
+        })
     }
 
     fn start_drain(&self) {
@@ -938,12 +976,17 @@ impl im_admin::Backend for LogicNodeBackend {
         Box::pin(async { Err(not_here()) })
     }
 
-    fn kick(&self, _: &str, _: Option<&str>, _: im_protocol::pb::KickReason) -> usize {
-        0
+    fn kick(
+        &self,
+        _: String,
+        _: Option<String>,
+        _: im_protocol::pb::KickReason,
+    ) -> im_admin::BoxFuture<'_, Result<usize, String>> {
+        Box::pin(async { Ok(0) })
     }
 
-    fn online_devices(&self, _: &str) -> Vec<String> {
-        Vec::new()
+    fn online_devices(&self, _: String) -> im_admin::BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     fn start_drain(&self) {

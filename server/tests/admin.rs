@@ -586,3 +586,57 @@ async fn json_logs_have_one_line_per_session_event_and_refusal_and_never_the_con
         "{lines}"
     );
 }
+
+/// In a cluster, a gateway's admin API sees and kicks devices connected to other gateways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_api_finds_and_kicks_devices_on_other_gateways() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = support::cluster::Redis::start(&dir.path().join("redis"));
+    let logic = support::cluster::LogicNode::start_embedded(&dir.path().join("logic"));
+    let gateway = |name: &str| {
+        let data_dir = dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let logic_nodes = logic.addr.to_string();
+        let redis_url = redis.url();
+        admin_server(
+            &data_dir,
+            &[
+                "--logic-nodes",
+                &logic_nodes,
+                "--redis-url",
+                &redis_url,
+                "--gateway-id",
+                name,
+            ],
+        )
+    };
+    let first = gateway("gw1");
+    let second = gateway("gw2");
+    let mut bob = Client::connect(&second, "bob", "phone").await;
+    let _bob_laptop = Client::connect(&second, "bob", "laptop").await;
+
+    let (status, devices) = api(&first, "GET", "/v1/users/bob/devices", None).await;
+    assert_eq!(status, 200, "{devices}");
+    assert_eq!(devices["devices"], json!(["laptop", "phone"]));
+    let (status, kicked) = api(
+        &first,
+        "POST",
+        "/v1/users/bob/kick",
+        Some(json!({"device": "phone"})),
+    )
+    .await;
+    assert_eq!(
+        (status, kicked["kicked"].clone()),
+        (200, json!(1)),
+        "{kicked}"
+    );
+    match bob.next_push().await {
+        Body::Kick(kick) => assert_eq!(kick.reason, pb::KickReason::TokenRevoked as i32),
+        other => panic!("expected a kick, got {other:?}"),
+    }
+    support::wait_until(|| async {
+        let (_, devices) = api(&first, "GET", "/v1/users/bob/devices", None).await;
+        devices["devices"] == json!(["laptop"])
+    })
+    .await;
+}

@@ -141,6 +141,76 @@ impl ClusterRouter {
         Ok(router)
     }
 
+    /// The devices of `user` connected to any gateway, with the gateway holding each, sorted
+    /// by device.
+    pub async fn devices_of(&self, user: &str) -> Result<Vec<(String, String)>, String> {
+        let mut connection = self.connection().await?;
+        let found: HashMap<String, String> = self
+            .run(
+                "presence lookup",
+                redis::cmd("HGETALL")
+                    .arg(self.key_online(user))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        let mut devices: Vec<(String, String)> = found.into_iter().collect();
+        devices.sort();
+        Ok(devices)
+    }
+
+    /// Closes the connections of `user` (one device, or all) wherever they are, each told
+    /// `reason`: here directly, on other gateways through their channels. Returns how many
+    /// devices were told to go.
+    pub async fn kick_everywhere(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        reason: pb::KickReason,
+    ) -> Result<usize, String> {
+        let devices = self.devices_of(user).await?;
+        let me = self.options.gateway_id.as_str();
+        let mut gateways: Vec<&str> = devices
+            .iter()
+            .filter(|(d, gateway)| device.is_none_or(|wanted| d == wanted) && gateway != me)
+            .map(|(_, gateway)| gateway.as_str())
+            .collect();
+        gateways.sort_unstable();
+        gateways.dedup();
+        let frame = Frame::push(pb::Kick {
+            reason: reason as i32,
+            message: "kicked by the operator".into(),
+            redirect_addr: String::new(),
+            retry_after_ms: 0,
+        });
+        let mut kicked = self.hub.kick_user(user, device, &frame);
+        if !gateways.is_empty() {
+            let message = GatewayMessage {
+                carried: Some(Carried::Kick(wire::Kick {
+                    user: user.to_owned(),
+                    device: device.unwrap_or_default().to_owned(),
+                    reason: reason as i32,
+                })),
+            }
+            .encode_to_vec();
+            let mut commands = redis::pipe();
+            for gateway in &gateways {
+                commands
+                    .cmd("PUBLISH")
+                    .arg(self.channel(gateway))
+                    .arg(message.clone())
+                    .ignore();
+            }
+            let mut connection = self.connection().await?;
+            self.run::<()>("kick", commands.query_async(&mut connection))
+                .await?;
+            kicked += devices
+                .iter()
+                .filter(|(d, gateway)| device.is_none_or(|wanted| d == wanted) && gateway != me)
+                .count();
+        }
+        Ok(kicked)
+    }
+
     /// Pushes for other gateways dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -395,6 +465,17 @@ impl ClusterRouter {
                     self.hub.relay_typing(&typing.recipients, &event);
                 }
             }
+            Some(Carried::Kick(kick)) if kick.reason != 0 => {
+                // An operator's kick from another gateway's admin API.
+                let frame = Frame::push(pb::Kick {
+                    reason: kick.reason,
+                    message: "kicked by the operator".into(),
+                    redirect_addr: String::new(),
+                    retry_after_ms: 0,
+                });
+                let device = (!kick.device.is_empty()).then_some(kick.device.as_str());
+                self.hub.kick_user(&kick.user, device, &frame);
+            }
             Some(Carried::Kick(kick)) => {
                 let frame = Frame::push(pb::Kick {
                     reason: pb::KickReason::LoggedInElsewhere as i32,
@@ -555,6 +636,7 @@ impl PushRouter for ClusterRouter {
                 carried: Some(Carried::Kick(wire::Kick {
                     user: user.to_owned(),
                     device: device.to_owned(),
+                    reason: 0,
                 })),
             };
             let registered = async {

@@ -60,7 +60,10 @@ pub struct Kick {
     /// The user.
     #[prost(string, tag = "1")]
     pub user: String,
-    /// The device that logged in elsewhere.
+    /// The device that logged in elsewhere (empty with an operator's kick: every device).
     #[prost(string, tag = "2")]
     pub device: String,
+    /// The `KickReason` to send; 0 (unset): the device logged in elsewhere.
+    #[prost(int32, tag = "3")]
+    pub reason: i32,
 }
