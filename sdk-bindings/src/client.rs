@@ -17,8 +17,8 @@ use crate::events::{ClientListener, EventSlot, EventSubscription};
 use crate::types::{ConnectionState, TEXT_CONTENT_TYPE};
 use crate::types::{
     Conversation, ConversationPage, GroupInfo, GroupMembersChange, GroupMembersPage,
-    HistoryDirection, HistoryPage, Message, Platform, ReadMarker, Recall, Recipient, conversations,
-    messages,
+    HistoryDirection, HistoryPage, Message, Platform, PushPreview, PushService, ReadMarker, Recall,
+    Recipient, conversations, messages,
 };
 
 /// How the client reaches the server.
@@ -409,6 +409,30 @@ impl ImClient {
             .remove_group_members(&group_id, members)
             .await?
             .into())
+    }
+
+    /// Registers this device's push token (replacing the one it had), so the server wakes the
+    /// app through `service` when messages arrive while it has no connection.
+    pub async fn register_push_token(
+        &self,
+        service: PushService,
+        token: String,
+        preview: PushPreview,
+    ) -> Result<(), ImError> {
+        Ok(self
+            .handle
+            .register_push_token(service.into(), &token, preview.into())
+            .await?)
+    }
+
+    /// Removes this device's push token (at logout).
+    pub async fn unregister_push_token(&self) -> Result<(), ImError> {
+        Ok(self.handle.unregister_push_token().await?)
+    }
+
+    /// Mutes (or unmutes) a conversation's push notifications on all of the user's devices.
+    pub async fn mute(&self, conversation_id: String, muted: bool) -> Result<(), ImError> {
+        Ok(self.handle.mute(&conversation_id, muted).await?)
     }
 
     /// Joins an open group.

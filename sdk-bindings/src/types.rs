@@ -638,3 +638,45 @@ impl From<Platform> for core::Platform {
         }
     }
 }
+
+/// The push service a device's token comes from (SPEC §13.11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum PushService {
+    /// Apple Push Notification service: the device token, hex.
+    Apns,
+    /// Firebase Cloud Messaging: the registration token.
+    Fcm,
+    /// The deployment's own push gateway.
+    Webhook,
+}
+
+impl From<PushService> for core::PushService {
+    fn from(service: PushService) -> core::PushService {
+        match service {
+            PushService::Apns => core::PushService::Apns,
+            PushService::Fcm => core::PushService::Fcm,
+            PushService::Webhook => core::PushService::Webhook,
+        }
+    }
+}
+
+/// What a push notification may show on the lock screen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum PushPreview {
+    /// "New message" only.
+    None,
+    /// Who wrote.
+    Sender,
+    /// Who wrote and the start of the text.
+    Full,
+}
+
+impl From<PushPreview> for core::PushPreview {
+    fn from(preview: PushPreview) -> core::PushPreview {
+        match preview {
+            PushPreview::None => core::PushPreview::None,
+            PushPreview::Sender => core::PushPreview::Sender,
+            PushPreview::Full => core::PushPreview::Full,
+        }
+    }
+}

@@ -152,6 +152,26 @@ def test_a_group_is_created_and_posted_to(server, app_dir):
     run(scenario())
 
 
+def test_a_device_registers_its_push_token_and_mutes_a_conversation(server, app_dir):
+    async def scenario():
+        bob = Session(server, "bob", "phone", app_dir)
+        await bob.online()
+        await bob.client.register_push_token(
+            imsdk.PushService.APNS, "a1b2c3d4e5f6", imsdk.PushPreview.SENDER)
+        await bob.client.mute(imsdk.direct_conversation_id("alice", "bob"), True)
+        with pytest.raises(imsdk.ImError.Server) as refused:
+            await bob.client.register_push_token(
+                imsdk.PushService.FCM, "has a space", imsdk.PushPreview.FULL)
+        assert refused.value.name == "INVALID_ARGUMENT"
+        with pytest.raises(imsdk.ImError.Server) as refused:
+            await bob.client.mute(imsdk.direct_conversation_id("alice", "carol"), True)
+        assert refused.value.name == "FORBIDDEN"
+        await bob.client.unregister_push_token()
+        await bob.close()
+
+    run(scenario())
+
+
 def test_the_server_killed_and_restarted_loses_and_duplicates_nothing(server, app_dir):
     async def scenario():
         alice = Session(server, "alice", "phone", app_dir)

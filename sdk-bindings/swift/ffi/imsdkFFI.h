@@ -355,6 +355,11 @@ uint64_t uniffi_imsdk_fn_method_imclient_local_history(uint64_t ptr, RustBuffer 
 uint64_t uniffi_imsdk_fn_method_imclient_mark_read(uint64_t ptr, RustBuffer conversation_id, uint64_t seq
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_MUTE
+#define UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_MUTE
+uint64_t uniffi_imsdk_fn_method_imclient_mute(uint64_t ptr, RustBuffer conversation_id, int8_t muted
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_NETWORK_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_NETWORK_CHANGED
 uint64_t uniffi_imsdk_fn_method_imclient_network_changed(uint64_t ptr, RustBuffer network_id
@@ -363,6 +368,11 @@ uint64_t uniffi_imsdk_fn_method_imclient_network_changed(uint64_t ptr, RustBuffe
 #ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_RECALL
 #define UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_RECALL
 uint64_t uniffi_imsdk_fn_method_imclient_recall(uint64_t ptr, RustBuffer conversation_id, uint64_t seq
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_REGISTER_PUSH_TOKEN
+#define UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_REGISTER_PUSH_TOKEN
+uint64_t uniffi_imsdk_fn_method_imclient_register_push_token(uint64_t ptr, RustBuffer service, RustBuffer token, RustBuffer preview
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_REMOVE_GROUP_MEMBERS
@@ -413,6 +423,11 @@ uint64_t uniffi_imsdk_fn_method_imclient_subscribe(uint64_t ptr, uint64_t listen
 #ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_TYPING
 #define UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_TYPING
 uint64_t uniffi_imsdk_fn_method_imclient_typing(uint64_t ptr, RustBuffer conversation_id, int8_t typing
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_UNREGISTER_PUSH_TOKEN
+#define UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_UNREGISTER_PUSH_TOKEN
+uint64_t uniffi_imsdk_fn_method_imclient_unregister_push_token(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_CLONE_TOKENPROVIDER
@@ -835,6 +850,12 @@ uint16_t uniffi_imsdk_checksum_method_imclient_mark_read(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_MUTE
+#define UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_MUTE
+uint16_t uniffi_imsdk_checksum_method_imclient_mute(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_NETWORK_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_NETWORK_CHANGED
 uint16_t uniffi_imsdk_checksum_method_imclient_network_changed(void
@@ -844,6 +865,12 @@ uint16_t uniffi_imsdk_checksum_method_imclient_network_changed(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_RECALL
 #define UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_RECALL
 uint16_t uniffi_imsdk_checksum_method_imclient_recall(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_REGISTER_PUSH_TOKEN
+#define UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_REGISTER_PUSH_TOKEN
+uint16_t uniffi_imsdk_checksum_method_imclient_register_push_token(void
     
 );
 #endif
@@ -904,6 +931,12 @@ uint16_t uniffi_imsdk_checksum_method_imclient_subscribe(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_TYPING
 #define UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_TYPING
 uint16_t uniffi_imsdk_checksum_method_imclient_typing(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_UNREGISTER_PUSH_TOKEN
+#define UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_UNREGISTER_PUSH_TOKEN
+uint16_t uniffi_imsdk_checksum_method_imclient_unregister_push_token(void
     
 );
 #endif

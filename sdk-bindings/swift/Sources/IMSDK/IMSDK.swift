@@ -1063,6 +1063,11 @@ public protocol ImClientProtocol: AnyObject, Sendable {
     func markRead(conversationId: String, seq: UInt64) async throws  -> ReadMarker
     
     /**
+     * Mutes (or unmutes) a conversation's push notifications on all of the user's devices.
+     */
+    func mute(conversationId: String, muted: Bool) async throws 
+    
+    /**
      * The device's network changed: reconnect now if waiting. `network_id` (a Wi-Fi network's
      * name, "cellular") lets the `Auto` transport start with what worked there last time.
      */
@@ -1073,6 +1078,12 @@ public protocol ImClientProtocol: AnyObject, Sendable {
      * placeholder.
      */
     func recall(conversationId: String, seq: UInt64) async throws  -> Recall
+    
+    /**
+     * Registers this device's push token (replacing the one it had), so the server wakes the
+     * app through `service` when messages arrive while it has no connection.
+     */
+    func registerPushToken(service: PushService, token: String, preview: PushPreview) async throws 
     
     /**
      * Removes members from a group (owner only); the change lists those removed.
@@ -1128,6 +1139,11 @@ public protocol ImClientProtocol: AnyObject, Sendable {
      * Says the user is (or stopped) typing; dropped while offline.
      */
     func typing(conversationId: String, typing: Bool) async throws 
+    
+    /**
+     * Removes this device's push token (at logout).
+     */
+    func unregisterPushToken() async throws 
     
 }
 /**
@@ -1454,6 +1470,25 @@ open func markRead(conversationId: String, seq: UInt64)async throws  -> ReadMark
 }
     
     /**
+     * Mutes (or unmutes) a conversation's push notifications on all of the user's devices.
+     */
+open func mute(conversationId: String, muted: Bool)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_imsdk_fn_method_imclient_mute(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(conversationId),FfiConverterBool.lower(muted)
+                )
+            },
+            pollFunc: ffi_imsdk_rust_future_poll_void,
+            completeFunc: ffi_imsdk_rust_future_complete_void,
+            freeFunc: ffi_imsdk_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeImError_lift
+        )
+}
+    
+    /**
      * The device's network changed: reconnect now if waiting. `network_id` (a Wi-Fi network's
      * name, "cellular") lets the `Auto` transport start with what worked there last time.
      */
@@ -1489,6 +1524,26 @@ open func recall(conversationId: String, seq: UInt64)async throws  -> Recall  {
             completeFunc: ffi_imsdk_rust_future_complete_rust_buffer,
             freeFunc: ffi_imsdk_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeRecall_lift,
+            errorHandler: FfiConverterTypeImError_lift
+        )
+}
+    
+    /**
+     * Registers this device's push token (replacing the one it had), so the server wakes the
+     * app through `service` when messages arrive while it has no connection.
+     */
+open func registerPushToken(service: PushService, token: String, preview: PushPreview)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_imsdk_fn_method_imclient_register_push_token(
+                        self.uniffiCloneHandle(),FfiConverterTypePushService_lower(service),FfiConverterString.lower(token),FfiConverterTypePushPreview_lower(preview)
+                )
+            },
+            pollFunc: ffi_imsdk_rust_future_poll_void,
+            completeFunc: ffi_imsdk_rust_future_complete_void,
+            freeFunc: ffi_imsdk_rust_future_free_void,
+            liftFunc: { $0 },
             errorHandler: FfiConverterTypeImError_lift
         )
 }
@@ -1672,6 +1727,25 @@ open func typing(conversationId: String, typing: Bool)async throws   {
             rustFutureFunc: {
                 uniffi_imsdk_fn_method_imclient_typing(
                         self.uniffiCloneHandle(),FfiConverterString.lower(conversationId),FfiConverterBool.lower(typing)
+                )
+            },
+            pollFunc: ffi_imsdk_rust_future_poll_void,
+            completeFunc: ffi_imsdk_rust_future_complete_void,
+            freeFunc: ffi_imsdk_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeImError_lift
+        )
+}
+    
+    /**
+     * Removes this device's push token (at logout).
+     */
+open func unregisterPushToken()async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_imsdk_fn_method_imclient_unregister_push_token(
+                        self.uniffiCloneHandle()
                 )
             },
             pollFunc: ffi_imsdk_rust_future_poll_void,
@@ -4250,6 +4324,176 @@ public func FfiConverterTypePlatform_lower(_ value: Platform) -> RustBuffer {
 
 
 /**
+ * What a push notification may show on the lock screen.
+ */
+
+public enum PushPreview: Equatable, Hashable {
+    
+    /**
+     * "New message" only.
+     */
+    case none
+    /**
+     * Who wrote.
+     */
+    case sender
+    /**
+     * Who wrote and the start of the text.
+     */
+    case full
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension PushPreview: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePushPreview: FfiConverterRustBuffer {
+    typealias SwiftType = PushPreview
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PushPreview {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .none
+        
+        case 2: return .sender
+        
+        case 3: return .full
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: PushPreview, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .none:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .sender:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .full:
+            writeInt(&buf, Int32(3))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePushPreview_lift(_ buf: RustBuffer) throws -> PushPreview {
+    return try FfiConverterTypePushPreview.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePushPreview_lower(_ value: PushPreview) -> RustBuffer {
+    return FfiConverterTypePushPreview.lower(value)
+}
+
+
+
+/**
+ * The push service a device's token comes from (SPEC §13.11).
+ */
+
+public enum PushService: Equatable, Hashable {
+    
+    /**
+     * Apple Push Notification service: the device token, hex.
+     */
+    case apns
+    /**
+     * Firebase Cloud Messaging: the registration token.
+     */
+    case fcm
+    /**
+     * The deployment's own push gateway.
+     */
+    case webhook
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension PushService: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePushService: FfiConverterRustBuffer {
+    typealias SwiftType = PushService
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PushService {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .apns
+        
+        case 2: return .fcm
+        
+        case 3: return .webhook
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: PushService, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .apns:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .fcm:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .webhook:
+            writeInt(&buf, Int32(3))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePushService_lift(_ buf: RustBuffer) throws -> PushService {
+    return try FfiConverterTypePushService.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePushService_lower(_ value: PushService) -> RustBuffer {
+    return FfiConverterTypePushService.lower(value)
+}
+
+
+
+/**
  * Where a message goes.
  */
 
@@ -5067,10 +5311,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_imsdk_checksum_method_imclient_mark_read() != 52767) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_imsdk_checksum_method_imclient_mute() != 32073) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_imsdk_checksum_method_imclient_network_changed() != 21623) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_imsdk_checksum_method_imclient_recall() != 35229) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_imsdk_checksum_method_imclient_register_push_token() != 53646) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_imsdk_checksum_method_imclient_remove_group_members() != 64908) {
@@ -5101,6 +5351,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_imsdk_checksum_method_imclient_typing() != 54020) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_imsdk_checksum_method_imclient_unregister_push_token() != 9707) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_imsdk_checksum_method_tokenprovider_fresh_token() != 61619) {
