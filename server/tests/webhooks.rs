@@ -236,3 +236,61 @@ async fn a_silent_apps_server_fails_open_or_closed_as_configured() {
         "{metrics}"
     );
 }
+
+/// In a cluster the logic nodes ask the app's server before each send, and each gateway
+/// reports its own devices coming and going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_logic_nodes_run_the_policy_and_gateways_report_devices() {
+    let receiver = Receiver::scripted(app_policy).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = [
+        "--webhook-url",
+        receiver.url.as_str(),
+        "--webhook-secret",
+        SECRET,
+        "--webhook-retry-ms",
+        "50",
+    ];
+    let logic = support::cluster::LogicNode::start_embedded_with(&dir.path().join("logic"), &hooks);
+    let gateway_dir = dir.path().join("gateway");
+    std::fs::create_dir_all(&gateway_dir).unwrap();
+    let logic_nodes = logic.addr.to_string();
+    let mut args = vec!["--logic-nodes", logic_nodes.as_str()];
+    args.extend(hooks);
+    let server = Server::start_process(&gateway_dir, &args);
+
+    let mut alice = Client::connect(&server, "alice", "phone").await;
+    let refused = alice
+        .send_text(to_user("bob"), "m1", "forbidden")
+        .await
+        .expect_err("the logic node asked the app");
+    assert_eq!(
+        (refused.code, refused.app_reason),
+        (pb::ErrorCode::Rejected as i32, 42)
+    );
+    let ack = alice
+        .send_text(to_user("bob"), "m2", "rewrite me")
+        .await
+        .expect("stored");
+    assert!(ack.content_rewritten);
+    drop(alice);
+    eventually("the message and the device events arrived", || {
+        let events: Vec<String> = receiver
+            .requests()
+            .iter()
+            .map(|r| r.json()["event"].as_str().unwrap().to_owned())
+            .collect();
+        ["message_sent", "user_online", "user_offline"]
+            .iter()
+            .all(|e| events.iter().any(|seen| seen == e))
+    })
+    .await;
+    let sent: Vec<Value> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.json())
+        .filter(|e| e["event"] == json!("message_sent"))
+        .collect();
+    assert_eq!(sent.len(), 1, "once, from the logic node: {sent:?}");
+    assert_eq!(content_of(&sent[0]), "rewritten");
+}
