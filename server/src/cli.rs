@@ -549,6 +549,13 @@ pub enum Command {
     },
 }
 
+impl Cli {
+    /// The command without a config file's defaults: its flags in `--help`'s order.
+    pub fn command_for_docs() -> clap::Command {
+        <Cli as clap::CommandFactory>::command()
+    }
+}
+
 impl ServeArgs {
     /// The server's options: these settings, the store in `data_dir`, tokens checked with
     /// `tokens`. Fails for settings that do not make a server (a slow-client timeout that is

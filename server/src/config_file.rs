@@ -221,3 +221,34 @@ pub fn effective(
     }
     out
 }
+
+/// The settings in effect of subcommand `name` (a `[name]` table in the file), as a TOML table
+/// like [`effective`]'s. `applied` is the command with the file's values as defaults; the
+/// subcommand is parsed as if run with no flags of its own (its environment still applies).
+/// `None` when it would not start that way (a setting it requires is set nowhere): the text
+/// then says which.
+pub fn effective_subcommand(
+    applied: &clap::Command,
+    name: &str,
+    from_file: &BTreeSet<String>,
+) -> String {
+    let (Some(sub), Some(plain)) = (
+        applied.find_subcommand(name),
+        crate::cli::Cli::command_for_docs()
+            .find_subcommand(name)
+            .cloned(),
+    ) else {
+        return String::new();
+    };
+    let keys: BTreeSet<String> = from_file
+        .iter()
+        .filter_map(|k| k.strip_prefix(&format!("{name}.")).map(str::to_owned))
+        .collect();
+    match sub.clone().try_get_matches_from([name]) {
+        Ok(matches) => format!("\n[{name}]\n{}", effective(&plain, &matches, &keys)),
+        Err(e) => format!(
+            "\n# [{name}]: not shown, `im-server {name}` would not start with these settings: {}\n",
+            e.kind()
+        ),
+    }
+}

@@ -60,6 +60,11 @@ fn main() -> anyhow::Result<()> {
                 "{}",
                 config_file::effective(&Cli::command(), &matches, &from_file)
             );
+            // The logic node's own settings (`[logic]`), as `im-server logic` would use them.
+            print!(
+                "{}",
+                config_file::effective_subcommand(&command, "logic", &from_file)
+            );
             Ok(())
         }
         Some(Command::Token {

@@ -188,6 +188,21 @@ fn a_logic_table_holds_the_logic_nodes_settings() {
     let line =
         first_line_of(im_server().args(["--config".as_ref(), file.as_os_str(), "logic".as_ref()]));
     assert!(line.starts_with("logic listening on 127.0.0.1:"), "{line}");
+    // `im-server config` shows the table as the logic node would use it.
+    let shown =
+        effective(im_server().args(["--config".as_ref(), file.as_os_str(), "config".as_ref()]));
+    let table = shown
+        .split_once("\n[logic]\n")
+        .unwrap_or_else(|| panic!("a [logic] table in {shown}"))
+        .1;
+    assert!(
+        table.contains("listen = \"127.0.0.1:0\"  # config file"),
+        "{table}"
+    );
+    assert!(
+        table.contains("max-group-members = \"1000\"  # default"),
+        "{table}"
+    );
 
     std::fs::write(&file, "[logic]\nlistn = \"127.0.0.1:0\"\n").unwrap();
     let out = im_server()
