@@ -12,6 +12,9 @@ use std::sync::Arc;
 use im_protocol::{Body, ErrorCodeExt as _, ids, pb};
 use logic_api::{Caller, Effects, LogicApi, Reply, SendReply, SessionInfo};
 
+/// Before-send calls one connection's batch of sends may have in flight at once.
+const BEFORE_SEND_CONCURRENCY: usize = 8;
+
 /// A boxed future (the policy is a trait object).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -125,16 +128,21 @@ impl<L: LogicApi> LogicApi for HookedLogic<L> {
             .iter()
             .map(|r| conversation_of(caller, r))
             .collect();
-        let verdicts = futures::future::join_all(requests.iter().zip(&conversations).map(
-            |(request, conversation)| async move {
+        // At most a few calls at once: a batch of 256 sends must not open 256 requests to the
+        // app's server. Answers stay in the requests' order.
+        let pairs: Vec<(&pb::SendReq, &Option<String>)> =
+            requests.iter().zip(&conversations).collect();
+        let mut verdicts: Vec<Verdict> = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(BEFORE_SEND_CONCURRENCY) {
+            let asked = chunk.iter().map(|(request, conversation)| async move {
                 match conversation {
                     // A send without a target: the logic tier refuses it with its own error.
                     None => Verdict::Allow,
                     Some(conversation) => policy.before_send(caller, conversation, request).await,
                 }
-            },
-        ))
-        .await;
+            });
+            verdicts.extend(futures::future::join_all(asked).await);
+        }
         let mut replies: Vec<Option<SendReply>> = Vec::with_capacity(requests.len());
         let mut passed = Vec::new();
         let mut rewritten = Vec::new();

@@ -7,6 +7,7 @@
 //! mutes and hands the message to the [`PushDispatcher`], which folds, rate-limits and
 //! delivers. Tokens a push service rejects for good are deleted.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Messages waiting for their recipient's registrations to be looked up.
 const LOOKUP_QUEUE: usize = 10_000;
+/// Most queued messages whose recipients' presence is read in one registry round trip.
+const LOOKUP_BATCH: usize = 256;
 
 /// Where notifications go and how often.
 #[derive(Clone, Debug, Default)]
@@ -128,71 +131,102 @@ async fn look_up_and_notify<S: TimelineStore>(
     shutdown: CancellationToken,
 ) {
     loop {
-        let (user, message) = tokio::select! {
+        let first = tokio::select! {
             _ = shutdown.cancelled() => return,
             next = queue.recv() => match next {
                 Some(next) => next,
                 None => return,
             },
         };
-        if let Some(presence) = &presence {
-            match presence.offline(std::slice::from_ref(&user)).await {
-                Ok(offline) if offline.is_empty() => continue,
-                Ok(_) => {}
-                Err(e) => {
-                    // Better no notification than one to a user who may be online.
-                    tracing::warn!(%user, error = %e, "presence unknown: no push notification");
-                    metrics::counter!("im_push_dropped_total", "reason" => "presence_unknown")
-                        .increment(1);
-                    continue;
+        // Whatever else is queued goes with it: one registry round trip for the lot.
+        let mut batch = vec![first];
+        while batch.len() < LOOKUP_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let offline = match &presence {
+            None => None,
+            Some(presence) => {
+                let mut users: Vec<String> = batch.iter().map(|(user, _)| user.clone()).collect();
+                users.sort();
+                users.dedup();
+                match presence.offline(&users).await {
+                    Ok(offline) => Some(offline.into_iter().collect::<HashSet<String>>()),
+                    Err(e) => {
+                        // Better no notification than one to a user who may be online.
+                        tracing::warn!(error = %e, "presence unknown: no push notifications");
+                        metrics::counter!("im_push_dropped_total", "reason" => "presence_unknown")
+                            .increment(batch.len() as u64);
+                        continue;
+                    }
                 }
             }
-        }
-        let targets = match logic.push_targets(&user, &message.conversation_id).await {
-            Ok(targets) => targets,
-            Err(e) => {
-                tracing::warn!(%user, code = e.code, "push registrations could not be read");
-                metrics::counter!("im_push_dropped_total", "reason" => "lookup_failed")
-                    .increment(1);
-                continue;
-            }
         };
-        // One notification per preview policy: each device shows what its user allowed.
-        for policy in [
-            PreviewPolicy::None,
-            PreviewPolicy::SenderOnly,
-            PreviewPolicy::Full,
-        ] {
-            let tokens: Vec<PushToken> = targets
-                .iter()
-                .filter(|t| preview_of(t.preview) == policy)
-                .filter_map(|t| {
-                    Some(PushToken {
-                        platform: platform_of(t.service)?,
-                        token: t.token.clone(),
-                        device: t.device.clone(),
-                    })
-                })
-                .collect();
-            if tokens.is_empty() {
+        for (user, message) in batch {
+            if offline
+                .as_ref()
+                .is_some_and(|offline| !offline.contains(&user))
+            {
                 continue;
             }
-            dispatcher.notify(
-                Notification {
-                    user: user.clone(),
-                    conversation_id: message.conversation_id.clone(),
-                    sender_user: message.sender_user.clone(),
-                    sender_name: None,
-                    content_type: message.content_type,
-                    content: message.content.clone(),
-                    server_msg_id: message.server_msg_id,
-                    conversation_seq: message.conversation_seq,
-                    unread: None,
-                },
-                tokens,
-                policy,
-            );
+            notify(&logic, &dispatcher, user, message).await;
         }
+    }
+}
+
+/// Looks up `user`'s registrations for `message`'s conversation and hands the notification to
+/// the dispatcher.
+async fn notify<S: TimelineStore>(
+    logic: &Logic<S>,
+    dispatcher: &PushDispatcher,
+    user: String,
+    message: pb::Message,
+) {
+    let targets = match logic.push_targets(&user, &message.conversation_id).await {
+        Ok(targets) => targets,
+        Err(e) => {
+            tracing::warn!(%user, code = e.code, "push registrations could not be read");
+            metrics::counter!("im_push_dropped_total", "reason" => "lookup_failed").increment(1);
+            return;
+        }
+    };
+    // One notification per preview policy: each device shows what its user allowed.
+    for policy in [
+        PreviewPolicy::None,
+        PreviewPolicy::SenderOnly,
+        PreviewPolicy::Full,
+    ] {
+        let tokens: Vec<PushToken> = targets
+            .iter()
+            .filter(|t| preview_of(t.preview) == policy)
+            .filter_map(|t| {
+                Some(PushToken {
+                    platform: platform_of(t.service)?,
+                    token: t.token.clone(),
+                    device: t.device.clone(),
+                })
+            })
+            .collect();
+        if tokens.is_empty() {
+            continue;
+        }
+        dispatcher.notify(
+            Notification {
+                user: user.clone(),
+                conversation_id: message.conversation_id.clone(),
+                sender_user: message.sender_user.clone(),
+                sender_name: None,
+                content_type: message.content_type,
+                content: message.content.clone(),
+                server_msg_id: message.server_msg_id,
+                conversation_seq: message.conversation_seq,
+                unread: None,
+            },
+            tokens,
+            policy,
+        );
     }
 }
 
