@@ -129,7 +129,10 @@ def test_a_group_is_created_and_posted_to(server, app_dir):
             assert created[0].members == ["alice", "bob", "carol"]
 
         to_group = imsdk.Recipient.GROUP(group_id=group.group_id)
+        # Two senders: carol writes once alice's message has arrived, so the group's order is
+        # the one asserted below (sends of two clients are otherwise unordered).
         await alice.client.send_text(to_group, "hello friends")
+        await receives(bob, 1)
         await carol.client.send_text(to_group, "hi alice")
         conversation_id = imsdk.group_conversation_id(group.group_id)
         [hello, hi] = await receives(bob, 2)

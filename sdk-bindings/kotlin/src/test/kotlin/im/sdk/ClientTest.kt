@@ -215,7 +215,10 @@ class ClientTest {
                 }
             }
             val toGroup = Recipient.Group(group.groupId)
+            // Two senders: carol writes once alice's message has arrived, so the group's order
+            // is the one asserted below (sends of two clients are otherwise unordered).
             alice.sendText(toGroup, "hello friends")
+            bobEvents.waitFor("bob receiving alice's") { it.received().size == 1 }
             carol.sendText(toGroup, "hi alice")
             bobEvents.waitFor("bob receiving both") { it.received().size == 2 }
             assertEquals(
