@@ -35,6 +35,15 @@ fn server_with_hooks(dir: &std::path::Path, receiver: &Receiver, extra: &[&str])
     Server::start_process(dir, &args)
 }
 
+/// The `event` of every call the receiver got, in arrival order.
+fn event_names(receiver: &Receiver) -> Vec<String> {
+    receiver
+        .requests()
+        .iter()
+        .map(|r| r.json()["event"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn content_of(event: &Value) -> String {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(event["content_base64"].as_str().unwrap())
@@ -123,11 +132,7 @@ async fn the_apps_server_allows_rejects_and_rewrites_messages_and_hears_what_hap
     drop(bob);
 
     eventually("the after-events arrived", || {
-        let events: Vec<String> = receiver
-            .requests()
-            .iter()
-            .map(|r| r.json()["event"].as_str().unwrap().to_owned())
-            .collect();
+        let events = event_names(&receiver);
         events.iter().filter(|e| *e == "message_sent").count() >= 4
             && events.iter().any(|e| e == "group_changed")
             && events.iter().any(|e| e == "user_offline")
@@ -275,11 +280,7 @@ async fn in_a_cluster_logic_nodes_run_the_policy_and_gateways_report_devices() {
     assert!(ack.content_rewritten);
     drop(alice);
     eventually("the message and the device events arrived", || {
-        let events: Vec<String> = receiver
-            .requests()
-            .iter()
-            .map(|r| r.json()["event"].as_str().unwrap().to_owned())
-            .collect();
+        let events = event_names(&receiver);
         ["message_sent", "user_online", "user_offline"]
             .iter()
             .all(|e| events.iter().any(|seen| seen == e))
