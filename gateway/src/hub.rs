@@ -56,6 +56,9 @@ struct OnlineUser {
     inbox_head: u64,
     /// The inbox epoch, once a session of the user opened.
     inbox_epoch: Option<u64>,
+    /// The read-fan-out groups the user follows here (SPEC §13.12), to leave their rooms
+    /// when the user's last connection goes.
+    rooms: Vec<String>,
 }
 
 /// Online users → their connections.
@@ -74,6 +77,8 @@ pub struct Hub {
     /// Told about entries for users with no connection here, when this hub is the only one
     /// (in a cluster, the cluster's router knows who is offline everywhere).
     offline: std::sync::OnceLock<Arc<dyn crate::router::OfflineSink>>,
+    /// Read-fan-out group id -> the users online here who follow it: who gets `GROUP_PUSH`.
+    rooms: DashMap<String, std::collections::HashSet<String>>,
 }
 
 /// Default for [`Hub::with_limits`]'s per-user connection limit.
@@ -89,6 +94,7 @@ impl Default for Hub {
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
             pushes: metrics::counter!(crate::metrics::PUSHES),
             offline: std::sync::OnceLock::new(),
+            rooms: DashMap::new(),
         }
     }
 }
@@ -175,10 +181,21 @@ impl Hub {
             Some((gone.device, left))
         };
         let mut removed = None;
+        let mut rooms_left = Vec::new();
         self.users.remove_if_mut(user, |_, online| {
             removed = take(online);
-            online.conns.is_empty()
+            let gone = online.conns.is_empty();
+            if gone {
+                rooms_left = std::mem::take(&mut online.rooms);
+            }
+            gone
         });
+        for group in rooms_left {
+            self.rooms.remove_if_mut(&group, |_, members| {
+                members.remove(user);
+                members.is_empty()
+            });
+        }
         if removed.is_none()
             && let Some(mut online) = self.users.get_mut(user)
         {
@@ -309,6 +326,86 @@ impl Hub {
         }
     }
 
+    /// `user`, if online here, starts (`follows`) or stops following a read-fan-out group's
+    /// pushes. Idempotent.
+    pub fn follow(&self, user: &str, group_id: &str, follows: bool) {
+        // The user's entry and the room are never locked together (pushes lock a room, then
+        // users), so the two maps cannot deadlock each other.
+        {
+            let Some(mut online) = self.users.get_mut(user) else {
+                return;
+            };
+            let listed = online.rooms.iter().position(|g| g == group_id);
+            match (follows, listed) {
+                (true, None) => online.rooms.push(group_id.to_owned()),
+                (false, Some(index)) => {
+                    online.rooms.swap_remove(index);
+                }
+                _ => {}
+            }
+        }
+        if follows {
+            self.rooms
+                .entry(group_id.to_owned())
+                .or_default()
+                .insert(user.to_owned());
+        } else {
+            self.rooms.remove_if_mut(group_id, |_, members| {
+                members.remove(user);
+                members.is_empty()
+            });
+        }
+    }
+
+    /// How many users online here follow a read-fan-out group.
+    pub fn room_size(&self, group_id: &str) -> usize {
+        self.rooms.get(group_id).map_or(0, |members| members.len())
+    }
+
+    /// Pushes messages of read-fan-out groups (`GROUP_PUSH`) to the connections here that
+    /// follow their groups, except those of `except_user` (the sender: its inbox has the
+    /// message). A full queue closes the connection, as for inbox pushes: the device pages the
+    /// group's timeline when it is back.
+    pub fn deliver_group(&self, messages: Vec<pb::Message>, except_user: Option<&str>) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut by_group: Vec<(String, Vec<pb::Message>)> = Vec::new();
+        for message in messages {
+            let group = message
+                .conversation_id
+                .strip_prefix("g:")
+                .unwrap_or_default()
+                .to_owned();
+            match by_group.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, list)) => list.push(message),
+                None => by_group.push((group, vec![message])),
+            }
+        }
+        for (group, messages) in by_group {
+            // A snapshot, so no room lock is held while users are looked up.
+            let followers: Vec<String> = match self.rooms.get(&group) {
+                Some(members) => members.iter().cloned().collect(),
+                None => continue,
+            };
+            let frames = group_push_frames(messages, self.push_bytes);
+            for user in followers {
+                if except_user == Some(user.as_str()) {
+                    continue;
+                }
+                let Some(online) = self.users.get(&user) else {
+                    continue;
+                };
+                for frame in &frames {
+                    for conn in online.conns.iter() {
+                        self.pushes.increment(1);
+                        send_or_close(conn, frame.clone());
+                    }
+                }
+            }
+        }
+    }
+
     /// Relays a typing indicator to the online devices of `recipients`; dropped where a queue
     /// is full, since it is ephemeral.
     pub fn relay_typing(&self, recipients: &[String], event: &pb::TypingEvent) {
@@ -385,6 +482,29 @@ fn push_frames(entries: Vec<pb::InboxEntry>, budget: usize) -> Vec<Frame> {
     }
     if !current.is_empty() {
         frames.push(Frame::push(pb::Push { entries: current }));
+    }
+    frames
+}
+
+/// `GroupPush` frames for one group's messages, cut like [`push_frames`].
+fn group_push_frames(messages: Vec<pb::Message>, budget: usize) -> Vec<Frame> {
+    use im_protocol::ProstMessage as _;
+    let mut frames = Vec::new();
+    let mut current = Vec::new();
+    let mut used = 0;
+    for message in messages {
+        let size = message.encoded_len() + 6;
+        if used + size > budget && !current.is_empty() {
+            frames.push(Frame::push(pb::GroupPush {
+                messages: std::mem::take(&mut current),
+            }));
+            used = 0;
+        }
+        used += size;
+        current.push(message);
+    }
+    if !current.is_empty() {
+        frames.push(Frame::push(pb::GroupPush { messages: current }));
     }
     frames
 }

@@ -42,6 +42,15 @@ pub trait PushRouter: Send + Sync + 'static {
     /// Relays a typing indicator to the online devices of `recipients` (best effort).
     fn relay_typing(&self, recipients: &[String], event: &pb::TypingEvent);
 
+    /// Changes who follows which read-fan-out group (SPEC §13.12), on every gateway holding
+    /// the users. A router that does not implement it (the cluster's, whose logic nodes keep
+    /// every group in write fan-out) ignores it.
+    fn follow(&self, _rooms: &[logic_api::RoomChange]) {}
+
+    /// Pushes messages of read-fan-out groups to their online followers everywhere, except
+    /// `except_user`'s connections.
+    fn deliver_group(&self, _messages: Vec<pb::Message>, _except_user: Option<&str>) {}
+
     /// A device of `user` authenticated on this gateway (and is registered on its hub). The
     /// gateway opens the session (and reads the inbox head) only after this completes, so a
     /// router that tells other gateways where users are must have told them by then: an entry
@@ -73,6 +82,16 @@ impl PushRouter for Hub {
 
     fn relay_typing(&self, recipients: &[String], event: &pb::TypingEvent) {
         Hub::relay_typing(self, recipients, event);
+    }
+
+    fn follow(&self, rooms: &[logic_api::RoomChange]) {
+        for room in rooms {
+            Hub::follow(self, &room.user, &room.group_id, room.follows);
+        }
+    }
+
+    fn deliver_group(&self, messages: Vec<pb::Message>, except_user: Option<&str>) {
+        Hub::deliver_group(self, messages, except_user);
     }
 }
 
@@ -111,5 +130,33 @@ impl PushRouter for HubGroup {
         for hub in &self.others {
             hub.relay_typing(recipients, event);
         }
+    }
+
+    fn follow(&self, rooms: &[logic_api::RoomChange]) {
+        for hub in std::iter::once(&self.local).chain(&self.others) {
+            PushRouter::follow(&**hub, rooms);
+        }
+    }
+
+    fn deliver_group(&self, messages: Vec<pb::Message>, except_user: Option<&str>) {
+        for hub in std::iter::once(&self.local).chain(&self.others) {
+            hub.deliver_group(messages.clone(), except_user);
+        }
+    }
+}
+
+/// Routes everything a request changed: follow lists first (so a user who just joined a
+/// read-fan-out group gets its next message), then group messages, inbox entries and typing.
+pub fn route_effects<R: PushRouter + ?Sized>(
+    router: &R,
+    effects: logic_api::Effects,
+    origin: Option<Origin<'_>>,
+) {
+    router.follow(&effects.rooms);
+    let sender = origin.map(|o| o.user);
+    router.deliver_group(effects.group_messages, sender);
+    router.deliver(effects.deliveries, origin);
+    if let Some(typing) = effects.typing {
+        router.relay_typing(&typing.recipients, &typing.event);
     }
 }

@@ -25,7 +25,7 @@ use crate::auth::TokenKey;
 use crate::hub::{ConnHandle, Hub, Registration};
 use crate::metrics::{self as gauges, HotMetrics, code_label, op_label};
 use crate::outbox::{Outbound, Outbox};
-use crate::router::{Origin, PushRouter};
+use crate::router::{Origin, PushRouter, route_effects};
 use crate::session::{Announced, Refusal, Session, SessionConfig, Verdict};
 use crate::transport::{Acceptor, ByteStream};
 use crate::writer::{WriterEnd, writer};
@@ -385,6 +385,11 @@ impl<L: LogicApi> Gateway<L> {
     /// entry, the caller's own devices included.
     pub async fn send_as(&self, caller: &Caller, request: pb::SendReq) -> logic_api::SendReply {
         let (mut replies, effects) = self.shared.logic.send_batch(caller, vec![request]).await;
+        self.shared.router.follow(&effects.rooms);
+        // The sender's inbox has a read-fan-out message: its devices get that entry.
+        self.shared
+            .router
+            .deliver_group(effects.group_messages, Some(&caller.user));
         self.shared.router.deliver(effects.deliveries, None);
         replies
             .pop()
@@ -395,12 +400,7 @@ impl<L: LogicApi> Gateway<L> {
     /// reads), pushing what it changed like a client's request would.
     pub async fn call_as(&self, caller: &Caller, body: Body) -> logic_api::Reply {
         let (reply, effects) = self.shared.logic.handle(caller, body).await;
-        self.shared.router.deliver(effects.deliveries, None);
-        if let Some(typing) = effects.typing {
-            self.shared
-                .router
-                .relay_typing(&typing.recipients, &typing.event);
-        }
+        route_effects(&*self.shared.router, effects, None);
         reply
     }
 }
@@ -457,12 +457,7 @@ impl<L: LogicApi> Conn<L> {
     }
 
     fn apply(&self, effects: Effects) {
-        self.shared.router.deliver(effects.deliveries, None);
-        if let Some(typing) = effects.typing {
-            self.shared
-                .router
-                .relay_typing(&typing.recipients, &typing.event);
-        }
+        route_effects(&*self.shared.router, effects, None);
     }
 
     /// Verifies the handshake; on success registers the connection, kicking an older one of the
@@ -570,6 +565,11 @@ impl<L: LogicApi> Conn<L> {
             }
         };
         self.shared.hub.note_inbox(&user, info.inbox);
+        // Registered before this read: a follow change committed meanwhile reaches the hub as
+        // an effect, so the two together leave the connection following the right groups.
+        for group in self.shared.logic.read_groups(&user).await {
+            self.shared.hub.follow(&user, &group, true);
+        }
         let config = &self.shared.config;
         framed_codec.set_max_body(config.max_frame_bytes);
         framed_codec.accept_compressed(handshake.zstd);
@@ -647,8 +647,9 @@ impl<L: LogicApi> Conn<L> {
         }
         // Every delivery of a send batch is a message entry; the sender's own entries reach
         // this connection through the acks above.
-        self.shared.router.deliver(
-            effects.deliveries,
+        route_effects(
+            &*self.shared.router,
+            effects,
             Some(Origin {
                 user: &caller.user,
                 conn_id: self.conn_id,

@@ -25,6 +25,11 @@ impl<S: TimelineStore> Logic<S> {
                         .map_err(|e| error(pb::ErrorCode::InvalidArgument, e.to_string()))?;
                     members.push(member);
                 }
+                let mut distinct: Vec<&String> = members.iter().collect();
+                distinct.push(&caller.user);
+                distinct.sort_unstable();
+                distinct.dedup();
+                let read_fanout = self.starts_in_read_fanout(distinct.len());
                 let change = self
                     .store
                     .create_group(NewGroup {
@@ -34,11 +39,16 @@ impl<S: TimelineStore> Logic<S> {
                         open: request.open,
                         client_request_id: request.client_request_id,
                         max_members: self.max_members(),
+                        read_fanout,
                         now_ms: now,
                     })
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = crate::deliveries(change.deliveries);
+                effects.deliveries = crate::deliveries(change.deliveries.clone());
+                if change.group.read_fanout {
+                    self.after_membership_change(&change, true, now, effects)
+                        .await?;
+                }
                 Ok(Some(Body::GroupCreateResp(pb::GroupCreateResp {
                     group: Some(change.group),
                 })))
@@ -59,7 +69,9 @@ impl<S: TimelineStore> Logic<S> {
                     )
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = crate::deliveries(change.deliveries);
+                effects.deliveries = crate::deliveries(change.deliveries.clone());
+                self.after_membership_change(&change, true, now, effects)
+                    .await?;
                 Ok(Some(Body::GroupAddMembersResp(pb::GroupAddMembersResp {
                     group: Some(change.group),
                     added: change.changed,
@@ -71,7 +83,9 @@ impl<S: TimelineStore> Logic<S> {
                     .remove_members(&request.group_id, &caller.user, &request.members, now)
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = crate::deliveries(change.deliveries);
+                effects.deliveries = crate::deliveries(change.deliveries.clone());
+                self.after_membership_change(&change, false, now, effects)
+                    .await?;
                 Ok(Some(Body::GroupRemoveMembersResp(
                     pb::GroupRemoveMembersResp {
                         group: Some(change.group),
@@ -85,7 +99,9 @@ impl<S: TimelineStore> Logic<S> {
                     .join_group(&request.group_id, &caller.user, self.max_members(), now)
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = crate::deliveries(change.deliveries);
+                effects.deliveries = crate::deliveries(change.deliveries.clone());
+                self.after_membership_change(&change, true, now, effects)
+                    .await?;
                 Ok(Some(Body::GroupJoinResp(pb::GroupJoinResp {
                     group: Some(change.group),
                 })))
@@ -96,7 +112,9 @@ impl<S: TimelineStore> Logic<S> {
                     .leave_group(&request.group_id, &caller.user, now)
                     .await
                     .map_err(store_error)?;
-                effects.deliveries = crate::deliveries(change.deliveries);
+                effects.deliveries = crate::deliveries(change.deliveries.clone());
+                self.after_membership_change(&change, false, now, effects)
+                    .await?;
                 Ok(Some(Body::GroupLeaveResp(pb::GroupLeaveResp {
                     group_id: request.group_id,
                 })))

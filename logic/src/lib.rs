@@ -16,6 +16,7 @@ mod errors;
 pub mod fanout_budget;
 mod groups;
 mod pages;
+mod read_fanout;
 mod reads;
 mod validate;
 
@@ -38,12 +39,14 @@ use timeline_store::{ConversationState, NewMessage, StoreError, TimelineStore};
 pub struct LogicConfig {
     /// Largest `SendReq.content`.
     pub max_message_bytes: usize,
-    /// Largest group, owner included.
+    /// Largest group, owner included. Without read fan-out (a store that lacks it, or a
+    /// threshold of 0) groups stop at [`WRITE_FANOUT_MAX_MEMBERS`] whatever this says.
     pub max_group_members: u32,
-    /// Groups up to this many members get write fan-out (one inbox entry per member). Larger
-    /// groups will need read fan-out, which revision 1 does not have yet: they are refused by
-    /// `max_group_members`, which must not exceed this.
-    pub write_fanout_limit: u32,
+    /// Groups with more members than this switch to read fan-out (SPEC §13.12): a message is
+    /// stored once, in the group's timeline, instead of once per member's inbox. They switch
+    /// back when they shrink to half of it, so a group at the edge does not flip on every
+    /// join and leave. 0 = never (every group in write fan-out).
+    pub read_fanout_threshold: u32,
     /// How long after sending a sender may recall a message.
     pub recall_window_ms: u64,
     /// Sync page: default and maximum entries.
@@ -81,8 +84,12 @@ pub const SYNC_ENTRIES: &str = "im_sync_entries_total";
 
 /// Default of [`LogicConfig::max_message_bytes`].
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Default of [`LogicConfig::max_group_members`] (and of the write fan-out limit).
-pub const DEFAULT_MAX_GROUP_MEMBERS: u32 = 1000;
+/// Default of [`LogicConfig::max_group_members`].
+pub const DEFAULT_MAX_GROUP_MEMBERS: u32 = 100_000;
+/// Largest group when read fan-out is off: every message writes an inbox entry per member.
+pub const WRITE_FANOUT_MAX_MEMBERS: u32 = 1000;
+/// Default of [`LogicConfig::read_fanout_threshold`].
+pub const DEFAULT_READ_FANOUT_THRESHOLD: u32 = 500;
 /// Default of [`LogicConfig::recall_window_ms`], in seconds.
 pub const DEFAULT_RECALL_WINDOW_SECS: u64 = 600;
 
@@ -97,7 +104,7 @@ impl Default for LogicConfig {
         LogicConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_group_members: DEFAULT_MAX_GROUP_MEMBERS,
-            write_fanout_limit: DEFAULT_MAX_GROUP_MEMBERS,
+            read_fanout_threshold: DEFAULT_READ_FANOUT_THRESHOLD,
             recall_window_ms: DEFAULT_RECALL_WINDOW_SECS * 1000,
             sync_default: 200,
             sync_max: 1000,
@@ -115,7 +122,8 @@ impl Default for LogicConfig {
 }
 
 pub use logic_api::{
-    Caller, Delivery, Effects, InboxPosition, LogicApi, Reply, SendReply, SessionInfo, TypingRelay,
+    Caller, Delivery, Effects, InboxPosition, LogicApi, Reply, RoomChange, SendReply, SessionInfo,
+    TypingRelay,
 };
 
 /// The store's deliveries as the types that cross to the gateway.
@@ -241,6 +249,9 @@ impl<S: TimelineStore> Logic<S> {
                             content_rewritten: false,
                             sender_inbox_seq: committed.sender_inbox_seq,
                         };
+                        if committed.read_fanout {
+                            effects.group_messages.push(committed.message);
+                        }
                         effects.deliveries.extend(deliveries(committed.deliveries));
                         Ok(ack)
                     }
@@ -296,11 +307,22 @@ impl<S: TimelineStore> Logic<S> {
             }
             Some(Target::ToGroup(group_id)) => {
                 ids::validate_id(&group_id, "to_group").map_err(|e| invalid(e.to_string()))?;
-                let members = self
-                    .store
-                    .member_ids(&group_id)
-                    .await
-                    .map_err(store_error)?;
+                let group = self.store.group(&group_id).await.map_err(store_error)?;
+                // Read fan-out: the store writes the sender's inbox only, so listing 100,000
+                // members per message would be wasted (SPEC §13.12).
+                let members = if group.read_fanout {
+                    let member = self
+                        .store
+                        .is_member(&group_id, &caller.user)
+                        .await
+                        .map_err(store_error)?;
+                    if member { vec![caller.user.clone()] } else { Vec::new() }
+                } else {
+                    self.store
+                        .member_ids(&group_id)
+                        .await
+                        .map_err(store_error)?
+                };
                 if members.binary_search(&caller.user).is_err() {
                     return Err(error(
                         pb::ErrorCode::Forbidden,
@@ -414,6 +436,18 @@ impl<S: TimelineStore> Logic<S> {
             }
             Body::Typing(typing) => {
                 let conversation = self.authorize(caller, &typing.conversation_id).await?;
+                if let ConversationRef::Group { group_id } = conversation
+                    && self
+                        .store
+                        .group(group_id)
+                        .await
+                        .map_err(store_error)?
+                        .read_fanout
+                {
+                    // Not relayed in read-fan-out groups (SPEC §13.12): a hundred thousand
+                    // members would each be looked up for every keystroke.
+                    return Ok(None);
+                }
                 let recipients = self
                     .participants(&conversation)
                     .await?
@@ -584,9 +618,11 @@ impl<S: TimelineStore> Logic<S> {
     }
 
     fn max_members(&self) -> u32 {
-        self.config
-            .max_group_members
-            .min(self.config.write_fanout_limit)
+        if self.read_fanout_enabled() {
+            self.config.max_group_members
+        } else {
+            self.config.max_group_members.min(WRITE_FANOUT_MAX_MEMBERS)
+        }
     }
 
     async fn sync(&self, caller: &Caller, request: pb::SyncReq) -> Result<pb::SyncResp, pb::Error> {
@@ -613,6 +649,9 @@ impl<S: TimelineStore> Logic<S> {
         fit_in_bytes(&mut page.entries, self.config.page_bytes);
         let mut response = sync_response(from, request.to_seq, page);
         response.inbox_epoch = self.store.inbox_epoch();
+        if !response.has_more {
+            response.read_groups = self.read_group_heads(&caller.user).await?;
+        }
         metrics::counter!(SYNC_PAGES).increment(1);
         metrics::counter!(SYNC_ENTRIES).increment(response.entries.len() as u64);
         Ok(response)
@@ -667,5 +706,19 @@ impl<S: TimelineStore> LogicApi for Logic<S> {
 
     async fn handle(&self, caller: &Caller, body: Body) -> (Reply, Effects) {
         Logic::handle(self, caller, body).await
+    }
+
+    async fn read_groups(&self, user: &str) -> Vec<String> {
+        if !self.read_fanout_enabled() {
+            return Vec::new();
+        }
+        match self.store.read_fanout_groups(user).await {
+            Ok(groups) => groups,
+            Err(e) => {
+                // The session still opens; the device learns the groups' heads at its sync.
+                tracing::warn!(error = %e, "reading the read-fan-out groups of a user failed");
+                Vec::new()
+            }
+        }
     }
 }

@@ -55,6 +55,7 @@ pub fn sync_response(from: u64, to: u64, page: timeline_store::InboxPage) -> pb:
         entries: page.entries,
         missing,
         inbox_epoch: 0,
+        read_groups: Vec::new(),
     }
 }
 

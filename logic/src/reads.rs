@@ -55,10 +55,8 @@ impl<S: TimelineStore> Logic<S> {
                     "conversations",
                 )?;
                 let (states, next_cursor) = self
-                    .store
-                    .conversations(&caller.user, limit, &request.cursor)
-                    .await
-                    .map_err(store_error)?;
+                    .conversation_page(&caller.user, limit, &request.cursor)
+                    .await?;
                 let mut conversations = Vec::with_capacity(states.len());
                 for state in states {
                     conversations.push(self.summary(state).await);
@@ -66,8 +64,23 @@ impl<S: TimelineStore> Logic<S> {
                 let mut next_cursor = next_cursor;
                 if fit_in_bytes(&mut conversations, self.config.page_bytes) {
                     // Previews of large messages: a shorter page, whose cursor only the store
-                    // can name, so ask it again for exactly that many.
-                    let kept = conversations.len() as u32;
+                    // can name, so ask it again for as many of its own as were kept (the
+                    // first page's read-fan-out groups are not the store's to count).
+                    let read_groups = if request.cursor.is_empty() {
+                        self.store
+                            .read_fanout_groups(&caller.user)
+                            .await
+                            .map_err(store_error)?
+                    } else {
+                        Vec::new()
+                    };
+                    let kept = conversations
+                        .iter()
+                        .filter(|c| {
+                            c.kind != pb::ConversationKind::Group as i32
+                                || read_groups.binary_search(&c.peer).is_err()
+                        })
+                        .count() as u32;
                     next_cursor = self
                         .store
                         .conversations(&caller.user, kept, &request.cursor)

@@ -30,6 +30,8 @@ pub struct MemoryStore {
     unacked: BTreeMap<u64, LocalMessage>,
     /// Conversations by id.
     conversations: BTreeMap<String, LocalConversation>,
+    /// Read-fan-out groups followed by conversation seq: conversation id -> position.
+    read_groups: BTreeMap<String, u64>,
 }
 
 impl MemoryStore {
@@ -85,6 +87,7 @@ impl LocalStore for MemoryStore {
     fn reset_inbox(&mut self, epoch: u64) -> LocalResult<()> {
         self.messages.clear();
         self.conversations.clear();
+        self.read_groups.clear();
         self.cursor = 0;
         self.inbox_epoch = epoch;
         Ok(())
@@ -317,5 +320,30 @@ impl LocalStore for MemoryStore {
         // Stable sort over id order: ties on `updated_ms` come out by id, as in SQLite.
         all.sort_by_key(|c| std::cmp::Reverse(c.updated_ms));
         Ok(all)
+    }
+
+    fn read_group_positions(&self) -> LocalResult<Vec<(String, u64)>> {
+        Ok(self
+            .read_groups
+            .iter()
+            .map(|(id, position)| (id.clone(), *position))
+            .collect())
+    }
+
+    fn set_read_group_position(
+        &mut self,
+        conversation_id: &str,
+        position: Option<u64>,
+    ) -> LocalResult<()> {
+        match position {
+            Some(position) => {
+                self.read_groups
+                    .insert(conversation_id.to_owned(), position);
+            }
+            None => {
+                self.read_groups.remove(conversation_id);
+            }
+        }
+        Ok(())
     }
 }

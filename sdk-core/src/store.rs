@@ -191,4 +191,15 @@ pub trait LocalStore: Send + 'static {
     fn put_conversation(&mut self, conversation: &LocalConversation) -> LocalResult<()>;
     /// All conversations, most recently updated first.
     fn conversations(&self) -> LocalResult<Vec<LocalConversation>>;
+
+    /// The read-fan-out groups this device follows by conversation seq (SPEC §13.12), with
+    /// the seq up to which it has their messages. [`LocalStore::reset_inbox`] forgets them.
+    fn read_group_positions(&self) -> LocalResult<Vec<(String, u64)>>;
+    /// Records where the device stands in a read-fan-out group (`None`: it no longer follows
+    /// the group that way).
+    fn set_read_group_position(
+        &mut self,
+        conversation_id: &str,
+        position: Option<u64>,
+    ) -> LocalResult<()>;
 }

@@ -56,6 +56,8 @@ pub struct ServerOptions {
     pub max_frame_bytes: usize,
     /// Largest group.
     pub max_group_members: u32,
+    /// Groups above this many members use read fan-out (0 = never).
+    pub read_fanout_threshold: u32,
     /// Recall window.
     pub recall_window: Duration,
     /// Most concurrent connections.
@@ -182,6 +184,7 @@ impl ServerOptions {
             max_message_bytes: logic::DEFAULT_MAX_MESSAGE_BYTES,
             max_frame_bytes: im_protocol::DEFAULT_MAX_BODY,
             max_group_members: logic::DEFAULT_MAX_GROUP_MEMBERS,
+            read_fanout_threshold: logic::DEFAULT_READ_FANOUT_THRESHOLD,
             recall_window: Duration::from_secs(logic::DEFAULT_RECALL_WINDOW_SECS),
             max_connections: server::DEFAULT_MAX_CONNECTIONS,
             max_connections_per_user: gateway::hub::DEFAULT_MAX_CONNECTIONS_PER_USER,
@@ -298,7 +301,7 @@ fn logic_config(options: &ServerOptions) -> LogicConfig {
     LogicConfig {
         max_message_bytes: options.max_message_bytes,
         max_group_members: options.max_group_members,
-        write_fanout_limit: options.max_group_members,
+        read_fanout_threshold: options.read_fanout_threshold,
         recall_window_ms: options.recall_window.as_millis() as u64,
         page_bytes: im_protocol::page_budget(
             options.max_frame_bytes.min(im_protocol::ABSOLUTE_MAX_BODY),
@@ -306,6 +309,15 @@ fn logic_config(options: &ServerOptions) -> LogicConfig {
         fanout_bytes_per_sec: options.fanout_bytes_per_sec,
         fanout_burst_bytes: options.fanout_burst_bytes,
         ..LogicConfig::default()
+    }
+}
+
+/// A logic node's settings: no read fan-out, because the cluster's gateways do not route
+/// `GROUP_PUSH` between them yet (issue 15 built it for one process).
+fn logic_node_config(options: &ServerOptions) -> LogicConfig {
+    LogicConfig {
+        read_fanout_threshold: 0,
+        ..logic_config(options)
     }
 }
 
@@ -472,7 +484,7 @@ pub async fn start_logic_node(options: ServerOptions) -> Result<RunningLogicNode
         StoreChoice::Embedded => {
             let store = open_embedded(&options)?;
             spawn_retention_sweeps(&options, store.clone(), &shutdown);
-            let logic = Arc::new(Logic::new(store.clone(), logic_config(&options)));
+            let logic = Arc::new(Logic::new(store.clone(), logic_node_config(&options)));
             let extras = Extras::new(
                 start_push(&options, &logic, &shutdown)?,
                 start_webhooks(&options, &shutdown)?,
@@ -496,7 +508,7 @@ pub async fn start_logic_node(options: ServerOptions) -> Result<RunningLogicNode
         StoreChoice::Cql(cql) => {
             let store = open_cql(&options, &cql).await?;
             spawn_retention_sweeps(&options, store.clone(), &shutdown);
-            let logic = Arc::new(Logic::new(store, logic_config(&options)));
+            let logic = Arc::new(Logic::new(store, logic_node_config(&options)));
             let extras = Extras::new(
                 start_push(&options, &logic, &shutdown)?,
                 start_webhooks(&options, &shutdown)?,

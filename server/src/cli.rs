@@ -437,9 +437,16 @@ pub struct LogicArgs {
     /// tier's answers (give a cluster's gateways and logic nodes the same value).
     #[arg(long, env = "IM_MAX_FRAME_BYTES", default_value_t = im_protocol::DEFAULT_MAX_BODY)]
     pub max_frame_bytes: usize,
-    /// Largest group (members, owner included); groups use write fan-out up to this size.
+    /// Largest group (members, owner included). Without read fan-out (logic nodes, the CQL
+    /// store, or --read-fanout-threshold 0) groups stop at 1,000 whatever this says.
     #[arg(long, env = "IM_MAX_GROUP_MEMBERS", default_value_t = logic::DEFAULT_MAX_GROUP_MEMBERS)]
     pub max_group_members: u32,
+    /// Groups with more members than this switch to read fan-out (one copy of a message in
+    /// the group's timeline instead of one per member's inbox; SPEC §13.12), and back when
+    /// they shrink to half of it. 0 = every group in write fan-out. One process with the
+    /// embedded or memory store only: logic nodes keep write fan-out.
+    #[arg(long, env = "IM_READ_FANOUT_THRESHOLD", default_value_t = logic::DEFAULT_READ_FANOUT_THRESHOLD)]
+    pub read_fanout_threshold: u32,
     /// Seconds after sending during which a sender may recall a message.
     #[arg(long, env = "IM_RECALL_WINDOW_SECS", default_value_t = logic::DEFAULT_RECALL_WINDOW_SECS)]
     pub recall_window_secs: u64,
@@ -656,6 +663,7 @@ impl LogicArgs {
             max_message_bytes: self.max_message_bytes,
             max_frame_bytes: self.max_frame_bytes,
             max_group_members: self.max_group_members,
+            read_fanout_threshold: self.read_fanout_threshold,
             recall_window: Duration::from_secs(self.recall_window_secs),
             min_free_disk_bytes: self.min_free_disk_bytes,
             fanout_bytes_per_sec: self.fanout_bytes_per_sec,

@@ -38,6 +38,18 @@ pub struct TypingRelay {
     pub event: pb::TypingEvent,
 }
 
+/// A user starts or stops following a read-fan-out group on their online connections
+/// (SPEC §13.12): the gateway pushes the group's messages to the connections that follow it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomChange {
+    /// The member.
+    pub user: String,
+    /// The group.
+    pub group_id: String,
+    /// Follows from now on (`true`) or no longer (`false`).
+    pub follows: bool,
+}
+
 /// What a request changed that other connections must hear about.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Effects {
@@ -45,6 +57,12 @@ pub struct Effects {
     pub deliveries: Vec<Delivery>,
     /// A typing indicator to relay.
     pub typing: Option<TypingRelay>,
+    /// Messages of read-fan-out groups, in commit order: pushed (`GROUP_PUSH`) to the online
+    /// connections following the group, except the sender's (whose inbox has the message).
+    pub group_messages: Vec<pb::Message>,
+    /// Who starts or stops following which read-fan-out group. Applied before
+    /// `group_messages` and `deliveries` are pushed.
+    pub rooms: Vec<RoomChange>,
 }
 
 /// The answer to one request: a response body (`None` for requests that have none, such as
@@ -106,6 +124,13 @@ pub trait LogicApi: Send + Sync + 'static {
     /// Handles any other request (everything but the connection-level frames the gateway
     /// answers itself: handshake, ping, goodbye).
     fn handle(&self, caller: &Caller, body: Body) -> impl Future<Output = (Reply, Effects)> + Send;
+
+    /// The read-fan-out groups `user` follows (SPEC §13.12): asked when a session opens, after
+    /// the connection is registered, so a change committed meanwhile reaches it as a
+    /// [`RoomChange`]. A logic tier without read fan-out has none.
+    fn read_groups(&self, _user: &str) -> impl Future<Output = Vec<String>> + Send {
+        std::future::ready(Vec::new())
+    }
 }
 
 impl<T: LogicApi> LogicApi for std::sync::Arc<T> {
@@ -126,5 +151,9 @@ impl<T: LogicApi> LogicApi for std::sync::Arc<T> {
 
     fn handle(&self, caller: &Caller, body: Body) -> impl Future<Output = (Reply, Effects)> + Send {
         (**self).handle(caller, body)
+    }
+
+    fn read_groups(&self, user: &str) -> impl Future<Output = Vec<String>> + Send {
+        (**self).read_groups(user)
     }
 }

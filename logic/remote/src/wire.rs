@@ -86,6 +86,9 @@ impl From<Effects> for logic_api::Effects {
                 recipients: wire.typing_recipients,
                 event,
             }),
+            // Logic nodes keep every group in write fan-out (read fan-out is built for one
+            // process only so far), so no read-fan-out effects cross this wire.
+            ..logic_api::Effects::default()
         }
     }
 }

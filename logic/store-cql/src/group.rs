@@ -77,6 +77,8 @@ fn event(
     now_ms: u64,
 ) -> pb::GroupEvent {
     pb::GroupEvent {
+        read_fanout: false,
+        conversation_seq: 0,
         group_id: info.group_id.clone(),
         kind: kind as i32,
         actor_user: actor.to_owned(),
@@ -119,6 +121,7 @@ impl Inner {
             return Ok(None);
         };
         let info = pb::GroupInfo {
+            read_fanout: false,
             group_id: group_id.to_owned(),
             name: first.4.clone().unwrap_or_default(),
             owner: first.5.clone().unwrap_or_default(),
@@ -350,6 +353,7 @@ impl Inner {
             }
         };
         let info = pb::GroupInfo {
+            read_fanout: false,
             group_id: group_id.clone(),
             name: new.name.clone(),
             owner: new.owner.clone(),

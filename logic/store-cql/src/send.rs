@@ -284,6 +284,7 @@ impl Inner {
                     sender_inbox_seq,
                     deliveries,
                     duplicate: false,
+                    read_fanout: false,
                 }
             })
             .collect();
@@ -361,6 +362,7 @@ impl Inner {
             sender_inbox_seq: unbig(number("sender_inbox_seq")),
             deliveries: Vec::new(),
             duplicate: true,
+            read_fanout: false,
         })))
     }
 

@@ -33,6 +33,8 @@ pub(crate) struct Keyspaces {
     pub(crate) hidden: SingleWriterTxKeyspace,
     /// User + setting name -> value: push registrations, muted conversations.
     pub(crate) settings: SingleWriterTxKeyspace,
+    /// User + group id -> nothing: the read-fan-out groups a user is a member of.
+    pub(crate) read_groups: SingleWriterTxKeyspace,
 }
 
 impl Keyspaces {
@@ -50,6 +52,7 @@ impl Keyspaces {
             counters: open("counters")?,
             hidden: open("hidden")?,
             settings: open("settings")?,
+            read_groups: open("read_groups")?,
         })
     }
 
@@ -68,11 +71,12 @@ impl Keyspaces {
             &self.counters,
             &self.hidden,
             &self.settings,
+            &self.read_groups,
         ]
     }
 
     /// How many keyspaces there are.
-    pub(crate) const COUNT: usize = 11;
+    pub(crate) const COUNT: usize = 12;
 
     /// The slot of `keyspace`, which must be one of these fields (compared by address: the
     /// writer only ever passes `&self.<field>`).

@@ -534,6 +534,24 @@ impl Reader<'_> {
             .is_some())
     }
 
+    pub(crate) fn read_fanout_groups(&self, user: &str) -> StoreResult<Vec<String>> {
+        crate::writer::check_id(user, "user id")?;
+        let prefix = keys::prefix(user);
+        let mut groups = Vec::new();
+        for guard in self
+            .snapshot
+            .prefix(&self.ks.read_groups, &prefix)
+            .take(timeline_store::MAX_READ_FANOUT_GROUPS_LISTED)
+        {
+            let key = guard.key().map_err(io)?;
+            let group = keys::suffix(&key, &prefix)
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .ok_or_else(|| corrupt("read group key", user))?;
+            groups.push(group.to_owned());
+        }
+        Ok(groups)
+    }
+
     pub(crate) fn member_ids(&self, group_id: &str) -> StoreResult<Vec<String>> {
         self.group(group_id)?;
         let prefix = keys::prefix(group_id);

@@ -80,6 +80,7 @@ async fn oversized_ids_and_cursors_are_refused_without_panicking() {
             open: false,
             client_request_id: huge.clone(),
             max_members: 10,
+            read_fanout: false,
             now_ms: 1,
         })
         .await;
@@ -95,6 +96,7 @@ async fn oversized_ids_and_cursors_are_refused_without_panicking() {
             open: false,
             client_request_id: String::new(),
             max_members: 10,
+            read_fanout: false,
             now_ms: 1,
         })
         .await

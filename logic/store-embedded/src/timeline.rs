@@ -346,4 +346,23 @@ impl TimelineStore for EmbeddedStore {
         let group_id = group_id.to_owned();
         self.read(move |r| r.member_ids(&group_id)).await
     }
+
+    async fn set_group_fanout(
+        &self,
+        group_id: &str,
+        read_fanout: bool,
+        now_ms: u64,
+    ) -> StoreResult<GroupChange> {
+        let group_id = group_id.to_owned();
+        self.mutate(
+            move |ctx| ctx.set_group_fanout(&group_id, read_fanout, now_ms),
+            Err,
+        )
+        .await
+    }
+
+    async fn read_fanout_groups(&self, user: &str) -> StoreResult<Vec<String>> {
+        let user = user.to_owned();
+        self.read(move |r| r.read_fanout_groups(&user)).await
+    }
 }

@@ -24,12 +24,15 @@ impl State {
                 "conversation {conversation_id} of {user}"
             )));
         };
-        let target = read_seq.min(state.last_seq);
+        // A read-fan-out group's state lags its timeline: the conversation's head counts.
+        let head = self.conversation_head(conversation_id).max(state.last_seq);
+        let target = read_seq.min(head);
         if target <= state.read_seq {
             return Ok((self.public_state(user, &state), Vec::new()));
         }
         state.read_seq = target;
-        state.unread_count = self.count_from_others(user, conversation_id, target, state.last_seq);
+        state.last_seq = head;
+        state.unread_count = self.count_from_others(user, conversation_id, target, head);
         state.updated_ms = state.updated_ms.max(now_ms);
         self.put_state(user, state.clone());
 

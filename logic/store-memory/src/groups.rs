@@ -56,6 +56,31 @@ impl State {
             .unwrap_or_default()
     }
 
+    /// Who hears of a membership change: every member (`everyone`, the changed users
+    /// included) in write fan-out, only the changed users in read fan-out (SPEC §13.12).
+    fn audience(info: &pb::GroupInfo, everyone: Vec<String>, changed: &[String]) -> Vec<String> {
+        if info.read_fanout {
+            changed.to_vec()
+        } else {
+            everyone
+        }
+    }
+
+    /// Keeps `user`'s list of read-fan-out groups in step with a membership or mode change.
+    fn index_read_group(&mut self, user: &str, group_id: &str, listed: bool) {
+        if listed {
+            self.read_groups
+                .entry(user.to_owned())
+                .or_default()
+                .insert(group_id.to_owned());
+        } else if let Some(groups) = self.read_groups.get_mut(user) {
+            groups.remove(group_id);
+            if groups.is_empty() {
+                self.read_groups.remove(user);
+            }
+        }
+    }
+
     // ----- membership -----
 
     /// Gives a new member their state of the group conversation: read up to the current last
@@ -94,7 +119,9 @@ impl State {
             },
         );
         group.info.member_count += 1;
+        let read_fanout = group.info.read_fanout;
         self.join_state(group_id, user, now_ms);
+        self.index_read_group(user, group_id, read_fanout);
         Ok(())
     }
 
@@ -116,6 +143,9 @@ impl State {
             members: changed.clone(),
             group_name: group.name.clone(),
             server_time_ms: now_ms,
+            read_fanout: group.read_fanout,
+            conversation_seq: self
+                .conversation_head(&ids::group_conversation_id(&group.group_id)),
         };
         let deliveries = audience
             .iter()
@@ -166,6 +196,7 @@ impl State {
             member_count: members.len() as u32,
             open: new.open,
             created_ms: new.now_ms,
+            read_fanout: new.read_fanout,
         };
         let mut records = BTreeMap::new();
         for (order, user) in members.iter().enumerate() {
@@ -182,6 +213,7 @@ impl State {
             let join_order = order as u64;
             records.insert(user.clone(), MemberRecord { member, join_order });
             self.join_state(&group_id, user, new.now_ms);
+            self.index_read_group(user, &group_id, new.read_fanout);
         }
         self.groups.insert(
             group_id.clone(),
@@ -238,7 +270,7 @@ impl State {
             self.admit_member(group_id, user, now_ms)?;
         }
         let info = self.group_record(group_id)?.info.clone();
-        let everyone = self.member_list(group_id);
+        let everyone = Self::audience(&info, self.member_list(group_id), &added);
         Ok(self.announce(
             &everyone,
             pb::GroupEventKind::MembersAdded,
@@ -288,13 +320,14 @@ impl State {
         let conversation_id = ids::group_conversation_id(group_id);
         for user in &removed {
             self.drop_state(user, &conversation_id);
+            self.index_read_group(user, group_id, false);
         }
         let audience: BTreeSet<String> = self
             .member_list(group_id)
             .into_iter()
             .chain(removed.iter().cloned())
             .collect();
-        let audience: Vec<String> = audience.into_iter().collect();
+        let audience = Self::audience(&info, audience.into_iter().collect(), &removed);
         Ok(self.announce(
             &audience,
             pb::GroupEventKind::MembersRemoved,
@@ -326,7 +359,7 @@ impl State {
         }
         self.admit_member(group_id, user, now_ms)?;
         let info = self.group_record(group_id)?.info.clone();
-        let everyone = self.member_list(group_id);
+        let everyone = Self::audience(&info, self.member_list(group_id), &[user.to_owned()]);
         Ok(self.announce(
             &everyone,
             pb::GroupEventKind::MemberJoined,
@@ -369,9 +402,10 @@ impl State {
         }
         let info = group.info.clone();
         self.drop_state(user, &ids::group_conversation_id(group_id));
+        self.index_read_group(user, group_id, false);
         let mut audience: BTreeSet<String> = self.member_list(group_id).into_iter().collect();
         audience.insert(user.to_owned());
-        let audience: Vec<String> = audience.into_iter().collect();
+        let audience = Self::audience(&info, audience.into_iter().collect(), &[user.to_owned()]);
         Ok(self.announce(
             &audience,
             pb::GroupEventKind::MemberLeft,
@@ -380,6 +414,57 @@ impl State {
             info,
             now_ms,
         ))
+    }
+
+    /// See [`timeline_store::TimelineStore::set_group_fanout`].
+    pub(crate) fn set_group_fanout(
+        &mut self,
+        group_id: &str,
+        read_fanout: bool,
+        now_ms: u64,
+    ) -> StoreResult<GroupChange> {
+        let info = self.group_record(group_id)?.info.clone();
+        if info.read_fanout == read_fanout {
+            return Ok(unchanged(info));
+        }
+        let group = self.group_mut(group_id)?;
+        group.info.read_fanout = read_fanout;
+        let info = group.info.clone();
+        let everyone = self.member_list(group_id);
+        for user in &everyone {
+            self.index_read_group(user, group_id, read_fanout);
+        }
+        Ok(self.announce(
+            &everyone,
+            pb::GroupEventKind::FanoutChanged,
+            "",
+            everyone.clone(),
+            info,
+            now_ms,
+        ))
+    }
+
+    /// See [`timeline_store::TimelineStore::read_fanout_groups`].
+    pub(crate) fn read_fanout_groups(&self, user: &str) -> StoreResult<Vec<String>> {
+        check_id(user, "user id")?;
+        Ok(self
+            .read_groups
+            .get(user)
+            .map(|groups| {
+                groups
+                    .iter()
+                    .take(timeline_store::MAX_READ_FANOUT_GROUPS_LISTED)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The fan-out mode of a group conversation's group: `None` for a direct conversation or
+    /// a group that does not exist.
+    pub(crate) fn read_fanout_of(&self, conversation_id: &str) -> Option<bool> {
+        let group_id = conversation_id.strip_prefix("g:")?;
+        self.groups.get(group_id).map(|g| g.info.read_fanout)
     }
 
     // ----- reads -----

@@ -326,6 +326,19 @@ impl TimelineStore for MemoryStore {
     async fn member_ids(&self, group_id: &str) -> StoreResult<Vec<String>> {
         self.with(|state| state.member_ids(group_id))
     }
+
+    async fn set_group_fanout(
+        &self,
+        group_id: &str,
+        read_fanout: bool,
+        now_ms: u64,
+    ) -> StoreResult<GroupChange> {
+        self.with(|state| state.set_group_fanout(group_id, read_fanout, now_ms))
+    }
+
+    async fn read_fanout_groups(&self, user: &str) -> StoreResult<Vec<String>> {
+        self.with(|state| state.read_fanout_groups(user))
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +402,7 @@ mod tests {
             open: true,
             client_request_id: "r".into(),
             max_members: 10,
+            read_fanout: false,
             now_ms: 2_000,
         }));
         log.push(format!("{group:?}"));

@@ -28,9 +28,20 @@ impl State {
         check_part("client message id", &m.client_msg_id)?;
         let conversation = parse_conversation(&m.conversation_id)?;
         check_id(&m.sender_user, "sender user id")?;
-        let recipients: BTreeSet<&str> = m.recipients.iter().map(String::as_str).collect();
+        let mut recipients: BTreeSet<String> = m.recipients.iter().cloned().collect();
+        let read_fanout = self.read_fanout_of(&m.conversation_id) == Some(true);
         for user in &recipients {
             check_id(user, "recipient user id")?;
+        }
+        // The group's mode at commit decides who gets an inbox entry, whatever the caller saw.
+        match self.read_fanout_of(&m.conversation_id) {
+            Some(true) => recipients = BTreeSet::from([m.sender_user.clone()]),
+            Some(false) if recipients.len() == 1 && recipients.contains(&m.sender_user) => {
+                let group_id = &m.conversation_id[2..];
+                recipients = self.member_ids(group_id)?.into_iter().collect();
+                recipients.insert(m.sender_user.clone());
+            }
+            _ => {}
         }
         let dedup_key = (m.sender_user.clone(), m.client_msg_id.clone());
         if let Some(record) = self.dedup.get(&dedup_key) {
@@ -54,7 +65,7 @@ impl State {
         };
         let mut deliveries = Vec::with_capacity(recipients.len());
         let mut sender_inbox_seq = 0;
-        for user in recipients {
+        for user in recipients.iter().map(String::as_str) {
             let pointer = Stored::Message {
                 conversation_id: m.conversation_id.clone(),
                 seq,
@@ -73,6 +84,8 @@ impl State {
                         &peer_of(&conversation, user),
                     )
                 });
+            // Messages this state skipped (a read-fan-out group's) are others': unread.
+            state.unread_count += seq.saturating_sub(state.last_seq + 1);
             state.last_seq = seq;
             state.updated_ms = state.updated_ms.max(m.now_ms);
             if user != m.sender_user {
@@ -107,6 +120,7 @@ impl State {
             sender_inbox_seq,
             deliveries,
             duplicate: false,
+            read_fanout,
         })
     }
 
@@ -135,6 +149,7 @@ impl State {
             sender_inbox_seq: record.sender_inbox_seq,
             deliveries: Vec::new(),
             duplicate: true,
+            read_fanout: false,
         })
     }
 }

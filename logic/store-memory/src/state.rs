@@ -100,6 +100,8 @@ pub(crate) struct State {
     pub settings: BTreeMap<(String, String), Vec<u8>>,
     /// `(user, conversation id)` -> the seqs that user deleted for themself.
     pub hidden: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// User -> the read-fan-out groups they are a member of.
+    pub read_groups: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl State {
@@ -118,6 +120,7 @@ impl State {
             delivery: BTreeMap::new(),
             settings: BTreeMap::new(),
             hidden: BTreeMap::new(),
+            read_groups: BTreeMap::new(),
         }
     }
 

@@ -137,6 +137,8 @@ enum Call {
     GroupMembers(String, u32, String),
     IsMember(String, String),
     MemberIds(String),
+    SetFanout(String, bool),
+    ReadFanoutGroups(String),
 }
 
 fn call() -> impl Strategy<Value = Call> {
@@ -169,6 +171,8 @@ fn call() -> impl Strategy<Value = Call> {
         1 => (group_id(), 0u32..4, cursor()).prop_map(|(g, l, c)| Call::GroupMembers(g, l, c)),
         1 => (group_id(), user()).prop_map(|(g, u)| Call::IsMember(g, u)),
         1 => group_id().prop_map(Call::MemberIds),
+        2 => (group_id(), any::<bool>()).prop_map(|(g, r)| Call::SetFanout(g, r)),
+        1 => user().prop_map(Call::ReadFanoutGroups),
     ]
 }
 
@@ -206,6 +210,7 @@ async fn answer<S: TimelineStore>(store: &S, call: &Call, now: u64) -> String {
                 open,
                 client_request_id,
                 max_members,
+                read_fanout: false,
                 now_ms: now,
             };
             format!("{:?}", store.create_group(group).await)
@@ -222,6 +227,8 @@ async fn answer<S: TimelineStore>(store: &S, call: &Call, now: u64) -> String {
         Call::GroupMembers(g, l, c) => format!("{:?}", store.group_members(&g, l, &c).await),
         Call::IsMember(g, u) => format!("{:?}", store.is_member(&g, &u).await),
         Call::MemberIds(g) => format!("{:?}", store.member_ids(&g).await),
+        Call::SetFanout(g, read) => format!("{:?}", store.set_group_fanout(&g, read, now).await),
+        Call::ReadFanoutGroups(u) => format!("{:?}", store.read_fanout_groups(&u).await),
     }
 }
 

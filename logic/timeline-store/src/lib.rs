@@ -67,6 +67,9 @@ pub struct CommittedMessage {
     pub deliveries: Vec<Delivery>,
     /// `(sender_user, client_msg_id)` was committed before; `message` is the original.
     pub duplicate: bool,
+    /// The group was in read fan-out at commit: only the sender's inbox got the message
+    /// (false for a duplicate).
+    pub read_fanout: bool,
 }
 
 /// A user's view of one conversation.
@@ -148,9 +151,15 @@ pub struct NewGroup {
     pub client_request_id: String,
     /// Limit on the member count, owner included.
     pub max_members: u32,
+    /// Create it in read fan-out (SPEC §13.12): too large for an inbox entry per member and
+    /// message.
+    pub read_fanout: bool,
     /// Server clock, Unix ms.
     pub now_ms: u64,
 }
+
+/// Most read-fan-out groups [`TimelineStore::read_fanout_groups`] lists for one user.
+pub const MAX_READ_FANOUT_GROUPS_LISTED: usize = 1000;
 
 /// The result of a group mutation.
 #[derive(Clone, Debug, PartialEq)]
@@ -268,15 +277,26 @@ pub trait TimelineStore: Send + Sync + 'static {
     ///
     /// Messages earlier in `messages` get lower seqs than later ones in the same conversation.
     /// One element's failure does not fail the others.
+    ///
+    /// Group messages follow the group's fan-out mode *at commit* (SPEC §13.12), whatever the
+    /// caller saw when it listed `recipients`: in read fan-out only the sender's inbox (and
+    /// state) gets the message; in write fan-out, if `recipients` holds only the sender (the
+    /// caller saw read fan-out), the store fans out to the current members itself. So a
+    /// message is in every member's inbox or in none but the sender's, never in between.
+    ///
+    /// Unread counts stay exact when states skip messages (a read-fan-out group's members'
+    /// states are not touched by others' messages): a recipient whose state's `last_seq` is
+    /// below `seq - 1` also counts the messages in between as unread (they are from others:
+    /// the user's own messages always update their state).
     fn commit_messages(
         &self,
         messages: Vec<NewMessage>,
     ) -> impl Future<Output = Vec<StoreResult<CommittedMessage>>> + Send;
 
     /// Moves `user`'s read marker in `conversation_id` forward to `read_seq` (clamped to the
-    /// `last_seq` of the user's [`ConversationState`], which is the conversation's last seq for
-    /// every current member; a lower value leaves it unchanged) and recomputes the unread
-    /// count exactly (messages from others above the marker). When it moved, atomically appends a
+    /// conversation's last seq; a lower value leaves it unchanged), brings the state's
+    /// `last_seq` up to the conversation's last seq, and recomputes the unread count exactly
+    /// (messages from others above the marker). When it moved, atomically appends a
     /// `ReadMarkerSync` to `user`'s inbox and, if `receipt_to` is given, a `ReadReceipt` to that
     /// user's inbox, and sets that user's `peer_read_seq`. `NotFound` if `user` has no state for
     /// the conversation.
@@ -423,6 +443,11 @@ pub trait TimelineStore: Send + Sync + 'static {
     /// Creates a group (id assigned by the store, unique, valid per `im_protocol::ids`), owner
     /// first; appends a `GroupEvent::Created` (members = all members) to every member's inbox and
     /// gives every member a [`ConversationState`] for `g:<id>`. `GroupFull` above `max_members`.
+    ///
+    /// Group events carry the group's mode (`read_fanout`) and its last conversation seq. In a
+    /// read-fan-out group, membership changes are announced only to the users they change
+    /// (added, removed, joined, left), not to every member; [`TimelineStore::read_fanout_groups`]
+    /// lists the group for each member.
     fn create_group(
         &self,
         group: NewGroup,
@@ -493,4 +518,30 @@ pub trait TimelineStore: Send + Sync + 'static {
 
     /// Every member's user id, sorted: the fan-out list for a group message.
     fn member_ids(&self, group_id: &str) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+
+    /// Whether this store implements read fan-out ([`TimelineStore::set_group_fanout`],
+    /// [`TimelineStore::read_fanout_groups`] and read-fan-out groups in the other methods).
+    /// The logic tier keeps every group in write fan-out on a store that does not.
+    fn supports_read_fanout(&self) -> bool {
+        true
+    }
+
+    /// Switches a group between write fan-out (`read_fanout` false) and read fan-out (SPEC
+    /// §13.12), atomically with respect to sends: appends a `GroupEvent::FanoutChanged` (with
+    /// the new mode and the conversation's last seq, `changed` = every member) to every
+    /// member's inbox, and adds the group to (or removes it from) every member's
+    /// [`TimelineStore::read_fanout_groups`]. Nothing changes when it is in that mode already.
+    fn set_group_fanout(
+        &self,
+        group_id: &str,
+        read_fanout: bool,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<GroupChange>> + Send;
+
+    /// The read-fan-out groups `user` is a member of, sorted by id, at most
+    /// [`MAX_READ_FANOUT_GROUPS_LISTED`].
+    fn read_fanout_groups(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 }

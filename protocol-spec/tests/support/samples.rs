@@ -54,6 +54,7 @@ fn group_info() -> pb::GroupInfo {
         member_count: 3,
         open: false,
         created_ms: 1_763_900_000_000,
+        read_fanout: false,
     }
 }
 
@@ -270,6 +271,8 @@ pub fn samples() -> Vec<Sample> {
                             members: vec!["carol".into()],
                             group_name: "Rust team".into(),
                             server_time_ms: 1_763_900_080_000,
+                            read_fanout: false,
+                            conversation_seq: 0,
                         })),
                     },
                     pb::InboxEntry {
@@ -303,6 +306,60 @@ pub fn samples() -> Vec<Sample> {
                 conversation_id: "d:alice:bob".into(),
                 user_id: "alice".into(),
                 typing: true,
+            },
+        ),
+        push(
+            "group_push",
+            pb::GroupPush {
+                messages: vec![pb::Message {
+                    conversation_id: "g:town-hall".into(),
+                    kind: pb::ConversationKind::Group as i32,
+                    sender_user: "alice".into(),
+                    sender_device: "alice-phone".into(),
+                    server_msg_id: 9001,
+                    conversation_seq: 42,
+                    server_time_ms: 1_763_900_090_000,
+                    client_msg_id: "c-0042".into(),
+                    content_type: 0,
+                    content: b"hello, everyone".to_vec(),
+                    recalled: false,
+                    recalled_ms: 0,
+                }],
+            },
+        ),
+        push(
+            "push_fanout_changed",
+            pb::Push {
+                entries: vec![pb::InboxEntry {
+                    inbox_seq: 23,
+                    body: Some(pb::inbox_entry::Body::GroupEvent(pb::GroupEvent {
+                        group_id: "town-hall".into(),
+                        kind: pb::GroupEventKind::FanoutChanged as i32,
+                        actor_user: String::new(),
+                        members: vec!["alice".into(), "bob".into()],
+                        group_name: "Town hall".into(),
+                        server_time_ms: 1_763_900_085_000,
+                        read_fanout: true,
+                        conversation_seq: 41,
+                    })),
+                }],
+            },
+        ),
+        sample(
+            "sync_resp_read_groups",
+            16,
+            pb::SyncResp {
+                entries: vec![],
+                head_seq: 23,
+                has_more: false,
+                next_seq: 24,
+                missing: vec![],
+                inbox_epoch: 4_503_599_627_370_001,
+                read_groups: vec![pb::ReadGroupHead {
+                    conversation_id: "g:town-hall".into(),
+                    last_seq: 42,
+                    read_seq: 40,
+                }],
             },
         ),
         sample(
@@ -345,6 +402,7 @@ pub fn samples() -> Vec<Sample> {
                     reason: pb::SeqRangeReason::NotYet as i32,
                 }],
                 inbox_epoch: 4_503_599_627_370_001,
+                read_groups: vec![],
             },
         ),
         sample(
@@ -573,6 +631,7 @@ pub fn samples() -> Vec<Sample> {
             next_seq: 41,
             missing: vec![],
             inbox_epoch: 4_503_599_627_370_001,
+            read_groups: vec![],
         },
     );
     compressed.compressed = true;

@@ -62,7 +62,10 @@ pub(super) fn group_event(event: pb::GroupEvent) -> GroupEvent {
         Ok(pb::GroupEventKind::MembersRemoved) => GroupEventKind::MembersRemoved,
         Ok(pb::GroupEventKind::MemberJoined) => GroupEventKind::MemberJoined,
         Ok(pb::GroupEventKind::MemberLeft) => GroupEventKind::MemberLeft,
-        Ok(pb::GroupEventKind::Unspecified) | Err(_) => GroupEventKind::Unknown(event.kind),
+        // FANOUT_CHANGED is the core's business (it follows the group by seq); never shown.
+        Ok(pb::GroupEventKind::Unspecified | pb::GroupEventKind::FanoutChanged) | Err(_) => {
+            GroupEventKind::Unknown(event.kind)
+        }
     };
     GroupEvent {
         group_id: event.group_id,

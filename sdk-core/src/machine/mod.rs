@@ -22,6 +22,7 @@ use crate::types::{GroupEvent, Platform, RequestError, RequestHandle, Response, 
 mod commands;
 mod convert;
 mod outputs;
+mod read_groups;
 mod receiving;
 mod transport;
 
@@ -184,6 +185,8 @@ enum Pending {
     Send { local_id: u64 },
     Sync,
     Request { handle: RequestHandle },
+    /// A page of a read-fan-out group's timeline (SPEC §13.12).
+    CatchUp { conversation_id: String },
 }
 
 #[derive(Debug)]
@@ -228,6 +231,8 @@ pub struct Client<S> {
     buffered: BTreeMap<u64, pb::InboxEntry>,
     sync_in_flight: bool,
     sync_to: u64,
+    /// Read-fan-out groups followed by conversation seq, by conversation id.
+    read_groups: BTreeMap<String, read_groups::ReadGroup>,
     // Outputs.
     transmit: VecDeque<Frame>,
     actions: VecDeque<Action>,
@@ -246,6 +251,17 @@ impl<S: LocalStore> Client<S> {
     pub fn new(config: ClientConfig, store: S, now: Instant) -> LocalResult<Client<S>> {
         let cursor = store.cursor()?;
         let inbox_epoch = store.inbox_epoch()?;
+        let read_groups = store
+            .read_group_positions()?
+            .into_iter()
+            .map(|(id, position)| {
+                let group = read_groups::ReadGroup {
+                    position,
+                    ..read_groups::ReadGroup::default()
+                };
+                (id, group)
+            })
+            .collect();
         let rng = StdRng::seed_from_u64(config.seed);
         Ok(Client {
             config,
@@ -273,6 +289,7 @@ impl<S: LocalStore> Client<S> {
             buffered: BTreeMap::new(),
             sync_in_flight: false,
             sync_to: 0,
+            read_groups,
             transmit: VecDeque::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),

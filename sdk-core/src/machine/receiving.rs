@@ -43,7 +43,7 @@ impl<S: LocalStore> Client<S> {
     /// Applies buffered entries that continue the cursor.
     fn drain_buffer(&mut self, now: Instant) {
         while let Some(entry) = self.buffered.remove(&(self.cursor + 1)) {
-            self.apply(entry);
+            self.apply(entry, now);
             self.cursor += 1;
         }
         let cursor = self.cursor;
@@ -71,6 +71,7 @@ impl<S: LocalStore> Client<S> {
                     self.cursor = 0;
                     self.acked_cursor = 0;
                     self.buffered.clear();
+                    self.read_groups.clear();
                     self.events.push_back(Event::InboxReset { epoch });
                 }
                 Err(e) => self.events.push_back(Event::StoreError(e.to_string())),
@@ -133,9 +134,10 @@ impl<S: LocalStore> Client<S> {
                 self.cursor = range.to_seq;
             }
         }
+        let read_group_heads = response.read_groups;
         for entry in response.entries {
             if entry.inbox_seq == self.cursor + 1 {
-                self.apply(entry);
+                self.apply(entry, now);
                 self.cursor += 1;
             } else if entry.inbox_seq > self.cursor {
                 self.buffered.insert(entry.inbox_seq, entry);
@@ -159,6 +161,8 @@ impl<S: LocalStore> Client<S> {
             self.start_sync(first - 1, now);
             return;
         }
+        // The inbox is caught up (mode switches in it seen): now the read-fan-out groups.
+        self.on_read_group_heads(read_group_heads, now);
         if self.phase == Phase::Syncing {
             self.set_phase(Phase::Online);
             self.events.push_back(Event::Synced {
@@ -180,9 +184,12 @@ impl<S: LocalStore> Client<S> {
 
     /// Applies one inbox entry to the local store. Idempotent: applying it twice changes
     /// nothing the second time.
-    fn apply(&mut self, entry: pb::InboxEntry) {
+    fn apply(&mut self, entry: pb::InboxEntry, now: Instant) {
         let result = match entry.body {
-            Some(pb::inbox_entry::Body::Message(message)) => self.apply_message(message),
+            Some(pb::inbox_entry::Body::Message(message)) => {
+                self.on_inbox_group_message(&message, now);
+                self.apply_message(message)
+            }
             Some(pb::inbox_entry::Body::Recall(recall)) => self
                 .store
                 .recall_message(&recall.conversation_id, recall.conversation_seq)
@@ -224,6 +231,9 @@ impl<S: LocalStore> Client<S> {
                 Ok(())
             }
             Some(pb::inbox_entry::Body::GroupEvent(event)) => {
+                if !self.on_group_event(&event, now) {
+                    return;
+                }
                 let conversation_id = ids::group_conversation_id(&event.group_id);
                 let mut conversation = self.conversation_or_new(&conversation_id);
                 if !event.group_name.is_empty() && conversation.title != event.group_name {

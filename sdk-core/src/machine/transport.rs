@@ -119,6 +119,9 @@ impl<S: LocalStore> Client<S> {
         self.sync_to = 0;
         // Buffered pushes are dropped: the next connection syncs from the cursor anyway.
         self.buffered.clear();
+        for group in self.read_groups.values_mut() {
+            group.fetching = false;
+        }
     }
 
     pub(super) fn schedule_reconnect(&mut self, now: Instant, at_least: Duration) {
@@ -245,12 +248,16 @@ impl<S: LocalStore> Client<S> {
                 self.absorb_response(&body);
                 self.responses.push_back((handle, convert::response(body)));
             }
+            Pending::CatchUp { conversation_id } => {
+                self.on_catch_up_answer(conversation_id, body, now)
+            }
         }
     }
 
     fn on_push(&mut self, body: Body, now: Instant) {
         match body {
             Body::Push(push) => self.on_entries(push.entries, now),
+            Body::GroupPush(push) => self.on_group_push(push, now),
             Body::TypingEvent(event) => self
                 .events
                 .push_back(Event::Typing(convert::typing_event(event))),
@@ -360,6 +367,9 @@ impl<S: LocalStore> Client<S> {
                                 .push_back(Event::MessageUpdated(message.clone()));
                             self.touch_conversation(&message, false);
                         }
+                        // In a read-fan-out group the ack may continue the position (or show
+                        // that messages before it were missed).
+                        self.note_group_seq(&ack.conversation_id, ack.conversation_seq, now);
                         // The server does not push our own entry back to this connection: the
                         // ack stands for it (SPEC §10.1). The message is stored now, so the
                         // entry only has to take its place in the cursor's order.

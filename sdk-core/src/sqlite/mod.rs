@@ -12,7 +12,9 @@
 //!   `local_id`. The ack (or the inbox copy, whichever comes first) moves that row to its seq,
 //!   so a message never has two rows;
 //! - `conversations`: one row per conversation, the last message in `last_*` columns (all NULL
-//!   when there is none).
+//!   when there is none);
+//! - `read_groups`: the read-fan-out groups followed by conversation seq, with the position
+//!   (added within version 1: `CREATE TABLE IF NOT EXISTS` gives older files the table).
 //!
 //! Seqs, local ids, times and counters must stay below 2^63 (SQLite integers are signed): a
 //! larger value is refused with an error rather than stored out of order. `server_msg_id` is an
@@ -35,6 +37,11 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// Version 1. `IF NOT EXISTS` everywhere so opening an existing file is a no-op.
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS read_groups (
+    conversation_id TEXT PRIMARY KEY NOT NULL,
+    position        INTEGER NOT NULL
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
@@ -240,6 +247,7 @@ impl LocalStore for SqliteStore {
             let tx = self.write()?;
             tx.execute("DELETE FROM messages WHERE seq > 0", [])?;
             tx.execute("DELETE FROM conversations", [])?;
+            tx.execute("DELETE FROM read_groups", [])?;
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, 0) ON CONFLICT (key) DO UPDATE SET value = 0",
                 params![META_CURSOR],
@@ -688,6 +696,45 @@ impl LocalStore for SqliteStore {
                 conversations.push(read_conversation(row)?);
             }
             Ok(conversations)
+        })
+    }
+
+    fn read_group_positions(&self) -> LocalResult<Vec<(String, u64)>> {
+        sql(|| {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT conversation_id, position FROM read_groups")?;
+            let mut rows = stmt.query([])?;
+            let mut positions = Vec::new();
+            while let Some(row) = rows.next()? {
+                positions.push((column(row, 0)?, column(row, 1)?));
+            }
+            Ok(positions)
+        })
+    }
+
+    fn set_read_group_position(
+        &mut self,
+        conversation_id: &str,
+        position: Option<u64>,
+    ) -> LocalResult<()> {
+        sql(|| {
+            match position {
+                Some(position) => {
+                    let mut stmt = self.conn.prepare_cached(
+                        "INSERT INTO read_groups (conversation_id, position) VALUES (?1, ?2) \
+                         ON CONFLICT (conversation_id) DO UPDATE SET position = excluded.position",
+                    )?;
+                    stmt.execute(params![conversation_id, position])?;
+                }
+                None => {
+                    let mut stmt = self
+                        .conn
+                        .prepare_cached("DELETE FROM read_groups WHERE conversation_id = ?1")?;
+                    stmt.execute(params![conversation_id])?;
+                }
+            }
+            Ok(())
         })
     }
 }

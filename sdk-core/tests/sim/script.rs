@@ -149,5 +149,6 @@ pub fn sync_resp(entries: Vec<pb::InboxEntry>, head: u64, has_more: bool) -> pb:
         next_seq,
         missing: Vec::new(),
         inbox_epoch: 0,
+        read_groups: Vec::new(),
     }
 }

@@ -13,7 +13,7 @@ use crate::keys;
 use crate::records::{GroupRecord, MemberRecord, StateRecord};
 
 impl WriteCtx<'_> {
-    fn group_record(&mut self, group_id: &str) -> StoreResult<GroupRecord> {
+    pub(crate) fn group_record(&mut self, group_id: &str) -> StoreResult<GroupRecord> {
         let ks = self.ks;
         self.get_decoded::<GroupRecord>(&ks.groups, group_id.as_bytes(), "group")?
             .filter(|record| record.info.is_some())
@@ -51,7 +51,7 @@ impl WriteCtx<'_> {
         Ok(members)
     }
 
-    fn member_ids(&mut self, group_id: &str) -> StoreResult<Vec<String>> {
+    pub(crate) fn member_ids(&mut self, group_id: &str) -> StoreResult<Vec<String>> {
         Ok(self
             .members(group_id)?
             .into_iter()
@@ -96,11 +96,60 @@ impl WriteCtx<'_> {
             },
         );
         self.join_state(group_id, user, now_ms)?;
-        record
-            .info
-            .get_or_insert_with(Default::default)
-            .member_count += 1;
+        let info = record.info.get_or_insert_with(Default::default);
+        info.member_count += 1;
+        let read_fanout = info.read_fanout;
+        self.index_read_group(user, group_id, read_fanout);
         Ok(())
+    }
+
+    /// Keeps `user`'s list of read-fan-out groups in step with a membership or mode change.
+    fn index_read_group(&mut self, user: &str, group_id: &str, listed: bool) {
+        let ks = self.ks;
+        let key = keys::pair_key(user, group_id);
+        if listed {
+            self.put(&ks.read_groups, key, Vec::new());
+        } else {
+            self.delete(&ks.read_groups, key);
+        }
+    }
+
+    /// Who hears of a membership change: every member (`everyone`, the changed users
+    /// included) in write fan-out, only the changed users in read fan-out (SPEC §13.12).
+    fn audience(info: &pb::GroupInfo, everyone: Vec<String>, changed: &[String]) -> Vec<String> {
+        if info.read_fanout {
+            changed.to_vec()
+        } else {
+            everyone
+        }
+    }
+
+    pub(crate) fn set_group_fanout(
+        &mut self,
+        group_id: &str,
+        read_fanout: bool,
+        now_ms: u64,
+    ) -> StoreResult<GroupChange> {
+        let mut record = self.group_record(group_id)?;
+        if record.info.as_ref().is_some_and(|i| i.read_fanout == read_fanout) {
+            return Ok(Self::unchanged(record));
+        }
+        record.info.get_or_insert_with(Default::default).read_fanout = read_fanout;
+        let info = record.info.clone().unwrap_or_default();
+        self.put_group(&record);
+        let everyone = self.member_ids(group_id)?;
+        for user in &everyone {
+            self.index_read_group(user, group_id, read_fanout);
+        }
+        self.announce(
+            &everyone,
+            group_id,
+            pb::GroupEventKind::FanoutChanged,
+            "",
+            everyone.clone(),
+            info,
+            now_ms,
+        )
     }
 
     /// Gives a new member their state of the group conversation: read up to the current last
@@ -143,6 +192,8 @@ impl WriteCtx<'_> {
             members: changed.clone(),
             group_name: group.name.clone(),
             server_time_ms: now_ms,
+            read_fanout: group.read_fanout,
+            conversation_seq: self.conversation_head(&ids::group_conversation_id(group_id))?,
         };
         let mut deliveries = Vec::with_capacity(audience.len());
         for user in audience {
@@ -201,6 +252,7 @@ impl WriteCtx<'_> {
             member_count: members.len() as u32,
             open: new.open,
             created_ms: new.now_ms,
+            read_fanout: new.read_fanout,
         };
         for (order, user) in members.iter().enumerate() {
             let role = if order == 0 {
@@ -220,6 +272,7 @@ impl WriteCtx<'_> {
                 },
             );
             self.join_state(&group_id, user, new.now_ms)?;
+            self.index_read_group(user, &group_id, new.read_fanout);
         }
         let record = GroupRecord {
             info: Some(info.clone()),
@@ -275,7 +328,7 @@ impl WriteCtx<'_> {
         }
         let info = record.info.clone().unwrap_or_default();
         self.put_group(&record);
-        let everyone = self.member_ids(group_id)?;
+        let everyone = Self::audience(&info, self.member_ids(group_id)?, &added);
         self.announce(
             &everyone,
             group_id,
@@ -325,6 +378,7 @@ impl WriteCtx<'_> {
         for user in &removed {
             self.delete(&ks.members, keys::pair_key(group_id, user));
             self.drop_state(user, &ids::group_conversation_id(group_id));
+            self.index_read_group(user, group_id, false);
         }
         let info = record.info.get_or_insert_with(Default::default);
         info.member_count = info.member_count.saturating_sub(removed.len() as u32);
@@ -332,7 +386,7 @@ impl WriteCtx<'_> {
         self.put_group(&record);
         let mut audience: BTreeSet<String> = self.member_ids(group_id)?.into_iter().collect();
         audience.extend(removed.iter().cloned());
-        let audience: Vec<String> = audience.into_iter().collect();
+        let audience = Self::audience(&info, audience.into_iter().collect(), &removed);
         self.announce(
             &audience,
             group_id,
@@ -366,7 +420,7 @@ impl WriteCtx<'_> {
         self.admit_member(&mut record, group_id, user, now_ms)?;
         let info = record.info.clone().unwrap_or_default();
         self.put_group(&record);
-        let everyone = self.member_ids(group_id)?;
+        let everyone = Self::audience(&info, self.member_ids(group_id)?, &[user.to_owned()]);
         self.announce(
             &everyone,
             group_id,
@@ -393,6 +447,7 @@ impl WriteCtx<'_> {
         let ks = self.ks;
         self.delete(&ks.members, keys::pair_key(group_id, user));
         self.drop_state(user, &ids::group_conversation_id(group_id));
+        self.index_read_group(user, group_id, false);
         let remaining = self.members(group_id)?;
         let info = record.info.get_or_insert_with(Default::default);
         info.member_count = info.member_count.saturating_sub(1);
@@ -418,7 +473,7 @@ impl WriteCtx<'_> {
             .filter_map(|r| r.member.map(|m| m.user_id))
             .collect();
         audience.insert(user.to_owned());
-        let audience: Vec<String> = audience.into_iter().collect();
+        let audience = Self::audience(&info, audience.into_iter().collect(), &[user.to_owned()]);
         self.announce(
             &audience,
             group_id,

@@ -18,6 +18,7 @@ pub(crate) struct Staged {
     sender_inbox_seq: u64,
     inbox_seqs: Vec<(String, u64)>,
     duplicate: bool,
+    read_fanout: bool,
 }
 
 impl Staged {
@@ -27,6 +28,7 @@ impl Staged {
             sender_inbox_seq,
             inbox_seqs,
             duplicate,
+            read_fanout,
         } = self;
         let deliveries = inbox_seqs
             .into_iter()
@@ -43,6 +45,7 @@ impl Staged {
             sender_inbox_seq,
             deliveries,
             duplicate,
+            read_fanout,
         }
     }
 }
@@ -60,7 +63,7 @@ impl WriteCtx<'_> {
         keys::check_part("client message id", &m.client_msg_id)?;
         let conversation = parse_conversation(&m.conversation_id)?;
         check_id(&m.sender_user, "sender user id")?;
-        let recipients: BTreeSet<&str> = m.recipients.iter().map(String::as_str).collect();
+        let mut recipients: BTreeSet<String> = m.recipients.iter().cloned().collect();
         for user in &recipients {
             check_id(user, "recipient user id")?;
         }
@@ -68,6 +71,26 @@ impl WriteCtx<'_> {
         let dedup_key = keys::pair_key(&m.sender_user, &m.client_msg_id);
         if let Some(record) = self.get_decoded::<DedupRecord>(&ks.dedup, &dedup_key, "dedup")? {
             return self.resend(m, record);
+        }
+        // The group's mode at commit decides who gets an inbox entry, whatever the caller saw.
+        let mut read_fanout = false;
+        if let im_protocol::ids::ConversationRef::Group { group_id } = conversation {
+            let mode = self
+                .group_record(group_id)
+                .ok()
+                .and_then(|record| record.info)
+                .map(|info| info.read_fanout);
+            match mode {
+                Some(true) => {
+                    recipients = BTreeSet::from([m.sender_user.clone()]);
+                    read_fanout = true;
+                }
+                Some(false) if recipients.len() == 1 && recipients.contains(&m.sender_user) => {
+                    recipients.extend(self.member_ids(group_id)?);
+                    recipients.insert(m.sender_user.clone());
+                }
+                _ => {}
+            }
         }
 
         let seq = self.conversation_head(&m.conversation_id)? + 1;
@@ -93,7 +116,7 @@ impl WriteCtx<'_> {
         };
         let mut inbox_seqs = Vec::with_capacity(recipients.len());
         let mut sender_inbox_seq = 0;
-        for user in recipients {
+        for user in recipients.iter().map(String::as_str) {
             let inbox_seq = self.append_inbox(user, &pointer)?;
             if user == m.sender_user {
                 sender_inbox_seq = inbox_seq;
@@ -105,6 +128,8 @@ impl WriteCtx<'_> {
                 peer: peer_of(&conversation, user),
                 ..StateRecord::default()
             });
+            // Messages this state skipped (a read-fan-out group's) are others': unread.
+            state.unread_count += seq.saturating_sub(state.last_seq + 1);
             state.last_seq = seq;
             state.updated_ms = state.updated_ms.max(m.now_ms);
             if user != m.sender_user {
@@ -135,6 +160,7 @@ impl WriteCtx<'_> {
             sender_inbox_seq,
             inbox_seqs,
             duplicate: false,
+            read_fanout,
         })
     }
 
@@ -164,6 +190,7 @@ impl WriteCtx<'_> {
             sender_inbox_seq: record.sender_inbox_seq,
             inbox_seqs: Vec::new(),
             duplicate: true,
+            read_fanout: false,
         })
     }
 }

@@ -284,7 +284,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Refuses ids that could break the key layout (see [`crate::keys`]).
-fn check_id(id: &str, what: &'static str) -> StoreResult<()> {
+pub(crate) fn check_id(id: &str, what: &'static str) -> StoreResult<()> {
     ids::validate_id(id, what).map_err(|e| StoreError::InvalidArgument(e.to_string()))
 }
 

@@ -67,6 +67,7 @@ pub(super) fn new_group(
         open,
         client_request_id: request.to_owned(),
         max_members: max,
+        read_fanout: false,
         now_ms: T0,
     }
 }

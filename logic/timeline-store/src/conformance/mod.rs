@@ -35,6 +35,7 @@ mod groups;
 mod helpers;
 mod history_and_lists;
 mod inbox;
+mod read_fanout;
 mod read_markers;
 mod recall_delete;
 mod restart;
@@ -44,6 +45,7 @@ pub use arguments::*;
 pub use groups::*;
 pub use history_and_lists::*;
 pub use inbox::*;
+pub use read_fanout::*;
 pub use read_markers::*;
 pub use recall_delete::*;
 pub use restart::*;
@@ -138,6 +140,8 @@ macro_rules! for_each_check {
             recalled_and_deleted_messages_count_as_unread_until_read,
             conversations_updated_in_the_same_millisecond_page_in_id_order,
             a_member_who_rejoins_ranks_newest_and_starts_with_nothing_unread,
+            read_fanout_stores_a_message_once_and_switches_without_gaps,
+            read_fanout_membership_events_reach_only_the_changed_users,
         );
     };
 }
