@@ -45,6 +45,8 @@ pub struct ConnHandle {
     pub tx: Arc<Outbox>,
     /// Cancelled to make the connection close (kicked or too slow).
     pub close: CancellationToken,
+    /// The protocol revision negotiated: `GROUP_PUSH` goes only to revision 2 and later.
+    pub revision: u32,
 }
 
 /// One online user on this hub.
@@ -397,7 +399,7 @@ impl Hub {
                     continue;
                 };
                 for frame in &frames {
-                    for conn in online.conns.iter() {
+                    for conn in online.conns.iter().filter(|c| c.revision >= 2) {
                         self.pushes.increment(1);
                         send_or_close(conn, frame.clone());
                     }
@@ -536,6 +538,7 @@ mod tests {
                 device: device.into(),
                 tx,
                 close: CancellationToken::new(),
+                revision: im_protocol::PROTOCOL_REVISION,
             },
             rx,
         )

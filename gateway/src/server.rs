@@ -511,6 +511,7 @@ impl<L: LogicApi> Conn<L> {
                 device: device.clone(),
                 tx: self.tx.clone(),
                 close: self.close.clone(),
+                revision: handshake.protocol_version,
             },
         );
         let kick = || {

@@ -32,7 +32,7 @@ pub const WIRE_VERSION: u8 = 1;
 
 /// The protocol revision this crate implements; negotiated in the handshake
 /// (`HandshakeReq.protocol_version` / `HandshakeResp.protocol_version`).
-pub const PROTOCOL_REVISION: u32 = 1;
+pub const PROTOCOL_REVISION: u32 = 2;
 
 /// Default and recommended maximum body length (after decompression): 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;

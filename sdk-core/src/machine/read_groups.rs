@@ -73,13 +73,24 @@ impl<S: LocalStore> Client<S> {
         match kind {
             Some(pb::GroupEventKind::FanoutChanged) => {
                 if event.read_fanout {
-                    // Messages up to the event's seq came through the inbox, before it.
-                    self.follow_read_group(&conversation_id, event.conversation_seq);
+                    match self.read_groups.get_mut(&conversation_id) {
+                        // Still catching up after a switch back to write fan-out: it is read
+                        // fan-out again, so keep following it.
+                        Some(group) => group.until = None,
+                        // Messages up to the event's seq came through the inbox, before it.
+                        None => self.follow_read_group(&conversation_id, event.conversation_seq),
+                    }
                 } else if let Some(group) = self.read_groups.get_mut(&conversation_id) {
-                    // Back to the inbox after that seq: fetch what is only in the timeline.
-                    group.until = Some(event.conversation_seq);
-                    group.target = group.target.max(event.conversation_seq);
-                    self.catch_up(&conversation_id, now);
+                    // Back to the inbox after that seq: fetch what is only in the timeline,
+                    // then stop following.
+                    if group.position >= event.conversation_seq && !group.fetching {
+                        self.read_groups.remove(&conversation_id);
+                        self.save_read_position(&conversation_id);
+                    } else {
+                        group.until = Some(event.conversation_seq);
+                        group.target = group.target.max(event.conversation_seq);
+                        self.catch_up(&conversation_id, now);
+                    }
                 }
                 false
             }
@@ -128,11 +139,13 @@ impl<S: LocalStore> Client<S> {
         for message in push.messages {
             let conversation_id = message.conversation_id.clone();
             if !self.read_groups.contains_key(&conversation_id) {
-                let start = self.starting_position(
-                    &conversation_id,
-                    message.conversation_seq.saturating_sub(1),
-                );
-                self.follow_read_group(&conversation_id, start);
+                // Not followed yet: the inbox event that says from where (a switch, or this
+                // user joining) has not been applied. A sync brings it, and its last page the
+                // group's head; guessing a position here could skip messages.
+                if !self.sync_in_flight && self.connected() {
+                    self.start_sync(0, now);
+                }
+                continue;
             }
             let sync_done = self.sync_done();
             let Some(group) = self.read_groups.get_mut(&conversation_id) else {

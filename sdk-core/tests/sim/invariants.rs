@@ -80,6 +80,7 @@ impl World {
     /// Everything has arrived everywhere: every app running and online, every cursor at its
     /// user's head, every outbox empty.
     pub fn settled(&self) -> bool {
+        let timelines = self.server.timelines();
         self.devices.iter().enumerate().all(|(i, d)| {
             let Some(client) = d.client.as_ref() else {
                 return false;
@@ -95,7 +96,18 @@ impl World {
                     && c.last_to_client <= in_flight_limit
                     && c.last_to_server <= in_flight_limit
             });
+            // A read-fan-out group's messages come by GROUP_PUSH and catch-up pages, not the
+            // inbox: its newest message must be there too.
+            let caught_up = timelines.iter().all(|(conversation_id, timeline)| {
+                timeline.is_empty()
+                    || !self.server.participants(conversation_id).contains(&d.user)
+                    || client
+                        .store()
+                        .message(conversation_id, timeline.len() as u64)
+                        .is_ok_and(|m| m.is_some())
+            });
             healthy
+                && caught_up
                 && client.state() == ConnectionState::Online
                 && client.cursor() == self.server.head(&d.user)
                 && self.sent.iter().filter(|r| r.device == i).all(|r| {

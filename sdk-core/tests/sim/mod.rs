@@ -90,6 +90,7 @@ impl Faults {
                 send_unavailable: p(rng, 0.05),
                 sync_unavailable: p(rng, 0.05),
                 lose_push: p(rng, 0.1),
+                switch_fanout: p(rng, 0.05),
             },
         }
     }

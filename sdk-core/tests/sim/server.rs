@@ -82,6 +82,9 @@ pub struct ServerFaults {
     /// Lose a push on a healthy connection (push is best-effort, §10.5): only the inbox head in
     /// the next `PONG` (§8.1) or a later push tells the client.
     pub lose_push: f64,
+    /// Per request handled: switch the group between write and read fan-out (§13.12), as a
+    /// membership change across the threshold would.
+    pub switch_fanout: f64,
 }
 
 /// What the server wants done on the network.
@@ -105,6 +108,8 @@ pub struct ServerStats {
     pub duplicate_pushes: u64,
     pub early_pushes: u64,
     pub lost_pushes: u64,
+    pub fanout_switches: u64,
+    pub lost_group_pushes: u64,
 }
 
 /// The simulated time, read by the business tier.
@@ -528,6 +533,7 @@ impl Server {
                 device: handshake.device.clone(),
                 tx: c.outbox.clone(),
                 close: c.close.clone(),
+                revision: handshake.protocol_version,
             },
         );
         let kick = || {
@@ -565,6 +571,9 @@ impl Server {
             Err(error) => panic!("the memory store cannot fail: {error:?}"),
         };
         self.hub.note_inbox(&caller.user, info.inbox);
+        for group in block_on(self.durable.logic.read_groups(&caller.user)) {
+            self.hub.follow(&caller.user, &group, true);
+        }
         let head = info.inbox.head_seq;
         if head > 0 && rng.random_bool(self.faults.early_push) {
             // Registered for pushes before the answer is written: a push may overtake it.
@@ -657,10 +666,44 @@ impl Server {
         }
         // A sending connection gets its own entry through the ack (§10.1).
         let origin = own.then_some((caller.user.as_str(), hub_id));
+        for room in &effects.rooms {
+            self.hub.follow(&room.user, &room.group_id, room.follows);
+        }
+        let sender = own.then_some(caller.user.as_str());
+        self.hub.deliver_group(effects.group_messages, sender);
         self.hub.deliver_except(effects.deliveries, origin);
         if let Some(typing) = effects.typing {
             self.hub.relay_typing(&typing.recipients, &typing.event);
         }
+        if rng.random_bool(self.faults.switch_fanout) {
+            self.switch_fanout();
+        }
+    }
+
+    /// Switches the group between write and read fan-out, telling the members as a
+    /// membership change across the threshold would (§13.12).
+    fn switch_fanout(&mut self) {
+        let group_id = self.durable.group_id.clone();
+        let now_ms = self.clock.now_ms();
+        let read = !block_on(self.durable.store.group(&group_id))
+            .expect("the group exists")
+            .read_fanout;
+        let change = block_on(self.durable.store.set_group_fanout(&group_id, read, now_ms))
+            .expect("the memory store switches");
+        self.stats.fanout_switches += 1;
+        for user in &change.changed {
+            self.hub.follow(user, &group_id, read);
+        }
+        self.hub.deliver(
+            change
+                .deliveries
+                .into_iter()
+                .map(|d| logic::Delivery {
+                    user: d.user,
+                    entry: d.entry,
+                })
+                .collect(),
+        );
     }
 
     /// Moves what the hub and the answers queued into network output, connection by
@@ -679,6 +722,11 @@ impl Server {
                 match frame.decode_body() {
                     Ok(Body::Push(push)) if frame.is_push() => {
                         self.push_with_faults(conn, push.entries, rng, now, out)
+                    }
+                    Ok(Body::GroupPush(_)) if rng.random_bool(self.faults.lose_push) => {
+                        // Best effort too: the client pages the timeline at the next gap or
+                        // sync.
+                        self.stats.lost_group_pushes += 1;
                     }
                     _ => out.push(Out::Frame(conn, frame)),
                 }
