@@ -33,15 +33,17 @@ impl State {
         for user in &recipients {
             check_id(user, "recipient user id")?;
         }
-        // The group's mode at commit decides who gets an inbox entry, whatever the caller saw.
-        match self.read_fanout_of(&m.conversation_id) {
-            Some(true) => recipients = BTreeSet::from([m.sender_user.clone()]),
-            Some(false) if recipients.len() == 1 && recipients.contains(&m.sender_user) => {
-                let group_id = &m.conversation_id[2..];
-                recipients = self.member_ids(group_id)?.into_iter().collect();
-                recipients.insert(m.sender_user.clone());
-            }
-            _ => {}
+        // The group's mode and members at commit decide who gets an inbox entry, whatever the
+        // caller saw: a member added or removed meanwhile is in or out of this message.
+        if let Some(read) = self.read_fanout_of(&m.conversation_id) {
+            recipients = if read {
+                BTreeSet::new()
+            } else {
+                self.member_ids(&m.conversation_id[2..])?
+                    .into_iter()
+                    .collect()
+            };
+            recipients.insert(m.sender_user.clone());
         }
         let dedup_key = (m.sender_user.clone(), m.client_msg_id.clone());
         if let Some(record) = self.dedup.get(&dedup_key) {

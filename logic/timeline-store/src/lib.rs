@@ -278,11 +278,12 @@ pub trait TimelineStore: Send + Sync + 'static {
     /// Messages earlier in `messages` get lower seqs than later ones in the same conversation.
     /// One element's failure does not fail the others.
     ///
-    /// Group messages follow the group's fan-out mode *at commit* (SPEC §13.12), whatever the
-    /// caller saw when it listed `recipients`: in read fan-out only the sender's inbox (and
-    /// state) gets the message; in write fan-out, if `recipients` holds only the sender (the
-    /// caller saw read fan-out), the store fans out to the current members itself. So a
-    /// message is in every member's inbox or in none but the sender's, never in between.
+    /// A store that supports read fan-out sends a group message to the group's members *at
+    /// commit* (SPEC §13.8, §13.12), whatever the caller saw when it listed `recipients`: in
+    /// write fan-out every current member's inbox (and the sender's) gets it, in read fan-out
+    /// only the sender's. So a member added or removed meanwhile is in or out of the message,
+    /// and a message is in every member's inbox or in none but the sender's, never in between.
+    /// (A store without read fan-out writes to `recipients`.)
     ///
     /// Unread counts stay exact when states skip messages (a read-fan-out group's members'
     /// states are not touched by others' messages): a recipient whose state's `last_seq` is

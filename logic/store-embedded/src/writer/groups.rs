@@ -27,6 +27,7 @@ impl WriteCtx<'_> {
             .as_ref()
             .map(|info| info.group_id.clone())
             .unwrap_or_default();
+        self.caches.groups.remove(&group_id);
         self.put(&ks.groups, group_id.into_bytes(), record.encode_to_vec());
     }
 
@@ -49,6 +50,31 @@ impl WriteCtx<'_> {
             );
         }
         Ok(members)
+    }
+
+    /// A group's fan-out mode and members as a message committed now sees them (`None`: no
+    /// such group).
+    pub(crate) fn group_audience(
+        &mut self,
+        group_id: &str,
+    ) -> StoreResult<Option<std::sync::Arc<(bool, Vec<String>)>>> {
+        if let Some(audience) = self.caches.groups.get(group_id) {
+            return Ok(Some(audience.clone()));
+        }
+        let Ok(record) = self.group_record(group_id) else {
+            return Ok(None);
+        };
+        let read_fanout = record.info.is_some_and(|info| info.read_fanout);
+        let members = if read_fanout {
+            Vec::new()
+        } else {
+            self.member_ids(group_id)?
+        };
+        let audience = std::sync::Arc::new((read_fanout, members));
+        self.caches
+            .groups
+            .insert(group_id.to_owned(), audience.clone());
+        Ok(Some(audience))
     }
 
     pub(crate) fn member_ids(&mut self, group_id: &str) -> StoreResult<Vec<String>> {

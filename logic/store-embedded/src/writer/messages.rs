@@ -72,27 +72,21 @@ impl WriteCtx<'_> {
         if let Some(record) = self.get_decoded::<DedupRecord>(&ks.dedup, &dedup_key, "dedup")? {
             return self.resend(m, record);
         }
-        // The group's mode at commit decides who gets an inbox entry, whatever the caller saw.
+        // The group's mode and members at commit decide who gets an inbox entry, whatever the
+        // caller saw: a member added or removed meanwhile is in or out of this message.
         let mut read_fanout = false;
-        if let im_protocol::ids::ConversationRef::Group { group_id } = conversation {
-            let mode = self
-                .group_record(group_id)
-                .ok()
-                .and_then(|record| record.info)
-                .map(|info| info.read_fanout);
-            match mode {
-                Some(true) => {
-                    recipients = BTreeSet::from([m.sender_user.clone()]);
-                    read_fanout = true;
-                }
-                Some(false) if recipients.len() == 1 && recipients.contains(&m.sender_user) => {
-                    recipients.extend(self.member_ids(group_id)?);
-                    recipients.insert(m.sender_user.clone());
-                }
-                _ => {}
-            }
+        if let im_protocol::ids::ConversationRef::Group { group_id } = conversation
+            && let Some(audience) = self.group_audience(group_id)?
+        {
+            let (read, members) = &*audience;
+            read_fanout = *read;
+            recipients = if read_fanout {
+                BTreeSet::new()
+            } else {
+                members.iter().cloned().collect()
+            };
+            recipients.insert(m.sender_user.clone());
         }
-
         let seq = self.conversation_head(&m.conversation_id)? + 1;
         let message = pb::Message {
             conversation_id: m.conversation_id.clone(),

@@ -85,6 +85,9 @@ pub(crate) struct Caches {
     next_group_id: Option<u64>,
     /// Counters changed in this drain and must be written before it commits.
     counters_dirty: bool,
+    /// Groups messages went to: their fan-out mode and members (sorted). Every change of a
+    /// group goes through `put_group`, which drops its entry.
+    groups: HashMap<String, std::sync::Arc<(bool, Vec<String>)>>,
 }
 
 impl Caches {
@@ -263,6 +266,7 @@ fn run_drain(
                 caches.inbox_heads.clear();
                 caches.inbox_oldest.clear();
                 caches.states.clear();
+                caches.groups.clear();
             }
         }
         Err(failure) => {
