@@ -161,6 +161,7 @@ async fn run_system(
             online: config.group,
             messages: config.group_messages,
             window: 8,
+            rate: 0,
             payload: 100,
             timeout: Duration::from_secs(60),
             prefix: format!("b{round}w3"),

@@ -92,6 +92,10 @@ enum Command {
         /// Messages in flight (until the last online member got them).
         #[arg(long, default_value_t = 8)]
         window: usize,
+        /// Send at this many messages per second on a fixed schedule instead of keeping
+        /// `window` in flight (0 = windowed).
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
         /// Payload bytes (at least 12).
         #[arg(long, default_value_t = 100)]
         payload: usize,
@@ -278,6 +282,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             online,
             messages,
             window,
+            rate,
             payload,
             timeout,
             prefix,
@@ -288,6 +293,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 online: online.unwrap_or(usize::MAX),
                 messages,
                 window,
+                rate,
                 payload,
                 timeout: secs(timeout),
                 prefix,

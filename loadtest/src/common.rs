@@ -301,7 +301,8 @@ pub async fn connect_from(
         device_id: "load".into(),
         platform: pb::Platform::Server as i32,
         client_version: "loadtest".into(),
-        protocol_version: 1,
+        // Revision 2: read-fan-out groups' messages come as GROUP_PUSH (SPEC §13.12).
+        protocol_version: im_protocol::PROTOCOL_REVISION,
         ..Default::default()
     };
     writer.send(Frame::new(1, hello)).await?;

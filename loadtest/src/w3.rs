@@ -28,6 +28,8 @@ pub struct W3Config {
     pub messages: usize,
     /// Messages in flight (until the last online member got them).
     pub window: usize,
+    /// Messages per second on a fixed schedule (0 = keep `window` in flight instead).
+    pub rate: u32,
     /// Payload bytes (at least 12: index and timestamp).
     pub payload: usize,
     /// Give up waiting for deliveries after this long.
@@ -51,6 +53,19 @@ pub struct W3Result {
     pub window: usize,
     /// Time to create the group and add everyone, seconds.
     pub setup_secs: f64,
+    /// The slowest and the fastest add request of the setup (500 members each), ms: equal
+    /// when setting up is linear in members (each add costs the same however many are in).
+    #[serde(default)]
+    pub add_ms_first_last: (f64, f64),
+    /// Server RSS growth over the setup, per member, bytes.
+    #[serde(default)]
+    pub rss_per_member_bytes: Option<f64>,
+    /// Sending schedule, messages/s (0 = windowed).
+    #[serde(default)]
+    pub rate: u32,
+    /// Whether the group was in read fan-out when the sends started.
+    #[serde(default)]
+    pub read_fanout: bool,
     /// Time to log in the receivers, seconds.
     pub login_secs: f64,
     /// Sends acknowledged.
@@ -80,14 +95,27 @@ pub struct W3Result {
 impl W3Result {
     /// The human-readable table (stdout).
     pub fn table(&self) -> String {
+        let mode = if self.read_fanout { "read" } else { "write" };
+        let pace = if self.rate > 0 {
+            format!("rate={}/s", self.rate)
+        } else {
+            format!("window={}", self.window)
+        };
         let mut s = format!(
-            "W3  members={} online={} messages={} window={}\n",
-            self.members, self.online, self.messages, self.window
+            "W3  members={} online={} messages={} {pace} fan-out={mode}\n",
+            self.members, self.online, self.messages
         );
         s += &format!(
             "  setup / login s        {:.2} / {:.2}\n",
             self.setup_secs, self.login_secs
         );
+        s += &format!(
+            "  add of 500, first/last ms {:.1} / {:.1}\n",
+            self.add_ms_first_last.0, self.add_ms_first_last.1
+        );
+        if let Some(per_member) = self.rss_per_member_bytes {
+            s += &format!("  server RSS per member  {per_member:>12.0} B\n");
+        }
         s += &format!(
             "  deliveries/s           {:>12.0}\n",
             self.deliveries_per_sec
@@ -158,6 +186,7 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
     let sender_id = format!("{}-{run}-sender", config.prefix);
 
     // The group: created with the first members, the rest added in chunks (bodies stay small).
+    let rss_before_setup = target.probe().and_then(|p| p.sample()).map(|u| u.rss_bytes);
     let setup_start = Instant::now();
     let mut sender = common::connect(&dialer, &target.secret, &sender_id).await?;
     let others: Vec<String> = (0..config.members - 1).map(user).collect();
@@ -176,11 +205,15 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
     let Body::GroupCreateResp(created) = created else {
         bail!("unexpected answer to group creation: {created:?}");
     };
-    let group_id = created.group.context("no group in the answer")?.group_id;
+    let created = created.group.context("no group in the answer")?;
+    let group_id = created.group_id;
+    let mut read_fanout = created.read_fanout;
     let mut request_id = 3;
+    let mut add_ms = Vec::new();
     for chunk in chunks {
         request_id += 1;
-        request(
+        let started = Instant::now();
+        let added = request(
             &mut sender,
             request_id,
             pb::GroupAddMembersReq {
@@ -189,8 +222,35 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
             },
         )
         .await?;
+        add_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        if let Body::GroupAddMembersResp(pb::GroupAddMembersResp {
+            group: Some(group), ..
+        }) = added
+        {
+            read_fanout = group.read_fanout;
+        }
     }
     let setup_secs = setup_start.elapsed().as_secs_f64();
+    let rss_per_member_bytes = match (
+        rss_before_setup,
+        target.probe().and_then(|p| p.sample()).map(|u| u.rss_bytes),
+    ) {
+        (Some(before), Some(after)) => {
+            Some(after.saturating_sub(before) as f64 / config.members as f64)
+        }
+        _ => None,
+    };
+    // The first and the last few adds (median of up to 5 each), so one slow request does not
+    // decide.
+    let median = |xs: &[f64]| -> f64 {
+        let mut xs = xs.to_vec();
+        xs.sort_by(f64::total_cmp);
+        xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+    };
+    let add_ms_first_last = (
+        median(&add_ms[..add_ms.len().min(5)]),
+        median(&add_ms[add_ms.len().saturating_sub(5)..]),
+    );
     progress!(
         "W3: group {group_id} of {} members set up in {setup_secs:.2} s",
         config.members
@@ -255,22 +315,34 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
                     _ = stop.cancelled() => break,
                     f = reader.next() => match f { Some(Ok(f)) => f, _ => break },
                 };
-                let Ok(Body::Push(push)) = frame.decode_body() else {
-                    continue;
-                };
+                // Write fan-out: inbox entries (acknowledged); read fan-out: GROUP_PUSH
+                // messages (no inbox seq, nothing to acknowledge).
                 let mut last_seq = 0;
-                if let Some(first) = push.entries.first() {
-                    if previous_seq != 0 && first.inbox_seq != previous_seq + 1 {
-                        gaps.fetch_add(1, Ordering::Relaxed);
+                let messages: Vec<pb::Message> = match frame.decode_body() {
+                    Ok(Body::Push(push)) => {
+                        if let Some(first) = push.entries.first() {
+                            if previous_seq != 0 && first.inbox_seq != previous_seq + 1 {
+                                gaps.fetch_add(1, Ordering::Relaxed);
+                            }
+                            previous_seq = push.entries.last().map_or(0, |e| e.inbox_seq);
+                        }
+                        push.entries
+                            .into_iter()
+                            .filter_map(|entry| {
+                                last_seq = entry.inbox_seq;
+                                since_ack += 1;
+                                match entry.body {
+                                    Some(pb::inbox_entry::Body::Message(m)) => Some(m),
+                                    _ => None,
+                                }
+                            })
+                            .collect()
                     }
-                    previous_seq = push.entries.last().map_or(0, |e| e.inbox_seq);
-                }
-                for entry in push.entries {
-                    last_seq = entry.inbox_seq;
-                    since_ack += 1;
-                    let Some(pb::inbox_entry::Body::Message(m)) = entry.body else {
-                        continue;
-                    };
+                    Ok(Body::GroupPush(push)) => push.messages,
+                    _ => continue,
+                };
+                for m in messages {
+                    {
                     if m.conversation_id != conv || m.content.len() < 12 {
                         continue;
                     }
@@ -289,8 +361,9 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
                         last.fetch_max(now_ns, Ordering::Relaxed);
                         window.add_permits(1);
                     }
+                    }
                 }
-                if since_ack >= 32 {
+                if since_ack >= 32 && last_seq > 0 {
                     since_ack = 0;
                     request_id += 1;
                     let _ = writer
@@ -347,11 +420,21 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
         })
     };
     let mut body = vec![b'x'; config.payload];
+    let schedule = Instant::now();
     for i in 0..n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, window.acquire()).await {
-            Ok(permit) => permit.expect("semaphore open").forget(),
-            Err(_) => break,
+        if config.rate > 0 {
+            // Open loop: message i leaves at i / rate, whatever the deliveries do.
+            let at = schedule + Duration::from_secs_f64(i as f64 / f64::from(config.rate));
+            tokio::time::sleep_until(at.into()).await;
+            if Instant::now() > deadline {
+                break;
+            }
+        } else {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, window.acquire()).await {
+                Ok(permit) => permit.expect("semaphore open").forget(),
+                Err(_) => break,
+            }
         }
         body[..4].copy_from_slice(&(i as u32).to_be_bytes());
         body[4..12].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_be_bytes());
@@ -393,6 +476,10 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
         online,
         messages: n,
         window: config.window,
+        rate: config.rate,
+        read_fanout,
+        add_ms_first_last,
+        rss_per_member_bytes,
         setup_secs,
         login_secs,
         acked: acked.load(Ordering::Relaxed),

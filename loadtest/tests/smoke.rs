@@ -122,6 +122,7 @@ async fn w3_every_online_member_receives_every_group_message() {
         online: 15,
         messages: 30,
         window: 4,
+        rate: 0,
         payload: 100,
         timeout: Duration::from_secs(20),
         prefix: "smoke-w3".into(),
@@ -132,6 +133,40 @@ async fn w3_every_online_member_receives_every_group_message() {
     assert_eq!(result.complete_messages, 30);
     assert_eq!(result.last_receipt_ms.count, 30);
     assert_eq!(result.errors, 0);
+    assert!(!result.read_fanout, "20 members is write fan-out");
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w3_paced_sends_reach_every_member_of_a_read_fanout_group() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    init_tracing();
+    let mut options = ServerOptions::new(
+        "127.0.0.1:0".parse().expect("address"),
+        dir.path().to_path_buf(),
+        TokenKey::new(SECRET.as_bytes().to_vec()),
+    );
+    options.rate_limit = 0;
+    options.read_fanout_threshold = 10;
+    let server = app::start(options).await.expect("server starts");
+    let mut target = Target::local(server.addr, SECRET);
+    target.server_pid = vec![std::process::id()];
+    let config = w3::W3Config {
+        members: 1_200,
+        online: 40,
+        messages: 50,
+        window: 4,
+        rate: 100,
+        payload: 100,
+        timeout: Duration::from_secs(20),
+        prefix: "smoke-w3-read".into(),
+    };
+    let result = w3::run(&target, &config).await.expect("W3 runs");
+    assert!(result.read_fanout, "{result:?}");
+    assert_eq!(result.deliveries, 50 * 40, "{result:?}");
+    assert_eq!(result.complete_messages, 50);
+    assert_eq!(result.errors, 0);
+    assert!(result.rss_per_member_bytes.is_some());
     stop(server).await;
 }
 
@@ -195,6 +230,7 @@ async fn the_bare_relay_carries_w1_and_w3() {
         online: 19,
         messages: 20,
         window: 4,
+        rate: 0,
         payload: 100,
         timeout: Duration::from_secs(20),
         prefix: "smoke-relay-w3".into(),

@@ -45,12 +45,14 @@ impl<S: TimelineStore> Logic<S> {
                     .await
                     .map_err(store_error)?;
                 effects.deliveries = crate::deliveries(change.deliveries.clone());
-                if change.group.read_fanout {
+                let group = if change.group.read_fanout {
                     self.after_membership_change(&change, true, now, effects)
-                        .await?;
-                }
+                        .await?
+                } else {
+                    change.group
+                };
                 Ok(Some(Body::GroupCreateResp(pb::GroupCreateResp {
-                    group: Some(change.group),
+                    group: Some(group),
                 })))
             }
             Body::GroupAddMembersReq(request) => {
@@ -70,10 +72,11 @@ impl<S: TimelineStore> Logic<S> {
                     .await
                     .map_err(store_error)?;
                 effects.deliveries = crate::deliveries(change.deliveries.clone());
-                self.after_membership_change(&change, true, now, effects)
+                let group = self
+                    .after_membership_change(&change, true, now, effects)
                     .await?;
                 Ok(Some(Body::GroupAddMembersResp(pb::GroupAddMembersResp {
-                    group: Some(change.group),
+                    group: Some(group),
                     added: change.changed,
                 })))
             }
@@ -84,11 +87,12 @@ impl<S: TimelineStore> Logic<S> {
                     .await
                     .map_err(store_error)?;
                 effects.deliveries = crate::deliveries(change.deliveries.clone());
-                self.after_membership_change(&change, false, now, effects)
+                let group = self
+                    .after_membership_change(&change, false, now, effects)
                     .await?;
                 Ok(Some(Body::GroupRemoveMembersResp(
                     pb::GroupRemoveMembersResp {
-                        group: Some(change.group),
+                        group: Some(group),
                         removed: change.changed,
                     },
                 )))
@@ -100,10 +104,11 @@ impl<S: TimelineStore> Logic<S> {
                     .await
                     .map_err(store_error)?;
                 effects.deliveries = crate::deliveries(change.deliveries.clone());
-                self.after_membership_change(&change, true, now, effects)
+                let group = self
+                    .after_membership_change(&change, true, now, effects)
                     .await?;
                 Ok(Some(Body::GroupJoinResp(pb::GroupJoinResp {
-                    group: Some(change.group),
+                    group: Some(group),
                 })))
             }
             Body::GroupLeaveReq(request) => {

@@ -24,14 +24,15 @@ impl<S: TimelineStore> Logic<S> {
     }
 
     /// After a membership change: the gateway's follow lists for the changed users, and the
-    /// switch of mode if the group crossed the threshold (up) or half of it (down).
+    /// switch of mode if the group crossed the threshold (up) or half of it (down). Returns
+    /// the group as it is after all that (the response shows the mode in force).
     pub(crate) async fn after_membership_change(
         &self,
         change: &GroupChange,
         joined: bool,
         now: u64,
         effects: &mut Effects,
-    ) -> Result<(), pb::Error> {
+    ) -> Result<pb::GroupInfo, pb::Error> {
         if change.group.read_fanout {
             effects
                 .rooms
@@ -42,7 +43,7 @@ impl<S: TimelineStore> Logic<S> {
                 }));
         }
         if !self.read_fanout_enabled() || change.changed.is_empty() {
-            return Ok(());
+            return Ok(change.group.clone());
         }
         let members = change.group.member_count;
         let threshold = self.config.read_fanout_threshold;
@@ -54,7 +55,7 @@ impl<S: TimelineStore> Logic<S> {
             None
         };
         let Some(read_fanout) = switch_to else {
-            return Ok(());
+            return Ok(change.group.clone());
         };
         let switched = self
             .store
@@ -77,7 +78,7 @@ impl<S: TimelineStore> Logic<S> {
         effects
             .deliveries
             .extend(crate::deliveries(switched.deliveries));
-        Ok(())
+        Ok(switched.group)
     }
 
     /// Every read-fan-out group of `user` with its head and the user's marker: what the last

@@ -194,18 +194,24 @@ async fn worker(spec: Value) {
                         let duplicates: u32 = seen.seqs.values().map(|n| n - 1).sum();
                         (seqs, duplicates, seen.online)
                     };
-                    let unread = if command == "final" {
+                    let (unread, read_seq, last_seq) = if command == "final" {
                         let page = handle.fetch_conversations(500, "").await.expect("list");
-                        page.conversations
+                        let listed = page
+                            .conversations
                             .iter()
-                            .find(|c| c.conversation_id == conversation)
-                            .map(|c| c.unread_count)
+                            .find(|c| c.conversation_id == conversation);
+                        (
+                            listed.map(|c| c.unread_count),
+                            listed.map(|c| c.read_seq),
+                            listed.map(|c| c.last_seq),
+                        )
                     } else {
-                        None
+                        (None, None, None)
                     };
                     report.push(json!({
                         "user": name, "seqs": seqs, "duplicates": duplicates,
-                        "online": online, "unread": unread,
+                        "online": online, "unread": unread, "read_seq": read_seq,
+                        "last_seq": last_seq,
                     }));
                 }
                 println!("{OUT}{}", json!({ "report": report }));
@@ -267,8 +273,10 @@ impl Worker {
             line.clear();
             let read = self.stdout.read_line(&mut line).expect("read the worker");
             assert!(read > 0, "the worker process ended");
-            if let Some(answer) = line.trim().strip_prefix(OUT) {
-                return serde_json::from_str(answer).expect("JSON from the worker");
+            // The test harness may have printed "test name ... " on the same line.
+            if let Some(at) = line.find(OUT) {
+                return serde_json::from_str(line[at + OUT.len()..].trim())
+                    .expect("JSON from the worker");
             }
         }
     }
@@ -387,25 +395,51 @@ async fn change_members(
     }
 }
 
-/// Sends `PER_PHASE` messages from each sender, paced.
-async fn send_phase(senders: &[(String, sdk_core::ClientHandle)], group_id: &str, phase: usize) {
+/// Sends from each sender, paced, until `stop` is set and each sent at least `PER_PHASE`.
+async fn send_phase(
+    senders: &[(String, sdk_core::ClientHandle)],
+    group_id: &str,
+    phase: usize,
+    stop: Arc<AtomicBool>,
+) -> usize {
     let tasks: Vec<_> = senders
         .iter()
         .map(|(name, handle)| {
             let (name, handle, group_id) = (name.clone(), handle.clone(), group_id.to_owned());
+            let stop = stop.clone();
             tokio::spawn(async move {
-                for m in 0..PER_PHASE {
+                let mut m = 0;
+                while m < PER_PHASE || !stop.load(Ordering::SeqCst) {
                     handle
                         .send_text(Recipient::Group(group_id.clone()), &format!("{name} {phase}.{m}"))
                         .await
                         .expect("queued");
+                    m += 1;
                     tokio::time::sleep(PACE).await;
                 }
+                m
             })
         })
         .collect();
+    let mut sent = 0;
     for task in tasks {
-        task.await.unwrap();
+        sent += task.await.unwrap();
+    }
+    sent
+}
+
+/// The group's timeline once it holds `count` messages (sends queued in client outboxes are
+/// still on their way when the senders stop).
+async fn timeline_of(owner: &mut Client, conversation: &str, count: usize) -> BTreeMap<u64, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let messages = timeline(owner, conversation).await;
+        if messages.len() >= count {
+            assert_eq!(messages.len(), count, "more messages than were sent");
+            return messages;
+        }
+        assert!(Instant::now() < deadline, "{} of {count} messages stored", messages.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -530,9 +564,10 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
 
     // Phase 1: messages flow while the group grows to 20,000 (crossing the threshold in the
     // first add) and one client process loses its network for a while.
+    let stop = Arc::new(AtomicBool::new(false));
     let phase1 = {
-        let (senders, group_id) = (senders.clone(), group_id.clone());
-        tokio::spawn(async move { send_phase(&senders, &group_id, 1).await })
+        let (senders, group_id, stop) = (senders.clone(), group_id.clone(), stop.clone());
+        tokio::spawn(async move { send_phase(&senders, &group_id, 1, stop).await })
     };
     tokio::time::sleep(Duration::from_millis(600)).await;
     let mut joined_between = Vec::new();
@@ -551,9 +586,15 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
     tokio::task::block_in_place(|| workers[WORKERS - 1].call("offline"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     tokio::task::block_in_place(|| workers[WORKERS - 1].call("online"));
-    phase1.await.unwrap();
-    let after_phase1 = timeline(&mut owner, &conversation).await;
-    assert_eq!(after_phase1.len(), SENDERS * PER_PHASE);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let sent1 = phase1.await.unwrap();
+    let after_phase1 = timeline_of(&mut owner, &conversation, sent1).await;
+    assert!(after_phase1.len() >= SENDERS * PER_PHASE);
+    assert_eq!(
+        after_phase1.keys().copied().collect::<Vec<u64>>(),
+        (1..=after_phase1.len() as u64).collect::<Vec<u64>>()
+    );
     let expected: BTreeMap<String, BTreeSet<u64>> = users[SENDERS..ONLINE]
         .iter()
         .map(|u| (u.clone(), from_others(&after_phase1, u, 0)))
@@ -576,48 +617,56 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
     }
     let head1 = *after_phase1.keys().last().unwrap();
     for (name, before, after, handle, events) in &mut late {
+        // Where the server says this member joined: its read marker (it never read).
+        let page = loop {
+            match handle.fetch_conversations(100, "").await {
+                Ok(page) => break page,
+                // Not connected yet.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let summary = page
+            .conversations
+            .iter()
+            .find(|c| c.conversation_id == conversation)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} does not list the group"));
+        let joined_at = summary.read_seq;
+        assert!(
+            joined_at >= *before && joined_at <= *after,
+            "{name} joined at {joined_at}, between the add's {before} and {after}"
+        );
+        assert_eq!(
+            summary.unread_count,
+            from_others(&after_phase1, name, joined_at).len() as u64,
+            "{name}'s unread count"
+        );
+        let want: Vec<u64> = (joined_at + 1..=head1).collect();
         let mut seqs = BTreeMap::<u64, u32>::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while seqs.keys().next_back() != Some(&head1) {
-            let event = tokio::time::timeout_at(deadline, events.recv())
-                .await
-                .unwrap_or_else(|_| panic!("{name} did not catch up: has {:?}", seqs.keys()))
-                .expect("client running");
-            if let Event::MessageReceived(m) = event
+        while seqs.len() < want.len() {
+            let Ok(event) = tokio::time::timeout_at(deadline, events.recv()).await else {
+                panic!("{name} did not catch up: has {:?}, wants {want:?}", seqs.keys());
+            };
+            if let Event::MessageReceived(m) = event.expect("client running")
                 && m.conversation_id == conversation
             {
                 *seqs.entry(m.seq).or_default() += 1;
             }
         }
         assert!(seqs.values().all(|n| *n == 1), "{name} got a message twice");
-        let first = *seqs.keys().next().unwrap();
-        assert!(
-            first > *before && first <= *after + 1,
-            "{name} joined between seqs {before} and {after} but got from {first}"
-        );
         let got: Vec<u64> = seqs.keys().copied().collect();
-        let want: Vec<u64> = (first..=head1).collect();
-        assert_eq!(got, want, "{name} has a gap");
-        let page = handle.fetch_conversations(100, "").await.expect("list");
-        let unread = page
-            .conversations
-            .iter()
-            .find(|c| c.conversation_id == conversation)
-            .map(|c| c.unread_count);
-        assert_eq!(
-            unread,
-            Some(from_others(&after_phase1, name, first - 1).len() as u64),
-            "{name}'s unread count"
-        );
+        assert_eq!(got, want, "{name} received exactly the messages since it joined");
         handle.shutdown().await.expect("stops");
     }
     println!("{} members caught up on their first connect", late.len());
 
     // Phase 2: messages flow while the group shrinks back to the online members (crossing
     // half the threshold in the last remove).
+    let stop = Arc::new(AtomicBool::new(false));
     let phase2 = {
-        let (senders, group_id) = (senders.clone(), group_id.clone());
-        tokio::spawn(async move { send_phase(&senders, &group_id, 2).await })
+        let (senders, group_id, stop) = (senders.clone(), group_id.clone(), stop.clone());
+        tokio::spawn(async move { send_phase(&senders, &group_id, 2, stop).await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut info = None;
@@ -627,12 +676,13 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
     let info = info.expect("removed");
     assert_eq!(info.member_count as usize, ONLINE);
     assert!(!info.read_fanout, "back to write fan-out at half the threshold");
-    phase2.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let sent2 = phase2.await.unwrap();
 
     // Everyone online has every message from others exactly once; the server's unread count
     // (nobody read anything) is the number of those messages.
-    let all = timeline(&mut owner, &conversation).await;
-    assert_eq!(all.len(), 2 * SENDERS * PER_PHASE);
+    let all = timeline_of(&mut owner, &conversation, sent1 + sent2).await;
     let expected: BTreeMap<String, BTreeSet<u64>> = users[SENDERS..ONLINE]
         .iter()
         .map(|u| (u.clone(), from_others(&all, u, 0)))
@@ -648,7 +698,8 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
         assert_eq!(
             entry["unread"].as_u64(),
             Some(want.len() as u64),
-            "{name}'s unread count"
+            "{name}'s unread count ({entry:?} without seqs)",
+            entry = json!({"read_seq": entry["read_seq"], "last_seq": entry["last_seq"]})
         );
     }
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -140,14 +140,21 @@ impl WriteCtx<'_> {
         }
     }
 
-    /// Who hears of a membership change: every member (`everyone`, the changed users
-    /// included) in write fan-out, only the changed users in read fan-out (SPEC §13.12).
-    fn audience(info: &pb::GroupInfo, everyone: Vec<String>, changed: &[String]) -> Vec<String> {
+    /// Who hears of a membership change: every member (and `also`, the users who left) in
+    /// write fan-out, only the changed users in read fan-out (SPEC §13.12), where listing the
+    /// members would make every change cost as much as the group is large.
+    fn audience(
+        &mut self,
+        info: &pb::GroupInfo,
+        also: &[String],
+        changed: &[String],
+    ) -> StoreResult<Vec<String>> {
         if info.read_fanout {
-            changed.to_vec()
-        } else {
-            everyone
+            return Ok(changed.to_vec());
         }
+        let mut everyone: BTreeSet<String> = self.member_ids(&info.group_id)?.into_iter().collect();
+        everyone.extend(also.iter().cloned());
+        Ok(everyone.into_iter().collect())
     }
 
     pub(crate) fn set_group_fanout(
@@ -354,7 +361,7 @@ impl WriteCtx<'_> {
         }
         let info = record.info.clone().unwrap_or_default();
         self.put_group(&record);
-        let everyone = Self::audience(&info, self.member_ids(group_id)?, &added);
+        let everyone = self.audience(&info, &[], &added)?;
         self.announce(
             &everyone,
             group_id,
@@ -410,9 +417,7 @@ impl WriteCtx<'_> {
         info.member_count = info.member_count.saturating_sub(removed.len() as u32);
         let info = info.clone();
         self.put_group(&record);
-        let mut audience: BTreeSet<String> = self.member_ids(group_id)?.into_iter().collect();
-        audience.extend(removed.iter().cloned());
-        let audience = Self::audience(&info, audience.into_iter().collect(), &removed);
+        let audience = self.audience(&info, &removed, &removed)?;
         self.announce(
             &audience,
             group_id,
@@ -446,7 +451,7 @@ impl WriteCtx<'_> {
         self.admit_member(&mut record, group_id, user, now_ms)?;
         let info = record.info.clone().unwrap_or_default();
         self.put_group(&record);
-        let everyone = Self::audience(&info, self.member_ids(group_id)?, &[user.to_owned()]);
+        let everyone = self.audience(&info, &[], &[user.to_owned()])?;
         self.announce(
             &everyone,
             group_id,
@@ -474,13 +479,16 @@ impl WriteCtx<'_> {
         self.delete(&ks.members, keys::pair_key(group_id, user));
         self.drop_state(user, &ids::group_conversation_id(group_id));
         self.index_read_group(user, group_id, false);
-        let remaining = self.members(group_id)?;
         let info = record.info.get_or_insert_with(Default::default);
         info.member_count = info.member_count.saturating_sub(1);
         if info.owner == user {
             // The longest-standing member: the lowest join order (user id breaks no tie, as
-            // join orders are unique).
-            let successor = remaining.iter().min_by_key(|r| r.join_order).cloned();
+            // join orders are unique). Only an owner leaving reads every member.
+            let successor = self
+                .members(group_id)?
+                .into_iter()
+                .min_by_key(|r| r.join_order);
+            let info = record.info.get_or_insert_with(Default::default);
             info.owner = match successor {
                 Some(mut successor) => {
                     let member = successor.member.get_or_insert_with(Default::default);
@@ -494,12 +502,7 @@ impl WriteCtx<'_> {
         }
         let info = record.info.clone().unwrap_or_default();
         self.put_group(&record);
-        let mut audience: BTreeSet<String> = remaining
-            .into_iter()
-            .filter_map(|r| r.member.map(|m| m.user_id))
-            .collect();
-        audience.insert(user.to_owned());
-        let audience = Self::audience(&info, audience.into_iter().collect(), &[user.to_owned()]);
+        let audience = self.audience(&info, &[user.to_owned()], &[user.to_owned()])?;
         self.announce(
             &audience,
             group_id,
