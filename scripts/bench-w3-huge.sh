@@ -6,6 +6,8 @@
 # the end of the setup (equal when setup is linear), server RSS growth per member.
 # BENCHMARKS.md "Issue 15 (huge groups)" records the figures.
 #   cargo build --release -p im-server -p loadtest && ulimit -n 20000 && scripts/bench-w3-huge.sh [SIZES...]
+# RATE=50 sends 50 messages/s; SERVER_FLAGS="--read-fanout-threshold 2000" keeps a group of
+# 1,000 in write fan-out, for comparison. The load generator's own CPU time is printed too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server=target/release/im-server
@@ -19,12 +21,14 @@ for members in "${sizes[@]}"; do
     rm -rf "$data/store"
     secret="$(openssl rand -hex 32)"
     "$server" --listen 127.0.0.1:18080 --data-dir "$data/store" --secret "$secret" \
-        --rate-limit 0 --max-connections 5000 > "$data/out" 2>/dev/null &
+        --rate-limit 0 --max-connections 5000 ${SERVER_FLAGS:-} > "$data/out" 2>/dev/null &
     pid=$!
     sleep 1
-    echo "== W3, $members members, 1,000 online, 100 messages/s"
-    "$loadtest" w3 --server 127.0.0.1:18080 --secret "$secret" --server-pid "$pid" \
-        --members "$members" --online 1000 --messages 1000 --rate 100 --timeout 300 2>&1 \
-        | grep -v "^  deliveries  "
+    rate="${RATE:-100}"
+    echo "== W3, $members members, 1,000 online, $rate messages/s ${SERVER_FLAGS:-}"
+    /usr/bin/time -f "  load generator CPU-s %U user + %S system" \
+        "$loadtest" w3 --server 127.0.0.1:18080 --secret "$secret" --server-pid "$pid" \
+        --members "$members" --online 1000 --messages $((rate * 10)) --rate "$rate" \
+        --timeout 300 2>&1 | grep -v "^  deliveries  "
     kill "$pid"; wait "$pid" 2>/dev/null || true
 done

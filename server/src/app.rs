@@ -601,6 +601,7 @@ async fn serve_gateway<L: LogicApi>(
     };
     let (in_process, dialer) = memory::listener();
     let hub = Hub::with_limits(config.max_frame_bytes, config.max_connections_per_user);
+    hub.coalesce_group_pushes(gateway::hub::GROUP_PUSH_INTERVAL, shutdown.clone());
     // The only gateway: its hub is the whole push router. One of several: the cluster router
     // reaches the others through Redis.
     let mut cluster = None;

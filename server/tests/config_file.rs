@@ -200,7 +200,7 @@ fn a_logic_table_holds_the_logic_nodes_settings() {
         "{table}"
     );
     assert!(
-        table.contains("max-group-members = \"1000\"  # default"),
+        table.contains("max-group-members = \"100000\"  # default"),
         "{table}"
     );
 

@@ -327,8 +327,9 @@ fn disk_used(path: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fanout_byte_budget_stops_a_sender_flooding_a_big_group() {
     let dir = tempfile::tempdir().unwrap();
-    // Default budget.
-    let server = Server::start_process(dir.path(), &[]);
+    // Default budget; a group of 1,000 in write fan-out (above the threshold it would use read
+    // fan-out, where a message is written once whatever the group's size).
+    let server = Server::start_process(dir.path(), &["--read-fanout-threshold", "1000"]);
     let mut alice = Client::connect(&server, "alice", "phone").await;
     let members: Vec<String> = (1..1000).map(|i| format!("member{i:04}")).collect();
     let group = match alice
