@@ -343,24 +343,25 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
                 };
                 for m in messages {
                     {
-                    if m.conversation_id != conv || m.content.len() < 12 {
-                        continue;
-                    }
-                    let idx = u32::from_be_bytes(m.content[..4].try_into().expect("4")) as usize;
-                    let sent_ns = u64::from_be_bytes(m.content[4..12].try_into().expect("8"));
-                    let now_ns = origin.elapsed().as_nanos() as u64;
-                    let took = Duration::from_nanos(now_ns.saturating_sub(sent_ns));
-                    common::record(&mut local, took);
-                    deliveries.fetch_add(1, Ordering::Relaxed);
-                    let Some(count) = counts.get(idx) else {
-                        continue;
-                    };
-                    if count.fetch_add(1, Ordering::Relaxed) + 1 == online {
-                        common::record(&mut local_last, took);
-                        complete.fetch_add(1, Ordering::Relaxed);
-                        last.fetch_max(now_ns, Ordering::Relaxed);
-                        window.add_permits(1);
-                    }
+                        if m.conversation_id != conv || m.content.len() < 12 {
+                            continue;
+                        }
+                        let idx =
+                            u32::from_be_bytes(m.content[..4].try_into().expect("4")) as usize;
+                        let sent_ns = u64::from_be_bytes(m.content[4..12].try_into().expect("8"));
+                        let now_ns = origin.elapsed().as_nanos() as u64;
+                        let took = Duration::from_nanos(now_ns.saturating_sub(sent_ns));
+                        common::record(&mut local, took);
+                        deliveries.fetch_add(1, Ordering::Relaxed);
+                        let Some(count) = counts.get(idx) else {
+                            continue;
+                        };
+                        if count.fetch_add(1, Ordering::Relaxed) + 1 == online {
+                            common::record(&mut local_last, took);
+                            complete.fetch_add(1, Ordering::Relaxed);
+                            last.fetch_max(now_ns, Ordering::Relaxed);
+                            window.add_permits(1);
+                        }
                     }
                 }
                 if since_ack >= 32 && last_seq > 0 {

@@ -316,7 +316,11 @@ impl<S: TimelineStore> Logic<S> {
                         .is_member(&group_id, &caller.user)
                         .await
                         .map_err(store_error)?;
-                    if member { vec![caller.user.clone()] } else { Vec::new() }
+                    if member {
+                        vec![caller.user.clone()]
+                    } else {
+                        Vec::new()
+                    }
                 } else {
                     self.store
                         .member_ids(&group_id)

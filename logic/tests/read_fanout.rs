@@ -101,12 +101,19 @@ async fn crossing_both_ways_keeps_unread_counts_exact<S: TimelineStore>(store: S
     }
     send(&logic, "amy", &gid, "r-amy").await;
     let bob = summary(&logic, "bob", &conversation).await;
-    assert_eq!((bob.last_seq, bob.unread_count), (8, 8), "bob: all 8 are others'");
+    assert_eq!(
+        (bob.last_seq, bob.unread_count),
+        (8, 8),
+        "bob: all 8 are others'"
+    );
     let amy = summary(&logic, "amy", &conversation).await;
     assert_eq!(amy.unread_count, 6, "amy: 8 but her own 2");
     let cat = summary(&logic, "cat", &conversation).await;
     assert_eq!(cat.unread_count, 6, "cat joined after seq 2");
-    assert_eq!(cat.last_message.map(|m| m.client_msg_id).as_deref(), Some("r-amy"));
+    assert_eq!(
+        cat.last_message.map(|m| m.client_msg_id).as_deref(),
+        Some("r-amy")
+    );
 
     // The sync lists the group's head for the members.
     let (reply, _) = logic
@@ -130,14 +137,21 @@ async fn crossing_both_ways_keeps_unread_counts_exact<S: TimelineStore>(store: S
     assert!(!down.read_fanout, "2 members is half of 4");
     send(&logic, "owner", &gid, "w3").await;
     let bob = summary(&logic, "bob", &conversation).await;
-    assert_eq!((bob.last_seq, bob.unread_count), (9, 9), "bob after the switch back");
+    assert_eq!(
+        (bob.last_seq, bob.unread_count),
+        (9, 9),
+        "bob after the switch back"
+    );
     let (reply, _) = logic
         .handle(&caller("bob"), pb::SyncReq::default().into())
         .await;
     let Ok(Some(Body::SyncResp(sync))) = reply else {
         panic!("sync refused");
     };
-    assert!(sync.read_groups.is_empty(), "no read-fan-out group any more");
+    assert!(
+        sync.read_groups.is_empty(),
+        "no read-fan-out group any more"
+    );
 }
 
 #[tokio::test]

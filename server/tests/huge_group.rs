@@ -85,7 +85,11 @@ impl sdk_core::Connector for SwitchableConnector {
             let stream = tokio::net::TcpStream::connect(addr).await?;
             let std_stream = stream.into_std()?;
             // A second handle on the same socket: shutting it down cuts this stream too.
-            network.streams.lock().unwrap().push(std_stream.try_clone()?);
+            network
+                .streams
+                .lock()
+                .unwrap()
+                .push(std_stream.try_clone()?);
             let stream = tokio::net::TcpStream::from_std(std_stream)?;
             let _ = stream.set_nodelay(true);
             Ok(Box::new(stream) as Box<dyn sdk_core::ByteStream>)
@@ -411,7 +415,10 @@ async fn send_phase(
                 let mut m = 0;
                 while m < PER_PHASE || !stop.load(Ordering::SeqCst) {
                     handle
-                        .send_text(Recipient::Group(group_id.clone()), &format!("{name} {phase}.{m}"))
+                        .send_text(
+                            Recipient::Group(group_id.clone()),
+                            &format!("{name} {phase}.{m}"),
+                        )
                         .await
                         .expect("queued");
                     m += 1;
@@ -430,7 +437,11 @@ async fn send_phase(
 
 /// The group's timeline once it holds `count` messages (sends queued in client outboxes are
 /// still on their way when the senders stop).
-async fn timeline_of(owner: &mut Client, conversation: &str, count: usize) -> BTreeMap<u64, String> {
+async fn timeline_of(
+    owner: &mut Client,
+    conversation: &str,
+    count: usize,
+) -> BTreeMap<u64, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let messages = timeline(owner, conversation).await;
@@ -438,7 +449,11 @@ async fn timeline_of(owner: &mut Client, conversation: &str, count: usize) -> BT
             assert_eq!(messages.len(), count, "more messages than were sent");
             return messages;
         }
-        assert!(Instant::now() < deadline, "{} of {count} messages stored", messages.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} messages stored",
+            messages.len()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -518,7 +533,10 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
         panic!("group creation refused");
     };
     let group = created.group.expect("group");
-    assert!(!group.read_fanout, "{INITIAL} members is below the threshold");
+    assert!(
+        !group.read_fanout,
+        "{INITIAL} members is below the threshold"
+    );
     let group_id = group.group_id.clone();
     let conversation = format!("g:{group_id}");
 
@@ -579,8 +597,15 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
         joined_between.push((chunk[0].clone(), before, after));
         modes.push(info.read_fanout);
     }
-    assert_eq!(modes.first(), Some(&true), "the first add crosses {THRESHOLD}");
-    assert!(modes.iter().all(|m| *m), "the group stays in read fan-out while it grows");
+    assert_eq!(
+        modes.first(),
+        Some(&true),
+        "the first add crosses {THRESHOLD}"
+    );
+    assert!(
+        modes.iter().all(|m| *m),
+        "the group stays in read fan-out while it grows"
+    );
     let info = change_members(&mut owner, &group_id, &[], true).await;
     assert_eq!(info.member_count as usize, MEMBERS);
     tokio::task::block_in_place(|| workers[WORKERS - 1].call("offline"));
@@ -602,7 +627,10 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
     tokio::task::block_in_place(|| {
         wait_for_workers(&mut workers, &expected, Duration::from_secs(120))
     });
-    println!("phase 1: every online member has the {} messages", after_phase1.len());
+    println!(
+        "phase 1: every online member has the {} messages",
+        after_phase1.len()
+    );
 
     // Members who were never online connect now: each gets exactly the messages after the
     // point it joined (for the first chunk, through the inbox until the switch and the
@@ -646,7 +674,10 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while seqs.len() < want.len() {
             let Ok(event) = tokio::time::timeout_at(deadline, events.recv()).await else {
-                panic!("{name} did not catch up: has {:?}, wants {want:?}", seqs.keys());
+                panic!(
+                    "{name} did not catch up: has {:?}, wants {want:?}",
+                    seqs.keys()
+                );
             };
             if let Event::MessageReceived(m) = event.expect("client running")
                 && m.conversation_id == conversation
@@ -656,7 +687,10 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
         }
         assert!(seqs.values().all(|n| *n == 1), "{name} got a message twice");
         let got: Vec<u64> = seqs.keys().copied().collect();
-        assert_eq!(got, want, "{name} received exactly the messages since it joined");
+        assert_eq!(
+            got, want,
+            "{name} received exactly the messages since it joined"
+        );
         handle.shutdown().await.expect("stops");
     }
     println!("{} members caught up on their first connect", late.len());
@@ -675,7 +709,10 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
     }
     let info = info.expect("removed");
     assert_eq!(info.member_count as usize, ONLINE);
-    assert!(!info.read_fanout, "back to write fan-out at half the threshold");
+    assert!(
+        !info.read_fanout,
+        "back to write fan-out at half the threshold"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let sent2 = phase2.await.unwrap();
@@ -693,7 +730,11 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
     let finals = tokio::task::block_in_place(|| reports(&mut workers, "final"));
     for (name, entry) in &finals {
         let want: Vec<u64> = expected[name].iter().copied().collect();
-        assert_eq!(seqs_of(entry), want, "{name} received exactly the others' messages");
+        assert_eq!(
+            seqs_of(entry),
+            want,
+            "{name} received exactly the others' messages"
+        );
         assert_eq!(entry["duplicates"], 0);
         assert_eq!(
             entry["unread"].as_u64(),

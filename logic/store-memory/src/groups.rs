@@ -144,8 +144,7 @@ impl State {
             group_name: group.name.clone(),
             server_time_ms: now_ms,
             read_fanout: group.read_fanout,
-            conversation_seq: self
-                .conversation_head(&ids::group_conversation_id(&group.group_id)),
+            conversation_seq: self.conversation_head(&ids::group_conversation_id(&group.group_id)),
         };
         let deliveries = audience
             .iter()

@@ -182,11 +182,17 @@ enum Phase {
 #[derive(Debug)]
 enum Pending {
     Handshake,
-    Send { local_id: u64 },
+    Send {
+        local_id: u64,
+    },
     Sync,
-    Request { handle: RequestHandle },
+    Request {
+        handle: RequestHandle,
+    },
     /// A page of a read-fan-out group's timeline (SPEC §13.12).
-    CatchUp { conversation_id: String },
+    CatchUp {
+        conversation_id: String,
+    },
 }
 
 #[derive(Debug)]

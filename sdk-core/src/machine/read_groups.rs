@@ -48,7 +48,10 @@ impl<S: LocalStore> Client<S> {
 
     fn save_read_position(&mut self, conversation_id: &str) {
         let position = self.read_groups.get(conversation_id).map(|g| g.position);
-        if let Err(e) = self.store.set_read_group_position(conversation_id, position) {
+        if let Err(e) = self
+            .store
+            .set_read_group_position(conversation_id, position)
+        {
             self.events.push_back(Event::StoreError(e.to_string()));
         }
     }

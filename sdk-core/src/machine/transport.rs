@@ -236,8 +236,7 @@ impl<S: LocalStore> Client<S> {
                 }
                 if pong.inbox_head_seq > self.cursor && !self.sync_in_flight && self.connected() {
                     self.start_sync(0, now);
-                } else if !self.read_groups.is_empty() && !self.sync_in_flight && self.connected()
-                {
+                } else if !self.read_groups.is_empty() && !self.sync_in_flight && self.connected() {
                     // A lost GROUP_PUSH shows in no inbox head: once per heartbeat, the last
                     // page of a sync lists the read-fan-out groups' heads (SPEC §13.12).
                     self.start_sync(0, now);

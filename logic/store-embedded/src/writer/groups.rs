@@ -164,7 +164,11 @@ impl WriteCtx<'_> {
         now_ms: u64,
     ) -> StoreResult<GroupChange> {
         let mut record = self.group_record(group_id)?;
-        if record.info.as_ref().is_some_and(|i| i.read_fanout == read_fanout) {
+        if record
+            .info
+            .as_ref()
+            .is_some_and(|i| i.read_fanout == read_fanout)
+        {
             return Ok(Self::unchanged(record));
         }
         record.info.get_or_insert_with(Default::default).read_fanout = read_fanout;

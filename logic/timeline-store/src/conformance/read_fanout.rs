@@ -27,7 +27,11 @@ pub async fn read_fanout_stores_a_message_once_and_switches_without_gaps<F: Stor
     assert!(!change.group.read_fanout, "groups start in write fan-out");
     let conversation = ids::group_conversation_id(&gid);
     let everyone = strings(&["amy", "bob", "olga"]);
-    send(&store, to_group("olga", &gid, &everyone, "w1", "one", T0 + 1)).await;
+    send(
+        &store,
+        to_group("olga", &gid, &everyone, "w1", "one", T0 + 1),
+    )
+    .await;
     let amy_before = head(&store, "amy").await;
 
     let switched = store
@@ -35,7 +39,11 @@ pub async fn read_fanout_stores_a_message_once_and_switches_without_gaps<F: Stor
         .await
         .expect("set_group_fanout(read)");
     assert!(switched.group.read_fanout);
-    assert_eq!(switched.deliveries.len(), 3, "every member hears of the switch");
+    assert_eq!(
+        switched.deliveries.len(),
+        3,
+        "every member hears of the switch"
+    );
     let event = group_event_of(&switched.deliveries[0]);
     assert_eq!(event.kind, pb::GroupEventKind::FanoutChanged as i32);
     assert!(event.read_fanout);
@@ -43,26 +51,54 @@ pub async fn read_fanout_stores_a_message_once_and_switches_without_gaps<F: Stor
     assert!(store.group(&gid).await.expect("group").read_fanout);
     for user in &everyone {
         assert_eq!(
-            store.read_fanout_groups(user).await.expect("read_fanout_groups"),
+            store
+                .read_fanout_groups(user)
+                .await
+                .expect("read_fanout_groups"),
             vec![gid.clone()],
             "{user} is listed in the read-fan-out group"
         );
     }
-    let again = store.set_group_fanout(&gid, true, T0 + 3).await.expect("again");
-    assert!(again.deliveries.is_empty(), "switching to the mode in force changes nothing");
+    let again = store
+        .set_group_fanout(&gid, true, T0 + 3)
+        .await
+        .expect("again");
+    assert!(
+        again.deliveries.is_empty(),
+        "switching to the mode in force changes nothing"
+    );
 
     // The caller still lists every member (it looked before the switch): the store decides.
-    let read_sent = send(&store, to_group("olga", &gid, &everyone, "r1", "two", T0 + 4)).await;
+    let read_sent = send(
+        &store,
+        to_group("olga", &gid, &everyone, "r1", "two", T0 + 4),
+    )
+    .await;
     assert_eq!(read_sent.message.conversation_seq, 2);
     assert_eq!(
-        read_sent.deliveries.iter().map(|d| d.user.as_str()).collect::<Vec<_>>(),
+        read_sent
+            .deliveries
+            .iter()
+            .map(|d| d.user.as_str())
+            .collect::<Vec<_>>(),
         vec!["olga"],
         "only the sender's inbox gets a read-fan-out message"
     );
     assert!(read_sent.sender_inbox_seq > 0);
-    assert_eq!(head(&store, "amy").await, amy_before + 1, "amy got only the switch");
-    send(&store, to_group("bob", &gid, &strings(&["bob"]), "r2", "three", T0 + 5)).await;
-    assert_eq!(seq_list(&history(&store, &conversation).await), vec![1, 2, 3]);
+    assert_eq!(
+        head(&store, "amy").await,
+        amy_before + 1,
+        "amy got only the switch"
+    );
+    send(
+        &store,
+        to_group("bob", &gid, &strings(&["bob"]), "r2", "three", T0 + 5),
+    )
+    .await;
+    assert_eq!(
+        seq_list(&history(&store, &conversation).await),
+        vec![1, 2, 3]
+    );
 
     // bob's own message counts olga's message before it as unread; amy's marker moves to the
     // timeline's head although her state never saw those messages.
@@ -83,15 +119,36 @@ pub async fn read_fanout_stores_a_message_once_and_switches_without_gaps<F: Stor
     assert!(!event.read_fanout);
     assert_eq!(event.conversation_seq, 3);
     for user in &everyone {
-        assert!(store.read_fanout_groups(user).await.expect("list").is_empty());
+        assert!(
+            store
+                .read_fanout_groups(user)
+                .await
+                .expect("list")
+                .is_empty()
+        );
     }
-    let write_sent =
-        send(&store, to_group("olga", &gid, &strings(&["olga"]), "w2", "four", T0 + 8)).await;
-    let mut reached: Vec<&str> = write_sent.deliveries.iter().map(|d| d.user.as_str()).collect();
+    let write_sent = send(
+        &store,
+        to_group("olga", &gid, &strings(&["olga"]), "w2", "four", T0 + 8),
+    )
+    .await;
+    let mut reached: Vec<&str> = write_sent
+        .deliveries
+        .iter()
+        .map(|d| d.user.as_str())
+        .collect();
     reached.sort_unstable();
     assert_eq!(reached, vec!["amy", "bob", "olga"]);
-    assert_eq!(state(&store, "amy", &conversation).await.unread_count, 2, "3 and 4");
-    assert_eq!(state(&store, "bob", &conversation).await.unread_count, 3, "1, 2 and 4 (3 is his own)");
+    assert_eq!(
+        state(&store, "amy", &conversation).await.unread_count,
+        2,
+        "3 and 4"
+    );
+    assert_eq!(
+        state(&store, "bob", &conversation).await.unread_count,
+        3,
+        "1, 2 and 4 (3 is his own)"
+    );
 }
 
 /// In a read-fan-out group a membership change is announced to the users it changes only,
@@ -111,7 +168,11 @@ pub async fn read_fanout_membership_events_reach_only_the_changed_users<F: Store
     assert!(created.group.read_fanout);
     assert_eq!(created.deliveries.len(), 3, "creation reaches every member");
     let everyone = strings(&["amy", "bob", "olga"]);
-    send(&store, to_group("olga", &gid, &everyone, "m1", "hello", T0 + 1)).await;
+    send(
+        &store,
+        to_group("olga", &gid, &everyone, "m1", "hello", T0 + 1),
+    )
+    .await;
 
     let added = store
         .add_members(&gid, "olga", &strings(&["cat"]), 10, T0 + 2)
@@ -121,10 +182,19 @@ pub async fn read_fanout_membership_events_reach_only_the_changed_users<F: Store
     assert_eq!(reached, vec!["cat"], "only the added user hears of it");
     let event = group_event_of(&added.deliveries[0]);
     assert!(event.read_fanout);
-    assert_eq!(event.conversation_seq, 1, "cat follows the timeline from seq 1 on");
-    assert_eq!(store.read_fanout_groups("cat").await.expect("list"), vec![gid.clone()]);
+    assert_eq!(
+        event.conversation_seq, 1,
+        "cat follows the timeline from seq 1 on"
+    );
+    assert_eq!(
+        store.read_fanout_groups("cat").await.expect("list"),
+        vec![gid.clone()]
+    );
 
-    let joined = store.join_group(&gid, "dan", 10, T0 + 3).await.expect("join");
+    let joined = store
+        .join_group(&gid, "dan", 10, T0 + 3)
+        .await
+        .expect("join");
     assert_eq!(joined.deliveries.len(), 1);
     assert_eq!(joined.deliveries[0].user, "dan");
     let removed = store
@@ -133,12 +203,33 @@ pub async fn read_fanout_membership_events_reach_only_the_changed_users<F: Store
         .expect("remove");
     assert_eq!(removed.deliveries.len(), 1);
     assert_eq!(removed.deliveries[0].user, "amy");
-    assert!(store.read_fanout_groups("amy").await.expect("list").is_empty());
+    assert!(
+        store
+            .read_fanout_groups("amy")
+            .await
+            .expect("list")
+            .is_empty()
+    );
     let left = store.leave_group(&gid, "bob", T0 + 5).await.expect("leave");
     assert_eq!(left.deliveries.len(), 1);
-    assert!(store.read_fanout_groups("bob").await.expect("list").is_empty());
-    assert_eq!(store.read_fanout_groups("dan").await.expect("list"), vec![gid]);
-    assert!(store.read_fanout_groups("nobody").await.expect("list").is_empty());
+    assert!(
+        store
+            .read_fanout_groups("bob")
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(
+        store.read_fanout_groups("dan").await.expect("list"),
+        vec![gid]
+    );
+    assert!(
+        store
+            .read_fanout_groups("nobody")
+            .await
+            .expect("list")
+            .is_empty()
+    );
 }
 
 fn seq_list(messages: &[pb::Message]) -> Vec<u64> {
