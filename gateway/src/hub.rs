@@ -100,8 +100,11 @@ struct GroupBatches {
 #[derive(Debug)]
 struct GroupBatch {
     last_push: std::time::Instant,
-    waiting: Vec<(pb::Message, Option<String>)>,
+    waiting: Vec<Sent>,
 }
+
+/// A group message and its sender, whose own connections are not pushed it.
+type Sent = (pb::Message, Option<String>);
 
 /// How often a busy read-fan-out group's messages are pushed ([`Hub::coalesce_group_pushes`]):
 /// at most 20 ms late, and at a hundred messages a second two or three to a frame.
@@ -421,7 +424,7 @@ impl Hub {
 
     /// Pushes what waited for at least the interval (`all`: everything).
     fn flush_group_batches(&self, all: bool) {
-        let due: Vec<(String, Vec<(pb::Message, Option<String>)>)> = {
+        let due: Vec<(String, Vec<Sent>)> = {
             let Ok(mut batches) = self.group_batches.lock() else {
                 return;
             };
@@ -456,7 +459,7 @@ impl Hub {
         if messages.is_empty() {
             return;
         }
-        let mut by_group: Vec<(String, Vec<(pb::Message, Option<String>)>)> = Vec::new();
+        let mut by_group: Vec<(String, Vec<Sent>)> = Vec::new();
         for message in messages {
             let group = message
                 .conversation_id
@@ -513,7 +516,7 @@ impl Hub {
 
     /// One group's messages to its followers here: one set of frames for everyone, and for
     /// each sender among the messages one without theirs.
-    fn push_group(&self, group: &str, messages: Vec<(pb::Message, Option<String>)>) {
+    fn push_group(&self, group: &str, messages: Vec<Sent>) {
         // A snapshot, so no room lock is held while users are looked up.
         let followers: Vec<String> = match self.rooms.get(group) {
             Some(members) => members.iter().cloned().collect(),

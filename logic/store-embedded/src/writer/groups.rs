@@ -57,7 +57,7 @@ impl WriteCtx<'_> {
     pub(crate) fn group_audience(
         &mut self,
         group_id: &str,
-    ) -> StoreResult<Option<std::sync::Arc<(bool, Vec<String>)>>> {
+    ) -> StoreResult<Option<super::GroupAudience>> {
         if let Some(audience) = self.caches.groups.get(group_id) {
             return Ok(Some(audience.clone()));
         }

@@ -87,8 +87,11 @@ pub(crate) struct Caches {
     counters_dirty: bool,
     /// Groups messages went to: their fan-out mode and members (sorted). Every change of a
     /// group goes through `put_group`, which drops its entry.
-    groups: HashMap<String, std::sync::Arc<(bool, Vec<String>)>>,
+    groups: HashMap<String, GroupAudience>,
 }
+
+/// Whether a group is in read fan-out, and its members (sorted; empty in read fan-out).
+pub(crate) type GroupAudience = std::sync::Arc<(bool, Vec<String>)>;
 
 impl Caches {
     fn clear(&mut self) {
