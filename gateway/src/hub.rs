@@ -614,46 +614,37 @@ impl Hub {
 /// (at least one): a batch of large messages to one user must not make a frame the writer
 /// cannot send.
 fn push_frames(entries: Vec<pb::InboxEntry>, budget: usize) -> Vec<Frame> {
-    use im_protocol::ProstMessage as _;
-    let mut frames = Vec::new();
-    let mut current = Vec::new();
-    let mut used = 0;
-    for entry in entries {
-        let size = entry.encoded_len() + 6;
-        if used + size > budget && !current.is_empty() {
-            frames.push(Frame::push(pb::Push {
-                entries: std::mem::take(&mut current),
-            }));
-            used = 0;
-        }
-        used += size;
-        current.push(entry);
-    }
-    if !current.is_empty() {
-        frames.push(Frame::push(pb::Push { entries: current }));
-    }
-    frames
+    cut_into_frames(entries, budget, |entries| Frame::push(pb::Push { entries }))
 }
 
 /// `GroupPush` frames for one group's messages, cut like [`push_frames`].
 fn group_push_frames(messages: Vec<pb::Message>, budget: usize) -> Vec<Frame> {
-    use im_protocol::ProstMessage as _;
+    cut_into_frames(messages, budget, |messages| {
+        Frame::push(pb::GroupPush { messages })
+    })
+}
+
+/// `items` in order, in frames made by `frame` of at most about `budget` encoded bytes each
+/// (at least one item per frame).
+fn cut_into_frames<T: im_protocol::ProstMessage>(
+    items: Vec<T>,
+    budget: usize,
+    frame: impl Fn(Vec<T>) -> Frame,
+) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut current = Vec::new();
     let mut used = 0;
-    for message in messages {
-        let size = message.encoded_len() + 6;
+    for item in items {
+        let size = item.encoded_len() + 6;
         if used + size > budget && !current.is_empty() {
-            frames.push(Frame::push(pb::GroupPush {
-                messages: std::mem::take(&mut current),
-            }));
+            frames.push(frame(std::mem::take(&mut current)));
             used = 0;
         }
         used += size;
-        current.push(message);
+        current.push(item);
     }
     if !current.is_empty() {
-        frames.push(Frame::push(pb::GroupPush { messages: current }));
+        frames.push(frame(current));
     }
     frames
 }

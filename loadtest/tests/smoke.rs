@@ -22,6 +22,14 @@ fn init_tracing() {
 }
 
 async fn server(dir: &tempfile::TempDir) -> (RunningServer, Target) {
+    server_with(dir, |_| {}).await
+}
+
+/// A server in this process with no rate limits, and `adjust`'s settings.
+async fn server_with(
+    dir: &tempfile::TempDir,
+    adjust: impl FnOnce(&mut ServerOptions),
+) -> (RunningServer, Target) {
     init_tracing();
     let mut options = ServerOptions::new(
         "127.0.0.1:0".parse().expect("address"),
@@ -30,6 +38,7 @@ async fn server(dir: &tempfile::TempDir) -> (RunningServer, Target) {
     );
     options.rate_limit = 0;
     options.fanout_bytes_per_sec = 0;
+    adjust(&mut options);
     let server = app::start(options).await.expect("server starts");
     let mut target = Target::local(server.addr, SECRET);
     target.server_pid = vec![std::process::id()];
@@ -140,17 +149,7 @@ async fn w3_every_online_member_receives_every_group_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn w3_paced_sends_reach_every_member_of_a_read_fanout_group() {
     let dir = tempfile::tempdir().expect("temp dir");
-    init_tracing();
-    let mut options = ServerOptions::new(
-        "127.0.0.1:0".parse().expect("address"),
-        dir.path().to_path_buf(),
-        TokenKey::new(SECRET.as_bytes().to_vec()),
-    );
-    options.rate_limit = 0;
-    options.read_fanout_threshold = 10;
-    let server = app::start(options).await.expect("server starts");
-    let mut target = Target::local(server.addr, SECRET);
-    target.server_pid = vec![std::process::id()];
+    let (server, target) = server_with(&dir, |options| options.read_fanout_threshold = 10).await;
     let config = w3::W3Config {
         members: 1_200,
         online: 40,
