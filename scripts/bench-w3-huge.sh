@@ -4,7 +4,10 @@
 # threshold: groups above 500 members use read fan-out). Prints each run's table: send → last
 # online member latency, setup time and the cost of each add of 500 members at the start and
 # the end of the setup (equal when setup is linear), server RSS growth per member.
-# BENCHMARKS.md "Issue 15 (huge groups)" records the figures.
+# BENCHMARKS.md "Issue 15 (huge groups)" records the figures. WARMUP=1 first runs W3 once
+# unmeasured on the same server (a group of the same size, 500 messages): the first seconds of
+# a fresh process have a tail of their own (see BENCHMARKS.md); the setup and memory figures
+# are then those of a second group.
 #   cargo build --release -p im-server -p loadtest && ulimit -n 20000 && scripts/bench-w3-huge.sh [SIZES...]
 # RATE=50 sends 50 messages/s; SERVER_FLAGS="--read-fanout-threshold 2000" keeps a group of
 # 1,000 in write fan-out, for comparison. The load generator's own CPU time is printed too.
@@ -24,6 +27,10 @@ for members in "${sizes[@]}"; do
         --rate-limit 0 --max-connections 5000 ${SERVER_FLAGS:-} > "$data/out" 2>/dev/null &
     pid=$!
     sleep 1
+    if [[ "${WARMUP:-0}" != 0 ]]; then
+        "$loadtest" w3 --server 127.0.0.1:18080 --secret "$secret" --members "$members" \
+            --online 1000 --messages 500 --rate 100 --timeout 300 --prefix warm >/dev/null 2>&1
+    fi
     rate="${RATE:-100}"
     echo "== W3, $members members, 1,000 online, $rate messages/s ${SERVER_FLAGS:-}"
     /usr/bin/time -f "  load generator CPU-s %U user + %S system" \
