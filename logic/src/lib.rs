@@ -206,23 +206,23 @@ impl<S: TimelineStore> Logic<S> {
         let mut to_commit = Vec::new();
         let mut slots = Vec::new();
         for request in requests {
-            let prepared = self
-                .prepare_send(caller, request, now)
-                .await
-                .and_then(|message| {
-                    let cost = FanoutBudget::cost(message.content.len(), message.recipients.len());
-                    match self.fanout.charge(&caller.user, cost, now) {
-                        Ok(()) => Ok(message),
-                        Err(wait_ms) => {
-                            let mut refused = error(
-                                pb::ErrorCode::RateLimited,
-                                "this sender's messages write too much to storage; slow down",
-                            );
-                            refused.retry_after_ms = wait_ms;
-                            Err(refused)
+            let prepared =
+                self.prepare_send(caller, request, now)
+                    .await
+                    .and_then(|(message, inboxes)| {
+                        let cost = FanoutBudget::cost(message.content.len(), inboxes);
+                        match self.fanout.charge(&caller.user, cost, now) {
+                            Ok(()) => Ok(message),
+                            Err(wait_ms) => {
+                                let mut refused = error(
+                                    pb::ErrorCode::RateLimited,
+                                    "this sender's messages write too much to storage; slow down",
+                                );
+                                refused.retry_after_ms = wait_ms;
+                                Err(refused)
+                            }
                         }
-                    }
-                });
+                    });
             match prepared {
                 Ok(message) => {
                     slots.push(replies.len());
@@ -273,7 +273,7 @@ impl<S: TimelineStore> Logic<S> {
         caller: &Caller,
         request: pb::SendReq,
         now: u64,
-    ) -> Result<NewMessage, pb::Error> {
+    ) -> Result<(NewMessage, usize), pb::Error> {
         let invalid = |m: String| error(pb::ErrorCode::InvalidArgument, m);
         if request.client_msg_id.is_empty()
             || request.client_msg_id.len() > ids::MAX_CLIENT_MSG_ID_LEN
@@ -293,6 +293,7 @@ impl<S: TimelineStore> Logic<S> {
                 ),
             ));
         }
+        let mut inboxes = 0;
         let (conversation_id, kind, recipients) = match request.target {
             Some(Target::ToUser(peer)) => {
                 ids::validate_id(&peer, "to_user").map_err(|e| invalid(e.to_string()))?;
@@ -308,9 +309,9 @@ impl<S: TimelineStore> Logic<S> {
             Some(Target::ToGroup(group_id)) => {
                 ids::validate_id(&group_id, "to_group").map_err(|e| invalid(e.to_string()))?;
                 let group = self.store.group(&group_id).await.map_err(store_error)?;
-                // Read fan-out: the store writes the sender's inbox only, so listing 100,000
-                // members per message would be wasted (SPEC §13.12).
-                let members = if group.read_fanout {
+                // A store with read fan-out sends to the members at commit (SPEC §13.12): one
+                // membership lookup here, instead of listing every member per message.
+                let members = if self.store.supports_read_fanout() {
                     let member = self
                         .store
                         .is_member(&group_id, &caller.user)
@@ -333,6 +334,9 @@ impl<S: TimelineStore> Logic<S> {
                         format!("{} is not a member of group {group_id}", caller.user),
                     ));
                 }
+                if !group.read_fanout {
+                    inboxes = (group.member_count as usize).max(members.len());
+                }
                 (
                     ids::group_conversation_id(&group_id),
                     pb::ConversationKind::Group,
@@ -341,7 +345,9 @@ impl<S: TimelineStore> Logic<S> {
             }
             None => return Err(invalid("SendReq needs to_user or to_group".into())),
         };
-        Ok(NewMessage {
+        // Inboxes the message will be written to: what the fan-out budget charges.
+        let inboxes = inboxes.max(recipients.len());
+        let message = NewMessage {
             conversation_id,
             kind,
             sender_user: caller.user.clone(),
@@ -351,7 +357,8 @@ impl<S: TimelineStore> Logic<S> {
             content: request.content,
             recipients,
             now_ms: now,
-        })
+        };
+        Ok((message, inboxes))
     }
 
     /// Checks that `caller` is a party to `conversation_id` and returns its parsed form.

@@ -49,7 +49,9 @@ pub struct NewMessage {
     /// App-defined content.
     pub content: Vec<u8>,
     /// Users whose inbox gets the message: every member of the conversation, the sender
-    /// included (for their other devices). Sorted, without duplicates.
+    /// included (for their other devices). Sorted, without duplicates. For a group on a store
+    /// that supports read fan-out the store decides at commit (see
+    /// [`TimelineStore::commit_messages`]); the logic tier then passes only the sender.
     pub recipients: Vec<String>,
     /// The server's clock, Unix ms.
     pub now_ms: u64,
