@@ -477,6 +477,31 @@ pub fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record((d.as_micros() as u64).clamp(1, 60_000_000));
 }
 
+/// The latencies one task records, in microseconds, added to a shared histogram when it ends.
+///
+/// Each task keeps a list rather than a histogram of its own: a histogram with the bounds above
+/// is 136 KiB, and the two that each of W3's 1,000 receivers used to allocate (272 MiB) were
+/// allocated just as its first messages went out, which held the load generator for about
+/// 400 ms and was the whole of the p99 it reported (BENCHMARKS.md, issue 15). A list costs
+/// 4 bytes per delivery and grows as they come.
+#[derive(Debug, Default)]
+pub struct LatencyLog(Vec<u32>);
+
+impl LatencyLog {
+    /// Records a duration (clamped to [`histogram`]'s range).
+    pub fn record(&mut self, d: Duration) {
+        self.0
+            .push((d.as_micros() as u64).clamp(1, 60_000_000) as u32);
+    }
+
+    /// Adds every recorded latency to `h` (a [`histogram`]).
+    pub fn add_to(&self, h: &mut Histogram<u64>) {
+        for &micros in &self.0 {
+            h.saturating_record(u64::from(micros));
+        }
+    }
+}
+
 /// Percentiles of a latency histogram, in milliseconds.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Latency {

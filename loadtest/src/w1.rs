@@ -282,8 +282,8 @@ impl Pair {
     async fn run(mut self) {
         let c = self.counters.clone();
         let max_body = im_protocol::DEFAULT_MAX_BODY;
-        let mut local = common::histogram();
-        let mut local_lag = common::histogram();
+        let mut local = common::LatencyLog::default();
+        let mut local_lag = common::LatencyLog::default();
         let mut free = self.window as u64;
         let (mut sent, mut acked, mut received, mut delivered) = (0u64, 0u64, 0u64, 0u64);
         // What was already added to the shared counters.
@@ -306,8 +306,7 @@ impl Pair {
                 if due > 0 {
                     if let Some(pace) = self.pace {
                         if c.measuring.load(Ordering::Relaxed) {
-                            common::record(
-                                &mut local_lag,
+                            local_lag.record(
                                 tokio::time::Instant::now().saturating_duration_since(next_at),
                             );
                         }
@@ -379,10 +378,9 @@ impl Pair {
                             let sent_ns = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
                             received += 1;
                             if measuring {
-                                common::record(
-                                    &mut local,
-                                    Duration::from_nanos(now_ns.saturating_sub(sent_ns)),
-                                );
+                                local.record(Duration::from_nanos(
+                                    now_ns.saturating_sub(sent_ns),
+                                ));
                                 delivered += 1;
                             }
                         });
@@ -476,16 +474,8 @@ impl Pair {
         c.delivered
             .fetch_add(delivered - delivered_flushed, Ordering::Relaxed);
         c.push_gaps.fetch_add(gaps, Ordering::Relaxed);
-        self.histogram
-            .lock()
-            .await
-            .add(&local)
-            .expect("same bounds");
-        self.lag_histogram
-            .lock()
-            .await
-            .add(&local_lag)
-            .expect("same bounds");
+        local.add_to(&mut *self.histogram.lock().await);
+        local_lag.add_to(&mut *self.lag_histogram.lock().await);
     }
 }
 

@@ -306,8 +306,8 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
         let gaps = push_gaps.clone();
         tasks.push(tokio::spawn(async move {
             let mut previous_seq = 0u64;
-            let mut local = common::histogram();
-            let mut local_last = common::histogram();
+            let mut local = common::LatencyLog::default();
+            let mut local_last = common::LatencyLog::default();
             let mut since_ack = 0;
             let mut request_id = 1;
             loop {
@@ -351,13 +351,13 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
                         let sent_ns = u64::from_be_bytes(m.content[4..12].try_into().expect("8"));
                         let now_ns = origin.elapsed().as_nanos() as u64;
                         let took = Duration::from_nanos(now_ns.saturating_sub(sent_ns));
-                        common::record(&mut local, took);
+                        local.record(took);
                         deliveries.fetch_add(1, Ordering::Relaxed);
                         let Some(count) = counts.get(idx) else {
                             continue;
                         };
                         if count.fetch_add(1, Ordering::Relaxed) + 1 == online {
-                            common::record(&mut local_last, took);
+                            local_last.record(took);
                             complete.fetch_add(1, Ordering::Relaxed);
                             last.fetch_max(now_ns, Ordering::Relaxed);
                             window.add_permits(1);
@@ -377,8 +377,8 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
                         .await;
                 }
             }
-            pd.lock().await.add(&local).expect("same bounds");
-            pm.lock().await.add(&local_last).expect("same bounds");
+            local.add_to(&mut *pd.lock().await);
+            local_last.add_to(&mut *pm.lock().await);
         }));
     }
 
