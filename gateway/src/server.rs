@@ -553,7 +553,7 @@ impl<L: LogicApi> Conn<L> {
             user: user.clone(),
             device: device.clone(),
         };
-        let info = match self.shared.logic.open_session(&caller).await {
+        let mut info = match self.shared.logic.open_session(&caller).await {
             Ok(info) => info,
             Err(error) => {
                 gauges::login(code_label(error.code));
@@ -566,9 +566,10 @@ impl<L: LogicApi> Conn<L> {
             }
         };
         self.shared.hub.note_inbox(&user, info.inbox);
-        // Registered before this read: a follow change committed meanwhile reaches the hub as
-        // an effect, so the two together leave the connection following the right groups.
-        for group in self.shared.logic.read_groups(&user).await {
+        // Registered before `open_session` read them: a follow change committed meanwhile
+        // reaches the hub as an effect, so the two together leave the connection following the
+        // right groups.
+        for group in std::mem::take(&mut info.read_groups) {
             self.shared.hub.follow(&user, &group, true);
         }
         let config = &self.shared.config;

@@ -724,6 +724,7 @@ mod tests {
                     epoch: 5,
                 },
                 max_message_bytes: 1000,
+                read_groups: Vec::new(),
             };
             let announced = Announced {
                 max_frame_bytes: 1 << 20,

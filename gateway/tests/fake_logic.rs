@@ -67,6 +67,7 @@ impl LogicApi for FakeLogic {
                 epoch: 42,
             },
             max_message_bytes: 777,
+            read_groups: Vec::new(),
         })
     }
 

@@ -693,10 +693,18 @@ impl<S: TimelineStore> Logic<S> {
 
 impl<S: TimelineStore> LogicApi for Logic<S> {
     async fn open_session(&self, caller: &Caller) -> Result<SessionInfo, pb::Error> {
-        match self.inbox_position(&caller.user).await {
-            Ok(inbox) => Ok(SessionInfo {
-                inbox,
+        let start = self
+            .store
+            .session_start(&caller.user, self.read_fanout_enabled())
+            .await;
+        match start {
+            Ok(start) => Ok(SessionInfo {
+                inbox: InboxPosition {
+                    head_seq: start.inbox_head,
+                    epoch: self.store.inbox_epoch(),
+                },
                 max_message_bytes: u32::try_from(self.config.max_message_bytes).unwrap_or(u32::MAX),
+                read_groups: start.read_groups,
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "handshake: reading the inbox head failed");
@@ -717,19 +725,5 @@ impl<S: TimelineStore> LogicApi for Logic<S> {
 
     async fn handle(&self, caller: &Caller, body: Body) -> (Reply, Effects) {
         Logic::handle(self, caller, body).await
-    }
-
-    async fn read_groups(&self, user: &str) -> Vec<String> {
-        if !self.read_fanout_enabled() {
-            return Vec::new();
-        }
-        match self.store.read_fanout_groups(user).await {
-            Ok(groups) => groups,
-            Err(e) => {
-                // The session still opens; the device learns the groups' heads at its sync.
-                tracing::warn!(error = %e, "reading the read-fan-out groups of a user failed");
-                Vec::new()
-            }
-        }
     }
 }

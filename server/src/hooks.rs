@@ -114,10 +114,6 @@ impl<L: LogicApi> LogicApi for HookedLogic<L> {
         self.inner.open_session(caller)
     }
 
-    fn read_groups(&self, user: &str) -> impl Future<Output = Vec<String>> + Send {
-        self.inner.read_groups(user)
-    }
-
     async fn send_batch(
         &self,
         caller: &Caller,

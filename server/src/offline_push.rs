@@ -299,10 +299,6 @@ impl<L: LogicApi> LogicApi for NotifyingLogic<L> {
         self.inner.open_session(caller)
     }
 
-    fn read_groups(&self, user: &str) -> impl std::future::Future<Output = Vec<String>> + Send {
-        self.inner.read_groups(user)
-    }
-
     async fn send_batch(
         &self,
         caller: &Caller,

@@ -90,12 +90,16 @@ impl InboxPosition {
 }
 
 /// What the handshake tells a new session, as far as the business tier decides it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionInfo {
     /// The user's inbox at the moment the session opened.
     pub inbox: InboxPosition,
     /// Largest `SendReq.content` the business tier accepts.
     pub max_message_bytes: u32,
+    /// The read-fan-out groups the user is a member of (SPEC §13.12), read with the inbox head
+    /// after the connection was registered, so a change committed meanwhile reaches it as a
+    /// [`RoomChange`]. Empty where the business tier does no read fan-out.
+    pub read_groups: Vec<String>,
 }
 
 /// The business tier as the gateway sees it.
@@ -124,13 +128,6 @@ pub trait LogicApi: Send + Sync + 'static {
     /// Handles any other request (everything but the connection-level frames the gateway
     /// answers itself: handshake, ping, goodbye).
     fn handle(&self, caller: &Caller, body: Body) -> impl Future<Output = (Reply, Effects)> + Send;
-
-    /// The read-fan-out groups `user` follows (SPEC §13.12): asked when a session opens, after
-    /// the connection is registered, so a change committed meanwhile reaches it as a
-    /// [`RoomChange`]. A logic tier without read fan-out has none.
-    fn read_groups(&self, _user: &str) -> impl Future<Output = Vec<String>> + Send {
-        std::future::ready(Vec::new())
-    }
 }
 
 impl<T: LogicApi> LogicApi for std::sync::Arc<T> {
@@ -151,9 +148,5 @@ impl<T: LogicApi> LogicApi for std::sync::Arc<T> {
 
     fn handle(&self, caller: &Caller, body: Body) -> impl Future<Output = (Reply, Effects)> + Send {
         (**self).handle(caller, body)
-    }
-
-    fn read_groups(&self, user: &str) -> impl Future<Output = Vec<String>> + Send {
-        (**self).read_groups(user)
     }
 }

@@ -111,6 +111,8 @@ impl From<Session> for SessionInfo {
                 epoch: session.epoch,
             },
             max_message_bytes: session.max_message_bytes,
+            // Logic nodes keep every group in write fan-out (README, "Huge groups").
+            read_groups: Vec::new(),
         }
     }
 }

@@ -279,6 +279,7 @@ impl LogicApi for Holding {
         Ok(SessionInfo {
             inbox: logic_api::InboxPosition::UNKNOWN,
             max_message_bytes: 1,
+            read_groups: Vec::new(),
         })
     }
 
@@ -411,6 +412,7 @@ impl LogicApi for Slow {
         Ok(SessionInfo {
             inbox: logic_api::InboxPosition::UNKNOWN,
             max_message_bytes: 1,
+            read_groups: Vec::new(),
         })
     }
 

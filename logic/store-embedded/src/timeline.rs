@@ -4,7 +4,7 @@
 use im_protocol::pb;
 use timeline_store::{
     CommittedMessage, ConversationState, Delivery, GroupChange, HistoryPage, InboxPage,
-    InboxRetention, NewGroup, NewMessage, StoreError, StoreResult, TimelineStore,
+    InboxRetention, NewGroup, NewMessage, SessionStart, StoreError, StoreResult, TimelineStore,
 };
 
 use crate::EmbeddedStore;
@@ -364,5 +364,21 @@ impl TimelineStore for EmbeddedStore {
     async fn read_fanout_groups(&self, user: &str) -> StoreResult<Vec<String>> {
         let user = user.to_owned();
         self.read(move |r| r.read_fanout_groups(&user)).await
+    }
+
+    async fn session_start(&self, user: &str, read_fanout: bool) -> StoreResult<SessionStart> {
+        let user = user.to_owned();
+        // One trip to the blocking pool per login instead of two.
+        self.read(move |r| {
+            Ok(SessionStart {
+                inbox_head: r.inbox_head(&user)?,
+                read_groups: if read_fanout {
+                    r.read_fanout_groups(&user)?
+                } else {
+                    Vec::new()
+                },
+            })
+        })
+        .await
     }
 }

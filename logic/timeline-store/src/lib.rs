@@ -547,4 +547,35 @@ pub trait TimelineStore: Send + Sync + 'static {
         &self,
         user: &str,
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+
+    /// What opening a session reads: [`TimelineStore::inbox_head`] and, when `read_fanout` is
+    /// true, [`TimelineStore::read_fanout_groups`] (empty otherwise, and on a store without
+    /// read fan-out). A backend may answer both from one read; every login pays for it.
+    fn session_start(
+        &self,
+        user: &str,
+        read_fanout: bool,
+    ) -> impl Future<Output = StoreResult<SessionStart>> + Send {
+        async move {
+            let inbox_head = self.inbox_head(user).await?;
+            let read_groups = if read_fanout && self.supports_read_fanout() {
+                self.read_fanout_groups(user).await?
+            } else {
+                Vec::new()
+            };
+            Ok(SessionStart {
+                inbox_head,
+                read_groups,
+            })
+        }
+    }
+}
+
+/// What [`TimelineStore::session_start`] reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStart {
+    /// The user's inbox head.
+    pub inbox_head: u64,
+    /// The read-fan-out groups the user is a member of.
+    pub read_groups: Vec<String>,
 }

@@ -566,12 +566,12 @@ impl Server {
             user: handshake.user.clone(),
             device: handshake.device.clone(),
         };
-        let info = match block_on(self.durable.logic.open_session(&caller)) {
+        let mut info = match block_on(self.durable.logic.open_session(&caller)) {
             Ok(info) => info,
             Err(error) => panic!("the memory store cannot fail: {error:?}"),
         };
         self.hub.note_inbox(&caller.user, info.inbox);
-        for group in block_on(self.durable.logic.read_groups(&caller.user)) {
+        for group in std::mem::take(&mut info.read_groups) {
             self.hub.follow(&caller.user, &group, true);
         }
         let head = info.inbox.head_seq;

@@ -7,7 +7,7 @@ use im_protocol::pb;
 
 use super::helpers::{group_event_of, head, history, new_group, send, state, strings, to_group};
 use super::{StoreFactory, T0};
-use crate::TimelineStore;
+use crate::{SessionStart, TimelineStore};
 
 /// Switching a group to read fan-out tells every member once (with the last seq delivered
 /// through inboxes), lists it for every member, and from then on a message reaches only the
@@ -59,6 +59,29 @@ pub async fn read_fanout_stores_a_message_once_and_switches_without_gaps<F: Stor
             "{user} is listed in the read-fan-out group"
         );
     }
+    // What a login reads: the inbox head and the groups to follow, or no groups when the
+    // logic tier has read fan-out turned off.
+    let amy_starts = store
+        .session_start("amy", true)
+        .await
+        .expect("session_start");
+    assert_eq!(
+        amy_starts,
+        SessionStart {
+            inbox_head: head(&store, "amy").await,
+            read_groups: vec![gid.clone()],
+        }
+    );
+    assert_eq!(
+        store
+            .session_start("amy", false)
+            .await
+            .expect("session_start"),
+        SessionStart {
+            inbox_head: amy_starts.inbox_head,
+            read_groups: Vec::new(),
+        }
+    );
     let again = store
         .set_group_fanout(&gid, true, T0 + 3)
         .await
@@ -125,6 +148,15 @@ pub async fn read_fanout_stores_a_message_once_and_switches_without_gaps<F: Stor
                 .await
                 .expect("list")
                 .is_empty()
+        );
+        assert!(
+            store
+                .session_start(user, true)
+                .await
+                .expect("session_start")
+                .read_groups
+                .is_empty(),
+            "{user} follows no group after the switch back"
         );
     }
     let write_sent = send(
@@ -256,6 +288,16 @@ async fn refuses_read_fanout_if_unsupported<S: TimelineStore>(store: &S) -> bool
             .await
             .expect("list")
             .is_empty()
+    );
+    assert_eq!(
+        store
+            .session_start("amy", true)
+            .await
+            .expect("session_start"),
+        SessionStart {
+            inbox_head: head(store, "amy").await,
+            read_groups: Vec::new(),
+        }
     );
     true
 }
