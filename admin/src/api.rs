@@ -730,6 +730,9 @@ pub struct CreateGroupRequest {
     /// Idempotency key: a retry with the same key returns the same group.
     #[serde(default)]
     pub client_request_id: String,
+    /// A broadcast channel: only the owner posts and adds members (SPEC §13.8).
+    #[serde(default)]
+    pub broadcast: bool,
 }
 
 /// A group.
@@ -747,6 +750,12 @@ pub struct GroupJson {
     pub open: bool,
     /// When it was created (Unix ms).
     pub created_ms: u64,
+    /// A broadcast channel: only the owner posts.
+    #[serde(default)]
+    pub broadcast: bool,
+    /// Messages reach members by read fan-out (SPEC §13.12).
+    #[serde(default)]
+    pub read_fanout: bool,
 }
 
 impl From<pb::GroupInfo> for GroupJson {
@@ -758,6 +767,8 @@ impl From<pb::GroupInfo> for GroupJson {
             member_count: g.member_count,
             open: g.open,
             created_ms: g.created_ms,
+            broadcast: g.broadcast,
+            read_fanout: g.read_fanout,
         }
     }
 }
@@ -783,6 +794,7 @@ async fn create_group(
             members: request.members,
             open: request.open,
             client_request_id: request.client_request_id,
+            broadcast: request.broadcast,
         }),
     )
     .await?;

@@ -199,6 +199,7 @@ pub async fn run(target: &common::Target, config: &W3Config) -> anyhow::Result<W
             members: chunks.next().unwrap_or_default().to_vec(),
             open: false,
             client_request_id: format!("w3-{run}"),
+            broadcast: false,
         },
     )
     .await?;

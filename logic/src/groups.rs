@@ -29,7 +29,7 @@ impl<S: TimelineStore> Logic<S> {
                 distinct.push(&caller.user);
                 distinct.sort_unstable();
                 distinct.dedup();
-                let read_fanout = self.starts_in_read_fanout(distinct.len());
+                let read_fanout = self.starts_in_read_fanout(distinct.len(), request.broadcast);
                 let change = self
                     .store
                     .create_group(NewGroup {
@@ -40,6 +40,7 @@ impl<S: TimelineStore> Logic<S> {
                         client_request_id: request.client_request_id,
                         max_members: self.max_members(),
                         read_fanout,
+                        broadcast: request.broadcast,
                         now_ms: now,
                     })
                     .await
@@ -60,6 +61,8 @@ impl<S: TimelineStore> Logic<S> {
                     ids::validate_id(member, "member")
                         .map_err(|e| error(pb::ErrorCode::InvalidArgument, e.to_string()))?;
                 }
+                self.only_the_owner_adds_to_a_channel(&request.group_id, &caller.user)
+                    .await?;
                 let change = self
                     .store
                     .add_members(
@@ -162,6 +165,26 @@ impl<S: TimelineStore> Logic<S> {
                 pb::ErrorCode::WrongDirection,
                 format!("{:?} is not a group request", other.op()),
             )),
+        }
+    }
+
+    /// In a broadcast channel only the owner adds members (SPEC §13.8); in other groups any
+    /// member may, which the store checks with the add itself.
+    async fn only_the_owner_adds_to_a_channel(
+        &self,
+        group_id: &str,
+        caller: &str,
+    ) -> Result<(), pb::Error> {
+        if ids::validate_id(group_id, "group_id").is_err() {
+            return Ok(()); // The add reports the malformed id.
+        }
+        match self.store.group(group_id).await {
+            Ok(group) if group.broadcast && group.owner != caller => Err(error(
+                pb::ErrorCode::Forbidden,
+                format!("only the owner adds members to broadcast channel {group_id}"),
+            )),
+            // A missing group or a failed read: the add itself reports it.
+            _ => Ok(()),
         }
     }
 }

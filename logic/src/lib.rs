@@ -334,6 +334,12 @@ impl<S: TimelineStore> Logic<S> {
                         format!("{} is not a member of group {group_id}", caller.user),
                     ));
                 }
+                if group.broadcast && group.owner != caller.user {
+                    return Err(error(
+                        pb::ErrorCode::Forbidden,
+                        format!("only the owner posts in broadcast channel {group_id}"),
+                    ));
+                }
                 if !group.read_fanout {
                     inboxes = (group.member_count as usize).max(members.len());
                 }

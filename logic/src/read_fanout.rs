@@ -18,9 +18,11 @@ impl<S: TimelineStore> Logic<S> {
         self.config.read_fanout_threshold > 0 && self.store.supports_read_fanout()
     }
 
-    /// Whether a new group of `members` members starts in read fan-out.
-    pub(crate) fn starts_in_read_fanout(&self, members: usize) -> bool {
-        self.read_fanout_enabled() && members > self.config.read_fanout_threshold as usize
+    /// Whether a new group of `members` members starts in read fan-out: above the threshold,
+    /// or a broadcast channel of any size (SPEC §13.8).
+    pub(crate) fn starts_in_read_fanout(&self, members: usize, broadcast: bool) -> bool {
+        self.read_fanout_enabled()
+            && (broadcast || members > self.config.read_fanout_threshold as usize)
     }
 
     /// After a membership change: the gateway's follow lists for the changed users, and the
@@ -49,7 +51,7 @@ impl<S: TimelineStore> Logic<S> {
         let threshold = self.config.read_fanout_threshold;
         let switch_to = if !change.group.read_fanout && members > threshold {
             Some(true)
-        } else if change.group.read_fanout && members <= threshold / 2 {
+        } else if change.group.read_fanout && !change.group.broadcast && members <= threshold / 2 {
             Some(false)
         } else {
             None

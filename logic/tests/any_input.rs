@@ -66,6 +66,7 @@ fn any_request() -> impl Strategy<Value = Body> {
                 members,
                 open: true,
                 client_request_id: request,
+                broadcast: false,
             })
         }),
         (s(), prop::collection::vec(s(), 0..3)).prop_map(|(g, members)| {
@@ -123,6 +124,7 @@ proptest! {
                     members: vec!["bob".into()],
                     open: true,
                     client_request_id: String::new(),
+                    broadcast: false,
                 }),
             ] {
                 let (reply, _) = logic.handle(&alice, seed).await;

@@ -77,6 +77,7 @@ async fn crossing_both_ways_keeps_unread_counts_exact<S: TimelineStore>(store: S
             members: vec!["amy".into(), "bob".into()],
             open: false,
             client_request_id: String::new(),
+            broadcast: false,
         }
         .into(),
     )
@@ -164,4 +165,153 @@ async fn crossing_both_ways_keeps_unread_counts_exact_in_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_embedded::EmbeddedStore::open(dir.path(), Default::default()).expect("opens");
     crossing_both_ways_keeps_unread_counts_exact(store).await;
+}
+
+async fn refused<S: TimelineStore>(logic: &Logic<S>, user: &str, body: Body) -> pb::Error {
+    match logic.handle(&caller(user), body).await.0 {
+        Err(e) => e,
+        Ok(other) => panic!("{user}'s request succeeded: {other:?}"),
+    }
+}
+
+/// A broadcast channel (SPEC §13.8): only the owner posts and adds members; it is in read
+/// fan-out from its creation, however small, and stays there when it shrinks.
+async fn a_broadcast_channel_lets_only_its_owner_post<S: TimelineStore>(store: S) {
+    let logic = Logic::new(
+        store,
+        LogicConfig {
+            read_fanout_threshold: 4,
+            ..LogicConfig::default()
+        },
+    );
+    let channel = change(
+        &logic,
+        pb::GroupCreateReq {
+            name: "news".into(),
+            members: vec!["amy".into(), "bob".into()],
+            open: true,
+            client_request_id: String::new(),
+            broadcast: true,
+        }
+        .into(),
+    )
+    .await;
+    assert!(channel.broadcast);
+    assert!(channel.read_fanout, "a channel of 3 starts in read fan-out");
+    let gid = channel.group_id;
+    assert_eq!(send(&logic, "owner", &gid, "n1").await, 1);
+
+    let (mut replies, _) = logic
+        .send_batch(
+            &caller("amy"),
+            vec![pb::SendReq {
+                target: Some(pb::send_req::Target::ToGroup(gid.clone())),
+                client_msg_id: "a1".into(),
+                content_type: 0,
+                content: b"me too".to_vec(),
+            }],
+        )
+        .await;
+    let error = replies
+        .pop()
+        .unwrap()
+        .expect_err("a subscriber cannot post");
+    assert_eq!(error.code, pb::ErrorCode::Forbidden as i32);
+    let error = refused(
+        &logic,
+        "amy",
+        pb::GroupAddMembersReq {
+            group_id: gid.clone(),
+            members: vec!["cat".into()],
+        }
+        .into(),
+    )
+    .await;
+    assert_eq!(error.code, pb::ErrorCode::Forbidden as i32);
+
+    // Subscribers join an open channel themselves; the owner removes; it never switches back.
+    let (joined, _) = logic
+        .handle(
+            &caller("cat"),
+            pb::GroupJoinReq {
+                group_id: gid.clone(),
+            }
+            .into(),
+        )
+        .await;
+    assert!(
+        matches!(joined, Ok(Some(Body::GroupJoinResp(_)))),
+        "{joined:?}"
+    );
+    let shrunk = change(
+        &logic,
+        pb::GroupRemoveMembersReq {
+            group_id: gid.clone(),
+            members: vec!["amy".into(), "bob".into(), "cat".into()],
+        }
+        .into(),
+    )
+    .await;
+    assert_eq!(shrunk.member_count, 1);
+    assert!(
+        shrunk.read_fanout && shrunk.broadcast,
+        "still a read-fan-out channel (the flag read back from the store)"
+    );
+    assert_eq!(send(&logic, "owner", &gid, "n2").await, 2);
+}
+
+#[tokio::test]
+async fn a_broadcast_channel_lets_only_its_owner_post_in_the_memory_store() {
+    a_broadcast_channel_lets_only_its_owner_post(store_memory::MemoryStore::new(1)).await;
+}
+
+#[tokio::test]
+async fn a_broadcast_channel_lets_only_its_owner_post_in_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_embedded::EmbeddedStore::open(dir.path(), Default::default()).expect("opens");
+    a_broadcast_channel_lets_only_its_owner_post(store).await;
+}
+
+/// With read fan-out off (a threshold of 0, as on a cluster's logic nodes), a channel is in
+/// write fan-out and still only its owner posts.
+#[tokio::test]
+async fn a_broadcast_channel_without_read_fanout_still_lets_only_its_owner_post() {
+    let logic = Logic::new(
+        store_memory::MemoryStore::new(1),
+        LogicConfig {
+            read_fanout_threshold: 0,
+            ..LogicConfig::default()
+        },
+    );
+    let channel = change(
+        &logic,
+        pb::GroupCreateReq {
+            name: "news".into(),
+            members: vec!["amy".into()],
+            open: false,
+            client_request_id: String::new(),
+            broadcast: true,
+        }
+        .into(),
+    )
+    .await;
+    assert!(channel.broadcast && !channel.read_fanout);
+    let gid = channel.group_id;
+    send(&logic, "owner", &gid, "n1").await;
+    let (mut replies, _) = logic
+        .send_batch(
+            &caller("amy"),
+            vec![pb::SendReq {
+                target: Some(pb::send_req::Target::ToGroup(gid)),
+                client_msg_id: "a1".into(),
+                content_type: 0,
+                content: b"me too".to_vec(),
+            }],
+        )
+        .await;
+    let error = replies
+        .pop()
+        .unwrap()
+        .expect_err("a subscriber cannot post");
+    assert_eq!(error.code, pb::ErrorCode::Forbidden as i32);
 }

@@ -415,6 +415,37 @@ async fn the_server_api_sends_reads_and_manages_groups_like_a_client() {
         json!(pb::ErrorCode::Forbidden as i32)
     );
     assert_eq!(refused["error"]["name"], json!("FORBIDDEN"));
+    // A broadcast channel: only its owner posts; a subscriber's message is refused and stored
+    // nowhere.
+    let (status, channel) = api(
+        &server,
+        "POST",
+        "/v1/groups",
+        Some(json!({"owner": "alice", "name": "news", "members": ["bob"], "broadcast": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{channel}");
+    assert_eq!(
+        (channel["broadcast"].clone(), channel["read_fanout"].clone()),
+        (json!(true), json!(true)),
+        "a channel is in read fan-out at any size"
+    );
+    let channel_id = channel["group_id"].as_str().unwrap().to_owned();
+    let post = |from: &str, id: &str| json!({"from": from, "to_group": channel_id, "client_msg_id": id, "text": "news"});
+    let (status, _) = api(&server, "POST", "/v1/messages", Some(post("alice", "n-1"))).await;
+    assert_eq!(status, 200);
+    let (status, refused) = api(&server, "POST", "/v1/messages", Some(post("bob", "n-2"))).await;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["error"]["name"], json!("FORBIDDEN"));
+    let (_, page) = api(
+        &server,
+        "GET",
+        &format!("/v1/conversations/g:{channel_id}/messages?as_user=bob&direction=newer"),
+        None,
+    )
+    .await;
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1), "{page}");
+
     let (status, refused) = api(
         &server,
         "POST",

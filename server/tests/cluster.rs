@@ -43,6 +43,7 @@ async fn users_on_different_gateways_chat_and_an_offline_user_pulls_on_reconnect
             members: vec!["bob".into(), "carol".into()],
             open: false,
             client_request_id: "g1".into(),
+            broadcast: false,
         })
         .await
     {

@@ -338,6 +338,7 @@ async fn the_fanout_byte_budget_stops_a_sender_flooding_a_big_group() {
             members: members.clone(),
             open: false,
             client_request_id: "g".into(),
+            broadcast: false,
         })
         .await
     {

@@ -527,6 +527,7 @@ async fn a_twenty_thousand_member_group_crosses_the_threshold_both_ways_without_
             members: users[1..INITIAL].to_vec(),
             open: false,
             client_request_id: "huge".into(),
+            broadcast: false,
         })
         .await
     else {

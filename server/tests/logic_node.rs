@@ -46,6 +46,7 @@ async fn create_group(owner: &mut Client, members: &[&str], request_id: &str) ->
             members: members.iter().map(|m| m.to_string()).collect(),
             open: false,
             client_request_id: request_id.into(),
+            broadcast: false,
         })
         .await
     {

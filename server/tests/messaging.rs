@@ -181,6 +181,7 @@ async fn a_group_of_50_members_receives_every_message() {
             members: users[1..].to_vec(),
             open: false,
             client_request_id: "g1".into(),
+            broadcast: false,
         })
         .await
     {

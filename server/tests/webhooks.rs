@@ -119,6 +119,7 @@ async fn the_apps_server_allows_rejects_and_rewrites_messages_and_hears_what_hap
             members: vec!["bob".into()],
             open: false,
             client_request_id: String::new(),
+            broadcast: false,
         })
         .await
     {

@@ -50,6 +50,7 @@ type GroupColumns = (
     Option<i64>,
     Option<i64>,
     Option<BTreeMap<i64, Vec<u8>>>,
+    Option<bool>,
 );
 
 /// What a change writes besides the group's statics.
@@ -128,6 +129,7 @@ impl Inner {
             member_count: u32::try_from(unbig(first.8)).unwrap_or(u32::MAX),
             open: first.6.unwrap_or(false),
             created_ms: unbig(first.7),
+            broadcast: first.12.unwrap_or(false),
         };
         let next_join_order = unbig(first.10);
         let pending = first.11.clone().unwrap_or_default();
@@ -249,6 +251,7 @@ impl Inner {
             Some(CqlValue::BigInt(big(change.next_join_order))),
             Some(CqlValue::BigInt(version)),
             Some(CqlValue::Blob(encode(&change.effects))),
+            Some(CqlValue::Boolean(info.broadcast)),
             Some(CqlValue::Text(group_id.to_owned())),
             expected.map(CqlValue::BigInt),
         ]);
@@ -360,6 +363,7 @@ impl Inner {
             member_count: members.len() as u32,
             open: new.open,
             created_ms: new.now_ms,
+            broadcast: new.broadcast,
         };
         let put = members
             .iter()

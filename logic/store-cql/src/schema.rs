@@ -59,7 +59,7 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.groups (group_id text, member text, role int, \
      joined_ms bigint, join_order bigint, name text static, owner text static, \
      open boolean static, created_ms bigint static, member_count bigint static, \
-     version bigint static, next_join_order bigint static, pending map<bigint, blob> static, \
+     broadcast boolean static, version bigint static, next_join_order bigint static, pending map<bigint, blob> static, \
      PRIMARY KEY (group_id, member))",
     "CREATE TABLE IF NOT EXISTS {ks}.group_requests (owner text, request_id text, \
      group_id text, PRIMARY KEY ((owner, request_id)))",
@@ -92,9 +92,38 @@ pub(crate) async fn ensure(
             .await
             .map_err(backend)?;
     }
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present = session
+            .query_unpaged(
+                "SELECT column_name FROM system_schema.columns \
+                 WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+                (keyspace, *table, *column),
+            )
+            .await
+            .map_err(backend)?
+            .into_rows_result()
+            .map_err(backend)?
+            .maybe_first_row::<(String,)>()
+            .map_err(backend)?
+            .is_some();
+        if !present {
+            session
+                .query_unpaged(
+                    format!("ALTER TABLE {keyspace}.{table} ADD {column} {kind}"),
+                    &[],
+                )
+                .await
+                .map_err(backend)?;
+        }
+    }
     session.await_schema_agreement().await.map_err(backend)?;
     Ok(())
 }
+
+/// Columns added to a table after its first release, as (table, column, type): a keyspace
+/// created by an older build gets them at start (`CREATE TABLE IF NOT EXISTS` leaves an
+/// existing table as it is).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("groups", "broadcast", "boolean static")];
 
 macro_rules! statements {
     ($($name:ident = $cql:literal;)*) => {
@@ -176,8 +205,8 @@ statements! {
     setting_drop = "DELETE FROM {ks}.user_settings WHERE user = ? AND name = ?";
     settings_from = "SELECT name, value FROM {ks}.user_settings WHERE user = ? AND name >= ? LIMIT ?";
 
-    group_get = "SELECT member, role, joined_ms, join_order, name, owner, open, created_ms, member_count, version, next_join_order, pending FROM {ks}.groups WHERE group_id = ?";
-    group_cas = "UPDATE {ks}.groups SET name = ?, owner = ?, open = ?, created_ms = ?, member_count = ?, version = ?, next_join_order = ?, pending[?] = ? WHERE group_id = ? IF version = ?";
+    group_get = "SELECT member, role, joined_ms, join_order, name, owner, open, created_ms, member_count, version, next_join_order, pending, broadcast FROM {ks}.groups WHERE group_id = ?";
+    group_cas = "UPDATE {ks}.groups SET name = ?, owner = ?, open = ?, created_ms = ?, member_count = ?, version = ?, next_join_order = ?, pending[?] = ?, broadcast = ? WHERE group_id = ? IF version = ?";
     group_put_member = "INSERT INTO {ks}.groups (group_id, member, role, joined_ms, join_order) VALUES (?, ?, ?, ?, ?)";
     group_drop_member = "DELETE FROM {ks}.groups WHERE group_id = ? AND member = ?";
     group_pending_done = "DELETE pending[?] FROM {ks}.groups WHERE group_id = ?";

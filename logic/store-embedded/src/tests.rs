@@ -81,6 +81,7 @@ async fn oversized_ids_and_cursors_are_refused_without_panicking() {
             client_request_id: huge.clone(),
             max_members: 10,
             read_fanout: false,
+            broadcast: false,
             now_ms: 1,
         })
         .await;
@@ -97,6 +98,7 @@ async fn oversized_ids_and_cursors_are_refused_without_panicking() {
             client_request_id: String::new(),
             max_members: 10,
             read_fanout: false,
+            broadcast: false,
             now_ms: 1,
         })
         .await

@@ -196,6 +196,7 @@ impl State {
             open: new.open,
             created_ms: new.now_ms,
             read_fanout: new.read_fanout,
+            broadcast: new.broadcast,
         };
         let mut records = BTreeMap::new();
         for (order, user) in members.iter().enumerate() {

@@ -403,6 +403,7 @@ mod tests {
             client_request_id: "r".into(),
             max_members: 10,
             read_fanout: false,
+            broadcast: false,
             now_ms: 2_000,
         }));
         log.push(format!("{group:?}"));

@@ -72,6 +72,7 @@ async fn a_group_created_through_logic_fans_messages_out_to_its_members() {
                 members: vec!["amy".into(), "ben".into()],
                 open: false,
                 client_request_id: "create-1".into(),
+                broadcast: false,
             }),
         )
         .await;

@@ -211,6 +211,7 @@ async fn answer<S: TimelineStore>(store: &S, call: &Call, now: u64) -> String {
                 client_request_id,
                 max_members,
                 read_fanout: false,
+                broadcast: false,
                 now_ms: now,
             };
             format!("{:?}", store.create_group(group).await)

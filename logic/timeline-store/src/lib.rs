@@ -154,8 +154,11 @@ pub struct NewGroup {
     /// Limit on the member count, owner included.
     pub max_members: u32,
     /// Create it in read fan-out (SPEC §13.12): too large for an inbox entry per member and
-    /// message.
+    /// message, or a broadcast channel.
     pub read_fanout: bool,
+    /// A broadcast channel (SPEC §13.8): only the owner posts. Stored with the group, never
+    /// changed.
+    pub broadcast: bool,
     /// Server clock, Unix ms.
     pub now_ms: u64,
 }

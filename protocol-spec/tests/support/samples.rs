@@ -55,6 +55,7 @@ fn group_info() -> pb::GroupInfo {
         open: false,
         created_ms: 1_763_900_000_000,
         read_fanout: false,
+        broadcast: false,
     }
 }
 
@@ -510,6 +511,34 @@ pub fn samples() -> Vec<Sample> {
                 members: vec!["bob".into(), "carol".into()],
                 open: false,
                 client_request_id: "g-req-1".into(),
+                broadcast: false,
+            },
+        ),
+        sample(
+            "group_create_req_broadcast",
+            21,
+            pb::GroupCreateReq {
+                name: "Release notes".into(),
+                members: vec!["bob".into()],
+                open: true,
+                client_request_id: String::new(),
+                broadcast: true,
+            },
+        ),
+        sample(
+            "group_create_resp_broadcast",
+            21,
+            pb::GroupCreateResp {
+                group: Some(pb::GroupInfo {
+                    group_id: "grp-7".into(),
+                    name: "Release notes".into(),
+                    owner: "alice".into(),
+                    member_count: 2,
+                    open: true,
+                    created_ms: 1_763_900_000_000,
+                    read_fanout: true,
+                    broadcast: true,
+                }),
             },
         ),
         sample(

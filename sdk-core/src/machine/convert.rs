@@ -130,6 +130,8 @@ pub(super) fn request_body(request: Request) -> Body {
             members,
             open,
             client_request_id,
+            // The client core does not create broadcast channels yet (the app's server does).
+            broadcast: false,
         }
         .into(),
         Request::AddGroupMembers { group_id, members } => {

@@ -174,6 +174,7 @@ fn durable(epoch: u64, members: &[String], clock: Arc<SimClock>) -> Durable {
         client_request_id: String::new(),
         max_members: 1000,
         read_fanout: false,
+        broadcast: false,
         now_ms: EPOCH_MS,
     }))
     .expect("the group is created");

@@ -290,6 +290,7 @@ impl WriteCtx<'_> {
             open: new.open,
             created_ms: new.now_ms,
             read_fanout: new.read_fanout,
+            broadcast: new.broadcast,
         };
         for (order, user) in members.iter().enumerate() {
             let role = if order == 0 {

@@ -558,3 +558,44 @@ pub async fn a_member_who_rejoins_ranks_newest_and_starts_with_nothing_unread<F:
         "ben has been a member longer than amy, who rejoined"
     );
 }
+
+/// A broadcast channel (SPEC §13.8) is a flag of the group, set at creation and kept through
+/// membership changes and a restart; an ordinary group does not have it.
+pub async fn a_broadcast_channel_keeps_its_flag_through_changes_and_restarts<F: StoreFactory>(
+    factory: &mut F,
+) {
+    let store = factory.open_fresh().await;
+    let mut channel = new_group("olga", &["amy"], true, "", 10);
+    channel.broadcast = true;
+    let created = store.create_group(channel).await.expect("create_group");
+    assert!(
+        created.group.broadcast,
+        "the creation answer shows the flag"
+    );
+    let gid = created.group.group_id.clone();
+    let ordinary = store
+        .create_group(new_group("olga", &["amy"], true, "", 10))
+        .await
+        .expect("create_group");
+    assert!(!ordinary.group.broadcast);
+    let added = store
+        .add_members(&gid, "olga", &strings(&["bob"]), 10, T0 + 1)
+        .await
+        .expect("add_members");
+    assert!(added.group.broadcast, "an add keeps the flag");
+    store
+        .join_group(&gid, "cat", 10, T0 + 2)
+        .await
+        .expect("join_group");
+    let store = factory.reopen(store).await;
+    let group = store.group(&gid).await.expect("group");
+    assert!(group.broadcast, "kept across a restart");
+    assert_eq!(group.member_count, 4);
+    assert!(
+        !store
+            .group(&ordinary.group.group_id)
+            .await
+            .expect("group")
+            .broadcast
+    );
+}

@@ -68,6 +68,7 @@ pub(super) fn new_group(
         client_request_id: request.to_owned(),
         max_members: max,
         read_fanout: false,
+        broadcast: false,
         now_ms: T0,
     }
 }

@@ -142,6 +142,7 @@ macro_rules! for_each_check {
             a_member_who_rejoins_ranks_newest_and_starts_with_nothing_unread,
             read_fanout_stores_a_message_once_and_switches_without_gaps,
             read_fanout_membership_events_reach_only_the_changed_users,
+            a_broadcast_channel_keeps_its_flag_through_changes_and_restarts,
         );
     };
 }

@@ -26,6 +26,7 @@ pub async fn inbox_seqs_are_contiguous_under_concurrent_commits<F: StoreFactory>
             client_request_id: String::new(),
             max_members: 100,
             read_fanout: false,
+            broadcast: false,
             now_ms: T0,
         })
         .await
