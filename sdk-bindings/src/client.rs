@@ -385,6 +385,22 @@ impl ImClient {
             .into())
     }
 
+    /// Creates a broadcast channel owned by this user: only the owner posts and adds
+    /// members; with `open`, anyone may join. Retried safely as `create_group`.
+    pub async fn create_channel(
+        &self,
+        name: String,
+        members: Vec<String>,
+        open: bool,
+        client_request_id: String,
+    ) -> Result<GroupInfo, ImError> {
+        Ok(self
+            .handle
+            .create_channel(&name, members, open, &client_request_id)
+            .await?
+            .into())
+    }
+
     /// Adds members to a group; the change lists those who were not members before.
     pub async fn add_group_members(
         &self,

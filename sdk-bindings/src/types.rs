@@ -274,6 +274,10 @@ pub struct GroupInfo {
     pub open: bool,
     /// When it was created (server time, Unix ms).
     pub created_ms: u64,
+    /// A broadcast channel: only the owner posts.
+    pub broadcast: bool,
+    /// Its messages reach members by read fan-out (the core follows it by conversation seq).
+    pub read_fanout: bool,
 }
 
 impl From<core::GroupInfo> for GroupInfo {
@@ -285,6 +289,8 @@ impl From<core::GroupInfo> for GroupInfo {
             member_count: group.member_count,
             open: group.open,
             created_ms: group.created_ms,
+            broadcast: group.broadcast,
+            read_fanout: group.read_fanout,
         }
     }
 }

@@ -24,7 +24,7 @@
 //! - [`ClientHandle`]: `send`, `send_text`, `retry`; local reads `local_history`, `history`
 //!   (local first, then the server), `conversations`; server requests `fetch_history`,
 //!   `fetch_conversations`, `mark_read`, `recall`, `delete_for_me`, `typing`, `create_group`,
-//!   `add_group_members`, `remove_group_members`, `join_group`, `leave_group`,
+//!   `create_channel`, `add_group_members`, `remove_group_members`, `join_group`, `leave_group`,
 //!   `group_members`, `group_info`; connection `state`, `set_token`, `network_changed`,
 //!   `set_background`, `shutdown`. Failures are [`DriverError`]; a refused request carries a
 //!   [`ServerError`] (stable numeric code, message, `retry_after_ms`).

@@ -207,6 +207,8 @@ pub enum Request {
         open: bool,
         /// Makes the request idempotent when not empty: a retry returns the same group.
         client_request_id: String,
+        /// A broadcast channel: only the owner posts and adds members (§13.8).
+        broadcast: bool,
     },
     /// Adds members to a group.
     AddGroupMembers {
@@ -399,6 +401,11 @@ pub struct GroupInfo {
     pub open: bool,
     /// When it was created (server time, Unix ms).
     pub created_ms: u64,
+    /// A broadcast channel: only the owner posts (§13.8).
+    pub broadcast: bool,
+    /// Its messages reach members by read fan-out (§13.12); the core follows it by
+    /// conversation seq.
+    pub read_fanout: bool,
 }
 
 /// A member's role in a group.

@@ -595,6 +595,23 @@ async fn app_requests_are_answered_in_the_cores_own_types() {
         }
         other => panic!("a non-owner removing the owner: {other:?}"),
     }
+    // A broadcast channel: in read fan-out at any size; only its owner adds members (and
+    // posts).
+    let channel = alice
+        .create_channel("news", vec!["bob".into()], true, "channel-1")
+        .await
+        .unwrap();
+    assert!(channel.broadcast && channel.read_fanout, "{channel:?}");
+    assert!(!group.broadcast);
+    match bob
+        .add_group_members(&channel.group_id, vec!["dave".into()])
+        .await
+    {
+        Err(DriverError::Request(RequestError::Server(e))) => {
+            assert_eq!(e.code, error_code::FORBIDDEN)
+        }
+        other => panic!("a subscriber adding to a channel: {other:?}"),
+    }
 
     // Messages: typing, recall, server history, delete for me, read marker.
     let conversation = group_conversation_id(&group.group_id);

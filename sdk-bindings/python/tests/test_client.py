@@ -121,6 +121,9 @@ def test_a_group_is_created_and_posted_to(server, app_dir):
         assert (group.name, group.owner, group.member_count) == ("friends", "alice", 3)
         again = await alice.client.create_group("friends", ["bob", "carol"], False, "req-1")
         assert again.group_id == group.group_id, "a retried create returns the same group"
+        assert not group.broadcast
+        channel = await alice.client.create_channel("news", [], True, "")
+        assert (channel.broadcast, channel.read_fanout, channel.open) == (True, True, True)
         for session in (bob, carol):
             created = await session.listener.wait_for("the group's creation", lambda events: [
                 e.event for e in events if e.is_group_changed()

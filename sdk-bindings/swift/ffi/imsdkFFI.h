@@ -300,6 +300,11 @@ uint64_t uniffi_imsdk_fn_method_imclient_add_group_members(uint64_t ptr, RustBuf
 uint64_t uniffi_imsdk_fn_method_imclient_conversations(uint64_t ptr
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_CREATE_CHANNEL
+#define UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_CREATE_CHANNEL
+uint64_t uniffi_imsdk_fn_method_imclient_create_channel(uint64_t ptr, RustBuffer name, RustBuffer members, int8_t open, RustBuffer client_request_id
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_CREATE_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_IMSDK_FN_METHOD_IMCLIENT_CREATE_GROUP
 uint64_t uniffi_imsdk_fn_method_imclient_create_group(uint64_t ptr, RustBuffer name, RustBuffer members, int8_t open, RustBuffer client_request_id
@@ -781,6 +786,12 @@ uint16_t uniffi_imsdk_checksum_method_imclient_add_group_members(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_CONVERSATIONS
 #define UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_CONVERSATIONS
 uint16_t uniffi_imsdk_checksum_method_imclient_conversations(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_CREATE_CHANNEL
+#define UNIFFI_FFIDEF_UNIFFI_IMSDK_CHECKSUM_METHOD_IMCLIENT_CREATE_CHANNEL
+uint16_t uniffi_imsdk_checksum_method_imclient_create_channel(void
     
 );
 #endif

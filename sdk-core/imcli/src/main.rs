@@ -141,7 +141,13 @@ enum Cmd {
 #[derive(Subcommand, Debug)]
 enum GroupCmd {
     /// Create a group with the given members (you are the owner).
-    Create { name: String, members: Vec<String> },
+    Create {
+        name: String,
+        members: Vec<String>,
+        /// A broadcast channel: only you post and add members.
+        #[arg(long)]
+        channel: bool,
+    },
     /// Add members.
     Add { group: String, members: Vec<String> },
     /// Remove members (owner only).
@@ -600,17 +606,22 @@ impl Session {
         let group_id = |g: &str| g.strip_prefix("g:").unwrap_or(g).to_owned();
         let print_group = |g: &GroupInfo, verb: &str| {
             self.line(
-                json!({"type": "group", "action": verb, "group_id": g.group_id, "name": g.name, "owner": g.owner, "member_count": g.member_count}),
+                json!({"type": "group", "action": verb, "group_id": g.group_id, "name": g.name, "owner": g.owner, "member_count": g.member_count, "broadcast": g.broadcast}),
                 format!("{verb} group {} (g:{}), {} members", g.name, g.group_id, g.member_count),
             );
         };
         match command {
-            GroupCmd::Create { name, members } => {
-                let group = self
-                    .handle
-                    .create_group(&name, members, false, "")
-                    .await
-                    .map_err(refused)?;
+            GroupCmd::Create {
+                name,
+                members,
+                channel,
+            } => {
+                let group = if channel {
+                    self.handle.create_channel(&name, members, false, "").await
+                } else {
+                    self.handle.create_group(&name, members, false, "").await
+                }
+                .map_err(refused)?;
                 print_group(&group, "created");
             }
             GroupCmd::Add { group, members } => {

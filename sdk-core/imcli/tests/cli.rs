@@ -82,6 +82,7 @@ async fn a_newcomer_chats_creates_a_group_and_reads_with_imcli() {
     let group: serde_json::Value = serde_json::from_str(stdout(&created).trim()).unwrap();
     let group_id = group["group_id"].as_str().unwrap().to_owned();
     assert_eq!(group["member_count"].as_u64(), Some(3));
+    assert_eq!(group["broadcast"].as_bool(), Some(false));
     let to_group = format!("g:{group_id}");
     assert!(
         imcli(
@@ -140,6 +141,45 @@ async fn a_newcomer_chats_creates_a_group_and_reads_with_imcli() {
     assert_eq!(
         (marker["read_seq"].as_u64(), marker["unread"].as_u64()),
         (Some(1), Some(0))
+    );
+    // A broadcast channel: bob, a subscriber, cannot post to it (exit code 5, refused).
+    let channel = imcli(
+        home,
+        &[
+            "--server",
+            &addr,
+            "--token",
+            &alice,
+            "--json",
+            "group",
+            "create",
+            "news",
+            "bob",
+            "--channel",
+        ],
+    )
+    .await;
+    assert!(channel.status.success(), "{channel:?}");
+    let channel: serde_json::Value = serde_json::from_str(stdout(&channel).trim()).unwrap();
+    assert_eq!(channel["broadcast"].as_bool(), Some(true));
+    let to_channel = format!("g:{}", channel["group_id"].as_str().unwrap());
+    let subscriber_post = imcli(
+        home,
+        &[
+            "--server",
+            &addr,
+            "--token",
+            &bob,
+            "send",
+            &to_channel,
+            "me too",
+        ],
+    )
+    .await;
+    assert_eq!(
+        subscriber_post.status.code(),
+        Some(5),
+        "{subscriber_post:?}"
     );
     server.shutdown.cancel();
     server.task.await.unwrap().unwrap();

@@ -244,11 +244,37 @@ impl ClientHandle {
         open: bool,
         client_request_id: &str,
     ) -> Result<GroupInfo, DriverError> {
+        self.create(name, members, open, client_request_id, false)
+            .await
+    }
+
+    /// Creates a broadcast channel with this user as owner: only the owner posts and adds
+    /// members; with `open`, anyone may join (SPEC §13.8). Retried safely as `create_group`.
+    pub async fn create_channel(
+        &self,
+        name: &str,
+        members: Vec<String>,
+        open: bool,
+        client_request_id: &str,
+    ) -> Result<GroupInfo, DriverError> {
+        self.create(name, members, open, client_request_id, true)
+            .await
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        members: Vec<String>,
+        open: bool,
+        client_request_id: &str,
+        broadcast: bool,
+    ) -> Result<GroupInfo, DriverError> {
         let request = Request::CreateGroup {
             name: name.to_owned(),
             members,
             open,
             client_request_id: client_request_id.to_owned(),
+            broadcast,
         };
         match self.request(request).await? {
             Response::GroupCreated(group) => Ok(group),

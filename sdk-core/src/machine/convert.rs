@@ -125,13 +125,13 @@ pub(super) fn request_body(request: Request) -> Body {
             members,
             open,
             client_request_id,
+            broadcast,
         } => pb::GroupCreateReq {
             name,
             members,
             open,
             client_request_id,
-            // The client core does not create broadcast channels yet (the app's server does).
-            broadcast: false,
+            broadcast,
         }
         .into(),
         Request::AddGroupMembers { group_id, members } => {
@@ -194,6 +194,8 @@ fn group_info(info: Option<pb::GroupInfo>) -> Result<GroupInfo, RequestError> {
         member_count: info.member_count,
         open: info.open,
         created_ms: info.created_ms,
+        broadcast: info.broadcast,
+        read_fanout: info.read_fanout,
     })
 }
 

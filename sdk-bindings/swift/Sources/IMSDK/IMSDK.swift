@@ -1003,6 +1003,12 @@ public protocol ImClientProtocol: AnyObject, Sendable {
     func conversations() async throws  -> [Conversation]
     
     /**
+     * Creates a broadcast channel owned by this user: only the owner posts and adds
+     * members; with `open`, anyone may join. Retried safely as `create_group`.
+     */
+    func createChannel(name: String, members: [String], `open`: Bool, clientRequestId: String) async throws  -> GroupInfo
+    
+    /**
      * Creates a group owned by this user. A non-empty `client_request_id` makes a retry
      * return the same group instead of a second one.
      */
@@ -1251,6 +1257,26 @@ open func conversations()async throws  -> [Conversation]  {
             completeFunc: ffi_imsdk_rust_future_complete_rust_buffer,
             freeFunc: ffi_imsdk_rust_future_free_rust_buffer,
             liftFunc: FfiConverterSequenceTypeConversation.lift,
+            errorHandler: FfiConverterTypeImError_lift
+        )
+}
+    
+    /**
+     * Creates a broadcast channel owned by this user: only the owner posts and adds
+     * members; with `open`, anyone may join. Retried safely as `create_group`.
+     */
+open func createChannel(name: String, members: [String], `open`: Bool, clientRequestId: String)async throws  -> GroupInfo  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_imsdk_fn_method_imclient_create_channel(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(name),FfiConverterSequenceString.lower(members),FfiConverterBool.lower(`open`),FfiConverterString.lower(clientRequestId)
+                )
+            },
+            pollFunc: ffi_imsdk_rust_future_poll_rust_buffer,
+            completeFunc: ffi_imsdk_rust_future_complete_rust_buffer,
+            freeFunc: ffi_imsdk_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeGroupInfo_lift,
             errorHandler: FfiConverterTypeImError_lift
         )
 }
@@ -2588,6 +2614,14 @@ public struct GroupInfo: Equatable, Hashable {
      * When it was created (server time, Unix ms).
      */
     public var createdMs: UInt64
+    /**
+     * A broadcast channel: only the owner posts.
+     */
+    public var broadcast: Bool
+    /**
+     * Its messages reach members by read fan-out (the core follows it by conversation seq).
+     */
+    public var readFanout: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2609,13 +2643,21 @@ public struct GroupInfo: Equatable, Hashable {
          */`open`: Bool, 
         /**
          * When it was created (server time, Unix ms).
-         */createdMs: UInt64) {
+         */createdMs: UInt64, 
+        /**
+         * A broadcast channel: only the owner posts.
+         */broadcast: Bool, 
+        /**
+         * Its messages reach members by read fan-out (the core follows it by conversation seq).
+         */readFanout: Bool) {
         self.groupId = groupId
         self.name = name
         self.owner = owner
         self.memberCount = memberCount
         self.`open` = `open`
         self.createdMs = createdMs
+        self.broadcast = broadcast
+        self.readFanout = readFanout
     }
 
     
@@ -2639,7 +2681,9 @@ public struct FfiConverterTypeGroupInfo: FfiConverterRustBuffer {
                 owner: FfiConverterString.read(from: &buf), 
                 memberCount: FfiConverterUInt32.read(from: &buf), 
                 open: FfiConverterBool.read(from: &buf), 
-                createdMs: FfiConverterUInt64.read(from: &buf)
+                createdMs: FfiConverterUInt64.read(from: &buf), 
+                broadcast: FfiConverterBool.read(from: &buf), 
+                readFanout: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -2650,6 +2694,8 @@ public struct FfiConverterTypeGroupInfo: FfiConverterRustBuffer {
         FfiConverterUInt32.write(value.memberCount, into: &buf)
         FfiConverterBool.write(value.`open`, into: &buf)
         FfiConverterUInt64.write(value.createdMs, into: &buf)
+        FfiConverterBool.write(value.broadcast, into: &buf)
+        FfiConverterBool.write(value.readFanout, into: &buf)
     }
 }
 
@@ -5276,6 +5322,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_imsdk_checksum_method_imclient_conversations() != 41282) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_imsdk_checksum_method_imclient_create_channel() != 16649) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_imsdk_checksum_method_imclient_create_group() != 27278) {

@@ -206,6 +206,9 @@ class ClientTest {
 
             val group = alice.createGroup("friends", listOf("bob", "carol"), false, "req-1")
             assertEquals(3u, group.memberCount)
+            assertEquals(false, group.broadcast)
+            val channel = alice.createChannel("news", listOf(), true, "")
+            assertEquals(true, channel.broadcast && channel.readFanout)
             for (events in listOf(bobEvents, carolEvents)) {
                 events.waitFor("the group's creation") { r ->
                     r.snapshot().any {
