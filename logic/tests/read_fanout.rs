@@ -167,6 +167,24 @@ async fn crossing_both_ways_keeps_unread_counts_exact_in_the_embedded_store() {
     crossing_both_ways_keeps_unread_counts_exact(store).await;
 }
 
+async fn send_refused<S: TimelineStore>(logic: &Logic<S>, from: &str, group: &str) -> pb::Error {
+    let (mut replies, _) = logic
+        .send_batch(
+            &caller(from),
+            vec![pb::SendReq {
+                target: Some(pb::send_req::Target::ToGroup(group.into())),
+                client_msg_id: format!("{from}-1"),
+                content_type: 0,
+                content: b"me too".to_vec(),
+            }],
+        )
+        .await;
+    replies
+        .pop()
+        .unwrap()
+        .expect_err("a subscriber cannot post")
+}
+
 async fn refused<S: TimelineStore>(logic: &Logic<S>, user: &str, body: Body) -> pb::Error {
     match logic.handle(&caller(user), body).await.0 {
         Err(e) => e,
@@ -201,21 +219,7 @@ async fn a_broadcast_channel_lets_only_its_owner_post<S: TimelineStore>(store: S
     let gid = channel.group_id;
     assert_eq!(send(&logic, "owner", &gid, "n1").await, 1);
 
-    let (mut replies, _) = logic
-        .send_batch(
-            &caller("amy"),
-            vec![pb::SendReq {
-                target: Some(pb::send_req::Target::ToGroup(gid.clone())),
-                client_msg_id: "a1".into(),
-                content_type: 0,
-                content: b"me too".to_vec(),
-            }],
-        )
-        .await;
-    let error = replies
-        .pop()
-        .unwrap()
-        .expect_err("a subscriber cannot post");
+    let error = send_refused(&logic, "amy", &gid).await;
     assert_eq!(error.code, pb::ErrorCode::Forbidden as i32);
     let error = refused(
         &logic,
@@ -298,20 +302,6 @@ async fn a_broadcast_channel_without_read_fanout_still_lets_only_its_owner_post(
     assert!(channel.broadcast && !channel.read_fanout);
     let gid = channel.group_id;
     send(&logic, "owner", &gid, "n1").await;
-    let (mut replies, _) = logic
-        .send_batch(
-            &caller("amy"),
-            vec![pb::SendReq {
-                target: Some(pb::send_req::Target::ToGroup(gid)),
-                client_msg_id: "a1".into(),
-                content_type: 0,
-                content: b"me too".to_vec(),
-            }],
-        )
-        .await;
-    let error = replies
-        .pop()
-        .unwrap()
-        .expect_err("a subscriber cannot post");
+    let error = send_refused(&logic, "amy", &gid).await;
     assert_eq!(error.code, pb::ErrorCode::Forbidden as i32);
 }
