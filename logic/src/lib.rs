@@ -32,7 +32,7 @@ pub use validate::{
 use validate::{check_page, check_request_fields};
 
 use fanout_budget::FanoutBudget;
-use timeline_store::{ConversationState, NewMessage, StoreError, TimelineStore};
+use timeline_store::{ConversationState, NewMessage, TimelineStore};
 
 /// Limits and policies of the business tier.
 #[derive(Clone, Debug)]
@@ -177,15 +177,6 @@ impl<S: TimelineStore> Logic<S> {
             fanout,
             clock,
         }
-    }
-
-    /// What a connection needs to know about `user`'s inbox: its head now, and the epoch its
-    /// seqs belong to (SPEC §7, §8.2, §10.8). Asked at the handshake and on every ping.
-    pub async fn inbox_position(&self, user: &str) -> Result<InboxPosition, StoreError> {
-        Ok(InboxPosition {
-            head_seq: self.store.inbox_head(user).await?,
-            epoch: self.store.inbox_epoch(),
-        })
     }
 
     /// The limits in force.

@@ -59,7 +59,8 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.groups (group_id text, member text, role int, \
      joined_ms bigint, join_order bigint, name text static, owner text static, \
      open boolean static, created_ms bigint static, member_count bigint static, \
-     broadcast boolean static, version bigint static, next_join_order bigint static, pending map<bigint, blob> static, \
+     broadcast boolean static, version bigint static, next_join_order bigint static, \
+     pending map<bigint, blob> static, \
      PRIMARY KEY (group_id, member))",
     "CREATE TABLE IF NOT EXISTS {ks}.group_requests (owner text, request_id text, \
      group_id text, PRIMARY KEY ((owner, request_id)))",
